@@ -2,49 +2,6 @@
 
 It must not import asyncio, grpc, time, random, os, or anything that does I/O; a seeded
 random.Random is passed in. Time is tick(), input is step()/propose(), output is a Ready.
+Import from the submodules: node.raft.types (values), node.raft.core (RaftCore),
+node.raft.errors.
 """
-
-from node.raft.core import RaftConfig, RaftCore
-from node.raft.errors import (
-    NotLeaderError,
-    ProposalDroppedError,
-    RaftError,
-)
-from node.raft.types import (
-    ConfState,
-    Entry,
-    EntryKind,
-    HardState,
-    LogIndex,
-    Message,
-    MessageType,
-    NodeId,
-    ReadState,
-    Ready,
-    Role,
-    SnapshotMeta,
-    SoftState,
-    Term,
-)
-
-__all__ = [
-    "ConfState",
-    "Entry",
-    "EntryKind",
-    "HardState",
-    "LogIndex",
-    "Message",
-    "MessageType",
-    "NodeId",
-    "NotLeaderError",
-    "ProposalDroppedError",
-    "RaftConfig",
-    "RaftCore",
-    "RaftError",
-    "ReadState",
-    "Ready",
-    "Role",
-    "SnapshotMeta",
-    "SoftState",
-    "Term",
-]
