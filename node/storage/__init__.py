@@ -1,0 +1,332 @@
+"""Durable storage of one node: its log, its hard state and its snapshots, in one data directory.
+
+    data_dir/LOCK                              exclusive flock, holds the owner's pid (lock.py)
+    data_dir/wal/<seq>-<first_index>.wal       the write-ahead log (wal.py, records.py)
+    data_dir/snap/<term>-<index>.snap          snapshots, the newest two (snapshots.py)
+
+`Storage` is the facade the driver uses; behind it are three narrow stores (protocols.py): the
+log and the stable store are one WriteAheadLog, so entries and hard state share one fsync, and
+the snapshot store is SnapshotFiles. Every file operation goes through the file layer
+(files.py), which tests replace with one that crashes.
+
+Nothing acknowledged is lost: what sync() returned from is recovered by open(), or open() raises
+StorageCorruptedError naming the file and byte offset. Not thread-safe: one caller at a time.
+
+Standard library only, plus node.raft.types: no asyncio, no grpc, nothing else from chatbooth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from node.raft.types import Entry, HardState, LogIndex, SnapshotMeta, Term
+from node.storage.errors import (
+    CompactedError,
+    StorageClosedError,
+    StorageCorruptedError,
+    StorageError,
+    StorageIOError,
+    StorageLockedError,
+    StorageMisuseError,
+    UnavailableError,
+)
+from node.storage.files import FileLock, FileSystem, RealFileSystem, ensure_dir
+from node.storage.protocols import LogStore, SnapshotStore, StableStore
+from node.storage.records import SnapshotMarker
+from node.storage.snapshots import SnapshotFiles
+from node.storage.wal import DEFAULT_SEGMENT_BYTES, WriteAheadLog
+
+__all__ = [
+    "DEFAULT_SEGMENT_BYTES",
+    "CompactedError",
+    "FileSystem",
+    "InitialState",
+    "RealFileSystem",
+    "Storage",
+    "StorageClosedError",
+    "StorageCorruptedError",
+    "StorageError",
+    "StorageIOError",
+    "StorageLockedError",
+    "StorageMisuseError",
+    "UnavailableError",
+]
+
+logger = logging.getLogger(__name__)
+
+LOCK_NAME = "LOCK"
+WAL_DIR = "wal"
+SNAP_DIR = "snap"
+
+
+@dataclass(frozen=True, slots=True)
+class InitialState:
+    """What a node restarts from."""
+
+    hard_state: HardState
+    snapshot: SnapshotMeta | None
+    entries: list[Entry]  # every entry after the snapshot, in order, contiguous
+
+
+class Storage:
+    """The durable log, hard state and snapshots of one node. Open with Storage.open()."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        lock: FileLock,
+        log: LogStore,
+        stable: StableStore,
+        snapshots: SnapshotStore,
+    ) -> None:
+        self.data_dir = data_dir
+        self._lock: FileLock | None = lock
+        self._log = log
+        self._stable = stable
+        self._snapshots = snapshots
+        self._failed: str | None = None
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: Path,
+        *,
+        fs: FileSystem | None = None,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+    ) -> Storage:
+        """Create `data_dir` if needed, lock it and recover its state.
+
+        Raises StorageLockedError if another process (or another open here) holds it, and
+        StorageCorruptedError if its contents are damaged beyond a torn tail.
+        """
+        fs = fs if fs is not None else RealFileSystem()
+        data_dir = Path(data_dir).absolute()
+        try:
+            ensure_dir(fs, data_dir)
+        except OSError as exc:
+            raise StorageIOError(f"cannot create data directory {data_dir}: {exc}") from exc
+        lock = fs.lock(data_dir / LOCK_NAME)
+        try:
+            return cls._recover(data_dir, fs, lock, segment_bytes)
+        except OSError as exc:
+            lock.release()
+            raise StorageIOError(f"{data_dir}: cannot open the storage: {exc}") from exc
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _recover(
+        cls, data_dir: Path, fs: FileSystem, lock: FileLock, segment_bytes: int
+    ) -> Storage:
+        wal_dir, snap_dir = data_dir / WAL_DIR, data_dir / SNAP_DIR
+        ensure_dir(fs, wal_dir)
+        ensure_dir(fs, snap_dir)
+        snapshots = SnapshotFiles.open(fs, snap_dir)
+        # Before WriteAheadLog.open starts an empty log, which would hide the loss next time.
+        if not WriteAheadLog.has_segments(fs, wal_dir) and snapshots.files():
+            raise StorageCorruptedError(
+                wal_dir,
+                0,
+                f"there is no WAL segment but {snap_dir} holds snapshots: "
+                "the log and the hard state were lost",
+            )
+        wal = WriteAheadLog.open(fs, wal_dir, segment_bytes=segment_bytes)
+        try:
+            _reconcile(wal, snapshots)
+        except BaseException:
+            wal.close()
+            raise
+        return cls(data_dir, lock, wal, wal, snapshots)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def initial_state(self) -> InitialState:
+        self._check_open()
+        return InitialState(
+            hard_state=self._stable.hard_state(),
+            snapshot=self._snapshots.latest(),
+            entries=self._log.entries(self._log.first_index(), self._log.last_index() + 1),
+        )
+
+    def hard_state(self) -> HardState:
+        self._check_open()
+        return self._stable.hard_state()
+
+    def first_index(self) -> LogIndex:
+        """The first stored entry's index: one past the snapshot."""
+        self._check_open()
+        return self._log.first_index()
+
+    def last_index(self) -> LogIndex:
+        """The last stored entry's index (the snapshot's if no entry follows it)."""
+        self._check_open()
+        return self._log.last_index()
+
+    def term(self, index: int) -> Term:
+        """The term of entry `index`, for first_index() - 1 (the snapshot) to last_index()."""
+        self._check_open()
+        return self._log.term(index)
+
+    def entries(self, lo: int, hi: int) -> list[Entry]:
+        """Entries with lo <= index < hi. CompactedError / UnavailableError outside the log."""
+        self._check_open()
+        return self._log.entries(lo, hi)
+
+    def load_snapshot(self) -> tuple[SnapshotMeta, bytes] | None:
+        self._check_open()
+        return self._snapshots.load()
+
+    # -- writing --------------------------------------------------------------------------
+
+    def append(self, entries: Sequence[Entry]) -> None:
+        """Write contiguous entries; the first may replace a stored suffix. Durable at sync()."""
+        self._check_open()
+        with self._failing_on_io_error():
+            self._log.append(entries)
+
+    def set_hard_state(self, hard_state: HardState) -> None:
+        """Write the hard state. Durable at sync()."""
+        self._check_open()
+        with self._failing_on_io_error():
+            self._stable.set_hard_state(hard_state)
+
+    def sync(self) -> None:
+        """Make every append and hard state written so far durable, with one fsync."""
+        self._check_open()
+        with self._failing_on_io_error():
+            self._log.sync()
+
+    def save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        """Store a snapshot of this node's own state machine and compact the log to it.
+
+        Durable on return, together with everything written before. Entries <= meta.index
+        are gone afterwards; the log must hold entry meta.index, of meta.term.
+        """
+        self._check_open()
+        snapshot_index = self._log.first_index() - 1
+        if meta.index <= snapshot_index:
+            raise StorageMisuseError(
+                f"snapshot at index {meta.index} is not after the current one at {snapshot_index}"
+            )
+        if meta.index > self._log.last_index():
+            raise StorageMisuseError(
+                f"cannot snapshot at index {meta.index}: the log ends at {self._log.last_index()}"
+            )
+        if self._log.term(meta.index) != meta.term:
+            raise StorageMisuseError(
+                f"snapshot at index {meta.index} says term {meta.term}, "
+                f"the log's entry there is of term {self._log.term(meta.index)}"
+            )
+        self._store_snapshot(meta, data, reset=False)
+
+    def install_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        """Store a snapshot received from the leader: every stored entry is discarded and the
+        log restarts after meta.index. Durable on return, with everything written before."""
+        self._check_open()
+        snapshot_index = self._log.first_index() - 1
+        if meta.index <= snapshot_index:
+            raise StorageMisuseError(
+                f"snapshot at index {meta.index} is not after the current one at {snapshot_index}"
+            )
+        self._store_snapshot(meta, data, reset=True)
+
+    def close(self) -> None:
+        """Sync what was written (unless a write failed), close the files, release the lock."""
+        lock, self._lock = self._lock, None
+        if lock is None:
+            return
+        try:
+            self._log.close()
+        finally:
+            lock.release()
+
+    def __enter__(self) -> Storage:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _store_snapshot(self, meta: SnapshotMeta, data: bytes, *, reset: bool) -> None:
+        with self._failing_on_io_error():
+            # The file first: once the marker is durable the log may depend on it.
+            self._snapshots.save(meta, data, replaces_log=reset)
+            self._log.mark_snapshot(SnapshotMarker(meta.index, meta.term, reset))
+            self._log.sync()
+            self._log.release_segments()
+            self._snapshots.prune()
+
+    def _check_open(self) -> None:
+        if self._lock is None:
+            raise StorageClosedError(f"{self.data_dir}: the storage is closed")
+        if self._failed is not None:
+            raise StorageIOError(
+                f"{self.data_dir}: an earlier {self._failed}; reopen the storage to recover"
+            )
+
+    @contextlib.contextmanager
+    def _failing_on_io_error(self) -> Iterator[None]:
+        """After a StorageIOError what reached the disk is unknown: refuse every later call."""
+        try:
+            yield
+        except StorageIOError as exc:
+            if self._failed is None:
+                self._failed = f"write failed ({exc})"
+            raise
+
+
+def _reconcile(wal: WriteAheadLog, snapshots: SnapshotFiles) -> None:
+    """Pick the current snapshot and bring the log's snapshot marker up to it.
+
+    Normally that is the snapshot the marker names, and nothing changes. A newer one is taken
+    only when the log's own is damaged or a damaged segment lost entries the marker does not
+    cover; the snapshot file says whether it was installed from the leader, so the log then
+    ends up as save_snapshot() or install_snapshot() would have left it.
+    """
+    marker = wal.snapshot_marker()
+    unknown = wal.unknown_range()
+    needed = unknown[1] if unknown is not None else marker.index
+    meta = snapshots.select(marker.index, marker.term, needed)
+    if meta is None:
+        return
+    path = snapshots.current_path() or snapshots.directory
+    if meta.index == marker.index:
+        if meta.term != marker.term:
+            raise StorageCorruptedError(
+                path,
+                0,
+                f"snapshot at index {meta.index} has term {meta.term}, "
+                f"the log's snapshot marker says term {marker.term}",
+            )
+        return
+    first, last = wal.first_index(), wal.last_index()
+    reset = snapshots.latest_replaces_log() or meta.index > last
+    if not reset and meta.index >= first and wal.term(meta.index) != meta.term:
+        raise StorageCorruptedError(
+            path,
+            0,
+            f"snapshot at index {meta.index} term {meta.term} was taken from this log, "
+            f"but the log's entry there is of term {wal.term(meta.index)}",
+        )
+    wal.mark_snapshot(SnapshotMarker(meta.index, meta.term, reset))
+    wal.sync()
+    logger.warning(
+        "%s: took the snapshot at index %d term %d, newer than the log's own at %d; %s",
+        path,
+        meta.index,
+        meta.term,
+        marker.index,
+        "the log restarts after it" if reset else "the entries after it stay",
+    )

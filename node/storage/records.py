@@ -1,0 +1,210 @@
+"""The write-ahead log's byte format: segment headers and checksummed records.
+
+A segment file is a header followed by records:
+
+    header  = magic (8 bytes) | version u32 | seq u64 | first_index u64 | crc32 u32
+    record  = length u32 | crc32 u32 | type u8 | payload        (little-endian)
+
+`length` counts the type byte and the payload; the crc covers the length field, the type and
+the payload, so a damaged length is caught too. Payloads:
+
+    ENTRY       term u64 | index u64 | kind u8 | data
+    HARD_STATE  term u64 | commit u64 | has_vote u8 | vote (UTF-8, present iff has_vote)
+    SNAPSHOT    index u64 | term u64 | flags u8            (flag 1: RESET, the log restarts)
+
+Decoding separates two kinds of damage: a record whose framing or checksum fails (`Torn`: what a
+write cut short by a crash leaves, or a flipped bit; the log decides which) and a record whose
+checksum holds but whose content is impossible (`Malformed`: never a torn write).
+
+Imports only the standard library and node.raft.types.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import zlib
+from dataclasses import dataclass
+
+from node.raft.types import Entry, EntryKind, HardState, LogIndex, NodeId, Term
+
+SEGMENT_MAGIC = b"\x89CBWAL\r\n"  # the \r\n catches a file mangled by newline translation
+FORMAT_VERSION = 1
+
+_SEGMENT_HEADER = struct.Struct("<8sIQQ")
+_CRC = struct.Struct("<I")
+SEGMENT_HEADER_SIZE = _SEGMENT_HEADER.size + _CRC.size
+
+_RECORD_HEADER = struct.Struct("<II")  # length, crc32
+RECORD_HEADER_SIZE = _RECORD_HEADER.size
+_LENGTH = struct.Struct("<I")
+MAX_RECORD_BYTES = 1 << 30  # far above any entry the driver accepts; bounds a damaged length
+
+_ENTRY = struct.Struct("<QQB")
+_HARD_STATE = struct.Struct("<QQB")
+_SNAPSHOT = struct.Struct("<QQB")
+_RESET_FLAG = 1
+
+
+class RecordType(enum.IntEnum):
+    ENTRY = 1
+    HARD_STATE = 2
+    SNAPSHOT = 3
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotMarker:
+    """Entries up to `index` (of term `term`) are compacted into a snapshot.
+
+    With `reset`, every stored entry is discarded as well: the log restarts after `index`
+    (a snapshot installed from the leader replaces the follower's log).
+    """
+
+    index: LogIndex
+    term: Term
+    reset: bool = False
+
+
+Record = Entry | HardState | SnapshotMarker
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    record: Record
+    end: int  # offset just past the record
+
+
+@dataclass(frozen=True, slots=True)
+class Torn:
+    """The framing or checksum is bad: a torn write, or damage."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """The checksum holds but the content is impossible: always corruption."""
+
+    reason: str
+
+
+def encode_segment_header(seq: int, first_index: int) -> bytes:
+    head = _SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, seq, first_index)
+    return head + _CRC.pack(zlib.crc32(head))
+
+
+def check_segment_header(buf: bytes, seq: int, first_index: int) -> tuple[int, str] | None:
+    """None if `buf` starts with a good header for this segment, else (offset, reason)."""
+    if len(buf) < SEGMENT_HEADER_SIZE:
+        return 0, f"file is {len(buf)} bytes, shorter than the {SEGMENT_HEADER_SIZE}-byte header"
+    magic, version, got_seq, got_first = _SEGMENT_HEADER.unpack_from(buf, 0)
+    if magic != SEGMENT_MAGIC:
+        return 0, f"bad magic number {magic!r} (not a chatbooth WAL segment)"
+    if version != FORMAT_VERSION:
+        return 8, f"unsupported format version {version} (this build reads {FORMAT_VERSION})"
+    (crc,) = _CRC.unpack_from(buf, _SEGMENT_HEADER.size)
+    if crc != zlib.crc32(buf[: _SEGMENT_HEADER.size]):
+        return _SEGMENT_HEADER.size, "segment header checksum mismatch"
+    if (got_seq, got_first) != (seq, first_index):
+        return 12, (
+            f"header says segment {got_seq:#x} starting at index {got_first}, "
+            f"the file name says segment {seq:#x} starting at index {first_index}"
+        )
+    return None
+
+
+def encode_record(record: Record) -> bytes:
+    if isinstance(record, Entry):
+        body = (
+            bytes((RecordType.ENTRY,))
+            + _ENTRY.pack(record.term, record.index, record.kind.value)
+            + record.data
+        )
+    elif isinstance(record, HardState):
+        vote = b"" if record.vote is None else record.vote.encode("utf-8")
+        has_vote = 0 if record.vote is None else 1
+        body = (
+            bytes((RecordType.HARD_STATE,))
+            + _HARD_STATE.pack(record.term, record.commit, has_vote)
+            + vote
+        )
+    else:
+        flags = _RESET_FLAG if record.reset else 0
+        body = bytes((RecordType.SNAPSHOT,)) + _SNAPSHOT.pack(record.index, record.term, flags)
+    length = _LENGTH.pack(len(body))
+    return _RECORD_HEADER.pack(len(body), zlib.crc32(body, zlib.crc32(length))) + body
+
+
+def decode_at(buf: bytes, offset: int) -> Decoded | Torn | Malformed:
+    """Decode the record starting at `offset` of `buf`."""
+    remaining = len(buf) - offset
+    if remaining < RECORD_HEADER_SIZE:
+        return Torn(f"short read: {remaining} bytes where a record header needs 8")
+    length, crc = _RECORD_HEADER.unpack_from(buf, offset)
+    if length < 1 or length > MAX_RECORD_BYTES:
+        return Torn(f"bad record length {length}")
+    end = offset + RECORD_HEADER_SIZE + length
+    if end > len(buf):
+        return Torn(f"short read: record of {length} bytes, only {remaining - 8} remain")
+    body = buf[offset + RECORD_HEADER_SIZE : end]
+    if zlib.crc32(body, zlib.crc32(_LENGTH.pack(length))) != crc:
+        return Torn("record checksum mismatch")
+    decoded = _decode_body(body)
+    if isinstance(decoded, str):
+        return Malformed(decoded)
+    return Decoded(decoded, end)
+
+
+def next_valid_record(buf: bytes, start: int) -> int | None:
+    """The first offset >= `start` where a record parses with a good checksum, if any.
+
+    Used to tell a torn tail (nothing valid after the damage) from corruption in the middle.
+    """
+    limit = len(buf) - RECORD_HEADER_SIZE
+    unpack = _RECORD_HEADER.unpack_from
+    for offset in range(start, limit + 1):
+        length, crc = unpack(buf, offset)
+        if length < 1 or offset + RECORD_HEADER_SIZE + length > len(buf):
+            continue
+        body = buf[offset + RECORD_HEADER_SIZE : offset + RECORD_HEADER_SIZE + length]
+        if zlib.crc32(body, zlib.crc32(_LENGTH.pack(length))) == crc:
+            return offset
+    return None
+
+
+def _decode_body(body: bytes) -> Record | str:
+    """The record in `body` (type byte and payload), or why it is impossible."""
+    kind, payload = body[0], body[1:]
+    if kind == RecordType.ENTRY:
+        if len(payload) < _ENTRY.size:
+            return f"entry record of {len(payload)} bytes is too short"
+        term, index, entry_kind = _ENTRY.unpack_from(payload, 0)
+        try:
+            decoded_kind = EntryKind(entry_kind)
+        except ValueError:
+            return f"unknown entry kind {entry_kind}"
+        if index < 1:
+            return "entry index 0"
+        return Entry(Term(term), LogIndex(index), decoded_kind, bytes(payload[_ENTRY.size :]))
+    if kind == RecordType.HARD_STATE:
+        if len(payload) < _HARD_STATE.size:
+            return f"hard state record of {len(payload)} bytes is too short"
+        term, commit, has_vote = _HARD_STATE.unpack_from(payload, 0)
+        rest = payload[_HARD_STATE.size :]
+        if has_vote not in (0, 1) or (has_vote == 0 and rest):
+            return "hard state record has a malformed vote"
+        vote: NodeId | None = None
+        if has_vote:
+            try:
+                vote = NodeId(bytes(rest).decode("utf-8"))
+            except UnicodeDecodeError:
+                return "hard state vote is not UTF-8"
+        return HardState(Term(term), vote, LogIndex(commit))
+    if kind == RecordType.SNAPSHOT:
+        if len(payload) != _SNAPSHOT.size:
+            return f"snapshot marker record of {len(payload)} bytes, expected {_SNAPSHOT.size}"
+        index, term, flags = _SNAPSHOT.unpack_from(payload, 0)
+        if flags & ~_RESET_FLAG:
+            return f"snapshot marker has unknown flags {flags:#x}"
+        return SnapshotMarker(LogIndex(index), Term(term), bool(flags & _RESET_FLAG))
+    return f"unknown record type {kind}"

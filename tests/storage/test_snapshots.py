@@ -1,0 +1,196 @@
+"""Snapshots: atomic files, the newest two kept, and which one a reopened node uses."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+import pytest
+
+from node.storage import RealFileSystem, Storage, StorageCorruptedError
+from node.storage.snapshots import SnapshotFiles
+from tests.storage.crashfs import CrashFileSystem, PowerCut
+from tests.storage.workload import DATA_DIR, entry, hard, snap, snapshot_data
+
+
+def snap_files(data_dir: Path) -> list[str]:
+    return sorted(p.name for p in (data_dir / "snap").iterdir())
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+def filled(data_dir: Path, *, last: int = 20) -> Storage:
+    storage = Storage.open(data_dir)
+    storage.append([entry(1, i) for i in range(1, last + 1)])
+    storage.set_hard_state(hard(1, "a", last))
+    storage.sync()
+    return storage
+
+
+def write_unrecorded_snapshot(data_dir: Path, index: int, term: int) -> Path:
+    """A snapshot file whose save a crash interrupted before the log recorded it."""
+    store = SnapshotFiles.open(RealFileSystem(), data_dir / "snap")
+    store.save(snap(index, term), snapshot_data(snap(index, term)))
+    return data_dir / "snap" / f"{term:016x}-{index:016x}.snap"
+
+
+def test_snapshots_round_trip_and_only_the_newest_two_are_kept(tmp_path: Path) -> None:
+    with filled(tmp_path, last=30) as storage:
+        for index in (10, 20, 25):
+            storage.save_snapshot(snap(index, 1), snapshot_data(snap(index, 1)))
+        assert snap_files(tmp_path) == [
+            f"{1:016x}-{20:016x}.snap",
+            f"{1:016x}-{25:016x}.snap",
+        ]
+        assert storage.load_snapshot() == (snap(25, 1), snapshot_data(snap(25, 1)))
+    with Storage.open(tmp_path) as storage:
+        state = storage.initial_state()
+        assert state.snapshot == snap(25, 1)
+        assert state.snapshot.conf.voters == ("a", "b", "c")
+        assert [e.index for e in state.entries] == list(range(26, 31))
+        assert storage.load_snapshot() == (snap(25, 1), snapshot_data(snap(25, 1)))
+        assert storage.term(25) == 1
+
+
+def test_install_snapshot_discards_the_whole_log(tmp_path: Path) -> None:
+    with filled(tmp_path, last=10) as storage:
+        storage.install_snapshot(snap(8, 1), b"from the leader")  # even where the log agrees
+        assert (storage.first_index(), storage.last_index()) == (9, 8)
+        storage.append([entry(2, 9)])
+    with Storage.open(tmp_path) as storage:
+        state = storage.initial_state()
+        assert state.snapshot == snap(8, 1)
+        assert state.entries == [entry(2, 9)]
+        assert storage.load_snapshot() == (snap(8, 1), b"from the leader")
+
+
+def _crash_inside(operation: str) -> set[str]:
+    """Crash at every operation of one save/install after snapshot 10; the outcomes seen."""
+
+    def prepare() -> tuple[CrashFileSystem, Storage]:
+        fs = CrashFileSystem()
+        storage = Storage.open(DATA_DIR, fs=fs)
+        storage.append([entry(1, i) for i in range(1, 21)])
+        storage.save_snapshot(snap(10, 1), b"ten")
+        return fs, storage
+
+    def act(storage: Storage) -> None:
+        if operation == "save":
+            storage.save_snapshot(snap(15, 1), b"fifteen")
+        else:
+            storage.install_snapshot(snap(40, 3), b"forty")
+
+    fs, storage = prepare()
+    start = fs.ops
+    act(storage)
+    total = fs.ops - start
+    outcomes: set[str] = set()
+    for cut in range(total + 1):
+        fs, storage = prepare()
+        fs.cut_power_after(cut)
+        with contextlib.suppress(PowerCut):
+            act(storage)
+        fs.crash()
+        reopened = Storage.open(DATA_DIR, fs=fs)
+        state = reopened.initial_state()
+        loaded = reopened.load_snapshot()
+        assert loaded is not None, f"cut {cut}: no snapshot at all"
+        assert loaded[0] == state.snapshot
+        if loaded == (snap(10, 1), b"ten"):
+            assert [e.index for e in state.entries] == list(range(11, 21))
+            outcomes.add("old")
+        elif operation == "save":
+            assert loaded == (snap(15, 1), b"fifteen"), f"cut {cut}: {loaded}"
+            assert [e.index for e in state.entries] == list(range(16, 21))
+            outcomes.add("new")
+        else:
+            assert loaded == (snap(40, 3), b"forty"), f"cut {cut}: {loaded}"
+            assert state.entries == []
+            outcomes.add("new")
+    return outcomes
+
+
+def test_a_crash_inside_save_snapshot_leaves_the_old_snapshot_or_the_new_one() -> None:
+    assert _crash_inside("save") == {"old", "new"}
+
+
+def test_a_crash_inside_install_snapshot_leaves_the_old_state_or_the_new_one() -> None:
+    assert _crash_inside("install") == {"old", "new"}
+
+
+def test_a_damaged_snapshot_the_log_was_compacted_to_is_an_error_naming_it(
+    tmp_path: Path,
+) -> None:
+    """An older valid snapshot is no way out: the entries between the two are gone."""
+    with filled(tmp_path) as storage:
+        storage.save_snapshot(snap(10, 1), b"ten")
+        storage.save_snapshot(snap(15, 1), b"fifteen")
+    newest = tmp_path / "snap" / f"{1:016x}-{15:016x}.snap"
+    flip_byte(newest, newest.stat().st_size - 6)
+    with pytest.raises(StorageCorruptedError, match="checksum") as err:
+        Storage.open(tmp_path)
+    assert err.value.path == newest
+    assert str(newest) in str(err.value)
+
+
+def test_bad_snapshot_magic_is_an_error(tmp_path: Path) -> None:
+    with filled(tmp_path) as storage:
+        storage.save_snapshot(snap(10, 1), b"ten")
+    path = tmp_path / "snap" / f"{1:016x}-{10:016x}.snap"
+    path.write_bytes(b"garbage!" + path.read_bytes()[8:])
+    with pytest.raises(StorageCorruptedError, match="bad magic number") as err:
+        Storage.open(tmp_path)
+    assert (err.value.path, err.value.offset) == (path, 0)
+
+
+def test_a_missing_snapshot_the_log_was_compacted_to_is_an_error(tmp_path: Path) -> None:
+    with filled(tmp_path) as storage:
+        storage.save_snapshot(snap(10, 1), b"ten")
+    (tmp_path / "snap" / f"{1:016x}-{10:016x}.snap").unlink()
+    with pytest.raises(StorageCorruptedError, match="missing"):
+        Storage.open(tmp_path)
+
+
+@pytest.mark.parametrize("damage", [False, True])
+def test_a_newer_snapshot_the_log_never_recorded_is_removed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: bool
+) -> None:
+    """A crash between the snapshot file and its record in the log: the save never happened
+    (as etcd does), so a damaged file there is no reason to stop."""
+    with filled(tmp_path) as storage:
+        storage.save_snapshot(snap(10, 1), b"ten")
+    unrecorded = write_unrecorded_snapshot(tmp_path, 15, 1)
+    if damage:
+        flip_byte(unrecorded, 40)
+    caplog.set_level(logging.WARNING)
+    with Storage.open(tmp_path) as storage:
+        state = storage.initial_state()
+        assert state.snapshot == snap(10, 1)
+        assert [e.index for e in state.entries] == list(range(11, 21))
+    assert not unrecorded.exists()
+    assert "never recorded" in caplog.text
+
+
+def test_a_damaged_snapshot_with_a_valid_newer_one_moves_forward(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Falling forward is safe: the newer snapshot covers everything the damaged one did."""
+    with filled(tmp_path) as storage:
+        storage.save_snapshot(snap(10, 1), b"ten")
+    own = tmp_path / "snap" / f"{1:016x}-{10:016x}.snap"
+    write_unrecorded_snapshot(tmp_path, 15, 1)
+    flip_byte(own, 40)
+    caplog.set_level(logging.WARNING)
+    with Storage.open(tmp_path) as storage:
+        state = storage.initial_state()
+        assert state.snapshot == snap(15, 1)
+        assert [e.index for e in state.entries] == list(range(16, 21))
+        assert state.hard_state == hard(1, "a", 20)
+    assert str(own) in caplog.text
+    with Storage.open(tmp_path) as storage:  # and it is recorded now
+        assert storage.initial_state().snapshot == snap(15, 1)
