@@ -1,0 +1,782 @@
+"""The chat state machine: what the committed log builds, and the reads served from it.
+
+`ChatState.apply(index, data)` is deterministic: the state after a sequence of entries depends
+on those entries alone. There is no clock (log time is the largest `timestamp_ms` applied so
+far; session and client expiry are measured in it), no randomness, no set iteration, and every
+dict is iterated in an order the applied commands fixed. Two replicas fed the same entries have
+equal `snapshot()` bytes and equal `digest()`. The limits (ChatLimits) take part in apply, so
+every node of a cluster must run with the same ones.
+
+Log time comes from the accepting nodes' clocks: a node whose clock runs far ahead moves it on
+for everyone (sessions and client sessions then expire early); one whose clock lags cannot move
+it back.
+
+Reads (`authenticate`, `list_accounts`, `history`, `queue`, `account_hash`) never mutate.
+
+Imports node.config, node.chat.* and the standard library only: no grpc, asyncio or protos.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import bisect
+import hashlib
+import hmac
+import json
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from fnmatch import fnmatchcase
+from itertools import islice, pairwise
+from typing import Any, NoReturn
+
+from node.chat.commands import (
+    Ack,
+    Command,
+    CommandKind,
+    DeleteAccount,
+    Login,
+    Logout,
+    Register,
+    RequestId,
+    Send,
+    canonical_json,
+    decode,
+    password_hash_from_json,
+    password_hash_json,
+)
+from node.chat.errors import (
+    ChatError,
+    CommandDecodeError,
+    ErrorCode,
+    InvariantError,
+    SnapshotDecodeError,
+)
+from node.chat.passwords import PasswordHash
+from node.chat.replies import (
+    AckReply,
+    ApplyResult,
+    ChatMessage,
+    DeleteAccountReply,
+    LoginReply,
+    LogoutReply,
+    Outcome,
+    RegisterReply,
+    Reply,
+    SendReply,
+)
+from node.chat.validation import (
+    check_request_id,
+    show,
+    username_key,
+    validate_history_limit,
+    validate_message_id,
+    validate_page_size,
+    validate_pattern,
+    validate_text,
+    validate_token,
+    validate_username,
+)
+from node.config import ChatLimits
+
+SNAPSHOT_FORMAT_VERSION = 1
+# Bounds that keep one misbehaving client or user from growing the state without limit.
+MAX_SESSIONS_PER_ACCOUNT = 64  # a login beyond it ends that account's least recently used one
+MAX_REPLIES_PER_CLIENT = 256  # outstanding requests remembered per client (thesis §6.3)
+
+_WILDCARDS = "*?["
+
+
+class _Account:
+    """One account and everything that is its own."""
+
+    __slots__ = ("history", "password_hash", "queue", "tokens", "username")
+
+    def __init__(self, username: str, password_hash: PasswordHash) -> None:
+        self.username = username  # as registered
+        self.password_hash = password_hash
+        # unacked messages to this account; ids strictly increase left to right
+        self.queue: deque[ChatMessage] = deque()
+        # key of the other party -> the most recent messages between the two, oldest first
+        # (this account's own view: deleting it leaves the other party's view alone)
+        self.history: dict[str, deque[ChatMessage]] = {}
+        # this account's live session tokens, least recently used first (as in _sessions)
+        self.tokens: dict[str, None] = {}
+
+
+class _Session:
+    __slots__ = ("last_used_ms", "user_key")
+
+    def __init__(self, user_key: str, last_used_ms: int) -> None:
+        self.user_key = user_key  # always a key of ChatState._accounts
+        self.last_used_ms = last_used_ms  # log time of the last applied command using it
+
+
+class _Client:
+    """A client session of the thesis, §6.3: the replies a retry must get back."""
+
+    __slots__ = ("first_outstanding", "last_used_ms", "replies")
+
+    def __init__(self, first_outstanding: int, last_used_ms: int) -> None:
+        self.first_outstanding = first_outstanding  # seqs below it are answered and forgotten
+        self.last_used_ms = last_used_ms
+        # seq -> (kind, outcome); every seq >= first_outstanding that was applied
+        self.replies: dict[int, tuple[CommandKind, Outcome]] = {}
+
+
+def _unauthenticated(message: str) -> ChatError:
+    return ChatError(ErrorCode.UNAUTHENTICATED, message)
+
+
+_UNKNOWN_SESSION = "session unknown or ended (logged out, expired or account deleted): log in again"
+_WRONG_LOGIN = "wrong username or password"
+
+
+class ChatState:
+    """Accounts, sessions, queues, histories and client sessions, built by `apply`."""
+
+    def __init__(self, limits: ChatLimits) -> None:
+        self._limits = limits
+        self._session_idle_ms = limits.session_idle_s * 1000
+        self._client_idle_ms = limits.client_idle_s * 1000
+        self._applied_index = 0
+        self._log_time_ms = 0  # the largest timestamp_ms applied so far
+        self._next_message_id = 1
+        self._accounts: dict[str, _Account] = {}  # username_key -> account
+        self._names: list[str] = []  # sorted keys of _accounts
+        # token -> session, least recently used first (log time never decreases, so
+        # last_used_ms is non-decreasing along this order and expiry pops from the front)
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        # client id -> client session, least recently active first (same argument)
+        self._clients: OrderedDict[str, _Client] = OrderedDict()
+        self._digest: str | None = None  # cache of digest(); None when stale
+
+    # --- properties -----------------------------------------------------------------------
+
+    @property
+    def limits(self) -> ChatLimits:
+        return self._limits
+
+    @property
+    def applied_index(self) -> int:
+        """Index of the last entry applied (or skipped, or restored from a snapshot)."""
+        return self._applied_index
+
+    @property
+    def log_time_ms(self) -> int:
+        return self._log_time_ms
+
+    @property
+    def account_count(self) -> int:
+        return len(self._accounts)
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def client_count(self) -> int:
+        """Clients remembered for deduplication."""
+        return len(self._clients)
+
+    def remembered_replies(self, client_id: str) -> int:
+        """How many replies are kept for `client_id` (0 if it is not remembered)."""
+        client = self._clients.get(client_id)
+        return 0 if client is None else len(client.replies)
+
+    # --- applying -------------------------------------------------------------------------
+
+    def _check_next(self, index: int) -> None:
+        if index <= self._applied_index:
+            raise InvariantError(
+                f"entry {index} applied after entry {self._applied_index}: entries must be "
+                "applied once each, in log order"
+            )
+
+    def _advance(self, index: int) -> None:
+        self._check_next(index)
+        self._applied_index = index
+        self._digest = None
+
+    def skip(self, index: int) -> None:
+        """Record that entry `index` carries nothing for the chat (a leader's no-op, a
+        membership change), so that `applied_index` follows the log."""
+        self._advance(index)
+
+    def apply(self, index: int, data: bytes) -> ApplyResult:
+        """Apply committed entry `index`. A refused command is an outcome, never raised.
+
+        Raises CommandDecodeError (the state untouched) for bytes that are no command, and
+        InvariantError if `index` is not past `applied_index`.
+        """
+        self._check_next(index)
+        cmd = decode(data)
+        self._advance(index)
+        return self._apply(index, cmd)
+
+    def _apply(self, index: int, cmd: Command) -> ApplyResult:
+        now = self._log_time_ms = max(self._log_time_ms, cmd.timestamp_ms)
+        ended: list[str] = []
+        self._expire(now, ended)
+        request = cmd.request
+        if request is not None:
+            try:
+                check_request_id(request.client_id, request.seq, request.first_outstanding)
+            except ChatError as exc:
+                return ApplyResult(index, exc.copy(), request, ended_tokens=tuple(ended))
+            client = self._clients.get(request.client_id)
+            if client is not None:
+                early = self._answer_again(client, request, cmd.KIND, now)
+                if early is not None:
+                    return ApplyResult(index, early[0], request, early[1], None, tuple(ended))
+        message: ChatMessage | None = None
+        outcome: Outcome
+        try:
+            outcome, message = self._execute(cmd, now, ended)
+        except ChatError as exc:
+            outcome = exc.copy()  # no traceback kept alive by the dedup table
+        if request is not None:
+            self._remember(request, cmd.KIND, outcome, now)
+        return ApplyResult(index, outcome, request, False, message, tuple(ended))
+
+    def _answer_again(
+        self, client: _Client, request: RequestId, kind: CommandKind, now: int
+    ) -> tuple[Outcome, bool] | None:
+        """The outcome of a request that must not be applied again (thesis §6.3), or None."""
+        if request.seq < client.first_outstanding:
+            return (
+                ChatError(
+                    ErrorCode.INVALID_ARGUMENT,
+                    f"request {request.seq} of client {show(request.client_id)} is stale: the "
+                    f"client said it holds replies for every request below "
+                    f"{client.first_outstanding}",
+                ),
+                False,
+            )
+        stored = client.replies.get(request.seq)
+        if stored is None:
+            return None
+        client.last_used_ms = now
+        self._clients.move_to_end(request.client_id)
+        stored_kind, outcome = stored
+        if stored_kind is not kind:
+            return (
+                ChatError(
+                    ErrorCode.INVALID_ARGUMENT,
+                    f"request {request.seq} of client {show(request.client_id)} was a "
+                    f"{stored_kind.value}; its id cannot be reused for a {kind.value}",
+                ),
+                False,
+            )
+        if isinstance(outcome, ChatError):
+            outcome = outcome.copy()
+        return outcome, True
+
+    def _remember(self, request: RequestId, kind: CommandKind, outcome: Outcome, now: int) -> None:
+        client = self._clients.get(request.client_id)
+        if client is None:
+            client = _Client(request.first_outstanding, now)
+            self._clients[request.client_id] = client
+        else:
+            client.last_used_ms = now
+            self._clients.move_to_end(request.client_id)
+        replies = client.replies
+        replies[request.seq] = (kind, outcome)
+        if request.first_outstanding > client.first_outstanding:
+            client.first_outstanding = request.first_outstanding
+        if len(replies) > 1:
+            for seq in [s for s in replies if s < client.first_outstanding]:
+                del replies[seq]
+        if len(replies) > MAX_REPLIES_PER_CLIENT:
+            # Forget the oldest, and refuse it as stale from now on rather than apply it twice.
+            oldest = min(replies)
+            del replies[oldest]
+            client.first_outstanding = max(client.first_outstanding, oldest + 1)
+
+    def _expire(self, now: int, ended: list[str]) -> None:
+        """End sessions idle past session_idle_s and forget clients idle past client_idle_s."""
+        horizon = now - self._session_idle_ms
+        sessions = self._sessions
+        while sessions:
+            token, session = next(iter(sessions.items()))
+            if session.last_used_ms >= horizon:
+                break
+            self._end_session(token, ended)
+        horizon = now - self._client_idle_ms
+        clients = self._clients
+        while clients and next(iter(clients.values())).last_used_ms < horizon:
+            clients.popitem(last=False)
+
+    def _end_session(self, token: str, ended: list[str]) -> None:
+        session = self._sessions.pop(token)
+        del self._accounts[session.user_key].tokens[token]
+        ended.append(token)
+
+    def _use_session(self, token: str, now: int) -> _Account:
+        """The account of a live session, whose use (an applied command) refreshes it."""
+        validate_token(token)
+        session = self._sessions.get(token)
+        if session is None:  # expired sessions were ended by _expire at this log time
+            raise _unauthenticated(_UNKNOWN_SESSION)
+        session.last_used_ms = now
+        self._sessions.move_to_end(token)
+        account = self._accounts[session.user_key]
+        del account.tokens[token]
+        account.tokens[token] = None
+        return account
+
+    def _account_named(self, username: str) -> _Account:
+        validate_username(username, self._limits)
+        account = self._accounts.get(username_key(username))
+        if account is None:
+            raise ChatError(ErrorCode.NOT_FOUND, f"no account named {show(username)}")
+        return account
+
+    def _execute(
+        self, cmd: Command, now: int, ended: list[str]
+    ) -> tuple[Reply, ChatMessage | None]:
+        if isinstance(cmd, Send):
+            return self._send(cmd, now)
+        if isinstance(cmd, Ack):
+            return self._ack(cmd, now), None
+        if isinstance(cmd, Register):
+            return self._register(cmd), None
+        if isinstance(cmd, Login):
+            return self._login(cmd, now, ended), None
+        if isinstance(cmd, Logout):
+            return self._logout(cmd, now, ended), None
+        return self._delete_account(cmd, now, ended), None
+
+    def _register(self, cmd: Register) -> Reply:
+        username = validate_username(cmd.username, self._limits)
+        key = username_key(username)
+        taken = self._accounts.get(key)
+        if taken is not None:
+            also = "" if taken.username == username else f" (as {show(taken.username)})"
+            raise ChatError(
+                ErrorCode.ALREADY_EXISTS,
+                f"username {show(username)} is already taken{also}; names are unique ignoring case",
+            )
+        self._accounts[key] = _Account(username, cmd.password_hash)
+        bisect.insort(self._names, key)
+        return RegisterReply(username)
+
+    def _login(self, cmd: Login, now: int, ended: list[str]) -> Reply:
+        validate_username(cmd.username, self._limits)
+        token = validate_token(cmd.token)
+        account = self._accounts.get(username_key(cmd.username))
+        # The accepting node verified the password against the hash it read; if the account
+        # is gone, or was deleted and registered again, that check no longer holds.
+        if account is None or not hmac.compare_digest(
+            account.password_hash.digest, cmd.verified_digest
+        ):
+            raise _unauthenticated(_WRONG_LOGIN)
+        if token in self._sessions:
+            raise ChatError(ErrorCode.ALREADY_EXISTS, "session token already in use")
+        self._sessions[token] = _Session(username_key(account.username), now)
+        account.tokens[token] = None
+        if len(account.tokens) > MAX_SESSIONS_PER_ACCOUNT:
+            self._end_session(next(iter(account.tokens)), ended)
+        return LoginReply(token, account.username)
+
+    def _logout(self, cmd: Logout, now: int, ended: list[str]) -> Reply:
+        account = self._use_session(cmd.token, now)
+        self._end_session(cmd.token, ended)
+        return LogoutReply(account.username)
+
+    def _send(self, cmd: Send, now: int) -> tuple[Reply, ChatMessage]:
+        sender = self._use_session(cmd.token, now)
+        validate_text(cmd.text, self._limits)
+        recipient = self._account_named(cmd.recipient)
+        if len(recipient.queue) >= self._limits.queue_limit:
+            raise ChatError(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"{show(recipient.username)} has {len(recipient.queue)} undelivered messages, "
+                "the most a queue holds; try again once some are read",
+            )
+        message = ChatMessage(
+            self._next_message_id, sender.username, recipient.username, cmd.text, now
+        )
+        self._next_message_id += 1
+        recipient.queue.append(message)
+        self._history(sender, username_key(recipient.username)).append(message)
+        if recipient is not sender:
+            self._history(recipient, username_key(sender.username)).append(message)
+        return SendReply(message.id, now), message
+
+    def _history(self, account: _Account, other_key: str) -> deque[ChatMessage]:
+        history = account.history.get(other_key)
+        if history is None:
+            history = account.history[other_key] = deque(maxlen=self._limits.history_per_pair)
+        return history
+
+    def _ack(self, cmd: Ack, now: int) -> Reply:
+        account = self._use_session(cmd.token, now)
+        up_to_id = validate_message_id(cmd.up_to_id, "ack up_to_id")
+        queue = account.queue
+        removed = 0
+        while queue and queue[0].id <= up_to_id:
+            queue.popleft()
+            removed += 1
+        return AckReply(removed)
+
+    def _delete_account(self, cmd: DeleteAccount, now: int, ended: list[str]) -> Reply:
+        account = self._use_session(cmd.token, now)
+        for token in list(account.tokens):
+            self._end_session(token, ended)
+        key = username_key(account.username)
+        del self._accounts[key]
+        del self._names[bisect.bisect_left(self._names, key)]
+        # Messages it sent stay in their recipients' queues and views of history; its own
+        # queue and views go with it.
+        return DeleteAccountReply(account.username)
+
+    # --- reads ----------------------------------------------------------------------------
+
+    def authenticate(self, token: str, now_ms: int | None = None) -> str:
+        """The registered username of the live session `token`, judged at `now_ms` (default:
+        log time). UNAUTHENTICATED for unknown, logged-out and idle-expired tokens."""
+        validate_token(token)
+        session = self._sessions.get(token)
+        if session is None:
+            raise _unauthenticated(_UNKNOWN_SESSION)
+        now = self._log_time_ms if now_ms is None else now_ms
+        if now - session.last_used_ms > self._session_idle_ms:
+            raise _unauthenticated(
+                f"session expired after {self._limits.session_idle_s} s without use: log in again"
+            )
+        return self._accounts[session.user_key].username
+
+    def account_hash(self, username: str) -> PasswordHash | None:
+        """The password hash of `username` (any case), for verifying a login; None if none."""
+        account = self._accounts.get(username_key(username))
+        return None if account is None else account.password_hash
+
+    def registered_name(self, username: str) -> str | None:
+        """`username` as registered (usernames are unique ignoring case); None if none."""
+        account = self._accounts.get(username_key(username))
+        return None if account is None else account.username
+
+    def list_accounts(
+        self, pattern: str = "", page_token: str = "", page_size: int = 0
+    ) -> tuple[tuple[str, ...], str]:
+        """Usernames matching the shell-style `pattern` (ignoring case), sorted ignoring case,
+        one page at a time: returns (names, next_page_token), the token empty on the last page.
+        """
+        wanted = validate_pattern(pattern).lower()
+        size = validate_page_size(page_size, self._limits)
+        names = self._names
+        start = 0
+        if page_token:
+            start = bisect.bisect_right(names, _decode_page_token(page_token))
+        cut = min((i for i in (wanted.find(c) for c in _WILDCARDS) if i >= 0), default=None)
+        prefix = wanted if cut is None else wanted[:cut]
+        if prefix:
+            start = max(start, bisect.bisect_left(names, prefix))
+        found: list[str] = []
+        for i in range(start, len(names)):
+            key = names[i]
+            if not key.startswith(prefix):
+                break
+            if fnmatchcase(key, wanted):
+                if len(found) == size:
+                    return (
+                        tuple(self._accounts[k].username for k in found),
+                        _encode_page_token(found[-1]),
+                    )
+                found.append(key)
+        return tuple(self._accounts[k].username for k in found), ""
+
+    def history(self, username: str, other: str, limit: int = 0) -> tuple[ChatMessage, ...]:
+        """The most recent `limit` messages between `username` and `other` (either way), oldest
+        first, as `username` sees them (`other` need not exist any more)."""
+        account = self._account_named(username)
+        validate_username(other, self._limits)
+        count = validate_history_limit(limit, self._limits)
+        messages = account.history.get(username_key(other))
+        if messages is None:
+            return ()
+        return tuple(islice(messages, max(0, len(messages) - count), None))
+
+    def queue(self, username: str, after_id: int = 0) -> tuple[ChatMessage, ...]:
+        """The unacked messages to `username` with an id above `after_id`, in order."""
+        account = self._account_named(username)
+        validate_message_id(after_id, "after_id")
+        queue = account.queue
+        start = bisect.bisect_right(queue, after_id, key=_message_id)
+        return tuple(islice(queue, start, None))
+
+    # --- snapshots ------------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """The whole state as canonical bytes: equal states give equal bytes.
+
+        Not safe to run while another thread applies: take it on the applying thread, or
+        hold applies until it returns.
+        """
+        messages: dict[int, ChatMessage] = {}
+        accounts: list[list[Any]] = []
+        for key in self._names:
+            account = self._accounts[key]
+            queue_ids = []
+            for m in account.queue:
+                messages[m.id] = m
+                queue_ids.append(m.id)
+            history: dict[str, list[int]] = {}
+            for other, kept in account.history.items():
+                ids = history[other] = []
+                for m in kept:
+                    messages[m.id] = m
+                    ids.append(m.id)
+            accounts.append(
+                [account.username, password_hash_json(account.password_hash), queue_ids, history]
+            )
+        doc = {
+            "applied_index": self._applied_index,
+            "log_time_ms": self._log_time_ms,
+            "next_message_id": self._next_message_id,
+            "messages": [
+                [m.id, m.sender, m.recipient, m.text, m.timestamp_ms]
+                for m in (messages[i] for i in sorted(messages))
+            ],
+            "accounts": accounts,
+            "sessions": [[t, s.user_key, s.last_used_ms] for t, s in self._sessions.items()],
+            "clients": [
+                [
+                    client_id,
+                    c.first_outstanding,
+                    c.last_used_ms,
+                    [[seq, *_outcome_json(*c.replies[seq])] for seq in sorted(c.replies)],
+                ]
+                for client_id, c in self._clients.items()
+            ],
+        }
+        return bytes((SNAPSHOT_FORMAT_VERSION,)) + canonical_json(doc)
+
+    def digest(self) -> str:
+        """sha256 (hex) of snapshot(): equal on replicas that applied the same entries."""
+        if self._digest is None:
+            self._digest = hashlib.sha256(self.snapshot()).hexdigest()
+        return self._digest
+
+    def restore(self, data: bytes) -> None:
+        """Replace the whole state by the one `data` (from snapshot()) describes.
+
+        Raises SnapshotDecodeError, the state untouched, for anything else.
+        """
+        fresh = _load_snapshot(data, self._limits)
+        for name in _STATE_FIELDS:
+            setattr(self, name, getattr(fresh, name))
+        self._digest = None
+
+
+_STATE_FIELDS = (
+    "_applied_index",
+    "_log_time_ms",
+    "_next_message_id",
+    "_accounts",
+    "_names",
+    "_sessions",
+    "_clients",
+)
+
+
+def _message_id(message: ChatMessage) -> int:
+    return message.id
+
+
+def _encode_page_token(key: str) -> str:
+    return base64.urlsafe_b64encode(key.encode("ascii")).decode("ascii").rstrip("=")
+
+
+def _decode_page_token(page_token: str) -> str:
+    try:
+        padded = page_token + "=" * (-len(page_token) % 4)
+        key = base64.b64decode(padded, altchars=b"-_", validate=True).decode("ascii")
+    except (binascii.Error, ValueError):
+        key = ""
+    if not key or key != username_key(key) or len(key) > 256:
+        raise ChatError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"page token {show(page_token)} is not one this service handed out",
+        )
+    return key
+
+
+# --- snapshot codec ---------------------------------------------------------------------------
+
+
+def _outcome_json(kind: CommandKind, outcome: Outcome) -> list[Any]:
+    if isinstance(outcome, ChatError):
+        return [kind.value, "error", outcome.code.value, outcome.message]
+    if isinstance(outcome, SendReply):
+        return [kind.value, "send", outcome.message_id, outcome.timestamp_ms]
+    if isinstance(outcome, AckReply):
+        return [kind.value, "ack", outcome.removed]
+    if isinstance(outcome, LoginReply):
+        return [kind.value, "login", outcome.token, outcome.username]
+    if isinstance(outcome, RegisterReply):
+        return [kind.value, "register", outcome.username]
+    if isinstance(outcome, LogoutReply):
+        return [kind.value, "logout", outcome.username]
+    return [kind.value, "delete_account", outcome.username]
+
+
+def _bad(what: str) -> NoReturn:
+    raise SnapshotDecodeError(f"chat snapshot: {what}")
+
+
+def _int(value: object, what: str) -> int:
+    if type(value) is not int or value < 0:
+        _bad(f"{what}: expected a non-negative integer")
+    return value
+
+
+def _str(value: object, what: str) -> str:
+    if type(value) is not str:
+        _bad(f"{what}: expected a string")
+    return value
+
+
+def _list(value: object, what: str, length: int | None = None) -> list[Any]:
+    if type(value) is not list or (length is not None and len(value) != length):
+        _bad(f"{what}: expected a list" + ("" if length is None else f" of {length}"))
+    return value
+
+
+_REPLY_DECODERS: dict[str, tuple[int, Callable[[list[Any]], Outcome]]] = {
+    "error": (2, lambda a: ChatError(ErrorCode(_str(a[0], "code")), _str(a[1], "message"))),
+    "send": (2, lambda a: SendReply(_int(a[0], "message id"), _int(a[1], "timestamp"))),
+    "ack": (1, lambda a: AckReply(_int(a[0], "removed"))),
+    "login": (2, lambda a: LoginReply(_str(a[0], "token"), _str(a[1], "username"))),
+    "register": (1, lambda a: RegisterReply(_str(a[0], "username"))),
+    "logout": (1, lambda a: LogoutReply(_str(a[0], "username"))),
+    "delete_account": (1, lambda a: DeleteAccountReply(_str(a[0], "username"))),
+}
+
+
+def _outcome_from_json(row: list[Any]) -> tuple[CommandKind, Outcome]:
+    if len(row) < 2:
+        _bad("client reply: too short")
+    try:
+        kind = CommandKind(row[0])
+        arity, build = _REPLY_DECODERS[row[1]]
+    except (ValueError, KeyError, TypeError):
+        _bad(f"client reply: unknown kind {row[:2]!r}")
+    if len(row) != 2 + arity:
+        _bad(f"client reply {row[1]!r}: expected {arity} values")
+    try:
+        return kind, build(row[2:])
+    except ValueError:
+        _bad(f"client reply {row[1]!r}: bad error code")
+
+
+def _load_snapshot(data: bytes, limits: ChatLimits) -> ChatState:
+    if not data or data[0] != SNAPSHOT_FORMAT_VERSION:
+        _bad(
+            f"format version {data[0] if data else None} is not the one this node understands "
+            f"({SNAPSHOT_FORMAT_VERSION})"
+        )
+    try:
+        doc = json.loads(data[1:].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        _bad(f"not UTF-8 JSON: {exc}")
+    keys = {
+        "applied_index",
+        "log_time_ms",
+        "next_message_id",
+        "messages",
+        "accounts",
+        "sessions",
+        "clients",
+    }
+    if type(doc) is not dict or doc.keys() != keys:
+        _bad(f"expected an object with keys {sorted(keys)}")
+    state = ChatState(limits)
+    state._applied_index = _int(doc["applied_index"], "applied_index")
+    state._log_time_ms = _int(doc["log_time_ms"], "log_time_ms")
+    state._next_message_id = _int(doc["next_message_id"], "next_message_id")
+
+    messages: dict[int, ChatMessage] = {}
+    next_id = state._next_message_id
+    for row in _list(doc["messages"], "messages"):
+        if type(row) is not list or len(row) != 5:
+            _bad("message: expected a list of 5")
+        mid, sender, recipient, text, ts = row
+        if not (
+            type(mid) is int
+            and type(sender) is str
+            and type(recipient) is str
+            and type(text) is str
+            and type(ts) is int
+            and 0 < mid < next_id
+            and ts >= 0
+            and mid not in messages
+        ):
+            _bad(f"message {mid!r}: bad field types, or id repeated or not below next_message_id")
+        messages[mid] = ChatMessage(mid, sender, recipient, text, ts)
+
+    def referenced(ids: object, what: str) -> list[ChatMessage]:
+        ids = _list(ids, what)
+        try:
+            found = [messages[i] for i in ids]
+        except (KeyError, TypeError):
+            found = []
+        if len(found) != len(ids) or not all(type(i) is int for i in ids):
+            _bad(f"{what}: a reference to an unknown message")
+        return found
+
+    for row in _list(doc["accounts"], "accounts"):
+        username, hash_json, queue_ids, history = _list(row, "account", 4)
+        username = _str(username, "username")
+        try:
+            validate_username(username, limits)
+            password_hash = password_hash_from_json(hash_json, f"account {username!r}")
+        except (ChatError, CommandDecodeError) as exc:
+            _bad(f"account {username!r}: {exc}")
+        key = username_key(username)
+        if key in state._accounts or (state._names and key <= state._names[-1]):
+            _bad(f"account {username!r}: repeated or out of order")
+        account = _Account(username, password_hash)
+        account.queue.extend(referenced(queue_ids, f"account {username!r}: queue"))
+        if any(a.id >= b.id for a, b in pairwise(account.queue)):
+            _bad(f"account {username!r}: queue ids not increasing")
+        if type(history) is not dict:
+            _bad(f"account {username!r}: history: expected an object")
+        for other, ids in sorted(history.items()):
+            if other != username_key(other):
+                _bad(f"account {username!r}: history with {other!r}: not a username key")
+            account.history[other] = deque(
+                referenced(ids, f"account {username!r}: history with {other!r}"),
+                maxlen=limits.history_per_pair,
+            )
+        state._accounts[key] = account
+        state._names.append(key)
+
+    last_used = 0
+    for row in _list(doc["sessions"], "sessions"):
+        token, user_key, used = _list(row, "session", 3)
+        token, used = _str(token, "token"), _int(used, "session last_used_ms")
+        owner = state._accounts.get(_str(user_key, "session user"))
+        if owner is None or token in state._sessions or used < last_used:
+            _bad(f"session of {user_key!r}: unknown user, repeated token or out of order")
+        state._sessions[token] = _Session(user_key, used)
+        owner.tokens[token] = None
+        last_used = used
+
+    last_used = 0
+    for row in _list(doc["clients"], "clients"):
+        client_id, first_outstanding, used, replies = _list(row, "client", 4)
+        client_id, used = _str(client_id, "client id"), _int(used, "client last_used_ms")
+        if client_id in state._clients or used < last_used:
+            _bad(f"client {client_id!r}: repeated or out of order")
+        client = _Client(_int(first_outstanding, "first_outstanding"), used)
+        for reply in _list(replies, "client replies"):
+            reply = _list(reply, "client reply")
+            seq = _int(reply[0] if reply else None, "client reply seq")
+            if seq in client.replies or seq < client.first_outstanding:
+                _bad(f"client {client_id!r}: reply {seq} repeated or stale")
+            client.replies[seq] = _outcome_from_json(reply[1:])
+        state._clients[client_id] = client
+        last_used = used
+    return state

@@ -1,0 +1,244 @@
+"""Snapshots, digests and the contract of apply: exact round trips, replicas provably equal."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from node.chat.commands import Command, encode
+from node.chat.errors import CommandDecodeError, InvariantError, SnapshotDecodeError
+from node.chat.state import SNAPSHOT_FORMAT_VERSION, ChatState
+from node.config import ChatLimits
+
+from .conftest import SMALL_LIMITS, Node
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def busy_node() -> Node:
+    """A state with something of everything: accounts, deleted ones, sessions, queues, acks,
+    histories, dedup replies (good and refused)."""
+    node = Node()
+    alice, bob, carol = node.user("Alice"), node.user("bob"), node.user("carol")
+    node.login("bob")
+    for i in range(6):
+        node.send(alice, "bob", f"a{i} ✓")
+        node.send(bob, "alice", f"b{i}")
+        node.advance(1)
+    node.send(carol, "carol", "self")
+    node.ack(bob, 3)
+    node.send(alice, "nobody")
+    node.delete(carol)
+    node.logout(alice)
+    return node
+
+
+def test_snapshot_restore_round_trips_exactly() -> None:
+    node = busy_node()
+    data = node.state.snapshot()
+    other = ChatState(SMALL_LIMITS)
+    other.restore(data)
+    assert other.snapshot() == data
+    assert other.digest() == node.state.digest()
+    assert other.applied_index == node.state.applied_index
+    assert other.log_time_ms == node.state.log_time_ms
+    assert other.queue("bob") == node.state.queue("bob")
+    assert other.history("alice", "bob", 100) == node.state.history("alice", "bob", 100)
+    assert other.list_accounts() == node.state.list_accounts()
+
+
+def test_a_restored_state_goes_on_exactly_like_the_original() -> None:
+    node = busy_node()
+    twin = ChatState(SMALL_LIMITS)
+    twin.restore(node.state.snapshot())
+    bob = "token-2"  # bob's first login in busy_node
+    node.advance(1)
+    commands: list[Callable[[], Command]] = [
+        lambda: node.send_cmd(bob, "alice", "after"),
+        lambda: node.register_cmd("carol"),
+        lambda: node.ack_cmd(bob, 100),
+        lambda: node.login_cmd("carol"),  # reads the state, as the accepting node does
+    ]
+    for command in commands:
+        index, data = node.state.applied_index + 1, encode(command())
+        assert node.state.apply(index, data) == twin.apply(index, data)
+    assert node.state.digest() == twin.digest()
+    assert twin.session_count == node.state.session_count == 3
+
+
+def test_restore_replaces_everything() -> None:
+    node = busy_node()
+    other = Node()
+    other.user("zed")
+    other.state.restore(node.state.snapshot())
+    assert other.state.registered_name("zed") is None
+    assert other.state.digest() == node.state.digest()
+    empty = ChatState(SMALL_LIMITS)
+    other.state.restore(empty.snapshot())
+    assert other.state.account_count == 0 and other.state.applied_index == 0
+
+
+def test_equal_states_give_equal_bytes_and_different_ones_do_not() -> None:
+    a, b = busy_node(), busy_node()
+    assert a.state.snapshot() == b.state.snapshot()
+    assert a.state.digest() == b.state.digest()
+    a.register("dave")
+    assert a.state.digest() != b.state.digest()
+    b.register("dave")
+    assert a.state.digest() == b.state.digest()
+    assert len(a.state.digest()) == 64
+
+
+def test_snapshot_is_a_version_byte_then_canonical_json() -> None:
+    data = busy_node().state.snapshot()
+    assert data[0] == SNAPSHOT_FORMAT_VERSION
+    doc = json.loads(data[1:])
+    assert data[1:] == json.dumps(
+        doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode("utf-8")
+
+
+def _corrupt(data: bytes, edit: object) -> bytes:
+    doc = json.loads(data[1:])
+    edit(doc)  # type: ignore[operator]
+    return data[:1] + json.dumps(doc).encode()
+
+
+def _set(path: list[object], value: object) -> object:
+    def edit(doc: dict[str, object]) -> None:
+        target: object = doc
+        for key in path[:-1]:
+            target = target[key]  # type: ignore[index]
+        target[path[-1]] = value  # type: ignore[index]
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        _set(["messages", 0, 0], "1"),
+        _set(["messages", 0, 0], 10**6),  # not below next_message_id
+        _set(["accounts", 0, 0], "bad name!"),
+        _set(["accounts", 0, 2], [999]),  # queue refers to an unknown message
+        _set(["accounts", 0, 1, "n"], 3),
+        _set(["sessions", 0, 1], "ghost"),
+        _set(["clients", 0, 3, 0, 2], "nonsense"),
+        _set(["applied_index"], -1),
+        _set(["extra"], 1),
+        lambda doc: doc["accounts"].reverse(),  # out of order
+    ],
+)
+def test_a_bad_snapshot_is_refused_and_the_state_left_alone(edit: object) -> None:
+    node = busy_node()
+    before = node.state.digest()
+    bad = _corrupt(node.state.snapshot(), edit)
+    with pytest.raises(SnapshotDecodeError):
+        node.state.restore(bad)
+    assert node.state.digest() == before
+    assert node.state.queue("bob")  # still usable
+
+
+@pytest.mark.parametrize("data", [b"", b"\x02{}", b"\x01{", b"\x01[]", b"\x01\xff"])
+def test_snapshot_bytes_of_other_kinds_are_refused(data: bytes) -> None:
+    with pytest.raises(SnapshotDecodeError):
+        ChatState(SMALL_LIMITS).restore(data)
+
+
+def test_an_entry_cannot_be_applied_twice_or_out_of_order() -> None:
+    node = Node()
+    cmd = node.register_cmd("alice")
+    node.state.apply(5, encode(cmd))
+    for index in (5, 4):
+        with pytest.raises(InvariantError):
+            node.state.apply(index, encode(node.register_cmd("bob")))
+    assert node.state.applied_index == 5 and node.state.account_count == 1
+
+
+def test_skip_moves_applied_index_for_entries_without_chat_data() -> None:
+    state = ChatState(SMALL_LIMITS)
+    before = state.digest()
+    state.skip(1)
+    assert state.applied_index == 1
+    assert state.digest() != before  # the digest is of the state *at* an applied index
+    with pytest.raises(InvariantError):
+        state.skip(1)
+
+
+def test_undecodable_entries_raise_and_leave_the_state_alone() -> None:
+    node = busy_node()
+    before, index = node.state.digest(), node.state.applied_index
+    with pytest.raises(CommandDecodeError):
+        node.state.apply(index + 1, b"\x01{}")
+    assert node.state.digest() == before and node.state.applied_index == index
+
+
+def test_a_large_state_round_trips() -> None:
+    node = Node(ChatLimits(queue_limit=50_000, history_per_pair=50_000))
+    a = node.user("a")
+    node.user("b")
+    for i in range(20_000):
+        node.apply(node.send_cmd(a, "b", f"message {i}"))
+    data = node.state.snapshot()
+    other = ChatState(node.state.limits)
+    other.restore(data)
+    assert other.snapshot() == data
+    assert len(other.queue("b")) == 20_000
+
+
+_SCRIPT = """
+import random
+from node.chat.commands import Login, Register, RequestId, Send, encode
+from node.chat.passwords import hash_password
+from node.chat.state import ChatState
+from node.config import ChatLimits, ScryptCost
+
+rng = random.Random(7)
+state = ChatState(ChatLimits(queue_limit=8, history_per_pair=5, session_idle_s=30))
+names = [f"user{i}" for i in range(12)]
+h = hash_password("pw", ScryptCost(n=16, r=1, p=1), b"salt")
+index, now, tokens = 0, 0, []
+for step in range(3000):
+    now += rng.randrange(0, 2000)
+    roll = rng.random()
+    client = f"c{rng.randrange(30)}"
+    req = RequestId(client, step, step)
+    if roll < 0.1:
+        cmd = Register(timestamp_ms=now, request=req, username=rng.choice(names), password_hash=h)
+    elif roll < 0.3:
+        tok = f"t{step}"
+        tokens.append(tok)
+        cmd = Login(timestamp_ms=now, request=req, username=rng.choice(names), token=tok,
+                    verified_digest=h.digest)
+    else:
+        cmd = Send(timestamp_ms=now, request=req, token=rng.choice(tokens or ["x"]),
+                   recipient=rng.choice(names), text=str(step))
+    index += 1
+    state.apply(index, encode(cmd))
+print(state.digest(), state.session_count, state.client_count)
+"""
+
+
+def test_apply_does_not_depend_on_the_hash_seed() -> None:
+    """TRAPS.md, Determinism: replay under two PYTHONHASHSEED values and compare."""
+    outputs = []
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        done = subprocess.run(
+            [sys.executable, "-c", _SCRIPT],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        outputs.append(done.stdout)
+    assert outputs[0] == outputs[1]
+    assert outputs[0].split()[1] != "0"  # the script did build sessions

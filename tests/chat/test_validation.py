@@ -1,0 +1,158 @@
+"""Checks made before proposing: bad input never reaches the log."""
+
+from __future__ import annotations
+
+import pytest
+
+from node.chat.commands import MAX_UINT64, RequestId
+from node.chat.errors import ChatError, ErrorCode
+from node.chat.validation import (
+    MAX_PASSWORD_CHARS,
+    MAX_PATTERN_CHARS,
+    show,
+    validate_history_limit,
+    validate_message_id,
+    validate_page_size,
+    validate_password,
+    validate_pattern,
+    validate_request_id,
+    validate_text,
+    validate_token,
+    validate_username,
+)
+from node.config import ChatLimits
+
+LIMITS = ChatLimits()
+
+
+def invalid(fn: object, *args: object) -> ChatError:
+    with pytest.raises(ChatError) as info:
+        fn(*args)  # type: ignore[operator]
+    assert info.value.code is ErrorCode.INVALID_ARGUMENT
+    return info.value
+
+
+@pytest.mark.parametrize("name", ["a", "Z", "7", "_", ".", "-", "x" * 32, "Al.ice_B-2"])
+def test_usernames_of_1_to_32_allowed_characters_pass(name: str) -> None:
+    assert validate_username(name, LIMITS) == name
+
+
+def test_username_of_33_characters_is_refused_with_its_length() -> None:
+    err = invalid(validate_username, "x" * 33, LIMITS)
+    assert "33 characters" in err.message and "32" in err.message
+
+
+def test_empty_username_is_refused() -> None:
+    assert "empty" in invalid(validate_username, "", LIMITS).message
+
+
+def test_bad_username_message_names_the_rule() -> None:
+    err = invalid(validate_username, "bob!", LIMITS)
+    assert err.message.startswith(
+        "username 'bob!' may only contain letters, digits, '_', '.' and '-'"
+    )
+    assert "'!'" in err.message
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "jürgen",
+        "ñ",
+        "Ωmega",
+        "\uff46\uff55\uff4c\uff4c",  # fullwidth "full"
+        "١٢٣",  # Arabic-Indic digits
+        "a b",
+        "a\nb",
+        "bob\n",
+        "tab\t",
+        "a/b",
+        "a@b",
+    ],
+)
+def test_unicode_letters_digits_and_other_characters_are_refused(name: str) -> None:
+    invalid(validate_username, name, LIMITS)
+
+
+def test_username_limit_follows_the_configured_limits() -> None:
+    short = ChatLimits(max_username_chars=4)
+    assert validate_username("abcd", short) == "abcd"
+    invalid(validate_username, "abcde", short)
+
+
+def test_long_values_are_shortened_in_messages() -> None:
+    err = invalid(validate_username, "y" * 500, LIMITS)
+    assert "y" * 41 not in err.message and "…" in err.message
+    assert show("it's") == '"it\'s"'
+    assert show("a\x00b") == "'a\\x00b'"
+
+
+def test_password_must_be_non_empty_and_at_most_1024_characters() -> None:
+    assert validate_password("p") == "p"
+    assert validate_password("é" * MAX_PASSWORD_CHARS) == "é" * MAX_PASSWORD_CHARS
+    invalid(validate_password, "")
+    assert "1025" in invalid(validate_password, "p" * (MAX_PASSWORD_CHARS + 1)).message
+    invalid(validate_password, "ab\ud800")
+
+
+def test_text_of_1_to_4096_characters_passes() -> None:
+    assert validate_text("x", LIMITS) == "x"
+    assert len(validate_text("x" * 4096, LIMITS)) == 4096
+    # characters, not bytes: 4,096 four-byte characters are still 4,096 characters
+    assert len(validate_text("😀" * 4096, LIMITS)) == 4096
+
+
+def test_empty_and_4097_character_texts_are_refused() -> None:
+    assert "empty" in invalid(validate_text, "", LIMITS).message
+    err = invalid(validate_text, "x" * 4097, LIMITS)
+    assert "4097" in err.message and "4096" in err.message
+
+
+def test_text_that_is_not_valid_unicode_is_refused() -> None:
+    assert "surrogate" in invalid(validate_text, "half \udc80 a pair", LIMITS).message
+
+
+def test_empty_pattern_means_everything_and_overlong_patterns_are_refused() -> None:
+    assert validate_pattern("") == "*"
+    assert validate_pattern("[ab]*") == "[ab]*"
+    assert validate_pattern("?" * MAX_PATTERN_CHARS) == "?" * MAX_PATTERN_CHARS
+    invalid(validate_pattern, "*" * (MAX_PATTERN_CHARS + 1))
+
+
+def test_page_size_zero_means_default_and_large_ones_are_cut() -> None:
+    assert validate_page_size(0, LIMITS) == LIMITS.page_size
+    assert validate_page_size(7, LIMITS) == 7
+    assert validate_page_size(10**9, LIMITS) == LIMITS.max_page_size
+    invalid(validate_page_size, -1, LIMITS)
+
+
+def test_history_limit_zero_means_default_and_is_cut_to_what_is_kept() -> None:
+    limits = ChatLimits(history_per_pair=50, page_size=100)
+    assert validate_history_limit(0, limits) == 50
+    assert validate_history_limit(10, limits) == 10
+    assert validate_history_limit(10**6, limits) == 50
+    invalid(validate_history_limit, -5, limits)
+
+
+def test_message_ids_are_uint64() -> None:
+    assert validate_message_id(0) == 0
+    assert validate_message_id(MAX_UINT64) == MAX_UINT64
+    invalid(validate_message_id, -1)
+    invalid(validate_message_id, MAX_UINT64 + 1)
+
+
+@pytest.mark.parametrize("token", ["", "has space", "x" * 129, "tök"])
+def test_missing_or_malformed_tokens_are_unauthenticated(token: str) -> None:
+    with pytest.raises(ChatError) as info:
+        validate_token(token)
+    assert info.value.code is ErrorCode.UNAUTHENTICATED
+
+
+def test_request_ids() -> None:
+    assert validate_request_id("c", 5, 3) == RequestId("c", 5, 3)
+    assert validate_request_id("c", 0, 0) == RequestId("c", 0, 0)
+    invalid(validate_request_id, "", 1, 1)
+    invalid(validate_request_id, "c" * 129, 1, 1)
+    invalid(validate_request_id, "c", 3, 4)  # nothing outstanding beyond the request itself
+    invalid(validate_request_id, "c", -1, 0)
+    invalid(validate_request_id, "c", MAX_UINT64 + 1, 0)
