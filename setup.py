@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
+import tempfile
 
 from setuptools import Command, setup
 from setuptools.command.build_py import build_py
@@ -23,17 +25,32 @@ def generate_protos() -> None:
     sources = sorted(glob.glob(os.path.join(ROOT, "protos", "*.proto")))
     if not sources:
         raise SystemExit("setup.py: no .proto files under protos/")
-    args = [
-        "grpc_tools.protoc",
-        f"--proto_path={ROOT}",
-        f"--proto_path={include}",
-        f"--python_out={ROOT}",
-        f"--grpc_python_out={ROOT}",
-        f"--pyi_out={ROOT}",
-        *[os.path.relpath(s, ROOT) for s in sources],
-    ]
-    if protoc.main(args) != 0:
-        raise SystemExit("setup.py: protoc failed on " + ", ".join(sources))
+    with tempfile.TemporaryDirectory() as tmp:
+        args = [
+            "grpc_tools.protoc",
+            f"--proto_path={ROOT}",
+            f"--proto_path={include}",
+            f"--python_out={ROOT}",
+            f"--grpc_python_out={ROOT}",
+            # typed stubs (mypy-protobuf) for the messages and the gRPC services
+            f"--plugin=protoc-gen-mypy={_plugin(tmp, 'main')}",
+            f"--plugin=protoc-gen-mypy_grpc={_plugin(tmp, 'grpc')}",
+            f"--mypy_out={ROOT}",
+            f"--mypy_grpc_out={ROOT}",
+            *[os.path.relpath(s, ROOT) for s in sources],
+        ]
+        if protoc.main(args) != 0:
+            raise SystemExit("setup.py: protoc failed on " + ", ".join(sources))
+
+
+def _plugin(tmp: str, entry: str) -> str:
+    """An executable that runs mypy-protobuf's `entry` with this interpreter (protoc needs a
+    path, and the build environment's scripts directory is not always on PATH)."""
+    path = os.path.join(tmp, f"protoc-gen-{entry}")
+    with open(path, "w") as f:
+        f.write(f"#!{sys.executable}\nfrom mypy_protobuf.main import {entry}\n{entry}()\n")
+    os.chmod(path, 0o755)
+    return path
 
 
 class GenerateProtos(Command):

@@ -42,7 +42,7 @@ class InMemoryCluster:
         busy = True
         while busy:
             busy = False
-            for nid, core in self.cores.items():
+            for core in self.cores.values():
                 while core.has_ready():
                     busy = True
                     rd = core.ready()

@@ -1,0 +1,197 @@
+"""`python -m node --config cluster.yaml --id a [--peer b=HOST:PORT ...]`: run one node.
+
+Exit codes: 0 after SIGTERM (or SIGINT), 2 bad usage or configuration, 3 storage error
+(corrupt, locked or failing data directory), 4 address in use, 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import logging
+import logging.handlers
+import os
+import signal
+import sys
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from node.chat.state import ChatState
+from node.config import ClusterConfig, ConfigError, load_config, read_cluster_key
+from node.driver import RaftDriver
+from node.raft.types import NodeId
+from node.server import ChatService
+from node.storage import Storage
+from node.storage.errors import StorageError
+from node.transport import SERVER_OPTIONS, ClusterKeyInterceptor, RaftService
+from protos import chat_pb2, chat_pb2_grpc, raft_pb2, raft_pb2_grpc
+
+logger = logging.getLogger("node")
+
+EXIT_USAGE, EXIT_STORAGE, EXIT_ADDRESS = 2, 3, 4
+PR_SET_PDEATHSIG = 1
+
+
+class StartupError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m node", description="Run one chatbooth node.")
+    p.add_argument("--config", required=True, help="the cluster's cluster.yaml")
+    p.add_argument("--id", required=True, help="this node's id in cluster.yaml")
+    p.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="ID=HOST:PORT",
+        help="dial peer ID at HOST:PORT instead of its configured address (link proxies)",
+    )
+    p.add_argument("--log-file", help="also log to this file (size-rotated)")
+    p.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="die with the parent process (PR_SET_PDEATHSIG): the supervisor sets this",
+    )
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(argv)
+
+
+def _exit_with_parent() -> None:
+    """TRAPS: no orphans even if the supervisor is SIGKILLed."""
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise StartupError(1, f"prctl(PR_SET_PDEATHSIG) failed: errno {ctypes.get_errno()}")
+    if os.getppid() != parent or parent == 1:
+        raise StartupError(1, "the parent process is already gone")
+
+
+def _setup_logging(node_id: str, level: str, log_file: str | None) -> None:
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.setLevel(level.upper())
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(fmt)
+    root.addHandler(stderr)
+    if log_file:
+        rotating = logging.handlers.RotatingFileHandler(log_file, maxBytes=10 << 20, backupCount=3)
+        rotating.setFormatter(fmt)
+        root.addHandler(rotating)
+
+
+def _peer_addresses(config: ClusterConfig, me: str, overrides: list[str]) -> dict[NodeId, str]:
+    peers = {NodeId(n.id): n.address for n in config.nodes if n.id != me}
+    for spec in overrides:
+        peer, sep, address = spec.partition("=")
+        if not sep or ":" not in address:
+            raise StartupError(EXIT_USAGE, f"--peer {spec!r}: expected ID=HOST:PORT")
+        if peer not in peers:
+            known = ", ".join(sorted(peers)) or "none"
+            raise StartupError(EXIT_USAGE, f"--peer {spec!r}: {peer!r} is not a peer ({known})")
+        peers[NodeId(peer)] = address
+    return peers
+
+
+async def serve(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+        me = config.node(args.id)
+        key = read_cluster_key(config)
+    except ConfigError as exc:
+        raise StartupError(EXIT_USAGE, str(exc)) from None
+    peers = _peer_addresses(config, me.id, args.peer)
+    for warning in config.warnings:
+        logger.warning("%s", warning)
+    try:
+        storage = Storage.open(Path(config.node_dir(me.id)))
+    except StorageError as exc:
+        raise StartupError(EXIT_STORAGE, f"{me.id}: {exc}") from None
+    try:
+        return await _run(config, me.id, peers, key, storage)
+    finally:
+        storage.close()
+
+
+async def _run(
+    config: ClusterConfig, node_id: str, peers: dict[NodeId, str], key: bytes, storage: Storage
+) -> int:
+    me = config.node(node_id)
+    driver = RaftDriver(
+        node_id=NodeId(node_id),
+        config=config,
+        storage=storage,
+        state=ChatState(config.chat),
+        peer_addresses=peers,
+        key=key,
+    )
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[ClusterKeyInterceptor(key)])
+    chat = ChatService(driver=driver, config=config, forward_addresses=peers)
+    chat_pb2_grpc.add_ChatServicer_to_server(chat, server)
+    raft_pb2_grpc.add_RaftServicer_to_server(
+        RaftService(NodeId(node_id), config.cluster, driver.step, driver.step_snapshot), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (
+            chat_pb2.DESCRIPTOR.services_by_name["Chat"].full_name,
+            raft_pb2.DESCRIPTOR.services_by_name["Raft"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    try:
+        port = server.add_insecure_port(me.address)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise StartupError(EXIT_ADDRESS, f"{node_id}: cannot listen on {me.address}: in use?")
+    await server.start()
+    driver.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    logger.info("%s serving on %s (pid %d)", node_id, me.address, os.getpid())
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    stop_wait = asyncio.create_task(stop.wait())
+    fatal_wait = asyncio.create_task(driver.stopped.wait())
+    await asyncio.wait({stop_wait, fatal_wait}, return_when=asyncio.FIRST_COMPLETED)
+    stop_wait.cancel()
+    fatal_wait.cancel()
+
+    logger.info("%s shutting down", node_id)
+    await health_servicer.enter_graceful_shutdown()
+    await chat.close()
+    await server.stop(grace=1.0)
+    await driver.stop()
+    if driver.fatal is not None:
+        return EXIT_STORAGE if isinstance(driver.fatal, StorageError) else 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    _setup_logging(args.id, args.log_level, args.log_file)
+    try:
+        if args.exit_with_parent:
+            _exit_with_parent()
+        return asyncio.run(serve(args))
+    except StartupError as exc:
+        logger.error("%s", exc)
+        return exc.code
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,479 @@
+"""The driver: the only code that knows time, disk and sockets. It ticks the Raft core,
+persists what a Ready asks (one fsync per batch: group commit), sends messages through the
+transport, applies committed entries to the chat state machine, and resolves the futures of
+proposals and linearizable reads.
+
+It follows the Ready contract of node.raft.types exactly: messages first, then the write
+(in a single storage thread, so writes land in order), then persisted_messages, then
+advance(). Slow work (storage, snapshot serialization) runs off the event loop.
+
+Imports the core, storage, chat, transport and config; nothing of the gRPC chat service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from random import Random
+
+from node.chat.replies import ApplyResult
+from node.chat.state import ChatState
+from node.config import ClusterConfig
+from node.raft.core import RaftConfig, RaftCore
+from node.raft.errors import NotLeaderError, ProposalDroppedError
+from node.raft.types import (
+    ConfState,
+    Entry,
+    EntryKind,
+    HardState,
+    LogIndex,
+    Message,
+    NodeId,
+    Ready,
+    Role,
+    SnapshotMeta,
+    SoftState,
+)
+from node.storage import Storage
+from node.transport import PeerLink
+
+logger = logging.getLogger(__name__)
+
+
+class NodeError(Exception):
+    """Root of the errors the driver reports to the services."""
+
+
+class NoQuorumError(NodeError):
+    """No leader is known: this node cannot reach a majority."""
+
+    def __init__(self) -> None:
+        super().__init__("no majority reachable")
+
+
+class OutcomeUnknownError(NodeError):
+    """Leadership was lost (or the deadline passed) before the entry was applied: it may or
+    may not commit. The client retries with the same request id; the dedup table keeps it once."""
+
+
+class FatalNodeError(NodeError):
+    """The node cannot go on safely (its disk failed); it must stop."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    term: int
+    future: asyncio.Future[ApplyResult]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    node_id: str
+    role: Role
+    term: int
+    leader: NodeId | None
+    commit_index: int
+    applied_index: int
+    snapshot_index: int
+    last_index: int
+    digest: str
+
+
+class RaftDriver:
+    def __init__(
+        self,
+        *,
+        node_id: NodeId,
+        config: ClusterConfig,
+        storage: Storage,
+        state: ChatState,
+        peer_addresses: dict[NodeId, str],
+        key: bytes,
+        rng: Random | None = None,
+    ) -> None:
+        self.id = node_id
+        self.config = config
+        self.storage = storage
+        self.state = state
+        init = storage.initial_state()
+        snap = storage.load_snapshot()
+        if snap is not None:
+            meta, data = snap
+            state.restore(data)
+            logger.info("%s restored its state from snapshot %d", node_id, meta.index)
+        timings = config.raft
+        self.core = RaftCore(
+            RaftConfig(
+                node_id=node_id,
+                heartbeat_ticks=timings.heartbeat_ticks,
+                election_ticks_min=timings.election_ticks_min,
+                election_ticks_max=timings.election_ticks_max,
+                max_append_bytes=timings.max_append_bytes,
+                max_inflight=timings.max_inflight,
+                preferred_leader=config.leader == node_id,
+            ),
+            rng or Random(),
+            conf=ConfState(tuple(NodeId(n) for n in config.node_ids)),
+            hard_state=init.hard_state,
+            snapshot=init.snapshot,
+            entries=init.entries,
+        )
+        logger.info(
+            "%s starting at term %d: log %d..%d, commit %d",
+            node_id,
+            init.hard_state.term,
+            self.core.log.first_index(),
+            self.core.log.last_index(),
+            init.hard_state.commit,
+        )
+        self._tick_s = timings.tick_ms / 1000
+        self._storage_pool = ThreadPoolExecutor(1, thread_name_prefix=f"{node_id}-storage")
+        self.cpu_pool = ThreadPoolExecutor(2, thread_name_prefix=f"{node_id}-cpu")
+        self._links = {
+            peer: PeerLink(
+                node_id=node_id,
+                peer=peer,
+                address=addr,
+                cluster=config.cluster,
+                key=key,
+                on_unreachable=self._on_unreachable,
+                on_snapshot_sent=self._on_snapshot_sent,
+                load_snapshot=self._load_snapshot,
+            )
+            for peer, addr in peer_addresses.items()
+        }
+        self._wake = asyncio.Event()
+        self._proposals: dict[int, _Pending] = {}
+        self._read_seq = 0
+        self._reads: dict[int, asyncio.Future[int]] = {}
+        self._apply_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._apply_listeners: list[Callable[[ApplyResult], None]] = []
+        self._leadership_listeners: list[Callable[[], None]] = []
+        self._incoming_snapshots: dict[tuple[int, int], bytes] = {}
+        self._backlog: deque[Entry] = deque()  # committed, held while a snapshot is taken
+        self._snapshotting = False
+        self._applied_bytes_since_snapshot = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self.fatal: BaseException | None = None
+        self.stopped = asyncio.Event()
+        self.soft = SoftState(Role.FOLLOWER, None, self.core.term)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        for link in self._links.values():
+            link.start()
+        self._tasks.append(asyncio.create_task(self._tick_loop(), name="raft-ticks"))
+        self._tasks.append(asyncio.create_task(self._ready_loop(), name="raft-ready"))
+
+    async def stop(self) -> None:
+        """Finish the write and apply under way, then stop (SIGTERM)."""
+        self._stopping = True
+        self._wake.set()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for link in self._links.values():
+            await link.close()
+        self._fail_all(NotLeaderError(None))
+        self._storage_pool.shutdown(wait=True)
+        self.cpu_pool.shutdown(wait=True)
+        self.stopped.set()
+
+    def _fail_fatally(self, exc: BaseException) -> None:
+        if self.fatal is None:
+            self.fatal = exc
+            logger.critical("%s cannot go on: %s", self.id, exc)
+        self.stopped.set()
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def is_leader(self) -> bool:
+        return self.core.role is Role.LEADER
+
+    @property
+    def leader(self) -> NodeId | None:
+        return self.core.leader
+
+    def status(self, *, with_digest: bool = True) -> NodeStatus:
+        c = self.core
+        return NodeStatus(
+            node_id=self.id,
+            role=c.role,
+            term=c.term,
+            leader=c.leader,
+            commit_index=c.log.committed,
+            applied_index=self.state.applied_index,
+            snapshot_index=c.log.snapshot_index(),
+            last_index=c.log.last_index(),
+            digest=self.state.digest() if with_digest else "",
+        )
+
+    def add_apply_listener(self, listener: Callable[[ApplyResult], None]) -> None:
+        self._apply_listeners.append(listener)
+
+    def add_leadership_listener(self, listener: Callable[[], None]) -> None:
+        """Called when this node stops being the leader (or is stopping)."""
+        self._leadership_listeners.append(listener)
+
+    # ------------------------------------------------------------------ requests
+
+    def require_leader(self) -> None:
+        if self._stopping or self.fatal is not None:
+            raise NotLeaderError(None)
+        if self.core.role is not Role.LEADER:
+            if self.core.leader is None:
+                raise NoQuorumError()
+            raise NotLeaderError(self.core.leader)
+
+    async def propose(self, data: bytes, timeout_s: float) -> ApplyResult:
+        """Replicate `data` and apply it; the result of applying it.
+
+        Raises NotLeaderError / NoQuorumError before proposing (nothing happened), and
+        OutcomeUnknownError after (it may still commit)."""
+        self.require_leader()
+        try:
+            index, term = self.core.propose(data)
+        except ProposalDroppedError as exc:
+            raise NotLeaderError(None) from exc
+        future: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
+        self._proposals[index] = _Pending(term, future)
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except TimeoutError:
+            raise OutcomeUnknownError(
+                "the deadline passed before the write was applied; it may still commit"
+            ) from None
+
+    async def read_barrier(self, timeout_s: float) -> None:
+        """Linearizable reads (thesis §6.4): returns once this leader has confirmed its
+        leadership after the call and the state machine has applied the read index."""
+        self.require_leader()
+        self._read_seq += 1
+        request = self._read_seq
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        self._reads[request] = future
+        deadline = loop.time() + timeout_s
+        try:
+            self.core.read_index(request)
+            self._wake.set()
+            index = await asyncio.wait_for(future, timeout_s)
+            if self.state.applied_index < index:
+                waiter: asyncio.Future[None] = loop.create_future()
+                self._apply_waiters.append((index, waiter))
+                await asyncio.wait_for(waiter, max(deadline - loop.time(), 0.001))
+        except TimeoutError:
+            raise NoQuorumError() from None
+        finally:
+            self._reads.pop(request, None)
+
+    def transfer_leadership(self, target: NodeId) -> None:
+        self.core.transfer_leadership(target)
+        self._wake.set()
+
+    # ------------------------------------------------------------------ inbound
+
+    def step(self, m: Message) -> None:
+        if self._stopping:
+            return
+        self.core.step(m)
+        self._wake.set()
+
+    def step_snapshot(self, m: Message, data: bytes) -> None:
+        if m.snapshot is not None:
+            self._incoming_snapshots[(m.snapshot.index, m.snapshot.term)] = data
+        self.step(m)
+
+    def _on_unreachable(self, peer: NodeId) -> None:
+        self.core.report_unreachable(peer)
+        self._wake.set()
+
+    def _on_snapshot_sent(self, peer: NodeId, ok: bool) -> None:
+        self.core.report_snapshot(peer, ok=ok)
+        self._wake.set()
+
+    async def _load_snapshot(self, meta: SnapshotMeta) -> bytes:
+        loop = asyncio.get_running_loop()
+        snap = await loop.run_in_executor(self._storage_pool, self.storage.load_snapshot)
+        if snap is None or snap[0].index != meta.index:
+            raise NodeError(f"snapshot {meta.index} is no longer on disk")
+        return snap[1]
+
+    # ------------------------------------------------------------------ the loops
+
+    async def _tick_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time()
+        while not self._stopping:
+            next_tick += self._tick_s
+            delay = next_tick - loop.time()
+            if delay < 0:  # we were paused or starved: tick once and start afresh
+                next_tick = loop.time()
+                delay = 0
+            await asyncio.sleep(delay)
+            self.core.tick()
+            self._wake.set()
+
+    async def _ready_loop(self) -> None:
+        try:
+            while not self._stopping:
+                await self._wake.wait()
+                self._wake.clear()
+                while self.core.has_ready() and not self._stopping:
+                    await self._handle_ready(self.core.ready())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._fail_fatally(exc)
+
+    async def _handle_ready(self, rd: Ready) -> None:
+        loop = asyncio.get_running_loop()
+        if rd.soft_state is not None:
+            self._on_soft_state(rd.soft_state)
+        self._send(rd.messages)
+        if rd.snapshot is not None:
+            await self._install_snapshot(rd.snapshot)
+        self._apply(rd.committed_entries)
+        if rd.entries or rd.hard_state is not None:
+            await loop.run_in_executor(
+                self._storage_pool, self._persist, rd.entries, rd.hard_state, rd.must_sync
+            )
+        self._send(rd.persisted_messages)
+        self.core.advance(rd)
+        for rs in rd.read_states:
+            future = self._reads.get(rs.request)
+            if future is not None and not future.done():
+                future.set_result(rs.index)
+        self._maybe_snapshot()
+
+    def _persist(self, entries: Sequence[Entry], hs: HardState | None, sync: bool) -> None:
+        if entries:
+            self.storage.append(entries)
+        if hs is not None:
+            self.storage.set_hard_state(hs)
+        if sync or entries:
+            self.storage.sync()
+
+    def _send(self, messages: Sequence[Message]) -> None:
+        for m in messages:
+            link = self._links.get(m.to)
+            if link is not None:
+                link.send(m)
+
+    def _on_soft_state(self, soft: SoftState) -> None:
+        was_leader = self.soft.role is Role.LEADER
+        self.soft = soft
+        if soft.role is Role.LEADER:
+            logger.info("%s became leader at term %d", self.id, soft.term)
+        elif was_leader:
+            logger.info("%s lost leadership at term %d", self.id, soft.term)
+            self._fail_all(OutcomeUnknownError("leadership was lost before the write was applied"))
+            for listener in list(self._leadership_listeners):
+                listener()
+
+    def _fail_all(self, exc: Exception) -> None:
+        proposals, self._proposals = self._proposals, {}
+        for p in proposals.values():
+            if not p.future.done():
+                p.future.set_exception(exc)
+        reads, self._reads = self._reads, {}
+        for f in reads.values():
+            if not f.done():
+                f.set_exception(NoQuorumError())
+
+    # ------------------------------------------------------------------ applying
+
+    def _apply(self, entries: Sequence[Entry]) -> None:
+        if self._snapshotting or self._backlog:
+            self._backlog.extend(entries)
+            if self._snapshotting:
+                return
+            entries, self._backlog = list(self._backlog), deque()
+        for e in entries:
+            if e.index <= self.state.applied_index:
+                continue  # already in the snapshot we restored
+            if e.kind is EntryKind.NORMAL:
+                result = self.state.apply(e.index, e.data)
+                self._applied_bytes_since_snapshot += len(e.data)
+            else:
+                self.state.skip(e.index)
+                result = None
+            pending = self._proposals.pop(e.index, None)
+            if pending is not None and not pending.future.done():
+                if pending.term == e.term and result is not None:
+                    pending.future.set_result(result)
+                else:
+                    pending.future.set_exception(
+                        OutcomeUnknownError("the write was replaced by a new leader's entry")
+                    )
+            if result is not None:
+                for listener in list(self._apply_listeners):
+                    listener(result)
+        if self._apply_waiters:
+            applied = self.state.applied_index
+            waiting = []
+            for index, waiter in self._apply_waiters:
+                if index <= applied:
+                    if not waiter.done():
+                        waiter.set_result(None)
+                else:
+                    waiting.append((index, waiter))
+            self._apply_waiters = waiting
+
+    async def _install_snapshot(self, meta: SnapshotMeta) -> None:
+        data = self._incoming_snapshots.pop((meta.index, meta.term), None)
+        self._incoming_snapshots.clear()
+        if data is None:
+            raise FatalNodeError(f"told to install snapshot {meta.index} that never arrived")
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._storage_pool, self.storage.install_snapshot, meta, data)
+        await loop.run_in_executor(self.cpu_pool, self.state.restore, data)
+        self._backlog.clear()
+        logger.info("%s installed snapshot %d from the leader", self.id, meta.index)
+
+    def _maybe_snapshot(self) -> None:
+        policy = self.config.snapshot
+        since = self.state.applied_index - self.core.log.snapshot_index()
+        if self._snapshotting or since <= 0:
+            return
+        if since < policy.entries and self._applied_bytes_since_snapshot < policy.bytes:
+            return
+        self._snapshotting = True
+        self._tasks.append(asyncio.create_task(self._take_snapshot(), name="snapshot"))
+
+    async def _take_snapshot(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            index = LogIndex(self.state.applied_index)
+            term = self.core.log.term(index)
+            if term is None:
+                return
+            started = time.monotonic()
+            data = await loop.run_in_executor(self.cpu_pool, self.state.snapshot)
+            meta = SnapshotMeta(index, term, self.core.conf)
+            await loop.run_in_executor(self._storage_pool, self.storage.save_snapshot, meta, data)
+            self.core.compact(index)
+            self._applied_bytes_since_snapshot = 0
+            logger.info(
+                "%s snapshot at index %d term %d: %d bytes in %.0f ms",
+                self.id,
+                index,
+                term,
+                len(data),
+                (time.monotonic() - started) * 1000,
+            )
+        except Exception as exc:
+            self._fail_fatally(exc)
+        finally:
+            self._snapshotting = False
+            self._apply([])
+            self._wake.set()

@@ -1,0 +1,422 @@
+"""The Chat gRPC service: validates a request before anything reaches the log, turns it into
+a command (with the timestamp, salt, hash and token made here), proposes it through the
+driver, and maps every outcome to a gRPC status a person can read.
+
+A follower forwards a unary write to the leader through its peer address (and so through the
+supervisor's link proxies); a node that knows no leader answers UNAVAILABLE ("no majority
+reachable"). The leader's client address travels in trailing metadata.
+
+Imports the driver, the chat layer, config and protos; nothing of the supervisor or client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import grpc
+
+from node.chat import commands as cmds
+from node.chat import validation
+from node.chat.errors import ChatError
+from node.chat.passwords import SALT_BYTES, hash_password, verify_password
+from node.chat.replies import ApplyResult, ChatMessage
+from node.config import ClusterConfig
+from node.driver import NoQuorumError, OutcomeUnknownError, RaftDriver
+from node.raft.errors import NotLeaderError
+from node.raft.types import NodeId
+from node.transport import CHANNEL_OPTIONS
+from protos import chat_pb2, chat_pb2_grpc
+
+if TYPE_CHECKING:
+    Context = grpc.aio.ServicerContext[Any, Any]
+
+logger = logging.getLogger(__name__)
+
+LEADER_ADDRESS_KEY = "x-chatbooth-leader"
+LEADER_ID_KEY = "x-chatbooth-leader-id"
+FORWARDED_KEY = "x-chatbooth-forwarded"
+DEFAULT_TIMEOUT_S = 10.0
+DEADLINE_MARGIN_S = 0.05  # answer a little before the client gives up
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _message_pb(m: ChatMessage) -> chat_pb2.ChatMessage:
+    return chat_pb2.ChatMessage(
+        id=m.id, sender=m.sender, recipient=m.recipient, text=m.text, timestamp_ms=m.timestamp_ms
+    )
+
+
+class _Abort(Exception):
+    """Raised inside a handler to end the call with `code` and `details`."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, leader: NodeId | None = None) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+        self.leader = leader
+
+
+@dataclass(eq=False)
+class _Subscriber:
+    username: str
+    token: str
+    queue: asyncio.Queue[ChatMessage | _Abort] = field(default_factory=asyncio.Queue)
+
+
+class ChatService(chat_pb2_grpc.ChatServicer):
+    def __init__(
+        self,
+        *,
+        driver: RaftDriver,
+        config: ClusterConfig,
+        forward_addresses: dict[NodeId, str],
+    ) -> None:
+        self._driver = driver
+        self._config = config
+        self._forward_addresses = forward_addresses
+        self._channels: dict[NodeId, grpc.aio.Channel] = {}
+        self._subscribers: dict[str, set[_Subscriber]] = {}
+        driver.add_apply_listener(self._on_apply)
+        driver.add_leadership_listener(self._on_leadership_lost)
+
+    @property
+    def _limits(self) -> Any:
+        return self._config.chat
+
+    async def close(self) -> None:
+        self._end_all(_Abort(grpc.StatusCode.UNAVAILABLE, "the node is shutting down"))
+        for ch in self._channels.values():
+            await ch.close(grace=None)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _client_address(self, node: NodeId | None) -> str:
+        if node is None:
+            return ""
+        try:
+            return self._config.node(node).address
+        except Exception:
+            return ""
+
+    async def _abort(self, context: Context, exc: _Abort) -> NoReturn:
+        leader = exc.leader if exc.leader is not None else self._driver.leader
+        if leader is not None and leader != self._driver.id:
+            context.set_trailing_metadata(
+                ((LEADER_ADDRESS_KEY, self._client_address(leader)), (LEADER_ID_KEY, leader or ""))
+            )
+        await context.abort(exc.code, exc.details)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _timeout(context: Context) -> float:
+        remaining = context.time_remaining()
+        if remaining is None:
+            return DEFAULT_TIMEOUT_S
+        return max(min(remaining - DEADLINE_MARGIN_S, 60.0), 0.001)
+
+    @staticmethod
+    def _chat_error(err: ChatError) -> _Abort:
+        return _Abort(grpc.StatusCode[err.code.name], err.message)
+
+    def _unavailable(self, exc: Exception) -> _Abort:
+        if isinstance(exc, NoQuorumError):
+            return _Abort(grpc.StatusCode.UNAVAILABLE, f"{self._driver.id}: no majority reachable")
+        if isinstance(exc, OutcomeUnknownError):
+            return _Abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{self._driver.id}: {exc}; retry with the same request id",
+            )
+        if isinstance(exc, NotLeaderError):
+            leader = NodeId(exc.leader_hint) if exc.leader_hint else None
+            return _Abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{self._driver.id} is not the leader (leader: {leader or 'unknown'})",
+                leader,
+            )
+        raise exc
+
+    async def _call(
+        self,
+        context: Context,
+        method: str,
+        request: Any,
+        local: Callable[[], Awaitable[Resp]],
+    ) -> Resp:
+        """Run `local` on the leader; on a follower forward the call to the leader."""
+        try:
+            try:
+                return await local()
+            except NotLeaderError as exc:
+                forwarded = any(k == FORWARDED_KEY for k, _ in context.invocation_metadata() or ())
+                if exc.leader_hint is None or forwarded:
+                    raise
+                result: Resp = await self._forward(
+                    NodeId(exc.leader_hint), method, request, context
+                )
+                return result
+            except ChatError as err:
+                raise self._chat_error(err) from None
+            except (NoQuorumError, OutcomeUnknownError) as exc:
+                raise self._unavailable(exc) from None
+        except NotLeaderError as exc:
+            await self._abort(context, self._unavailable(exc))
+        except _Abort as exc:
+            await self._abort(context, exc)
+
+    async def _forward(self, leader: NodeId, method: str, request: Any, context: Context) -> Any:
+        address = self._forward_addresses.get(leader)
+        if address is None:
+            raise _Abort(grpc.StatusCode.UNAVAILABLE, f"no address for leader {leader}", leader)
+        channel = self._channels.get(leader)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            self._channels[leader] = channel
+        stub = chat_pb2_grpc.ChatStub(channel)
+        try:
+            return await getattr(stub, method)(
+                request, timeout=self._timeout(context), metadata=((FORWARDED_KEY, "1"),)
+            )
+        except grpc.aio.AioRpcError as err:
+            details = err.details() or err.code().name
+            if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                details = f"forwarded to leader {leader}: {details}"
+            raise _Abort(err.code(), details, leader) from None
+
+    def _request_id(self, pb: chat_pb2.RequestId) -> cmds.RequestId:
+        return validation.validate_request_id(pb.client_id, pb.seq, pb.first_outstanding)
+
+    async def _propose(self, cmd: cmds.Command, context: Context) -> Any:
+        result: ApplyResult = await self._driver.propose(cmds.encode(cmd), self._timeout(context))
+        return result.unwrap()
+
+    async def _cpu(self, fn: Callable[..., Resp], *args: Any) -> Resp:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._driver.cpu_pool, fn, *args)
+
+    async def _leader_read(self, context: Context) -> None:
+        await self._driver.read_barrier(self._timeout(context))
+
+    # ------------------------------------------------------------------ writes
+
+    async def Register(
+        self, request: chat_pb2.RegisterRequest, context: Context
+    ) -> chat_pb2.RegisterReply:
+        async def local() -> chat_pb2.RegisterReply:
+            rid = self._request_id(request.request)
+            name = validation.validate_username(request.username, self._limits)
+            password = validation.validate_password(request.password)
+            self._driver.require_leader()
+            salt = os.urandom(SALT_BYTES)
+            pw_hash = await self._cpu(hash_password, password, self._config.scrypt, salt)
+            await self._propose(
+                cmds.Register(
+                    timestamp_ms=_now_ms(), request=rid, username=name, password_hash=pw_hash
+                ),
+                context,
+            )
+            return chat_pb2.RegisterReply()
+
+        return await self._call(context, "Register", request, local)
+
+    async def Login(self, request: chat_pb2.LoginRequest, context: Context) -> chat_pb2.LoginReply:
+        async def local() -> chat_pb2.LoginReply:
+            rid = self._request_id(request.request)
+            name = validation.validate_username(request.username, self._limits)
+            await self._leader_read(context)
+            stored = self._driver.state.account_hash(name)
+            ok = stored is not None and await self._cpu(verify_password, request.password, stored)
+            if not ok or stored is None:
+                raise _Abort(grpc.StatusCode.UNAUTHENTICATED, "wrong username or password")
+            token = secrets.token_urlsafe(24)
+            cmd = cmds.Login(
+                timestamp_ms=_now_ms(),
+                request=rid,
+                username=name,
+                token=token,
+                verified_digest=stored.digest,
+            )
+            reply = await self._propose(cmd, context)
+            return chat_pb2.LoginReply(token=reply.token, username=reply.username)
+
+        return await self._call(context, "Login", request, local)
+
+    async def Logout(
+        self, request: chat_pb2.LogoutRequest, context: Context
+    ) -> chat_pb2.LogoutReply:
+        async def local() -> chat_pb2.LogoutReply:
+            rid = self._request_id(request.request)
+            token = validation.validate_token(request.token)
+            await self._propose(
+                cmds.Logout(timestamp_ms=_now_ms(), request=rid, token=token), context
+            )
+            return chat_pb2.LogoutReply()
+
+        return await self._call(context, "Logout", request, local)
+
+    async def Send(self, request: chat_pb2.SendRequest, context: Context) -> chat_pb2.SendReply:
+        async def local() -> chat_pb2.SendReply:
+            rid = self._request_id(request.request)
+            token = validation.validate_token(request.token)
+            recipient = validation.validate_username(request.recipient, self._limits)
+            text = validation.validate_text(request.text, self._limits)
+            cmd = cmds.Send(
+                timestamp_ms=_now_ms(), request=rid, token=token, recipient=recipient, text=text
+            )
+            reply = await self._propose(cmd, context)
+            return chat_pb2.SendReply(message_id=reply.message_id, timestamp_ms=reply.timestamp_ms)
+
+        return await self._call(context, "Send", request, local)
+
+    async def Ack(self, request: chat_pb2.AckRequest, context: Context) -> chat_pb2.AckReply:
+        async def local() -> chat_pb2.AckReply:
+            rid = self._request_id(request.request)
+            token = validation.validate_token(request.token)
+            up_to = validation.validate_message_id(request.up_to_id)
+            await self._propose(
+                cmds.Ack(timestamp_ms=_now_ms(), request=rid, token=token, up_to_id=up_to), context
+            )
+            return chat_pb2.AckReply()
+
+        return await self._call(context, "Ack", request, local)
+
+    async def DeleteAccount(
+        self, request: chat_pb2.DeleteAccountRequest, context: Context
+    ) -> chat_pb2.DeleteAccountReply:
+        async def local() -> chat_pb2.DeleteAccountReply:
+            rid = self._request_id(request.request)
+            token = validation.validate_token(request.token)
+            await self._leader_read(context)
+            user = self._driver.state.authenticate(token)
+            stored = self._driver.state.account_hash(user)
+            ok = stored is not None and await self._cpu(verify_password, request.password, stored)
+            if not ok:
+                raise _Abort(grpc.StatusCode.UNAUTHENTICATED, "wrong password")
+            await self._propose(
+                cmds.DeleteAccount(timestamp_ms=_now_ms(), request=rid, token=token), context
+            )
+            return chat_pb2.DeleteAccountReply()
+
+        return await self._call(context, "DeleteAccount", request, local)
+
+    # ------------------------------------------------------------------ reads
+
+    async def ListAccounts(
+        self, request: chat_pb2.ListAccountsRequest, context: Context
+    ) -> chat_pb2.ListAccountsReply:
+        async def local() -> chat_pb2.ListAccountsReply:
+            token = validation.validate_token(request.token)
+            pattern = validation.validate_pattern(request.pattern)
+            size = validation.validate_page_size(request.page_size, self._limits)
+            await self._leader_read(context)
+            self._driver.state.authenticate(token)
+            names, next_token = self._driver.state.list_accounts(pattern, request.page_token, size)
+            return chat_pb2.ListAccountsReply(usernames=names, next_page_token=next_token)
+
+        return await self._call(context, "ListAccounts", request, local)
+
+    async def History(
+        self, request: chat_pb2.HistoryRequest, context: Context
+    ) -> chat_pb2.HistoryReply:
+        async def local() -> chat_pb2.HistoryReply:
+            token = validation.validate_token(request.token)
+            other = validation.validate_username(request.other, self._limits)
+            limit = validation.validate_history_limit(request.limit, self._limits)
+            await self._leader_read(context)
+            user = self._driver.state.authenticate(token)
+            messages = self._driver.state.history(user, other, limit)
+            return chat_pb2.HistoryReply(messages=[_message_pb(m) for m in messages])
+
+        return await self._call(context, "History", request, local)
+
+    async def Status(
+        self, request: chat_pb2.StatusRequest, context: Context
+    ) -> chat_pb2.StatusReply:
+        s = self._driver.status(with_digest=request.with_digest)
+        return chat_pb2.StatusReply(
+            node_id=s.node_id,
+            role=s.role.value,
+            term=s.term,
+            leader_id=s.leader or "",
+            leader_address=self._client_address(s.leader),
+            commit_index=s.commit_index,
+            applied_index=s.applied_index,
+            state_digest=s.digest,
+            snapshot_index=s.snapshot_index,
+            last_index=s.last_index,
+        )
+
+    # ------------------------------------------------------------------ delivery
+
+    async def Subscribe(
+        self, request: chat_pb2.SubscribeRequest, context: Context
+    ) -> AsyncIterator[chat_pb2.ChatMessage]:
+        sub: _Subscriber | None = None
+        try:
+            try:
+                token = validation.validate_token(request.token)
+                await self._driver.read_barrier(DEFAULT_TIMEOUT_S)
+                user = self._driver.state.authenticate(token)
+            except ChatError as err:
+                raise self._chat_error(err) from None
+            except (NoQuorumError, NotLeaderError) as exc:
+                raise self._unavailable(exc) from None
+            # Read the queue and register for live delivery at one applied index: no await
+            # in between, so nothing applied meanwhile can be missed.
+            backlog = self._driver.state.queue(user, request.after_id)
+            sub = _Subscriber(user.lower(), token)
+            self._subscribers.setdefault(sub.username, set()).add(sub)
+            last = request.after_id
+            for m in backlog:
+                last = m.id
+                yield _message_pb(m)
+            while True:
+                item = await sub.queue.get()
+                if isinstance(item, _Abort):
+                    raise item
+                if item.id > last:
+                    last = item.id
+                    yield _message_pb(item)
+        except _Abort as exc:
+            await self._abort(context, exc)
+        finally:
+            if sub is not None:
+                self._subscribers.get(sub.username, set()).discard(sub)
+
+    def _on_apply(self, result: ApplyResult) -> None:
+        if result.message is not None:
+            for sub in self._subscribers.get(result.message.recipient.lower(), ()):
+                sub.queue.put_nowait(result.message)
+        if result.ended_tokens:
+            ended = set(result.ended_tokens)
+            for subs in self._subscribers.values():
+                for sub in subs:
+                    if sub.token in ended:
+                        sub.queue.put_nowait(
+                            _Abort(grpc.StatusCode.UNAUTHENTICATED, "the session has ended")
+                        )
+
+    def _on_leadership_lost(self) -> None:
+        self._end_all(
+            _Abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{self._driver.id} is no longer the leader: resubscribe from the last acked id",
+            )
+        )
+
+    def _end_all(self, reason: _Abort) -> None:
+        for subs in self._subscribers.values():
+            for sub in subs:
+                sub.queue.put_nowait(reason)

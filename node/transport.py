@@ -1,0 +1,300 @@
+"""Node-to-node Raft traffic over gRPC: one ordered stream per directed link, snapshots in
+chunks, and the cluster-key check.
+
+Each peer gets a PeerLink: a task that keeps one client stream (`Raft.Stream`) open and writes
+message batches into it, bounded in bytes; a broken stream is reopened with backoff and the
+core is told the peer is unreachable. InstallSnapshot streams the snapshot file in chunks. The
+server side (RaftService) hands every valid message to the driver.
+
+Imports grpc, asyncio, node.wire, node.raft.types and protos; nothing of the chat layers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from node.raft.types import Message, MessageType, NodeId, SnapshotMeta
+from node.wire import WireError, message_from_pb, message_to_pb
+from protos import raft_pb2, raft_pb2_grpc
+
+if TYPE_CHECKING:
+    Context = grpc.aio.ServicerContext[Any, Any]
+
+logger = logging.getLogger(__name__)
+
+KEY_METADATA = "x-chatbooth-cluster-key"
+MAX_BATCH_BYTES = 2 << 20  # far under gRPC's 4 MiB message limit
+MAX_QUEUED_MESSAGES = 10_000  # per peer; beyond it the oldest are dropped (Raft retries)
+SNAPSHOT_CHUNK_BYTES = 1 << 20
+MAX_SNAPSHOT_BYTES = 1 << 30
+STREAM_LIFETIME_S = 600.0  # a stream is reopened at least this often
+SNAPSHOT_DEADLINE_S = 120.0
+
+# TRAPS: reconnect quickly after a partition heals; detect a dead peer by keepalive.
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.keepalive_time_ms", 1000),
+    ("grpc.keepalive_timeout_ms", 2000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 8 << 20),
+    ("grpc.max_send_message_length", 8 << 20),
+]
+# A server that accepts those pings; SO_REUSEPORT off so a second node cannot share a port.
+SERVER_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.so_reuseport", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 500),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.max_receive_message_length", 8 << 20),
+    ("grpc.max_send_message_length", 8 << 20),
+]
+
+
+class ClusterKeyInterceptor(grpc.aio.ServerInterceptor):
+    """Only cluster members may call the Raft service: they present the cluster key."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        if not details.method.startswith("/chatbooth.raft.Raft/"):
+            return await continuation(details)
+        presented = b""
+        for k, v in details.invocation_metadata or ():
+            if k == KEY_METADATA:
+                presented = v.encode() if isinstance(v, str) else v
+        if hmac.compare_digest(presented, self._key):
+            return await continuation(details)
+
+        async def deny(request_iterator: Any, context: Context) -> None:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, "the Raft service is for cluster members only"
+            )
+
+        return grpc.stream_unary_rpc_method_handler(deny)
+
+
+class PeerLink:
+    """The outbound half of one directed link: this node -> `peer`."""
+
+    def __init__(
+        self,
+        *,
+        node_id: NodeId,
+        peer: NodeId,
+        address: str,
+        cluster: str,
+        key: bytes,
+        on_unreachable: Callable[[NodeId], None],
+        on_snapshot_sent: Callable[[NodeId, bool], None],
+        load_snapshot: Callable[[SnapshotMeta], Awaitable[bytes]],
+    ) -> None:
+        self.node_id = node_id
+        self.peer = peer
+        self.address = address
+        self._cluster = cluster
+        self._metadata = ((KEY_METADATA, key.decode()),)
+        self._on_unreachable = on_unreachable
+        self._on_snapshot_sent = on_snapshot_sent
+        self._load_snapshot = load_snapshot
+        self._queue: deque[Message] = deque()
+        self._ready = asyncio.Event()
+        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._stub = raft_pb2_grpc.RaftStub(self._channel)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._snapshot_task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.connected = False
+
+    def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._run(), name=f"link-{self.peer}"))
+
+    def send(self, m: Message) -> None:
+        if m.type is MessageType.SNAPSHOT:
+            if self._snapshot_task is None or self._snapshot_task.done():
+                self._snapshot_task = asyncio.create_task(self._send_snapshot(m))
+            return
+        if len(self._queue) >= MAX_QUEUED_MESSAGES:
+            self._queue.popleft()
+        self._queue.append(m)
+        self._ready.set()
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks = [*self._tasks, *([self._snapshot_task] if self._snapshot_task else [])]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._channel.close(grace=None)
+
+    async def _batches(self) -> AsyncIterator[raft_pb2.MessageBatch]:
+        while True:
+            while not self._queue:
+                self._ready.clear()
+                await self._ready.wait()
+            batch = raft_pb2.MessageBatch(cluster=self._cluster)
+            size = 0
+            while self._queue and size < MAX_BATCH_BYTES:
+                pb = message_to_pb(self._queue.popleft())
+                size += pb.ByteSize()
+                batch.messages.append(pb)
+            self.connected = True
+            yield batch
+
+    async def _run(self) -> None:
+        backoff_s = 0.05
+        while not self._closed:
+            try:
+                await self._stub.Stream(
+                    self._batches(), metadata=self._metadata, timeout=STREAM_LIFETIME_S
+                )
+                backoff_s = 0.05
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                if self.connected:
+                    logger.info(
+                        "%s lost its stream to %s: %s", self.node_id, self.peer, exc.code().name
+                    )
+                self.connected = False
+                self._queue.clear()  # stale by the time we reconnect; Raft resends
+                self._on_unreachable(self.peer)
+                if exc.code() is grpc.StatusCode.PERMISSION_DENIED:
+                    logger.error("%s: %s refused our cluster key", self.node_id, self.peer)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 1.0)
+
+    async def _send_snapshot(self, m: Message) -> None:
+        meta = m.snapshot
+        if meta is None:
+            return
+        ok = False
+        try:
+            data = await self._load_snapshot(meta)
+
+            async def chunks() -> AsyncIterator[raft_pb2.SnapshotChunk]:
+                first = raft_pb2.SnapshotChunk(message=message_to_pb(m), offset=0)
+                if len(data) <= SNAPSHOT_CHUNK_BYTES:
+                    first.data = data
+                    first.last = True
+                    yield first
+                    return
+                yield first
+                for off in range(0, len(data), SNAPSHOT_CHUNK_BYTES):
+                    piece = data[off : off + SNAPSHOT_CHUNK_BYTES]
+                    last = off + len(piece) >= len(data)
+                    yield raft_pb2.SnapshotChunk(offset=off, data=piece, last=last)
+
+            logger.info(
+                "%s streaming snapshot %d (%d bytes) to %s",
+                self.node_id,
+                meta.index,
+                len(data),
+                self.peer,
+            )
+            await self._stub.InstallSnapshot(
+                chunks(), metadata=self._metadata, timeout=SNAPSHOT_DEADLINE_S
+            )
+            ok = True
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # any failure: the core falls back to probing
+            logger.info("%s: snapshot to %s failed: %s", self.node_id, self.peer, exc)
+        self._on_snapshot_sent(self.peer, ok)
+
+
+class RaftService(raft_pb2_grpc.RaftServicer):
+    """The inbound half: every valid message goes to `deliver`; snapshots to `deliver_snapshot`."""
+
+    def __init__(
+        self,
+        node_id: NodeId,
+        cluster: str,
+        deliver: Callable[[Message], None],
+        deliver_snapshot: Callable[[Message, bytes], None],
+    ) -> None:
+        self._id = node_id
+        self._cluster = cluster
+        self._deliver = deliver
+        self._deliver_snapshot = deliver_snapshot
+
+    async def Stream(
+        self,
+        request_iterator: AsyncIterator[raft_pb2.MessageBatch],
+        context: Context,
+    ) -> raft_pb2.StreamSummary:
+        received = 0
+        async for batch in request_iterator:
+            if batch.cluster != self._cluster:
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"this node belongs to cluster {self._cluster!r}, not {batch.cluster!r}",
+                )
+            for pb in batch.messages:
+                m = await self._decode(pb, context)
+                self._deliver(m)
+                received += 1
+        return raft_pb2.StreamSummary(received=received)
+
+    async def InstallSnapshot(
+        self,
+        request_iterator: AsyncIterator[raft_pb2.SnapshotChunk],
+        context: Context,
+    ) -> raft_pb2.SnapshotReceipt:
+        message: Message | None = None
+        data = bytearray()
+        async for chunk in request_iterator:
+            if message is None:
+                if not chunk.HasField("message"):
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT, "the first chunk must carry the message"
+                    )
+                message = await self._decode(chunk.message, context)
+                if message.type is not MessageType.SNAPSHOT:
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT, "InstallSnapshot needs a snapshot message"
+                    )
+            if chunk.offset != len(data) and chunk.data:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"snapshot chunk at offset {chunk.offset}, expected {len(data)}",
+                )
+            data += chunk.data
+            if len(data) > MAX_SNAPSHOT_BYTES:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "snapshot too large")
+            if chunk.last:
+                break
+        if message is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an empty snapshot stream")
+            raise AssertionError("unreachable")
+        self._deliver_snapshot(message, bytes(data))
+        return raft_pb2.SnapshotReceipt(bytes=len(data))
+
+    async def _decode(self, pb: raft_pb2.RaftMessage, context: Context) -> Message:
+        try:
+            m = message_from_pb(pb)
+        except WireError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad raft message: {exc}")
+            raise
+        if m.to != self._id:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"message for {m.to} delivered to {self._id}: check the --peer addresses",
+            )
+        return m

@@ -1,0 +1,315 @@
+"""Three real node processes: the chat service end to end, failover with a retried request id,
+a full cold restart, and every start-up refusal. Timing bounds are generous (5x the maximum
+election timeout); speed is the benchmark's business."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from protos import chat_pb2 as pb
+from protos import chat_pb2_grpc as pbg
+from protos import raft_pb2, raft_pb2_grpc
+from tests.node.conftest import NodeProcesses
+
+pytestmark = pytest.mark.cluster
+
+ELECTION_BOUND_S = 5 * 0.6
+
+
+class Session:
+    """A bare client with a request-id counter (the real client library is client/api.py)."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, address: str) -> None:
+        self.channel = grpc.aio.insecure_channel(address)
+        self.stub = pbg.ChatStub(self.channel)
+        self.client_id = f"test-{next(self._ids)}"
+        self.seq = 0
+        self.token = ""
+
+    def rid(self, seq: int | None = None) -> pb.RequestId:
+        if seq is None:
+            self.seq += 1
+            seq = self.seq
+        return pb.RequestId(client_id=self.client_id, seq=seq, first_outstanding=seq)
+
+    async def register_and_login(self, name: str) -> None:
+        await self.stub.Register(
+            pb.RegisterRequest(request=self.rid(), username=name, password="pw"), timeout=10
+        )
+        reply = await self.stub.Login(
+            pb.LoginRequest(request=self.rid(), username=name, password="pw"), timeout=10
+        )
+        self.token = reply.token
+
+    async def send(self, to: str, text: str, seq: int | None = None) -> pb.SendReply:
+        return await self.stub.Send(
+            pb.SendRequest(request=self.rid(seq), token=self.token, recipient=to, text=text),
+            timeout=10,
+        )
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+async def _drain(
+    address: str, token: str, after: int = 0, wait_s: float = 1.0
+) -> list[pb.ChatMessage]:
+    async with grpc.aio.insecure_channel(address) as ch:
+        call = pbg.ChatStub(ch).Subscribe(
+            pb.SubscribeRequest(token=token, after_id=after), timeout=wait_s
+        )
+        got: list[pb.ChatMessage] = []
+        try:
+            async for m in call:
+                got.append(m)
+        except grpc.aio.AioRpcError as err:
+            if err.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+        return got
+
+
+def test_register_login_send_subscribe_ack(nodes: NodeProcesses) -> None:
+    async def scenario() -> None:
+        nodes.start_all()
+        leader = await nodes.wait_leader()
+        follower = next(n for n in nodes.ids if n != leader)
+        alice, bob = Session(nodes.address(follower)), Session(nodes.address(leader))
+        await alice.register_and_login("alice")  # through a follower: forwarded
+        await bob.register_and_login("bob")
+        ids = [(await alice.send("bob", f"m{i}")).message_id for i in range(5)]
+        assert ids == sorted(ids) and len(set(ids)) == 5
+        got = await _drain(nodes.address(leader), bob.token)
+        assert [m.text for m in got] == [f"m{i}" for i in range(5)]
+        assert all(m.sender == "alice" for m in got)
+        await bob.stub.Ack(
+            pb.AckRequest(request=bob.rid(), token=bob.token, up_to_id=ids[2]), timeout=10
+        )
+        got = await _drain(nodes.address(leader), bob.token)
+        assert [m.text for m in got] == ["m3", "m4"]
+        # live delivery: a stream open before the send gets it at once
+        async with grpc.aio.insecure_channel(nodes.address(leader)) as ch:
+            call = pbg.ChatStub(ch).Subscribe(
+                pb.SubscribeRequest(token=bob.token, after_id=ids[-1]), timeout=10
+            )
+            await asyncio.sleep(0.3)
+            await alice.send("bob", "live")
+            first = await asyncio.wait_for(call.read(), 5)
+            assert first.text == "live"
+            call.cancel()
+        listed = await alice.stub.ListAccounts(
+            pb.ListAccountsRequest(token=alice.token), timeout=10
+        )
+        assert list(listed.usernames) == ["alice", "bob"]
+        hist = await alice.stub.History(
+            pb.HistoryRequest(token=alice.token, other="bob"), timeout=10
+        )
+        assert [m.text for m in hist.messages][-1] == "live"
+        await alice.close()
+        await bob.close()
+
+    asyncio.run(scenario())
+
+
+def test_errors_are_status_codes_a_person_can_read(nodes: NodeProcesses) -> None:
+    async def scenario() -> None:
+        nodes.start_all()
+        leader = await nodes.wait_leader()
+        s = Session(nodes.address(leader))
+        await s.register_and_login("carol")
+        cases = [
+            (lambda: s.send("nobody", "hi"), grpc.StatusCode.NOT_FOUND, "nobody"),
+            (lambda: s.send("carol", ""), grpc.StatusCode.INVALID_ARGUMENT, ""),
+            (lambda: s.send("carol", "x" * 4097), grpc.StatusCode.INVALID_ARGUMENT, "4096"),
+            (
+                lambda: s.stub.Register(
+                    pb.RegisterRequest(request=s.rid(), username="Carol", password="x"),
+                    timeout=10,
+                ),
+                grpc.StatusCode.ALREADY_EXISTS,
+                "",
+            ),
+            (
+                lambda: s.stub.Login(
+                    pb.LoginRequest(request=s.rid(), username="carol", password="wrong"),
+                    timeout=10,
+                ),
+                grpc.StatusCode.UNAUTHENTICATED,
+                "password",
+            ),
+            (
+                lambda: s.stub.Send(
+                    pb.SendRequest(request=s.rid(), token="bogus", recipient="carol", text="x"),
+                    timeout=10,
+                ),
+                grpc.StatusCode.UNAUTHENTICATED,
+                "",
+            ),
+            (
+                lambda: s.stub.Register(
+                    pb.RegisterRequest(request=s.rid(), username="bad name!", password="x"),
+                    timeout=10,
+                ),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "bad name!",
+            ),
+        ]
+        for call, code, words in cases:  # one at a time: request ids in order
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call()
+            assert err.value.code() is code, err.value.details()
+            assert words in (err.value.details() or "")
+        await s.close()
+
+    asyncio.run(scenario())
+
+
+def test_leader_sigkill_then_retry_with_the_same_request_id_applies_once(
+    nodes: NodeProcesses,
+) -> None:
+    async def scenario() -> None:
+        nodes.start_all()
+        leader = await nodes.wait_leader()
+        others = [n for n in nodes.ids if n != leader]
+        a = Session(nodes.address(others[0]))
+        await a.register_and_login("dave")
+        first = await a.send("dave", "once")
+        nodes.kill(leader)
+        started = time.monotonic()
+        new_leader = await nodes.wait_leader(among=others)
+        assert time.monotonic() - started < ELECTION_BOUND_S
+        retry = Session(nodes.address(new_leader))
+        retry.client_id, retry.token = a.client_id, a.token
+        again = await retry.send("dave", "once", seq=a.seq)  # the same request id
+        assert again.message_id == first.message_id
+        got = await _drain(nodes.address(new_leader), a.token)
+        assert [m.text for m in got] == ["once"]
+        await a.close()
+        await retry.close()
+
+    asyncio.run(scenario())
+
+
+def test_full_stop_and_cold_restart_keeps_every_acknowledged_message(
+    nodes: NodeProcesses,
+) -> None:
+    async def scenario() -> list[int]:
+        nodes.start_all()
+        leader = await nodes.wait_leader()
+        s = Session(nodes.address(leader))
+        await s.register_and_login("erin")
+        acked = [(await s.send("erin", f"keep {i}")).message_id for i in range(20)]
+        await s.close()
+        return acked
+
+    acked = asyncio.run(scenario())
+    for n in list(nodes.ids):
+        assert nodes.stop(n) == 0, nodes.log(n)
+
+    async def after() -> None:
+        nodes.start_all()
+        leader = await nodes.wait_leader()
+        s = Session(nodes.address(leader))
+        reply = await s.stub.Login(
+            pb.LoginRequest(request=s.rid(), username="erin", password="pw"), timeout=10
+        )
+        got = await _drain(nodes.address(leader), reply.token)
+        assert [m.id for m in got] == acked
+        deadline = time.monotonic() + 10
+        while True:
+            statuses = [await nodes.status(n, digest=True) for n in nodes.ids]
+            applied = {st.applied_index for st in statuses if st}
+            digests = {st.state_digest for st in statuses if st}
+            if len(applied) == 1 and len(digests) == 1 and len(statuses) == 3:
+                break
+            assert time.monotonic() < deadline, statuses
+            await asyncio.sleep(0.1)
+        await s.close()
+
+    asyncio.run(after())
+
+
+def test_no_majority_answers_unavailable_within_an_election_timeout(nodes: NodeProcesses) -> None:
+    async def scenario() -> None:
+        nodes.start_all()
+        leader = await nodes.wait_leader()
+        s = Session(nodes.address(leader))
+        await s.register_and_login("fred")
+        for n in nodes.ids:
+            if n != leader:
+                nodes.kill(n)
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await s.send("fred", "nobody hears this")
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert time.monotonic() - started < ELECTION_BOUND_S
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await s.send("fred", "still nobody")
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "no majority reachable" in (err.value.details() or "")
+        await s.close()
+
+    asyncio.run(scenario())
+
+
+def test_raft_rpcs_without_the_cluster_key_are_refused(nodes: NodeProcesses) -> None:
+    async def scenario() -> None:
+        nodes.start("a")
+        await asyncio.sleep(0.5)
+        async with grpc.aio.insecure_channel(nodes.address("a")) as ch:
+            stub = raft_pb2_grpc.RaftStub(ch)
+
+            async def batches():  # type: ignore[no-untyped-def]
+                yield raft_pb2.MessageBatch(cluster="test")
+
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Stream(batches(), timeout=5)
+            assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
+
+    asyncio.run(scenario())
+
+
+def test_a_second_node_on_a_used_port_or_data_dir_refuses_to_start(nodes: NodeProcesses) -> None:
+    nodes.start("a")
+    asyncio.run(nodes.wait_serving("a"))
+    second = nodes.start("a")  # same id: same port and same data directory
+    assert second.wait(15) == 3  # the data directory lock is checked first
+    assert "in use by another process" in nodes.log("a")
+    # a different data dir but the same port
+    other = Path(nodes.tmp / "other.yaml")
+    other.write_text(nodes.config.read_text().replace("data_dir: ./data", "data_dir: ./data2"))
+    nodes.config = other
+    third = nodes.start("a")
+    assert third.wait(15) == 4
+    assert "cannot listen on" in nodes.log("a")
+
+
+def test_a_corrupted_log_stops_its_node_with_a_clear_error(nodes: NodeProcesses) -> None:
+    async def scenario() -> None:
+        nodes.start_all()
+        leader = await nodes.wait_leader()
+        s = Session(nodes.address(leader))
+        await s.register_and_login("gina")
+        for i in range(10):
+            await s.send("gina", f"m{i}")
+        await s.close()
+
+    asyncio.run(scenario())
+    for n in list(nodes.ids):
+        nodes.stop(n)
+    wal_dir = nodes.tmp / "data" / "b" / "wal"
+    segment = sorted(wal_dir.iterdir())[-1]
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 3] ^= 0xFF  # a flipped bit with valid records after it
+    segment.write_bytes(bytes(data))
+    proc = nodes.start("b")
+    assert proc.wait(15) == 3
+    log = nodes.log("b")
+    assert segment.name in log and "offset" in log
