@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class NodeProcesses:
-    def __init__(self, tmp: Path, ids: str = "abc", **chat: object) -> None:
+    def __init__(self, tmp: Path, ids: str = "abc", extra_yaml: str = "") -> None:
         self.tmp = tmp
         self.ids = list(ids)
         self.ports = {n: free_port() for n in self.ids}
@@ -34,6 +34,7 @@ class NodeProcesses:
             f"leader: {self.ids[0]}\n"
             "data_dir: ./data\n"
             "chat:\n  scrypt: {n: 16, r: 8, p: 1}\n"
+            f"{extra_yaml}"
             f"nodes:\n{nodes}\n"
         )
         self.procs: dict[str, subprocess.Popen[bytes]] = {}

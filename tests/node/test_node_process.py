@@ -313,3 +313,73 @@ def test_a_corrupted_log_stops_its_node_with_a_clear_error(nodes: NodeProcesses)
     assert proc.wait(15) == 3
     log = nodes.log("b")
     assert segment.name in log and "offset" in log
+
+
+def test_a_follower_behind_the_compacted_log_is_restored_by_install_snapshot(
+    tmp_path: Path,
+) -> None:
+    nodes = NodeProcesses(tmp_path, extra_yaml="snapshot: {entries: 20}\n")
+
+    async def scenario() -> None:
+        nodes.start_all()
+        leader = await nodes.wait_leader()
+        lagging = next(n for n in nodes.ids if n != leader)
+        nodes.kill(lagging)
+        s = Session(nodes.address(leader))
+        await s.register_and_login("hank")
+        for i in range(60):
+            await s.send("hank", f"m{i}")
+        st = await nodes.status(leader)
+        assert st is not None and st.snapshot_index > 20  # the log was compacted
+        nodes.start(lagging)
+        deadline = time.monotonic() + 15
+        while True:
+            mine = await nodes.status(lagging, digest=True)
+            theirs = await nodes.status(leader, digest=True)
+            if mine and theirs and mine.applied_index == theirs.applied_index:
+                assert mine.state_digest == theirs.state_digest
+                break
+            assert time.monotonic() < deadline, (mine, theirs)
+            await asyncio.sleep(0.1)
+        assert "installed snapshot" in nodes.log(lagging)
+        await s.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        nodes.close()
+
+
+def test_subscription_ends_with_unavailable_when_the_leader_steps_down(
+    nodes: NodeProcesses,
+) -> None:
+    async def scenario() -> None:
+        nodes.start_all()
+        leader = await nodes.wait_leader()
+        s = Session(nodes.address(leader))
+        await s.register_and_login("ivy")
+        async with grpc.aio.insecure_channel(nodes.address(leader)) as ch:
+            call = pbg.ChatStub(ch).Subscribe(pb.SubscribeRequest(token=s.token), timeout=20)
+            await asyncio.sleep(0.3)
+            for n in nodes.ids:
+                if n != leader:
+                    nodes.kill(n)  # CheckQuorum: the leader steps down
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async for _ in call:
+                    pass
+            assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert "resubscribe" in (err.value.details() or "")
+        await s.close()
+
+    asyncio.run(scenario())
+
+
+def test_sigterm_exits_zero_and_logs_role_changes(nodes: NodeProcesses) -> None:
+    async def scenario() -> str:
+        nodes.start_all()
+        return await nodes.wait_leader()
+
+    leader = asyncio.run(scenario())
+    assert f"{leader} became leader at term" in nodes.log(leader)
+    for n in list(nodes.ids):
+        assert nodes.stop(n) == 0
