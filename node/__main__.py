@@ -14,6 +14,7 @@ import logging.handlers
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -73,17 +74,37 @@ def _exit_with_parent() -> None:
         raise StartupError(1, "the parent process is already gone")
 
 
+class NodeLogContext(logging.Filter):
+    """Starts every log line with the node id and its current term (STYLE)."""
+
+    def __init__(self, node_id: str) -> None:
+        super().__init__()
+        self.node_id = node_id
+        self.term: Callable[[], int | str] = lambda: "-"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.node = self.node_id
+        record.term = self.term()
+        return True
+
+
+LOG_CONTEXT = NodeLogContext("-")
+
+
 def _setup_logging(node_id: str, level: str, log_file: str | None) -> None:
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    LOG_CONTEXT.node_id = node_id
+    fmt = logging.Formatter("%(asctime)s %(node)s t%(term)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger()
     root.setLevel(level.upper())
-    stderr = logging.StreamHandler(sys.stderr)
-    stderr.setFormatter(fmt)
-    root.addHandler(stderr)
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
-        rotating = logging.handlers.RotatingFileHandler(log_file, maxBytes=10 << 20, backupCount=3)
-        rotating.setFormatter(fmt)
-        root.addHandler(rotating)
+        handlers.append(
+            logging.handlers.RotatingFileHandler(log_file, maxBytes=10 << 20, backupCount=3)
+        )
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        handler.addFilter(LOG_CONTEXT)
+        root.addHandler(handler)
 
 
 def _peer_addresses(config: ClusterConfig, me: str, overrides: list[str]) -> dict[NodeId, str]:
@@ -123,16 +144,18 @@ async def _run(
     config: ClusterConfig, node_id: str, peers: dict[NodeId, str], key: bytes, storage: Storage
 ) -> int:
     me = config.node(node_id)
+    state = ChatState(config.chat)
     driver = RaftDriver(
         node_id=NodeId(node_id),
         config=config,
         storage=storage,
-        state=ChatState(config.chat),
+        state=state,
         peer_addresses=peers,
         key=key,
     )
+    LOG_CONTEXT.term = lambda: driver.core.term
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[ClusterKeyInterceptor(key)])
-    chat = ChatService(driver=driver, config=config, forward_addresses=peers)
+    chat = ChatService(driver=driver, state=state, config=config, forward_addresses=peers)
     chat_pb2_grpc.add_ChatServicer_to_server(chat, server)
     raft_pb2_grpc.add_RaftServicer_to_server(
         RaftService(NodeId(node_id), config.cluster, driver.step, driver.step_snapshot), server

@@ -20,9 +20,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from random import Random
+from typing import Generic, Protocol, TypeVar
 
-from node.chat.replies import ApplyResult
-from node.chat.state import ChatState
 from node.config import ClusterConfig
 from node.raft.core import RaftConfig, RaftCore
 from node.raft.errors import NotLeaderError, ProposalDroppedError
@@ -43,6 +42,27 @@ from node.storage import Storage
 from node.transport import PeerLink
 
 logger = logging.getLogger(__name__)
+
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+
+class StateMachine(Protocol[R_co]):
+    """What the driver applies committed entries to (hashicorp/raft's FSM). The chat state
+    (node.chat.state.ChatState) is the one chatbooth runs; benchmarks use a trivial one."""
+
+    @property
+    def applied_index(self) -> int: ...
+
+    def apply(self, index: int, data: bytes) -> R_co: ...
+
+    def skip(self, index: int) -> None: ...  # an entry with no data for us (a leader's no-op)
+
+    def snapshot(self) -> bytes: ...
+
+    def restore(self, data: bytes) -> None: ...
+
+    def digest(self) -> str: ...
 
 
 class NodeError(Exception):
@@ -66,9 +86,9 @@ class FatalNodeError(NodeError):
 
 
 @dataclass(slots=True)
-class _Pending:
+class _Pending(Generic[R]):
     term: int
-    future: asyncio.Future[ApplyResult]
+    future: asyncio.Future[R]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,14 +104,14 @@ class NodeStatus:
     digest: str
 
 
-class RaftDriver:
+class RaftDriver(Generic[R]):
     def __init__(
         self,
         *,
         node_id: NodeId,
         config: ClusterConfig,
         storage: Storage,
-        state: ChatState,
+        state: StateMachine[R],
         peer_addresses: dict[NodeId, str],
         key: bytes,
         rng: Random | None = None,
@@ -148,11 +168,11 @@ class RaftDriver:
             for peer, addr in peer_addresses.items()
         }
         self._wake = asyncio.Event()
-        self._proposals: dict[int, _Pending] = {}
+        self._proposals: dict[int, _Pending[R]] = {}
         self._read_seq = 0
         self._reads: dict[int, asyncio.Future[int]] = {}
         self._apply_waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self._apply_listeners: list[Callable[[ApplyResult], None]] = []
+        self._apply_listeners: list[Callable[[R], None]] = []
         self._leadership_listeners: list[Callable[[], None]] = []
         self._incoming_snapshots: dict[tuple[int, int], bytes] = {}
         self._backlog: deque[Entry] = deque()  # committed, held while a snapshot is taken
@@ -216,7 +236,7 @@ class RaftDriver:
             digest=self.state.digest() if with_digest else "",
         )
 
-    def add_apply_listener(self, listener: Callable[[ApplyResult], None]) -> None:
+    def add_apply_listener(self, listener: Callable[[R], None]) -> None:
         self._apply_listeners.append(listener)
 
     def add_leadership_listener(self, listener: Callable[[], None]) -> None:
@@ -233,7 +253,7 @@ class RaftDriver:
                 raise NoQuorumError()
             raise NotLeaderError(self.core.leader)
 
-    async def propose(self, data: bytes, timeout_s: float) -> ApplyResult:
+    async def propose(self, data: bytes, timeout_s: float) -> R:
         """Replicate `data` and apply it; the result of applying it.
 
         Raises NotLeaderError / NoQuorumError before proposing (nothing happened), and
@@ -243,7 +263,7 @@ class RaftDriver:
             index, term = self.core.propose(data)
         except ProposalDroppedError as exc:
             raise NotLeaderError(None) from exc
-        future: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._proposals[index] = _Pending(term, future)
         self._wake.set()
         try:
@@ -401,12 +421,12 @@ class RaftDriver:
         for e in entries:
             if e.index <= self.state.applied_index:
                 continue  # already in the snapshot we restored
+            result: R | None = None
             if e.kind is EntryKind.NORMAL:
                 result = self.state.apply(e.index, e.data)
                 self._applied_bytes_since_snapshot += len(e.data)
             else:
                 self.state.skip(e.index)
-                result = None
             pending = self._proposals.pop(e.index, None)
             if pending is not None and not pending.future.done():
                 if pending.term == e.term and result is not None:

@@ -27,6 +27,7 @@ from node.chat import validation
 from node.chat.errors import ChatError
 from node.chat.passwords import SALT_BYTES, hash_password, verify_password
 from node.chat.replies import ApplyResult, ChatMessage
+from node.chat.state import ChatState
 from node.config import ClusterConfig
 from node.driver import NoQuorumError, OutcomeUnknownError, RaftDriver
 from node.raft.errors import NotLeaderError
@@ -80,11 +81,13 @@ class ChatService(chat_pb2_grpc.ChatServicer):
     def __init__(
         self,
         *,
-        driver: RaftDriver,
+        driver: RaftDriver[ApplyResult],
+        state: ChatState,
         config: ClusterConfig,
         forward_addresses: dict[NodeId, str],
     ) -> None:
         self._driver = driver
+        self._state = state  # read only here: every change goes through the log
         self._config = config
         self._forward_addresses = forward_addresses
         self._channels: dict[NodeId, grpc.aio.Channel] = {}
@@ -199,7 +202,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         return validation.validate_request_id(pb.client_id, pb.seq, pb.first_outstanding)
 
     async def _propose(self, cmd: cmds.Command, context: Context) -> Any:
-        result: ApplyResult = await self._driver.propose(cmds.encode(cmd), self._timeout(context))
+        result = await self._driver.propose(cmds.encode(cmd), self._timeout(context))
         return result.unwrap()
 
     async def _cpu(self, fn: Callable[..., Resp], *args: Any) -> Resp:
@@ -236,7 +239,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             rid = self._request_id(request.request)
             name = validation.validate_username(request.username, self._limits)
             await self._leader_read(context)
-            stored = self._driver.state.account_hash(name)
+            stored = self._state.account_hash(name)
             ok = stored is not None and await self._cpu(verify_password, request.password, stored)
             if not ok or stored is None:
                 raise _Abort(grpc.StatusCode.UNAUTHENTICATED, "wrong username or password")
@@ -299,8 +302,8 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             rid = self._request_id(request.request)
             token = validation.validate_token(request.token)
             await self._leader_read(context)
-            user = self._driver.state.authenticate(token)
-            stored = self._driver.state.account_hash(user)
+            user = self._state.authenticate(token)
+            stored = self._state.account_hash(user)
             ok = stored is not None and await self._cpu(verify_password, request.password, stored)
             if not ok:
                 raise _Abort(grpc.StatusCode.UNAUTHENTICATED, "wrong password")
@@ -321,8 +324,8 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             pattern = validation.validate_pattern(request.pattern)
             size = validation.validate_page_size(request.page_size, self._limits)
             await self._leader_read(context)
-            self._driver.state.authenticate(token)
-            names, next_token = self._driver.state.list_accounts(pattern, request.page_token, size)
+            self._state.authenticate(token)
+            names, next_token = self._state.list_accounts(pattern, request.page_token, size)
             return chat_pb2.ListAccountsReply(usernames=names, next_page_token=next_token)
 
         return await self._call(context, "ListAccounts", request, local)
@@ -335,8 +338,8 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             other = validation.validate_username(request.other, self._limits)
             limit = validation.validate_history_limit(request.limit, self._limits)
             await self._leader_read(context)
-            user = self._driver.state.authenticate(token)
-            messages = self._driver.state.history(user, other, limit)
+            user = self._state.authenticate(token)
+            messages = self._state.history(user, other, limit)
             return chat_pb2.HistoryReply(messages=[_message_pb(m) for m in messages])
 
         return await self._call(context, "History", request, local)
@@ -368,14 +371,14 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             try:
                 token = validation.validate_token(request.token)
                 await self._driver.read_barrier(DEFAULT_TIMEOUT_S)
-                user = self._driver.state.authenticate(token)
+                user = self._state.authenticate(token)
             except ChatError as err:
                 raise self._chat_error(err) from None
             except (NoQuorumError, NotLeaderError) as exc:
                 raise self._unavailable(exc) from None
             # Read the queue and register for live delivery at one applied index: no await
             # in between, so nothing applied meanwhile can be missed.
-            backlog = self._driver.state.queue(user, request.after_id)
+            backlog = self._state.queue(user, request.after_id)
             sub = _Subscriber(user.lower(), token)
             self._subscribers.setdefault(sub.username, set()).add(sub)
             last = request.after_id

@@ -178,7 +178,7 @@ class PeerLink:
                 if exc.code() is grpc.StatusCode.PERMISSION_DENIED:
                     logger.error("%s: %s refused our cluster key", self.node_id, self.peer)
                 await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 1.0)
+                backoff_s = min(backoff_s * 2, 0.2)
 
     async def _send_snapshot(self, m: Message) -> None:
         meta = m.snapshot

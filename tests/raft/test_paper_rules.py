@@ -508,3 +508,33 @@ def test_non_members_are_ignored() -> None:
     elect(c, "a")
     c.core("b").step(Message(MT.VOTE, NodeId("z"), NodeId("b"), Term(5), index=LogIndex(9)))
     assert c.core("b").term == 1
+
+
+def test_rejoining_node_with_a_higher_term_is_brought_back_without_losing_entries() -> None:
+    """Thesis §9.6 with §3.3: a node that returns with a higher term (it campaigned before
+    PreVote could stop it, e.g. an old version) answers the leader's heartbeats with that term;
+    "if a server receives a request with a stale term number, it rejects the request" and the
+    leader steps down. PreVote then elects a node with the up-to-date log: nothing committed is
+    lost, and the returning node does not win with its shorter log."""
+    c = manual(3)
+    elect(c, "a")
+    c.partition(["a", "b"], ["c"])
+    for i in range(3):
+        c.propose(NodeId("a"), f"m{i}".encode())
+    c.settle()
+    node_c = c.nodes[NodeId("c")]
+    node_c.core = None
+    node_c.disk.hard_state = HardState(Term(7), None, node_c.disk.hard_state.commit)
+    node_c.boot()
+    c.heal()
+    c.tick(NodeId("a"), 2)  # a heartbeat reaches c, whose answer carries term 7
+    c.settle()
+    assert c.core("a").role is Role.FOLLOWER and c.core("a").term == 7
+    expire_lease(c, "a", "b", "c")
+    c.core("c").campaign()  # c's log is behind: its pre-vote fails
+    c.settle()
+    assert c.core("c").role is not Role.LEADER
+    win(c, "b", "a", "c")
+    c.settle()
+    assert c.core("b").term == 8
+    assert [e.data for e in c.core("c").log.all_entries()][1:4] == [b"m0", b"m1", b"m2"]
