@@ -162,6 +162,7 @@ class RaftDriver(Generic[R]):
                 cluster=config.cluster,
                 key=key,
                 on_unreachable=self._on_unreachable,
+                on_connected=self._on_connected,
                 on_snapshot_sent=self._on_snapshot_sent,
                 load_snapshot=self._load_snapshot,
             )
@@ -316,6 +317,12 @@ class RaftDriver(Generic[R]):
     def _on_unreachable(self, peer: NodeId) -> None:
         self.core.report_unreachable(peer)
         self._wake.set()
+
+    def _on_connected(self, peer: NodeId) -> None:
+        # The bootstrap hint: campaign the moment a peer can hear us, not at the next retry.
+        if self.core.bootstrapping:
+            self.core.campaign()
+            self._wake.set()
 
     def _on_snapshot_sent(self, peer: NodeId, ok: bool) -> None:
         self.core.report_snapshot(peer, ok=ok)

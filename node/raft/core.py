@@ -132,6 +132,11 @@ class RaftCore:
     def voters(self) -> tuple[NodeId, ...]:
         return self.conf.voters
 
+    @property
+    def bootstrapping(self) -> bool:
+        """A fresh cluster's configured leader that has not yet seen a leader."""
+        return self._bootstrapping and self.role is not Role.LEADER
+
     def hard_state(self) -> HardState:
         return HardState(self.term, self.vote, self.log.committed)
 
