@@ -1,0 +1,49 @@
+"""A bare gRPC server with the Chat service's Send answering at once: the yardstick the
+cluster benchmark measures itself against on the same machine, in the same run.
+
+`python -m benchmarks.echo_server PORT`
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from protos import chat_pb2, chat_pb2_grpc
+
+if TYPE_CHECKING:
+    Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class Echo(chat_pb2_grpc.ChatServicer):
+    def __init__(self) -> None:
+        self._next = 0
+
+    async def Send(self, request: chat_pb2.SendRequest, context: Context) -> chat_pb2.SendReply:
+        self._next += 1
+        return chat_pb2.SendReply(message_id=self._next, timestamp_ms=0)
+
+    async def Status(
+        self, request: chat_pb2.StatusRequest, context: Context
+    ) -> chat_pb2.StatusReply:
+        return chat_pb2.StatusReply(node_id="echo", role="leader")
+
+
+async def serve(port: int) -> None:
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    chat_pb2_grpc.add_ChatServicer_to_server(Echo(), server)
+    if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
+        raise SystemExit(f"echo server: port {port} in use")
+    await server.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await server.stop(0.5)
+
+
+if __name__ == "__main__":
+    asyncio.run(serve(int(sys.argv[1])))
