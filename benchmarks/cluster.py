@@ -194,31 +194,13 @@ async def failover(
         survivors = [n for n in addresses if n != leader]
         t_kill = time.perf_counter()
         cluster.kill(leader)  # control calls stay on the main thread (PDEATHSIG)
-        t_detect = t_elect = None
-
-        async def watch() -> None:
-            nonlocal t_detect, t_elect
-            while t_elect is None:
-                for n in survivors:
-                    async with grpc.aio.insecure_channel(addresses[n]) as ch:
-                        try:
-                            st = await pbg.ChatStub(ch).Status(pb.StatusRequest(), timeout=0.2)
-                        except grpc.aio.AioRpcError:
-                            continue
-                    now = time.perf_counter()
-                    if t_detect is None and st.leader_id != leader:
-                        t_detect = now
-                    if st.role == "leader":
-                        t_elect = now
-                await asyncio.sleep(0.005)
-
-        watcher = asyncio.create_task(watch())
+        watcher = asyncio.create_task(_watch_election(addresses, survivors, leader))
         await sender.send()
         t_commit = time.perf_counter()
         try:
-            await asyncio.wait_for(watcher, 5)
+            t_detect, t_elect = await asyncio.wait_for(watcher, 5)
         except TimeoutError:
-            pass
+            t_detect = t_elect = None
         totals.append((t_commit - t_kill) * 1000)
         if t_detect is not None:
             detect.append((t_detect - t_kill) * 1000)
@@ -246,6 +228,26 @@ async def failover(
             "commit + client redirect (the next send commits)": summary(totals),
         },
     }
+
+
+async def _watch_election(
+    addresses: dict[str, str], survivors: list[str], old_leader: str
+) -> tuple[float | None, float | None]:
+    """When a survivor first stops naming the old leader, and when a new leader answers."""
+    t_detect = None
+    while True:
+        for n in survivors:
+            async with grpc.aio.insecure_channel(addresses[n]) as ch:
+                try:
+                    st = await pbg.ChatStub(ch).Status(pb.StatusRequest(), timeout=0.2)
+                except grpc.aio.AioRpcError:
+                    continue
+            now = time.perf_counter()
+            if t_detect is None and st.leader_id != old_leader:
+                t_detect = now
+            if st.role == "leader":
+                return t_detect or now, now
+        await asyncio.sleep(0.005)
 
 
 async def _caught_up(cluster: Cluster, timeout_s: float = 30) -> None:
