@@ -13,6 +13,7 @@ Imports the core, storage, chat, transport and config; nothing of the gRPC chat 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 from collections import deque
@@ -170,6 +171,7 @@ class RaftDriver(Generic[R]):
         }
         self._wake = asyncio.Event()
         self._proposals: dict[int, _Pending[R]] = {}
+        self._deadlines: list[tuple[float, int, int]] = []  # heap of (deadline, index, term)
         self._read_seq = 0
         self._reads: dict[int, asyncio.Future[int]] = {}
         self._apply_waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -264,15 +266,26 @@ class RaftDriver(Generic[R]):
             index, term = self.core.propose(data)
         except ProposalDroppedError as exc:
             raise NotLeaderError(None) from exc
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
         self._proposals[index] = _Pending(term, future)
+        # One heap swept every tick, rather than a timer per proposal (the hot path).
+        heapq.heappush(self._deadlines, (loop.time() + timeout_s, index, term))
         self._wake.set()
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
-        except TimeoutError:
-            raise OutcomeUnknownError(
-                "the deadline passed before the write was applied; it may still commit"
-            ) from None
+        return await future
+
+    def _expire_proposals(self, now: float) -> None:
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, index, term = heapq.heappop(self._deadlines)
+            pending = self._proposals.get(index)
+            if pending is not None and pending.term == term:
+                del self._proposals[index]
+                if not pending.future.done():
+                    pending.future.set_exception(
+                        OutcomeUnknownError(
+                            "the deadline passed before the write was applied; it may still commit"
+                        )
+                    )
 
     async def read_barrier(self, timeout_s: float) -> None:
         """Linearizable reads (thesis §6.4): returns once this leader has confirmed its
@@ -347,6 +360,7 @@ class RaftDriver(Generic[R]):
                 next_tick = loop.time()
                 delay = 0
             await asyncio.sleep(delay)
+            self._expire_proposals(loop.time())
             self.core.tick()
             self._wake.set()
 
@@ -409,6 +423,7 @@ class RaftDriver(Generic[R]):
 
     def _fail_all(self, exc: Exception) -> None:
         proposals, self._proposals = self._proposals, {}
+        self._deadlines = []
         for p in proposals.values():
             if not p.future.done():
                 p.future.set_exception(exc)

@@ -1,0 +1,152 @@
+"""Raw replication: how many 10-byte entries/s does a 3-node cluster of real processes commit
+when the proposals are made inside the leader process (no client RPC, no chat layer)?
+
+`python -m benchmarks.raw_replication` prints JSON. Each node is a real process running the
+real driver, storage (fsync on) and gRPC transport, with a trivial state machine; node a (the
+bootstrap leader) proposes --entries entries, --inflight at a time, and reports.
+Target (issue 3): at least 40,000 committed entries/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from random import Random
+
+import grpc
+
+from benchmarks.cluster import ROOT, write_config
+from node.config import load_config, read_cluster_key
+from node.driver import RaftDriver
+from node.raft.types import NodeId
+from node.storage import Storage
+from node.transport import SERVER_OPTIONS, ClusterKeyInterceptor, RaftService
+from protos import raft_pb2_grpc
+
+
+class CountingStateMachine:
+    """Applies nothing but a count: the chat layer is not what this measures."""
+
+    def __init__(self) -> None:
+        self._applied = 0
+
+    @property
+    def applied_index(self) -> int:
+        return self._applied
+
+    def apply(self, index: int, data: bytes) -> int:
+        self._applied = index
+        return index
+
+    def skip(self, index: int) -> None:
+        self._applied = index
+
+    def snapshot(self) -> bytes:
+        return str(self._applied).encode()
+
+    def restore(self, data: bytes) -> None:
+        self._applied = int(data or b"0")
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.snapshot()).hexdigest()
+
+
+async def run_node(config_path: str, node_id: str, entries: int, inflight: int) -> None:
+    config = load_config(config_path)
+    key = read_cluster_key(config)
+    storage = Storage.open(config.node_dir(node_id))
+    peers = {NodeId(n.id): n.address for n in config.nodes if n.id != node_id}
+    driver: RaftDriver[int] = RaftDriver(
+        node_id=NodeId(node_id),
+        config=config,
+        storage=storage,
+        state=CountingStateMachine(),
+        peer_addresses=peers,
+        key=key,
+        rng=Random(),
+    )
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[ClusterKeyInterceptor(key)])
+    raft_pb2_grpc.add_RaftServicer_to_server(
+        RaftService(NodeId(node_id), config.cluster, driver.step, driver.step_snapshot), server
+    )
+    server.add_insecure_port(config.node(node_id).address)
+    await server.start()
+    driver.start()
+    if config.leader != node_id:
+        await asyncio.sleep(3600)  # the benchmark kills followers when done
+        return
+    while not driver.is_leader:
+        await asyncio.sleep(0.01)
+    payload = b"0123456789"
+    await asyncio.gather(*(driver.propose(payload, 10) for _ in range(1000)))  # warm up
+    started = time.perf_counter()
+    remaining = entries
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await driver.propose(payload, 30)
+
+    await asyncio.gather(*(worker() for _ in range(inflight)))
+    elapsed = time.perf_counter() - started
+    print(json.dumps({"committed_entries_per_s": round(entries / elapsed)}), flush=True)
+    await driver.stop()
+    await server.stop(0)
+    storage.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.raw_replication", description=__doc__)
+    p.add_argument("--entries", type=int, default=100_000)
+    p.add_argument("--inflight", type=int, default=2000)
+    p.add_argument("--node", nargs=2, metavar=("CONFIG", "ID"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.node:
+        asyncio.run(run_node(args.node[0], args.node[1], args.entries, args.inflight))
+        return
+    with tempfile.TemporaryDirectory(prefix="chatbooth-raw-") as tmp:
+        config = write_config(Path(tmp))
+        (Path(tmp) / "data").mkdir()
+        key_file = Path(tmp) / "data" / "cluster.key"
+        key_file.write_text("raw-benchmark-key")
+        cmd = [sys.executable, "-m", "benchmarks.raw_replication", "--entries", str(args.entries)]
+        cmd += ["--inflight", str(args.inflight), "--node", str(config)]
+        followers = [
+            subprocess.Popen([*cmd, n], cwd=ROOT, stdin=subprocess.DEVNULL) for n in ("b", "c")
+        ]
+        try:
+            leader = subprocess.run(
+                [*cmd, "a"],
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=600,
+                check=True,
+            )
+        finally:
+            for f in followers:
+                f.kill()
+                f.wait(10)
+    result = {
+        "benchmark": "raw-replication",
+        "nodes": 3,
+        "entry_bytes": 10,
+        "fsync": True,
+        "inflight": args.inflight,
+        **json.loads(leader.stdout.strip().splitlines()[-1]),
+        "target_committed_entries_per_s": 40_000,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
