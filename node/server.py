@@ -136,7 +136,9 @@ class ChatService(chat_pb2_grpc.ChatServicer):
 
     def _unavailable(self, exc: Exception) -> _Abort:
         if isinstance(exc, NoQuorumError):
-            return _Abort(grpc.StatusCode.UNAVAILABLE, f"{self._driver.id}: no majority reachable")
+            return _Abort(
+                grpc.StatusCode.UNAVAILABLE, f"no majority reachable (node {self._driver.id})"
+            )
         if isinstance(exc, OutcomeUnknownError):
             return _Abort(
                 grpc.StatusCode.UNAVAILABLE,
@@ -146,7 +148,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             leader = NodeId(exc.leader_hint) if exc.leader_hint else None
             return _Abort(
                 grpc.StatusCode.UNAVAILABLE,
-                f"{self._driver.id} is not the leader (leader: {leader or 'unknown'})",
+                f"not the leader: {self._driver.id} (leader: {leader or 'unknown'})",
                 leader,
             )
         raise exc
@@ -239,6 +241,17 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             rid = self._request_id(request.request)
             name = validation.validate_username(request.username, self._limits)
             await self._leader_read(context)
+            if self._state.answered(rid):  # a retry: the log gives the first reply
+                token = secrets.token_urlsafe(24)
+                cmd = cmds.Login(
+                    timestamp_ms=_now_ms(),
+                    request=rid,
+                    username=name,
+                    token=token,
+                    verified_digest=b"",
+                )
+                reply = await self._propose(cmd, context)
+                return chat_pb2.LoginReply(token=reply.token, username=reply.username)
             stored = self._state.account_hash(name)
             ok = stored is not None and await self._cpu(verify_password, request.password, stored)
             if not ok or stored is None:
@@ -302,11 +315,14 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             rid = self._request_id(request.request)
             token = validation.validate_token(request.token)
             await self._leader_read(context)
-            user = self._state.authenticate(token)
-            stored = self._state.account_hash(user)
-            ok = stored is not None and await self._cpu(verify_password, request.password, stored)
-            if not ok:
-                raise _Abort(grpc.StatusCode.UNAUTHENTICATED, "wrong password")
+            if not self._state.answered(rid):  # a retry skips the checks: first reply wins
+                user = self._state.authenticate(token)
+                stored = self._state.account_hash(user)
+                ok = stored is not None and await self._cpu(
+                    verify_password, request.password, stored
+                )
+                if not ok:
+                    raise _Abort(grpc.StatusCode.UNAUTHENTICATED, "wrong password")
             await self._propose(
                 cmds.DeleteAccount(timestamp_ms=_now_ms(), request=rid, token=token), context
             )

@@ -433,6 +433,13 @@ class ChatState:
 
     # --- reads ----------------------------------------------------------------------------
 
+    def answered(self, request: RequestId) -> bool:
+        """Whether this request id already has a stored reply (a retry): the accepting node
+        then proposes it without re-checking the session or password, so the log answers it
+        with its first reply (a retried delete-account must not fail for the deleted account)."""
+        client = self._clients.get(request.client_id)
+        return client is not None and request.seq in client.replies
+
     def authenticate(self, token: str, now_ms: int | None = None) -> str:
         """The registered username of the live session `token`, judged at `now_ms` (default:
         log time). UNAUTHENTICATED for unknown, logged-out and idle-expired tokens."""

@@ -383,3 +383,34 @@ def test_sigterm_exits_zero_and_logs_role_changes(nodes: NodeProcesses) -> None:
     assert f"{leader} became leader at term" in nodes.log(leader)
     for n in list(nodes.ids):
         assert nodes.stop(n) == 0
+
+
+def test_retried_delete_account_and_login_get_their_first_answer(nodes: NodeProcesses) -> None:
+    """Thesis §6.3: a retry of an applied request gets the first reply, even when the first
+    attempt changed what the accepting node would pre-check (the account is gone)."""
+
+    async def scenario() -> None:
+        nodes.start_all()
+        leader = await nodes.wait_leader()
+        s = Session(nodes.address(leader))
+        await s.register_and_login("jill")
+        login_rid = s.rid()
+        first = await s.stub.Login(
+            pb.LoginRequest(request=login_rid, username="jill", password="pw"), timeout=10
+        )
+        again = await s.stub.Login(
+            pb.LoginRequest(request=login_rid, username="jill", password="pw"), timeout=10
+        )
+        assert again.token == first.token
+        rid = s.rid()
+        request = pb.DeleteAccountRequest(request=rid, token=s.token, password="pw")
+        await s.stub.DeleteAccount(request, timeout=10)
+        await s.stub.DeleteAccount(request, timeout=10)  # the retry: OK again, not refused
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await s.stub.Login(
+                pb.LoginRequest(request=s.rid(), username="jill", password="pw"), timeout=10
+            )
+        assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        await s.close()
+
+    asyncio.run(scenario())
