@@ -1,16 +1,167 @@
-"""`python -m client`: not built yet; says so instead of failing obscurely."""
+"""`python -m client`: the chat REPL, in a terminal or fed by a pipe.
+
+    python -m client --cluster cluster.yaml        # every node of the cluster, with failover
+    python -m client --servers host:port,host:port # the same, from a list
+    python -m client --server host:port            # pinned to one node: no failover
+
+The mode is chosen here, before any prompt_toolkit object exists: interactive when stdin and
+stdout are terminals, piped otherwise. The only module of the client that configures logging.
+
+Imports client.*, node.config (the cluster.yaml loader) and the standard library.
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import logging
 import sys
+from pathlib import Path
+
+from client.api import (
+    DEFAULT_CALL_TIMEOUT_S,
+    DEFAULT_OVERALL_TIMEOUT_S,
+    ChatClient,
+    parse_address,
+    parse_servers,
+)
+from client.errors import AddressError
+from client.repl import run_piped, run_terminal
+from node.config import ConfigError, load_config
+
+DEFAULT_HISTORY_FILE = "~/.chatbooth_history"
 
 
-def main() -> int:
-    print(
-        "chatbooth: the chat client is not built yet (see README.md, 'What works so far').",
-        file=sys.stderr,
+class _CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is at the time (patch_stdout replaces it), so that log
+    lines appear above the prompt instead of breaking it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m client",
+        description="The chatbooth chat client. With stdin not a terminal it reads commands "
+        "line by line (a password on the line after register, login and delete-account) and "
+        "exits non-zero if any command failed.",
     )
-    return 2
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--cluster", metavar="FILE", help="cluster.yaml (default: ./cluster.yaml if it exists)"
+    )
+    where.add_argument("--servers", metavar="HOST:PORT,...", help="the nodes, comma-separated")
+    where.add_argument(
+        "--server", metavar="HOST:PORT", help="talk to this node only, never fail over"
+    )
+    parser.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help="read the password from FILE's first line instead of asking",
+    )
+    parser.add_argument(
+        "--history-file",
+        metavar="FILE",
+        default=DEFAULT_HISTORY_FILE,
+        help=f"command history of the interactive REPL (default {DEFAULT_HISTORY_FILE})",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_OVERALL_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"how long a command waits for the cluster (default {DEFAULT_OVERALL_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
+        "--call-timeout",
+        type=float,
+        default=DEFAULT_CALL_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"deadline of one call to one node (default {DEFAULT_CALL_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log failovers (-vv: more)"
+    )
+    return parser
+
+
+def _client(args: argparse.Namespace) -> ChatClient:
+    """The ChatClient the arguments ask for; ConfigError or AddressError if they are wrong."""
+    call_timeout_s: float = args.call_timeout
+    overall_timeout_s: float = args.timeout
+    if args.server:
+        return ChatClient(
+            [parse_address(args.server)],
+            pinned=True,
+            call_timeout_s=call_timeout_s,
+            overall_timeout_s=overall_timeout_s,
+        )
+    servers = parse_servers(args.servers) if args.servers else None
+    if servers is None:
+        path = args.cluster
+        if path is None:
+            if not Path("cluster.yaml").exists():
+                raise AddressError(
+                    "no cluster given: use --cluster cluster.yaml, --servers HOST:PORT,... "
+                    "or --server HOST:PORT"
+                )
+            path = "cluster.yaml"
+    return ChatClient(
+        load_config(path) if servers is None else servers,
+        call_timeout_s=call_timeout_s,
+        overall_timeout_s=overall_timeout_s,
+    )
+
+
+def _read_password_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as file:
+            password = file.readline().rstrip("\r\n")
+    except OSError as error:
+        raise AddressError(f"--password-file {path}: {error.strerror or error}") from None
+    if not password:
+        raise AddressError(f"--password-file {path}: the first line is empty")
+    return password
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = _CurrentStderrHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(
+        level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
+        handlers=[handler],
+    )
+    if args.verbose < 2:
+        logging.getLogger("grpc").setLevel(logging.WARNING)
+        logging.getLogger("asyncio").setLevel(logging.WARNING)
+    for name, value in (("--timeout", args.timeout), ("--call-timeout", args.call_timeout)):
+        if not value > 0:
+            print(f"chatbooth: {name} must be positive, got {value:g}", file=sys.stderr)
+            return 2
+    try:
+        password = None if args.password_file is None else _read_password_file(args.password_file)
+        client = _client(args)
+    except (ConfigError, AddressError) as error:
+        print(f"chatbooth: {error}", file=sys.stderr)
+        return 2
+    # Decided before any prompt_toolkit object exists (TRAPS.md, prompt_toolkit).
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    if not interactive and sys.stdin.isatty() and password is None:
+        print(
+            "chatbooth: output is not a terminal, so commands are read as plain lines and a "
+            "password typed here is visible; --password-file avoids that",
+            file=sys.stderr,
+        )
+    try:
+        if interactive:
+            history = Path(args.history_file).expanduser()
+            return asyncio.run(run_terminal(client, history, password))
+        return asyncio.run(run_piped(client, password))
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,119 @@
+"""The typed gRPC face of the Chat service, and the channel options every client channel uses.
+
+The generated `chat_pb2_grpc.ChatStub` carries no type hints, so `mypy --strict` cannot check
+calls through it; `ChatStub` here builds the same multi-callables with their request and reply
+types, taking the method paths from the service descriptor so they cannot drift from
+protos/chat.proto.
+
+Imports grpc and protos only; nothing else from chatbooth.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import grpc
+import grpc.aio
+
+from protos import chat_pb2
+
+SERVICE: Final = chat_pb2.DESCRIPTOR.services_by_name["Chat"]
+
+# Trailing metadata of an UNAVAILABLE answer: where the leader is, when the node knows.
+LEADER_ADDRESS_KEY: Final = "x-chatbooth-leader"
+LEADER_ID_KEY: Final = "x-chatbooth-leader-id"
+
+# Reconnect within a second after a node comes back (the default backoff reaches ~20 s, see
+# TRAPS.md); ping a quiet connection so a frozen node is noticed on long Subscribe streams.
+# Servers must allow pings this often (grpc.http2.min_ping_interval_without_data_ms <= 5000)
+# or they answer with GOAWAY "too_many_pings".
+KEEPALIVE_TIME_MS: Final = 5_000
+CHANNEL_OPTIONS: Final[tuple[tuple[str, int], ...]] = (
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", 2_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.max_pings_without_data", 0),
+    # The client retries by itself, always with the request id of the first attempt.
+    ("grpc.enable_retries", 0),
+)
+
+
+_Unary = grpc.aio.UnaryUnaryMultiCallable
+_Stream = grpc.aio.UnaryStreamMultiCallable
+
+
+def _path(name: str) -> str:
+    return f"/{SERVICE.full_name}/{SERVICE.methods_by_name[name].name}"
+
+
+class ChatStub:
+    """Typed multi-callables for every method of the Chat service, on one channel."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.Register: _Unary[chat_pb2.RegisterRequest, chat_pb2.RegisterReply] = (
+            channel.unary_unary(
+                _path("Register"),
+                request_serializer=chat_pb2.RegisterRequest.SerializeToString,
+                response_deserializer=chat_pb2.RegisterReply.FromString,
+            )
+        )
+        self.Login: _Unary[chat_pb2.LoginRequest, chat_pb2.LoginReply] = channel.unary_unary(
+            _path("Login"),
+            request_serializer=chat_pb2.LoginRequest.SerializeToString,
+            response_deserializer=chat_pb2.LoginReply.FromString,
+        )
+        self.Logout: _Unary[chat_pb2.LogoutRequest, chat_pb2.LogoutReply] = channel.unary_unary(
+            _path("Logout"),
+            request_serializer=chat_pb2.LogoutRequest.SerializeToString,
+            response_deserializer=chat_pb2.LogoutReply.FromString,
+        )
+        self.ListAccounts: _Unary[chat_pb2.ListAccountsRequest, chat_pb2.ListAccountsReply] = (
+            channel.unary_unary(
+                _path("ListAccounts"),
+                request_serializer=chat_pb2.ListAccountsRequest.SerializeToString,
+                response_deserializer=chat_pb2.ListAccountsReply.FromString,
+            )
+        )
+        self.Send: _Unary[chat_pb2.SendRequest, chat_pb2.SendReply] = channel.unary_unary(
+            _path("Send"),
+            request_serializer=chat_pb2.SendRequest.SerializeToString,
+            response_deserializer=chat_pb2.SendReply.FromString,
+        )
+        self.Subscribe: _Stream[chat_pb2.SubscribeRequest, chat_pb2.ChatMessage] = (
+            channel.unary_stream(
+                _path("Subscribe"),
+                request_serializer=chat_pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=chat_pb2.ChatMessage.FromString,
+            )
+        )
+        self.Ack: _Unary[chat_pb2.AckRequest, chat_pb2.AckReply] = channel.unary_unary(
+            _path("Ack"),
+            request_serializer=chat_pb2.AckRequest.SerializeToString,
+            response_deserializer=chat_pb2.AckReply.FromString,
+        )
+        self.History: _Unary[chat_pb2.HistoryRequest, chat_pb2.HistoryReply] = channel.unary_unary(
+            _path("History"),
+            request_serializer=chat_pb2.HistoryRequest.SerializeToString,
+            response_deserializer=chat_pb2.HistoryReply.FromString,
+        )
+        self.DeleteAccount: _Unary[chat_pb2.DeleteAccountRequest, chat_pb2.DeleteAccountReply] = (
+            channel.unary_unary(
+                _path("DeleteAccount"),
+                request_serializer=chat_pb2.DeleteAccountRequest.SerializeToString,
+                response_deserializer=chat_pb2.DeleteAccountReply.FromString,
+            )
+        )
+        self.Status: _Unary[chat_pb2.StatusRequest, chat_pb2.StatusReply] = channel.unary_unary(
+            _path("Status"),
+            request_serializer=chat_pb2.StatusRequest.SerializeToString,
+            response_deserializer=chat_pb2.StatusReply.FromString,
+        )
+
+
+def open_channel(address: str) -> grpc.aio.Channel:
+    """An insecure channel to one node, with CHANNEL_OPTIONS. Call from the event loop that
+    will use it."""
+    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
