@@ -3,9 +3,9 @@
 - `async def` tests run in a fresh event loop each, bounded in time (pytest-asyncio is not a
   dependency; grpc.aio objects belong to the loop that made them, so each test builds its
   cluster and clients inside its own loop: `async with open_cluster(kind) as cluster`).
-- `cluster_kind`: which cluster the generic tests (test_failover.py) run against. Only "fake"
-  (tests/client/fakechat.py) exists so far; real nodes plug in by adding a kind to
-  CLUSTER_KINDS and a branch to `open_cluster` that yields a `ChatCluster`.
+- `cluster_kind`: which cluster the generic tests (test_failover.py) run against: "fake"
+  (tests/client/fakechat.py) and "real" (node processes through supervisor.Cluster, with the
+  link proxies, marked `cluster`).
 - `fake_servers`: the fake cluster as a separate process (the launcher), for tests that run
   `python -m client` as a subprocess; stopped by its PID.
 
@@ -22,6 +22,7 @@ import os
 import select
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from tests.client.fakechat import ChatCluster, FakeCluster
 
 ROOT = Path(__file__).resolve().parents[2]
 ASYNC_TEST_TIMEOUT_S = 20.0
-CLUSTER_KINDS = ["fake"]
+CLUSTER_KINDS = ["fake", pytest.param("real", marks=pytest.mark.cluster)]
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -66,7 +67,66 @@ async def open_cluster(kind: str, nodes: int = 3) -> AsyncIterator[ChatCluster]:
         async with FakeCluster(names) as cluster:
             yield cluster
         return
+    if kind == "real":
+        with (
+            tempfile.TemporaryDirectory(prefix="chatbooth-client-") as tmp,
+            RealCluster(Path(tmp), names) as cluster,
+        ):
+            yield cluster
+        return
     raise ValueError(f"no cluster kind {kind!r}")
+
+
+class RealCluster:
+    """Real node processes (supervisor.Cluster) behind the ChatCluster protocol. Its control
+    calls run on the main thread, as spawning nodes must (PR_SET_PDEATHSIG)."""
+
+    def __init__(self, directory: Path, names: Sequence[str]) -> None:
+        from supervisor.cluster import Cluster
+        from tests.conftest import free_port
+
+        lines = "\n".join(f"  {n}: {{host: 127.0.0.1, port: {free_port()}}}" for n in names)
+        config = directory / "cluster.yaml"
+        config.write_text(
+            "cluster: client-tests\nleader: a\ndata_dir: ./data\n"
+            "chat:\n  scrypt: {n: 16, r: 8, p: 1}\n"
+            f"nodes:\n{lines}\n"
+        )
+        self._cluster = Cluster(config, fresh=True)
+        self._names = tuple(names)
+
+    def __enter__(self) -> RealCluster:
+        self._cluster.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._cluster.__exit__(*exc)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self._names
+
+    def address(self, name: str) -> str:
+        return self._cluster.address(name)
+
+    @property
+    def addresses(self) -> list[str]:
+        return [self.address(n) for n in self._names]
+
+    async def kill(self, name: str) -> None:
+        self._cluster.kill(name)
+
+    async def start(self, name: str) -> None:
+        self._cluster.start_node(name)
+
+    async def isolate(self, *names: str) -> None:
+        self._cluster.partition(list(names), [n for n in self._names if n not in names])
+
+    async def heal(self) -> None:
+        self._cluster.heal()
+
+    async def wait_leader(self, timeout_s: float = 5.0) -> str:
+        return self._cluster.wait_leader(timeout_s)
 
 
 def make_client(
