@@ -1,17 +1,249 @@
-"""`python -m supervisor`: not built yet; says so instead of failing obscurely."""
+"""`python -m supervisor up cluster.yaml [--fresh] [--no-repl] [--script FILE]`: run a whole
+cluster on this machine and break it on purpose.
+
+- In a terminal: the fault REPL (supervisor/repl.py) with completion, history and a live
+  toolbar.
+- With stdin not a terminal (a pipe, /dev/null) or `--script FILE`: the same commands line by
+  line, each echoed; the cluster is shut down when they end; exit status 1 if one failed.
+- `--no-repl`: the cluster runs until Ctrl-C, SIGTERM or SIGHUP.
+
+The mode is chosen before any prompt_toolkit object exists. However the supervisor ends
+(quit, Ctrl-D, Ctrl-C, SIGTERM, an error of its own) every node is stopped by PID and reaped;
+if the supervisor is SIGKILLed, the nodes die with it (PR_SET_PDEATHSIG, set by the node).
+
+Exit status: 0 done, 1 a command or the cluster failed, 2 bad usage or configuration.
+
+This is the only supervisor module that configures logging handlers or installs signal
+handlers. Imports the supervisor modules and node.config; never node internals or client.
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
+import enum
+import logging
+import signal
 import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import FrameType
+
+from node.config import ConfigError
+from supervisor import check as check_command
+from supervisor.cluster import Cluster, PortInUseError
+from supervisor.errors import SupervisorError
+from supervisor.processes import NodeExit
+from supervisor.repl import run_plain, run_terminal, terminal_mode
+
+logger = logging.getLogger("supervisor")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
-def main() -> int:
-    print(
-        "chatbooth: the supervisor is not built yet (see README.md, 'What works so far').",
-        file=sys.stderr,
+class Mode(enum.Enum):
+    TERMINAL = "terminal"  # prompt_toolkit REPL
+    PLAIN = "plain"  # commands line by line from stdin or --script
+    NO_REPL = "no-repl"  # run until a signal
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP asked the supervisor to stop (raised in the main thread)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m supervisor",
+        description="Run a chatbooth cluster on this machine and break it on purpose.",
     )
-    return 2
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    up = commands.add_parser(
+        "up",
+        help="start every node of cluster.yaml and open the fault REPL",
+        description="Start every node of the cluster (the configured leader first) and open "
+        "the fault REPL; every node is stopped when it ends.",
+    )
+    up.add_argument("config", type=Path, help="the cluster's cluster.yaml")
+    up.add_argument("--fresh", action="store_true", help="wipe the nodes' data first")
+    mode = up.add_mutually_exclusive_group()
+    mode.add_argument("--no-repl", action="store_true", help="no REPL: run until Ctrl-C or SIGTERM")
+    mode.add_argument(
+        "--script", type=Path, metavar="FILE", help="run the commands in FILE, then stop"
+    )
+    up.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
+    up.set_defaults(run=_up)
+    check = commands.add_parser(
+        "check",
+        help="random faults, then prove nothing acknowledged was lost, doubled or reordered",
+        description=check_command.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check_command.add_arguments(check)
+    check.set_defaults(run=_check)
+    return parser
+
+
+def _check(args: argparse.Namespace, node_command: Sequence[str] | None) -> int:
+    try:
+        return asyncio.run(check_command.run_check(args))
+    except ConfigError as exc:
+        print(f"supervisor: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def main(argv: Sequence[str] | None = None, *, node_command: Sequence[str] | None = None) -> int:
+    """The command line; node_command replaces `python -m node` (tests run a fake node)."""
+    args = build_parser().parse_args(argv)
+    run: Callable[[argparse.Namespace, Sequence[str] | None], int] = args.run
+    return run(args, node_command)
+
+
+def choose_mode(args: argparse.Namespace) -> Mode:
+    if args.no_repl:
+        return Mode.NO_REPL
+    if args.script is not None or not terminal_mode(sys.stdin, sys.stdout):
+        return Mode.PLAIN
+    return Mode.TERMINAL
+
+
+class _CurrentStderr(logging.Handler):
+    """Writes to whatever sys.stderr is at the time, so that log lines go above the prompt
+    while prompt_toolkit's patch_stdout is in force."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _logging(verbose: int, mode: Mode) -> Iterator[None]:
+    """Log lines to stderr while the supervisor runs; the root logger is as it was after."""
+    quiet = logging.WARNING if mode is not Mode.NO_REPL else logging.INFO
+    root = logging.getLogger()
+    handler = _CurrentStderr()
+    handler.setFormatter(logging.Formatter("%(asctime)s supervisor: %(message)s", "%H:%M:%S"))
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel({0: quiet, 1: logging.INFO}.get(verbose, logging.DEBUG))
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated(signal.Signals(signum).name)
+
+
+def _ignore_stop_signals() -> None:
+    """While every node is being stopped, a second Ctrl-C or SIGTERM must not cut that short."""
+    for sig in (*STOP_SIGNALS, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _up(args: argparse.Namespace, node_command: Sequence[str] | None) -> int:
+    mode = choose_mode(args)  # before any prompt_toolkit object exists
+    with _logging(args.verbose, mode):
+        return _run_up(args, node_command, mode)
+
+
+def _run_up(args: argparse.Namespace, node_command: Sequence[str] | None, mode: Mode) -> int:
+    script: list[str] | None = None
+    if args.script is not None:
+        try:
+            script = args.script.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            _say(f"error: --script {args.script}: cannot read it: {error}")
+            return EXIT_USAGE
+    try:
+        cluster = Cluster(args.config, fresh=args.fresh, node_command=node_command)
+    except ConfigError as error:
+        _say(f"error: {error}")
+        return EXIT_USAGE
+    for warning in cluster.config.warnings:
+        _say(f"warning: {warning}")
+
+    previous = {sig: signal.getsignal(sig) for sig in (*STOP_SIGNALS, signal.SIGINT)}
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _raise_terminated)
+    status = EXIT_OK
+    try:
+        if mode is Mode.NO_REPL:
+            cluster.add_exit_listener(_log_exit)
+        _say(f"starting {len(cluster.node_ids)} nodes of {cluster.config.path} ...")
+        cluster.start()
+        pids = ", ".join(f"{n} pid {p}" for n, p in cluster.pids().items())
+        leader = cluster.leader()
+        _say(f"cluster {cluster.config.cluster} is up: {pids}; leader {leader or 'unknown'}")
+        if mode is Mode.NO_REPL:
+            _say("running until Ctrl-C or SIGTERM")
+            _wait_for_signal()
+        else:
+            status = asyncio.run(_front_end(cluster, mode, script))
+    except (ConfigError, PortInUseError) as error:
+        _say(f"error: {error}")
+        status = EXIT_USAGE
+    except SupervisorError as error:
+        _say(f"error: {error}")
+        status = EXIT_FAILED
+    except (KeyboardInterrupt, Terminated, asyncio.CancelledError) as stop:
+        why = "Ctrl-C" if isinstance(stop, KeyboardInterrupt) else (str(stop) or "a signal")
+        _say(f"stopping ({why})")
+        # An interrupted script did not run to its end.
+        status = EXIT_FAILED if mode is Mode.PLAIN else EXIT_OK
+    finally:
+        _ignore_stop_signals()
+        cluster.close()
+        _say("every node is stopped")
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return status
+
+
+def _wait_for_signal() -> None:
+    """Block until Ctrl-C (KeyboardInterrupt) or SIGTERM/SIGHUP (Terminated)."""
+    forever = threading.Event()
+    while not forever.wait(3600):
+        pass
+
+
+def _log_exit(exit: NodeExit) -> None:
+    logger.warning("%s", exit.describe())
+
+
+async def _front_end(cluster: Cluster, mode: Mode, script: list[str] | None) -> int:
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    if task is None:
+        raise RuntimeError("the front end must run as a task")
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, task.cancel, sig.name)
+    try:
+        if mode is Mode.TERMINAL:
+            return await run_terminal(cluster)
+        return await run_plain(cluster, script)
+    finally:
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+        _ignore_stop_signals()
+        # Closing here, on the loop, ends the waits of commands still running in worker
+        # threads, which asyncio.run would otherwise wait for.
+        cluster.close()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:
+        sys.exit(EXIT_FAILED)

@@ -37,7 +37,8 @@ class NodeProcesses:
             f"{extra_yaml}"
             f"nodes:\n{nodes}\n"
         )
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}  # the current process per node
+        self.every_proc: list[subprocess.Popen[bytes]] = []  # all ever started: all stopped
 
     def address(self, n: str) -> str:
         return f"127.0.0.1:{self.ports[n]}"
@@ -57,6 +58,7 @@ class NodeProcesses:
         )
         out.close()
         self.procs[n] = proc
+        self.every_proc.append(proc)
         return proc
 
     def start_all(self) -> None:
@@ -74,8 +76,8 @@ class NodeProcesses:
         return proc.wait(15)
 
     def close(self) -> None:
-        for n in list(self.procs):
-            proc = self.procs.pop(n)
+        self.procs.clear()
+        for proc in self.every_proc:
             if proc.poll() is None:
                 proc.kill()
             proc.wait(10)
@@ -117,6 +119,6 @@ def nodes(tmp_path: Path) -> Iterator[NodeProcesses]:
         yield cluster
     finally:
         cluster.close()
-        leftover = [p.pid for p in cluster.procs.values() if p.poll() is None]
+        leftover = [p.pid for p in cluster.every_proc if p.poll() is None]
         assert not leftover, leftover
         os.sync()

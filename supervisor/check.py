@@ -1,0 +1,218 @@
+"""`python -m supervisor check cluster.yaml`: random faults, then a proof that nothing
+acknowledged was lost, doubled or reordered.
+
+It starts the cluster of cluster.yaml (same nodes and ports, data in a temporary directory,
+so the cluster's own data is never touched), runs --clients clients that send numbered
+messages to each other and read their history, and injects one fault per --interval from
+--nemesis (kill, pause, partition; at most a minority at once), undoing it at the next step.
+The schedule comes from --seed, printed, so a run can be repeated. Then it heals everything,
+drains every inbox, checks the history (supervisor.history) and that every node's state
+digest is identical, prints the verdict, the counts and the timeline, and exits non-zero on a
+violation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from client.api import ChatClient
+from client.errors import ChatClientError, ServerError
+from node.config import ClusterConfig, load_config
+from supervisor.cluster import Cluster
+from supervisor.history import Delivery, Outcome, ReadRecord, SendRecord, check, render
+
+NEMESES = ("kill", "pause", "partition")
+
+
+@dataclass
+class Run:
+    started: float = field(default_factory=time.monotonic)
+    sends: list[SendRecord] = field(default_factory=list)
+    reads: list[ReadRecord] = field(default_factory=list)
+    deliveries: list[Delivery] = field(default_factory=list)
+    timeline: list[str] = field(default_factory=list)
+
+    def now(self) -> float:
+        return time.monotonic() - self.started
+
+    def event(self, text: str) -> None:
+        line = f"{self.now():7.2f}s  {text}"
+        self.timeline.append(line)
+        print(line, flush=True)
+
+
+def scratch_config(config: ClusterConfig, directory: Path) -> Path:
+    """The same cluster (nodes, ports, timings) with its data in `directory`."""
+    raw = yaml.safe_load(config.path.read_text())
+    raw["data_dir"] = str(directory / "data")
+    raw.pop("cluster_key_file", None)
+    path = directory / "cluster.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+async def sender(
+    run: Run, config: ClusterConfig, user: str, users: list[str], until: float, seed: int
+) -> None:
+    rng = random.Random(seed)
+    others = [u for u in users if u != user] or [user]
+    partner = others[0]
+    async with ChatClient(config, overall_timeout_s=5.0) as client:
+        await client.login(user, "pw")
+        n = 0
+        while run.now() < until:
+            n += 1
+            text, to = f"{user}#{n}", rng.choice(others)
+            start = run.now()
+            outcome, mid = Outcome.OK, None
+            try:
+                mid = (await client.send(to, text)).message_id
+            except ServerError:
+                outcome = Outcome.FAILED
+            except ChatClientError:
+                outcome = Outcome.UNKNOWN  # still pending, and still being resent
+            run.sends.append(SendRecord(user, to, text, start, run.now(), outcome, mid))
+            if n % 10 == 0:
+                start = run.now()
+                with contextlib.suppress(ChatClientError):
+                    seen = await client.history(partner)
+                    newest = max((m.id for m in seen), default=0)
+                    run.reads.append(ReadRecord(user, start, run.now(), newest))
+        await client.flush(10.0)
+
+
+async def drain(run: Run, config: ClusterConfig, user: str, idle_s: float = 2.0) -> None:
+    async with ChatClient(config, overall_timeout_s=20.0) as client:
+        await client.login(user, "pw")
+        subscription = client.subscribe(after_id=0)
+        try:
+            while True:
+                try:
+                    m = await asyncio.wait_for(subscription.__anext__(), idle_s)
+                except (TimeoutError, StopAsyncIteration):
+                    break
+                run.deliveries.append(Delivery(m.recipient, m.id, m.sender, m.text))
+        finally:
+            await subscription.aclose(ack=False)
+
+
+def nemesis_step(
+    cluster: Cluster, run: Run, rng: random.Random, kinds: list[str], faulted: dict[str, str]
+) -> None:
+    """Undo the current fault, or make a new one (control calls stay on the main thread)."""
+    ids = list(cluster.node_ids)
+    if faulted or cluster.groups is not None:
+        for node, how in sorted(faulted.items()):
+            if how == "kill":
+                cluster.start_node(node, wait=False)
+                run.event(f"start {node}")
+            else:
+                cluster.resume(node)
+                run.event(f"resume {node}")
+        faulted.clear()
+        if cluster.groups is not None:
+            cluster.heal()
+            run.event("heal")
+        return
+    kind = rng.choice(kinds)
+    count = rng.randint(1, max((len(ids) - 1) // 2, 1))
+    victims = sorted(rng.sample(ids, count))
+    if kind == "partition":
+        rest = [n for n in ids if n not in victims]
+        cluster.partition(victims, rest)
+        run.event(f"partition {','.join(victims)} | {','.join(rest)}")
+        return
+    for node in victims:
+        if kind == "kill":
+            cluster.kill(node)
+        else:
+            cluster.pause(node)
+        faulted[node] = kind
+        run.event(f"{kind} {node}")
+
+
+async def run_check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    kinds = [k.strip() for k in args.nemesis.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in NEMESES]
+    if unknown or not kinds:
+        print(f"check: --nemesis takes {', '.join(NEMESES)}; got {args.nemesis!r}", file=sys.stderr)
+        return 2
+    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
+    print(
+        f"check: seed {seed} (repeat with --seed {seed}), {args.clients} clients, "
+        f"{args.duration:g} s, nemesis {','.join(kinds)} every {args.interval:g} s",
+        flush=True,
+    )
+    rng = random.Random(seed)
+    tmp = Path(tempfile.mkdtemp(prefix="chatbooth-check-"))
+    run = Run()
+    try:
+        with Cluster(scratch_config(config, tmp), fresh=True) as cluster:
+            scratch = cluster.config
+            run.event(f"cluster up, leader {cluster.wait_leader(30)}")
+            users = [f"user{i}" for i in range(args.clients)]
+            async with ChatClient(scratch, overall_timeout_s=20.0) as setup:
+                for u in users:
+                    await setup.register(u, "pw")
+            until = run.now() + args.duration
+            tasks = [
+                asyncio.create_task(sender(run, scratch, u, users, until, seed + i))
+                for i, u in enumerate(users)
+            ]
+            faulted: dict[str, str] = {}
+            while run.now() < until:
+                await asyncio.sleep(args.interval)
+                if run.now() < until:
+                    nemesis_step(cluster, run, rng, kinds, faulted)
+            if faulted or cluster.groups is not None:
+                nemesis_step(cluster, run, rng, kinds, faulted)  # undo the last fault
+            run.event(f"faults over; leader {cluster.wait_leader(30)}")
+            await asyncio.gather(*tasks)
+            run.event("senders done; draining every inbox")
+            for u in users:
+                await drain(run, scratch, u)
+            digests_equal = await _digests_agree(cluster, run)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    verdict = check(run.sends, run.deliveries, run.reads)
+    if not digests_equal:
+        verdict.violations.append("the nodes' state digests differ at the same applied index")
+    print("\ntimeline:")
+    print("\n".join(f"  {line}" for line in run.timeline))
+    print()
+    print(render(verdict))
+    return 0 if verdict.ok else 1
+
+
+async def _digests_agree(cluster: Cluster, run: Run, timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        statuses = cluster.status(digest=True)
+        applied = {s.applied_index for s in statuses}
+        digests = {s.digest for s in statuses}
+        if None not in applied and len(applied) == 1 and len(digests) == 1:
+            run.event(f"every node at applied index {applied.pop()}, one digest")
+            return True
+        await asyncio.sleep(0.2)
+    return False
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="cluster.yaml (its data directory is not touched)")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of faults and traffic")
+    p.add_argument("--nemesis", default="kill,pause,partition", help="comma-separated faults")
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--interval", type=float, default=3.0, help="seconds between fault steps")
+    p.add_argument("--seed", type=int, default=None)

@@ -1,0 +1,163 @@
+"""A stand-in for `python -m node` that starts in a fraction of the time, for the supervisor's
+fast tests: same command line, same exit codes, gRPC Health and a Chat.Status on the
+configured address, PR_SET_PDEATHSIG with --exit-with-parent, exit 0 on SIGTERM.
+
+Its "Raft" is a toy that still needs the network: every 50 ms it checks each peer's health
+at the address --peer gives (through the supervisor's proxies), and a node that reaches a
+majority (itself included) follows the configured leader if that one is reachable, else the
+smallest reachable id (its "term" is that leader's place in the file, so that followers and
+leader agree). So partitions, pauses and kills change roles as the tests expect.
+
+Creating data_dir/ID/CRASH makes it print a few lines and exit with code 3, as a node that
+finds its storage corrupt would: a node that exits on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent import futures
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from node.config import ConfigError, load_config, read_cluster_key
+from protos import chat_pb2, chat_pb2_grpc
+
+PR_SET_PDEATHSIG = 1
+OPTIONS = [
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 300),
+    ("grpc.enable_http_proxy", 0),
+]
+
+
+def log(node_id: str, text: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} fake {node_id}: {text}", file=sys.stderr, flush=True)
+
+
+class State:
+    def __init__(self, node_id: str, ids: list[str], hint: str | None) -> None:
+        self.node_id = node_id
+        self.ids = ids
+        self.hint = hint
+        self.reachable: set[str] = set()
+        self.term = 0
+        self.leader = ""
+        self.lock = threading.Lock()
+
+    def update(self, reachable: set[str]) -> None:
+        with self.lock:
+            self.reachable = reachable
+            component = reachable | {self.node_id}
+            leader = ""
+            if len(component) > len(self.ids) // 2:
+                hint = self.hint if self.hint in component else None
+                leader = hint or min(component)
+            if leader != self.leader:
+                # Every node that follows a leader must report the same term; a toy term that
+                # all agree on without talking: the leader's place in the file.
+                self.term = self.ids.index(leader) + 1 if leader else self.term
+                self.leader = leader
+                log(self.node_id, f"leader is now {leader or 'none'} at term {self.term}")
+
+
+class Chat(chat_pb2_grpc.ChatServicer):
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    def Status(self, request: Any, context: Any) -> chat_pb2.StatusReply:
+        with self.state.lock:
+            leader = self.state.leader
+            role = "leader" if leader == self.state.node_id else "follower"
+            if not leader:
+                role = "candidate"
+            return chat_pb2.StatusReply(
+                node_id=self.state.node_id,
+                role=role,
+                term=self.state.term,
+                leader_id=leader,
+                commit_index=self.state.term,
+                applied_index=self.state.term,
+            )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--id", required=True)
+    parser.add_argument("--peer", action="append", default=[])
+    parser.add_argument("--log-file")
+    parser.add_argument("--exit-with-parent", action="store_true")
+    args = parser.parse_args()
+    if args.exit_with_parent:
+        parent = os.getppid()
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent or parent == 1:
+            return 1
+    try:
+        config = load_config(args.config)
+        me = config.node(args.id)
+        read_cluster_key(config)
+    except ConfigError as error:
+        log(args.id, str(error))
+        return 2
+    peers = {n.id: n.address for n in config.nodes if n.id != me.id}
+    for spec in args.peer:
+        peer, _, address = spec.partition("=")
+        peers[peer] = address
+    state = State(me.id, list(config.node_ids), config.leader)
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    server = grpc.server(futures.ThreadPoolExecutor(4), options=[("grpc.so_reuseport", 0)])
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    chat_pb2_grpc.add_ChatServicer_to_server(Chat(state), server)
+    try:
+        port = server.add_insecure_port(me.address)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        log(me.id, f"cannot listen on {me.address}: address in use")
+        return 4
+    server.start()
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    log(me.id, f"serving on {me.address} (pid {os.getpid()})")
+
+    stubs = {
+        peer: health_pb2_grpc.HealthStub(grpc.insecure_channel(address, options=OPTIONS))
+        for peer, address in peers.items()
+    }
+    crash_file = config.node_dir(me.id) / "CRASH"
+    while not stop.wait(0.05):
+        if crash_file.exists():
+            log(me.id, "storage error: record 7 of wal-000001 fails its checksum")
+            log(me.id, "refusing to continue with a corrupt log")
+            os._exit(3)
+        calls = {
+            peer: stub.Check.future(health_pb2.HealthCheckRequest(), timeout=0.25)
+            for peer, stub in stubs.items()
+        }
+        reachable = set()
+        for peer, call in calls.items():
+            try:
+                call.result()
+                reachable.add(peer)
+            except grpc.RpcError:
+                pass
+        state.update(reachable)
+    log(me.id, "SIGTERM: stopping")
+    server.stop(0.2).wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""`python -m supervisor check`: the history checker run end to end on a real cluster."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(tmp_path: Path) -> Path:
+    nodes = "\n".join(f"  {n}: {{host: 127.0.0.1, port: {free_port()}}}" for n in "abc")
+    path = tmp_path / "cluster.yaml"
+    path.write_text(
+        "cluster: check\nleader: a\ndata_dir: ./data\n"
+        f"chat:\n  scrypt: {{n: 16, r: 8, p: 1}}\nnodes:\n{nodes}\n"
+    )
+    return path
+
+
+def _check(config: Path, *args: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "supervisor", "check", str(config), *args],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
+def test_a_bad_nemesis_is_refused(tmp_path: Path) -> None:
+    result = _check(_config(tmp_path), "--nemesis", "flood", timeout_s=60)
+    assert result.returncode == 2
+    assert "--nemesis takes kill, pause, partition" in result.stderr
+
+
+@pytest.mark.cluster
+def test_a_short_check_with_every_nemesis_passes(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    result = _check(
+        config,
+        "--duration",
+        "8",
+        "--clients",
+        "3",
+        "--interval",
+        "2",
+        "--seed",
+        "7",
+        timeout_s=110,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "PASS: sends" in result.stdout and "violations 0" in result.stdout
+    assert "seed 7" in result.stdout
+    assert not (tmp_path / "data").exists()  # the cluster's own data dir is never touched
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_sixty_second_check_with_all_three_nemeses_passes(tmp_path: Path) -> None:
+    """Issue 6: `check` passes a 60-second run with kill, pause and partition."""
+    config = _config(tmp_path)
+    result = _check(
+        config,
+        "--duration",
+        "60",
+        "--nemesis",
+        "kill,pause,partition",
+        "--clients",
+        "8",
+        timeout_s=280,
+    )
+    print(result.stdout[-4000:])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
