@@ -185,11 +185,24 @@ def test_leader_sigkill_then_retry_with_the_same_request_id_applies_once(
         started = time.monotonic()
         new_leader = await nodes.wait_leader(among=others)
         assert time.monotonic() - started < ELECTION_BOUND_S
+        # The same request id, retried on whichever node leads now (leadership may move
+        # again on a loaded machine: UNAVAILABLE means "try again", never "failed").
         retry = Session(nodes.address(new_leader))
         retry.client_id, retry.token = a.client_id, a.token
-        again = await retry.send("dave", "once", seq=a.seq)  # the same request id
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                again = await retry.send("dave", "once", seq=a.seq)
+                break
+            except grpc.aio.AioRpcError as err:
+                assert err.code() is grpc.StatusCode.UNAVAILABLE, err.details()
+                assert time.monotonic() < deadline
+                await retry.close()
+                retry = Session(nodes.address(await nodes.wait_leader(among=others)))
+                retry.client_id, retry.token = a.client_id, a.token
         assert again.message_id == first.message_id
-        got = await _drain(nodes.address(new_leader), a.token)
+        leader_now = await nodes.wait_leader(among=others)
+        got = await _drain(nodes.address(leader_now), a.token)
         assert [m.text for m in got] == ["once"]
         await a.close()
         await retry.close()

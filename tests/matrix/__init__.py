@@ -1,0 +1,1 @@
+"""The failure matrix: real node processes, concurrent senders, one fault per scenario."""
