@@ -64,6 +64,20 @@ def write_config(
     return path
 
 
+def node_children() -> list[psutil.Process]:
+    """This test process's children that are nodes (or fake nodes): not, say, the resource
+    tracker a multiprocessing pool of an earlier test left running."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            cmdline = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        if "-m node" in cmdline or "fake_node" in cmdline:
+            found.append(child)
+    return found
+
+
 def assert_gone(pids: list[int], timeout_s: float = 5.0) -> None:
     """Every pid has exited (and is not a zombie) within timeout_s."""
     deadline = time.monotonic() + timeout_s

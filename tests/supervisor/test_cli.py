@@ -17,7 +17,14 @@ import psutil
 import pytest
 
 from supervisor.__main__ import main
-from tests.supervisor.conftest import ROOT, Supervisor, assert_gone, poll, write_config
+from tests.supervisor.conftest import (
+    ROOT,
+    Supervisor,
+    assert_gone,
+    node_children,
+    poll,
+    write_config,
+)
 
 GOOD_NODES = "nodes:\n  a: {host: 127.0.0.1, port: 23001}\n  b: {host: 127.0.0.1, port: 23002}\n"
 
@@ -65,7 +72,7 @@ def test_a_bad_configuration_is_refused_before_anything_starts(
     err = capsys.readouterr().err
     assert f"error: {path}: {key}" in err and problem in err, err
     assert not (tmp_path / "d").exists()  # no data directory, no key written
-    assert not psutil.Process().children()  # no node started
+    assert not node_children()  # no node started
 
 
 def test_a_missing_configuration_file_is_named(
@@ -86,7 +93,7 @@ def test_an_address_in_use_is_refused_with_the_key_named(
         assert main(["up", str(config), "--no-repl"]) == 2
     err = capsys.readouterr().err
     assert f"nodes.b.port: 127.0.0.1:{port} is already in use" in err
-    assert not psutil.Process().children()
+    assert not node_children()
 
 
 def test_an_unreadable_script_is_refused(

@@ -33,6 +33,7 @@ from tests.supervisor.conftest import (
     FAKE_NODE,
     REAL_NODE_EXISTS,
     assert_gone,
+    node_children,
     poll,
     write_config,
 )
@@ -156,7 +157,7 @@ def test_an_address_in_use_is_refused_before_anything_starts(tmp_path: Path) -> 
         ):
             cluster.start()
     assert not (tmp_path / "data").exists()  # no key written, no node started
-    assert not psutil.Process().children()
+    assert not node_children()
 
 
 def test_fresh_wipes_the_nodes_data_and_nothing_else_and_a_hint_starts_first(
