@@ -1,5 +1,6 @@
 """`python -m supervisor up cluster.yaml [--fresh] [--no-repl] [--script FILE]`: run a whole
-cluster on this machine and break it on purpose.
+cluster on this machine and break it on purpose. (`check` and `bench` run their own copy of the
+cluster, data in a temporary directory: supervisor/check.py, supervisor/bench.py.)
 
 - In a terminal: the fault REPL (supervisor/repl.py) with completion, history and a live
   toolbar.
@@ -32,6 +33,7 @@ from pathlib import Path
 from types import FrameType
 
 from node.config import ConfigError
+from supervisor import bench as bench_command
 from supervisor import check as check_command
 from supervisor.cluster import Cluster, PortInUseError
 from supervisor.errors import SupervisorError
@@ -83,7 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check_command.add_arguments(check)
     check.set_defaults(run=_check)
+    bench = commands.add_parser(
+        "bench",
+        help="throughput, latency and failover time of the cluster, beside a bare gRPC server",
+        description=bench_command.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench_command.add_arguments(bench)
+    bench.set_defaults(run=_bench)
     return parser
+
+
+def _bench(args: argparse.Namespace, node_command: Sequence[str] | None) -> int:
+    return bench_command.run_command(args)
 
 
 def _check(args: argparse.Namespace, node_command: Sequence[str] | None) -> int:

@@ -30,6 +30,7 @@ import difflib
 import enum
 import json
 import math
+import random
 import shlex
 import sys
 import threading
@@ -40,6 +41,14 @@ from pathlib import Path
 from typing import Any, Final, Protocol, TextIO, TypeVar
 
 from node.config import ConfigError
+from supervisor.chaos import (
+    ALL_KINDS,
+    DEFAULT_INTERVAL_S,
+    MIN_INTERVAL_S,
+    NETWORK_KINDS,
+    Chaos,
+    ChaosRunner,
+)
 from supervisor.cluster import Cluster, NodeStatus, majority_leader
 from supervisor.errors import SupervisorError
 from supervisor.links import Groups, format_groups
@@ -213,6 +222,15 @@ class Repl:
         self.out = out
         self.failures = 0
         self.view: list[NodeStatus] = []  # the last status seen (the toolbar's roles)
+        self.chaos: ChaosRunner | None = None  # running while not None
+
+    async def close(self) -> None:
+        """The session ends (quit, Ctrl-D, end of script): stop chaos's timer once its step in
+        progress is done. Faults are left as they are: every node is stopped next anyway."""
+        runner, self.chaos = self.chaos, None
+        if runner is not None:
+            await runner.halt()
+            self.out.info("chaos: off (the session is ending)")
 
     # -- running lines ------------------------------------------------------------------------
 
@@ -307,6 +325,9 @@ class Repl:
         groups = self.cluster.groups
         if groups is not None:
             fragments.append(("class:toolbar.partition", f" partition {format_groups(groups)} "))
+        if self.chaos is not None:
+            fragments.append(("class:toolbar", " "))
+            fragments.append(("class:toolbar.chaos", f" {self.chaos.describe()} "))
         return fragments
 
 
@@ -620,6 +641,84 @@ async def _sleep(repl: Repl, args: list[str]) -> None:
     await asyncio.sleep(parse_number(args[0], "SECONDS", high=MAX_SLEEP_S))
 
 
+def _parse_chaos_start(args: list[str]) -> tuple[float, bool, int | None]:
+    """`[SECONDS] [--unsafe] [--seed N]`, in any order: interval, unsafe, seed."""
+    interval_s, unsafe, seed = DEFAULT_INTERVAL_S, False, None
+    words = iter(args)
+    seen_interval = False
+    for word in words:
+        if word == "--unsafe":
+            unsafe = True
+        elif word == "--seed":
+            value = next(words, None)
+            if value is None:
+                raise CommandError("--seed needs a number")
+            seed = int(parse_number(value, "--seed", high=2**63 - 1))
+        elif word.startswith("-") and not word[1:2].isdigit():
+            raise CommandError(f"unknown option {word!r}")
+        elif not seen_interval:
+            interval_s = parse_number(word, "SECONDS", low=MIN_INTERVAL_S, high=MAX_SLEEP_S)
+            seen_interval = True
+        else:
+            raise CommandError(f"unexpected argument {word!r}")
+    return interval_s, unsafe, seed
+
+
+@command(
+    "chaos",
+    "start [SECONDS] [--unsafe] [--seed N] | stop",
+    "random faults, one per interval, each undone at the next",
+    "chaos start 5",
+    f"`chaos start [SECONDS]` (default {DEFAULT_INTERVAL_S:g}) makes one random fault every "
+    "SECONDS (kill, pause, partition or slow, on one or more nodes) and first undoes the "
+    "previous one (start, resume, heal, unslow); each is announced (`chaos: kill b`). At most "
+    "a minority of the nodes is faulted at once, nodes already down counted, unless --unsafe "
+    "(then any number, quorum lost included). The seed is printed; --seed N repeats a session. "
+    "`chaos stop` undoes the current fault and leaves the cluster whole: every node up and "
+    "serving, resumed, healed, no latency; it then waits for a leader. `chaos` alone says "
+    "whether it is on. The toolbar shows it while it runs; quit or Ctrl-D stops it.\n"
+    "  e.g.  chaos start 2 --seed 42    then    chaos stop",
+    Complete.WORDS,
+    ("start", "stop"),
+)
+async def _chaos(repl: Repl, args: list[str]) -> None:
+    if not args:
+        repl.out.info(repl.chaos.describe() if repl.chaos is not None else "chaos is off")
+        return
+    if args[0] == "stop":
+        repl.no_args(args[1:])
+        runner, repl.chaos = repl.chaos, None
+        if runner is None:
+            raise CommandError("chaos is not running")
+        leader = await runner.stop()
+        made = runner.chaos.faults_made
+        repl.out.info(
+            f"chaos: off after {made} fault{'s' if made != 1 else ''}; every node up, healed; "
+            f"leader {leader or 'not known yet'}"
+        )
+        return
+    if args[0] != "start":
+        raise CommandError(f"expected `chaos start` or `chaos stop`, got {args[0]!r}")
+    if repl.chaos is not None:
+        raise CommandError(f"chaos is running already ({repl.chaos.describe()}); `chaos stop`")
+    interval_s, unsafe, seed = _parse_chaos_start(args[1:])
+    if seed is None:
+        seed = random.SystemRandom().randrange(1 << 31)
+    kinds = ALL_KINDS
+    if repl.cluster.network is None:  # no link proxies: no partitions, no latency
+        kinds = tuple(k for k in ALL_KINDS if k not in NETWORK_KINDS)
+    chaos = Chaos(repl.cluster, seed=seed, kinds=kinds, unsafe=unsafe)
+    runner = ChaosRunner(chaos, interval_s, repl.out.info)
+    again = f"chaos start {interval_s:g}{' --unsafe' if unsafe else ''} --seed {seed}"
+    repl.out.info(
+        f"chaos: on, a fault every {interval_s:g} s ({', '.join(k.value for k in kinds)}"
+        f"{'; unsafe: any number of nodes' if unsafe else '; at most a minority'}), "
+        f"seed {seed} (repeat with `{again}`)"
+    )
+    repl.chaos = runner
+    runner.start()
+
+
 @command(
     "help",
     "[COMMAND]",
@@ -701,13 +800,16 @@ async def run_plain(
     repl = Repl(cluster, output)
     cluster.add_exit_listener(repl.announce)
     source = _stdin_lines() if lines is None else _script_lines(lines)
-    async for raw in source:
-        line = raw.rstrip("\n")
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        output.info(PROMPT + line)
-        if await repl.execute(line) is Outcome.QUIT:
-            break
+    try:
+        async for raw in source:
+            line = raw.rstrip("\n")
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            output.info(PROMPT + line)
+            if await repl.execute(line) is Outcome.QUIT:
+                break
+    finally:
+        await repl.close()
     return 1 if repl.failures else 0
 
 
@@ -808,6 +910,7 @@ async def run_terminal(cluster: Cluster, history_path: Path | None = None) -> in
             "toolbar.paused": "bg:ansiblue #ffffff",
             "toolbar.down": "bg:ansired #ffffff",
             "toolbar.partition": "bg:ansimagenta #ffffff",
+            "toolbar.chaos": "bg:ansired #ffffff bold",
         }
     )
     session: PromptSession[str] = PromptSession(
@@ -843,4 +946,5 @@ async def run_terminal(cluster: Cluster, history_path: Path | None = None) -> in
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
+            await repl.close()
     return 0

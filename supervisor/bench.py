@@ -1,0 +1,644 @@
+"""`python -m supervisor bench cluster.yaml [--json] [--quick]`: how fast is a real cluster?
+
+The cluster of cluster.yaml (same nodes, ports and timings; data in a temporary directory, so
+the cluster's own data is never touched; fsync on) is started through supervisor.Cluster, with
+direct links between the nodes unless --links; and, in the same run under the same client load,
+a bare gRPC echo server (benchmarks/echo_server.py), so every figure stands beside the
+machine's own yardstick (absolute times drift on a shared machine):
+
+- one sender: sends/s, and send latency p50/p99 (echo beside each);
+- 64 sends in flight (recipient not subscribed): sends/s (echo calls/s beside it);
+- failover over --failovers leader SIGKILLs: from the kill to the next committed send, with
+  the breakdown (from the kill until a survivor stops following the old leader; until a new
+  leader answers; until the client's next send commits);
+- stability: leader changes (term increases) during --stability-s seconds of full load without
+  faults.
+
+`--quick` uses small counts (seconds in all, 3 failovers, no stability window) for tests and for
+a first look. The result is a table, or one JSON object with --json; `run_benchmark` returns
+the same document to callers (benchmarks/cluster.py is a thin wrapper around it).
+
+Imports node.config, protos, grpc and supervisor.cluster; never node internals or client (the
+benchmark speaks gRPC itself, so that it measures the cluster and not the client library).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import math
+import os
+import platform
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Final
+
+import grpc
+import grpc.aio
+import yaml
+
+from node.config import ClusterConfig, ConfigError, load_config
+from protos import chat_pb2 as pb
+from protos import chat_pb2_grpc as pbg
+from supervisor.cluster import Cluster, NodeStatus, PortInUseError
+from supervisor.errors import SupervisorError
+
+ROOT: Final = Path(__file__).resolve().parents[1]  # where `python -m benchmarks.echo_server` runs
+SEND_TIMEOUT_S: Final = 2.0
+WARMUP_SENDS: Final = 50
+LEADER_TIMEOUT_S: Final = 30.0
+ECHO_START_TIMEOUT_S: Final = 15.0
+# Sends go to a recipient nobody reads: its queue must not fill during the throughput windows.
+BENCH_QUEUE_LIMIT: Final = 10_000_000
+RETRIABLE: Final = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+)
+LEADER_HINT_KEY: Final = "x-chatbooth-leader-id"
+DETECTION: Final = "detection (a survivor drops the old leader)"
+ELECTION: Final = "election (a new leader answers)"
+COMMIT: Final = "commit + client redirect (the next send commits)"
+
+# The keys of every result (failover and stability ones are present even when not measured).
+EXPECTED_KEYS: Final = (
+    "benchmark",
+    "python",
+    "nodes",
+    "fsync",
+    "links",
+    "cpus",
+    "quick",
+    "sends_per_s_1_sender",
+    "send_p50_ms",
+    "send_p99_ms",
+    "sends_per_s_64_inflight",
+    "inflight",
+    "echo_calls_per_s_1_sender",
+    "echo_p50_ms",
+    "echo_p99_ms",
+    "echo_calls_per_s",
+    "latency_p50_vs_echo",
+    "latency_p99_vs_echo",
+    "throughput_1_sender_vs_echo",
+    "throughput_vs_echo",
+    "failover_rounds",
+    "failover_kill_to_commit",
+    "failover_breakdown",
+    "stability_seconds",
+    "leader_changes_under_load",
+)
+
+
+class BenchError(Exception):
+    """The benchmark could not run (the cluster did not catch up, the echo server failed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BenchSettings:
+    count: int = 300  # sequential sends for latency
+    inflight: int = 64
+    seconds: float = 5.0  # each throughput window
+    failovers: int = 20
+    stability_s: float = 60.0
+    links: bool = False  # node-to-node traffic through the supervisor's link proxies
+    quick: bool = False
+
+
+QUICK: Final = BenchSettings(count=100, seconds=1.0, failovers=3, stability_s=0.0, quick=True)
+
+
+# -- figures ---------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+
+
+def summary(values: Sequence[float]) -> dict[str, int]:
+    """median, p90 and max in whole milliseconds; empty when nothing was measured."""
+    if not values:
+        return {}
+    return {
+        "median_ms": round(statistics.median(values)),
+        "p90_ms": round(percentile(values, 0.9)),
+        "max_ms": round(max(values)),
+    }
+
+
+def ratio(numerator: float | None, denominator: float | None, digits: int = 3) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return round(numerator / denominator, digits)
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    p50_ms: float
+    p99_ms: float
+    calls_per_s: float  # one call at a time
+
+
+async def latency(call: Callable[[], Awaitable[object]], count: int) -> Latency:
+    """`count` calls one after the other."""
+    times: list[float] = []
+    started = time.perf_counter()
+    for _ in range(count):
+        t0 = time.perf_counter()
+        await call()
+        times.append((time.perf_counter() - t0) * 1000)
+    elapsed = time.perf_counter() - started
+    return Latency(
+        round(percentile(times, 0.5), 3), round(percentile(times, 0.99), 3), count / elapsed
+    )
+
+
+async def throughput(
+    make_call: Callable[[int], Callable[[], Awaitable[object]]], inflight: int, seconds: float
+) -> float:
+    """Calls per second with `inflight` workers, each calling again as soon as one returns."""
+    done = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def worker(k: int) -> None:
+        nonlocal done
+        call = make_call(k)
+        while time.perf_counter() < stop_at:
+            await call()
+            done += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(k) for k in range(inflight)))
+    return done / (time.perf_counter() - t0)
+
+
+# -- talking to the cluster -------------------------------------------------------------------
+
+
+class Sender:
+    """Sends with a request id, following the leader through failovers (same id on retry)."""
+
+    _clients = itertools.count(1)
+
+    def __init__(self, addresses: dict[str, str], token: str, target: str) -> None:
+        self.channels = {n: grpc.aio.insecure_channel(a) for n, a in addresses.items()}
+        self.stubs = {n: pbg.ChatStub(ch) for n, ch in self.channels.items()}
+        self.client_id = f"bench-{os.getpid()}-{next(self._clients)}"
+        self.seq = 0
+        self.token = token
+        self.target = target
+
+    async def send(self, text: str = "x" * 100, recipient: str = "sink") -> None:
+        self.seq += 1
+        request = pb.SendRequest(
+            request=pb.RequestId(
+                client_id=self.client_id, seq=self.seq, first_outstanding=self.seq
+            ),
+            token=self.token,
+            recipient=recipient,
+            text=text,
+        )
+        order = list(self.stubs)
+        attempt = 0
+        while True:
+            try:
+                await self.stubs[self.target].Send(request, timeout=SEND_TIMEOUT_S)
+                return
+            except grpc.aio.AioRpcError as err:
+                if err.code() not in RETRIABLE:
+                    raise
+                hint = str(dict(err.trailing_metadata() or ()).get(LEADER_HINT_KEY) or "")
+                attempt += 1
+                if hint and hint in self.stubs and hint != self.target:
+                    self.target = hint
+                else:
+                    self.target = order[attempt % len(order)]
+                    await asyncio.sleep(0.005)
+
+    async def close(self) -> None:
+        for channel in self.channels.values():
+            await channel.close()
+
+
+async def login(address: str, name: str) -> str:
+    """Register `name` and log in; the session token."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pbg.ChatStub(channel)
+        rid = pb.RequestId(client_id=f"setup-{name}", seq=1, first_outstanding=1)
+        await stub.Register(
+            pb.RegisterRequest(request=rid, username=name, password="pw"), timeout=10
+        )
+        rid = pb.RequestId(client_id=f"setup-{name}", seq=2, first_outstanding=2)
+        reply = await stub.Login(
+            pb.LoginRequest(request=rid, username=name, password="pw"), timeout=10
+        )
+        return reply.token
+
+
+def _statuses(cluster: Cluster) -> dict[str, NodeStatus]:
+    return {s.id: s for s in cluster.status(timeout_s=0.5)}
+
+
+async def _caught_up(cluster: Cluster, timeout_s: float = 30.0) -> None:
+    """Every node answers, at one applied index."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        statuses = _statuses(cluster)
+        applied = {s.applied_index for s in statuses.values() if s.answered}
+        if all(s.answered for s in statuses.values()) and len(applied) == 1:
+            return
+        await asyncio.sleep(0.05)
+    raise BenchError(f"the cluster did not catch up within {timeout_s:g} s")
+
+
+async def _watch_election(
+    addresses: dict[str, str], survivors: Sequence[str], old_leader: str
+) -> tuple[float, float]:
+    """When a survivor first stops naming the old leader, and when a new leader answers."""
+    t_detect: float | None = None
+    while True:
+        for node_id in survivors:
+            async with grpc.aio.insecure_channel(addresses[node_id]) as channel:
+                try:
+                    st = await pbg.ChatStub(channel).Status(pb.StatusRequest(), timeout=0.2)
+                except grpc.aio.AioRpcError:
+                    continue
+            now = time.perf_counter()
+            if t_detect is None and st.leader_id != old_leader:
+                t_detect = now
+            if st.role == "leader":
+                return t_detect or now, now
+        await asyncio.sleep(0.005)
+
+
+async def failover(
+    cluster: Cluster, addresses: dict[str, str], token: str, rounds: int
+) -> dict[str, Any]:
+    """SIGKILL the leader `rounds` times; from each kill until the next send commits. Kills and
+    restarts are made here, on the main thread (spawning needs it: TRAPS, PR_SET_PDEATHSIG)."""
+    totals: list[float] = []
+    detect: list[float] = []
+    elect: list[float] = []
+    for _ in range(rounds):
+        leader = cluster.wait_leader(LEADER_TIMEOUT_S)
+        sender = Sender(addresses, token, leader)
+        await sender.send()  # warm: a connection to the leader
+        survivors = [n for n in addresses if n != leader]
+        t_kill = time.perf_counter()
+        cluster.kill(leader)
+        watcher = asyncio.create_task(_watch_election(addresses, survivors, leader))
+        await sender.send()
+        t_commit = time.perf_counter()
+        try:
+            t_detect, t_elect = await asyncio.wait_for(watcher, 5)
+            detect.append((t_detect - t_kill) * 1000)
+            elect.append((t_elect - t_kill) * 1000)
+        except TimeoutError:
+            pass
+        totals.append((t_commit - t_kill) * 1000)
+        await sender.close()
+        cluster.start_node(leader)
+        await _caught_up(cluster)
+    return {
+        "failover_rounds": rounds,
+        "failover_kill_to_commit": summary(totals),
+        "failover_breakdown": {
+            DETECTION: summary(detect),
+            ELECTION: summary(elect),
+            COMMIT: summary(totals),
+        },
+    }
+
+
+async def cluster_figures(cluster: Cluster, settings: BenchSettings) -> dict[str, Any]:
+    addresses = {n: cluster.address(n) for n in cluster.node_ids}
+    leader = cluster.wait_leader(LEADER_TIMEOUT_S)
+    token = await login(addresses[leader], "bench")
+    await login(addresses[leader], "sink")
+    one = Sender(addresses, token, leader)
+    for _ in range(WARMUP_SENDS):
+        await one.send()
+    lat = await latency(one.send, settings.count)
+    senders = [Sender(addresses, token, leader) for _ in range(settings.inflight)]
+    tput = await throughput(lambda k: senders[k].send, settings.inflight, settings.seconds)
+    result: dict[str, Any] = {
+        "sends_per_s_1_sender": round(lat.calls_per_s),
+        "send_p50_ms": lat.p50_ms,
+        "send_p99_ms": lat.p99_ms,
+        "sends_per_s_64_inflight": round(tput),
+        "inflight": settings.inflight,
+        "stability_seconds": settings.stability_s,
+        "leader_changes_under_load": None,
+    }
+    if settings.stability_s > 0:
+        before = _statuses(cluster)
+        await throughput(lambda k: senders[k].send, settings.inflight, settings.stability_s)
+        after = _statuses(cluster)
+        terms_before = max(s.term or 0 for s in before.values())
+        terms_after = max(s.term or 0 for s in after.values())
+        result["leader_changes_under_load"] = terms_after - terms_before
+    for sender in [one, *senders]:
+        await sender.close()
+    rounds = settings.failovers if cluster.size >= 3 else 0  # a kill must leave a majority
+    if rounds > 0:
+        result |= await failover(cluster, addresses, token, rounds)
+    else:
+        result |= {
+            "failover_rounds": 0,
+            "failover_kill_to_commit": {},
+            "failover_breakdown": {DETECTION: {}, ELECTION: {}, COMMIT: {}},
+        }
+    return result
+
+
+async def echo_figures(port: int, settings: BenchSettings) -> dict[str, Any]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pbg.ChatStub(channel)
+        request = pb.SendRequest(token="t", recipient="sink", text="x" * 100)
+
+        async def call() -> None:
+            await stub.Send(request, timeout=SEND_TIMEOUT_S)
+
+        for _ in range(WARMUP_SENDS):
+            await call()
+        lat = await latency(call, settings.count)
+        tput = await throughput(lambda k: call, settings.inflight, settings.seconds)
+    return {
+        "echo_calls_per_s_1_sender": round(lat.calls_per_s),
+        "echo_p50_ms": lat.p50_ms,
+        "echo_p99_ms": lat.p99_ms,
+        "echo_calls_per_s": round(tput),
+    }
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+def free_port(avoid: Collection[int] = ()) -> int:
+    """A port free on 127.0.0.1 now, below the ephemeral range (TRAPS: binding port 0 races
+    with outgoing connections, which use 32768 and up)."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        if port in avoid:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise BenchError("no free port in 20000-32000")
+
+
+def bench_config(config: ClusterConfig, directory: Path) -> Path:
+    """The same cluster (nodes, ports, timings) with its data in `directory`, a key of its own,
+    and a recipient queue long enough for the throughput windows."""
+    raw = yaml.safe_load(config.path.read_text())
+    raw["data_dir"] = str(directory / "data")
+    raw.pop("cluster_key_file", None)
+    chat = raw.get("chat") if isinstance(raw.get("chat"), dict) else {}
+    raw["chat"] = {**chat, "queue_limit": BENCH_QUEUE_LIMIT}
+    path = directory / "cluster.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _wait_echo(port: int, echo: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + ECHO_START_TIMEOUT_S
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pbg.ChatStub(channel)
+        while True:
+            try:
+                stub.Status(pb.StatusRequest(), timeout=0.5)
+                return
+            except grpc.RpcError:
+                if echo.poll() is not None:
+                    raise BenchError(f"the echo server exited with {echo.returncode}") from None
+                if time.monotonic() > deadline:
+                    raise BenchError("the echo server did not answer in time") from None
+                time.sleep(0.05)
+
+
+def run_benchmark(config_path: str | Path, settings: BenchSettings) -> dict[str, Any]:
+    """Run the benchmark on the cluster of config_path (fresh data in a temporary directory,
+    never its own data_dir) and an echo server beside it; the result document. ConfigError for
+    a bad cluster.yaml, before anything starts. Call it from the main thread."""
+    config = load_config(config_path)
+    result: dict[str, Any] = {
+        "benchmark": "cluster",
+        "python": platform.python_version(),
+        "nodes": len(config.nodes),
+        "fsync": True,
+        "links": "proxied" if settings.links else "direct",
+        "cpus": os.cpu_count(),
+        "quick": settings.quick,
+    }
+    with tempfile.TemporaryDirectory(prefix="chatbooth-bench-") as tmp:
+        scratch = bench_config(config, Path(tmp))
+        echo_port = free_port({n.port for n in config.nodes})
+        echo = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.echo_server", str(echo_port)],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            _wait_echo(echo_port, echo)
+            with Cluster(scratch, fresh=True, links=settings.links) as cluster:  # starts it
+                result |= asyncio.run(cluster_figures(cluster, settings))
+            time.sleep(0.3)  # the nodes' exit is not measured against the echo server
+            result |= asyncio.run(echo_figures(echo_port, settings))
+        finally:
+            echo.terminate()
+            try:
+                echo.wait(10)
+            except subprocess.TimeoutExpired:
+                echo.kill()
+                echo.wait()
+    result["latency_p50_vs_echo"] = ratio(result["send_p50_ms"], result["echo_p50_ms"], 2)
+    result["latency_p99_vs_echo"] = ratio(result["send_p99_ms"], result["echo_p99_ms"], 2)
+    result["throughput_1_sender_vs_echo"] = ratio(
+        result["sends_per_s_1_sender"], result["echo_calls_per_s_1_sender"]
+    )
+    result["throughput_vs_echo"] = ratio(
+        result["sends_per_s_64_inflight"], result["echo_calls_per_s"]
+    )
+    return {key: result[key] for key in EXPECTED_KEYS} | result
+
+
+# -- the table -------------------------------------------------------------------------------
+
+
+def _cell(value: object, unit: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:g}{unit}"
+    return f"{value:,}{unit}" if isinstance(value, int) else f"{value}{unit}"
+
+
+def render_table(result: dict[str, Any]) -> str:
+    """The result for people."""
+    head = (
+        f"chatbooth cluster benchmark: {result['nodes']} nodes, {result['links']} links, "
+        f"fsync on; Python {result['python']}, {result['cpus']} CPUs"
+        + (" (--quick: small counts)" if result.get("quick") else "")
+    )
+    inflight = result.get("inflight", 64)
+    rows: list[tuple[str, str, str, str]] = [
+        ("", "cluster", "echo", "cluster/echo"),
+        (
+            "sends/s, 1 sender",
+            _cell(result["sends_per_s_1_sender"]),
+            _cell(result["echo_calls_per_s_1_sender"]),
+            _cell(result["throughput_1_sender_vs_echo"]),
+        ),
+        (
+            f"sends/s, {inflight} in flight",
+            _cell(result["sends_per_s_64_inflight"]),
+            _cell(result["echo_calls_per_s"]),
+            _cell(result["throughput_vs_echo"]),
+        ),
+        (
+            "latency p50, 1 sender",
+            _cell(result["send_p50_ms"], " ms"),
+            _cell(result["echo_p50_ms"], " ms"),
+            _cell(result["latency_p50_vs_echo"]),
+        ),
+        (
+            "latency p99, 1 sender",
+            _cell(result["send_p99_ms"], " ms"),
+            _cell(result["echo_p99_ms"], " ms"),
+            _cell(result["latency_p99_vs_echo"]),
+        ),
+    ]
+    lines = [head, "", *_columns(rows)]
+    rounds = result.get("failover_rounds", 0)
+    lines.append("")
+    if rounds:
+        lines.append(f"failover, {rounds} leader SIGKILLs: time from the kill until")
+        breakdown = result["failover_breakdown"]
+        frows: list[tuple[str, str, str, str]] = [("", "median", "p90", "max")]
+        for label, key in (
+            ("a survivor drops the old leader", DETECTION),
+            ("a new leader answers", ELECTION),
+            ("the next send commits", COMMIT),
+        ):
+            figures = breakdown.get(key) or {}
+            frows.append(
+                (
+                    "  " + label,
+                    _cell(figures.get("median_ms"), " ms"),
+                    _cell(figures.get("p90_ms"), " ms"),
+                    _cell(figures.get("max_ms"), " ms"),
+                )
+            )
+        lines += _columns(frows)
+    else:
+        lines.append("failover: not measured (0 rounds, or fewer than 3 nodes)")
+    changes = result.get("leader_changes_under_load")
+    if changes is None:
+        lines.append("stability: not measured (no stability window)")
+    else:
+        lines.append(
+            f"stability: {changes} leader change{'s' if changes != 1 else ''} (term increases) "
+            f"in {_cell(result['stability_seconds'])} s of full load without faults"
+        )
+    return "\n".join(lines)
+
+
+def _columns(rows: Sequence[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(
+            cell.ljust(width) if i == 0 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser, *, config: bool = True) -> None:
+    """The benchmark's options (`config`: the positional cluster.yaml)."""
+    if config:
+        parser.add_argument("config", type=Path, help="cluster.yaml (its data is not touched)")
+    defaults = BenchSettings()
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"small counts for a first look or a test ({QUICK.failovers} failovers, "
+        "1 s windows, no stability window); explicit options still win",
+    )
+    parser.add_argument("--count", type=int, help=f"sequential sends (default {defaults.count})")
+    parser.add_argument("--inflight", type=int, help=f"default {defaults.inflight}")
+    parser.add_argument(
+        "--seconds", type=float, help=f"each throughput window (default {defaults.seconds:g})"
+    )
+    parser.add_argument(
+        "--failovers", type=int, help=f"leader kills (default {defaults.failovers})"
+    )
+    parser.add_argument(
+        "--stability-s",
+        type=float,
+        help=f"seconds of load counting leader changes (default {defaults.stability_s:g})",
+    )
+    parser.add_argument("--links", action="store_true", help="node traffic through the proxies")
+
+
+def settings_from(args: argparse.Namespace) -> BenchSettings:
+    """BenchSettings from parsed options; ValueError for a count out of range."""
+    base = QUICK if args.quick else BenchSettings()
+    chosen: dict[str, Any] = {"links": bool(args.links)}
+    for name in ("count", "inflight", "seconds", "failovers", "stability_s"):
+        value = getattr(args, name)
+        if value is not None:
+            chosen[name] = value
+    settings = replace(base, **chosen)
+    if settings.count < 1 or settings.inflight < 1 or settings.seconds <= 0:
+        raise ValueError("--count and --inflight must be at least 1, --seconds more than 0")
+    if settings.failovers < 0 or settings.stability_s < 0:
+        raise ValueError("--failovers and --stability-s must not be negative")
+    return settings
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """`python -m supervisor bench`: 0 done, 1 the benchmark failed, 2 bad usage or config."""
+    try:
+        settings = settings_from(args)
+        load_config(args.config)  # a bad file is a clear error before anything starts
+    except (ValueError, ConfigError) as error:
+        print(f"bench: {error}", file=sys.stderr)
+        return 2
+    if not args.json:
+        print(
+            f"bench: measuring the cluster of {args.config} (data in a temporary directory)"
+            + (" with --quick counts" if settings.quick else "; this takes a few minutes"),
+            file=sys.stderr,
+            flush=True,
+        )
+    try:
+        result = run_benchmark(args.config, settings)
+    except (ConfigError, PortInUseError) as error:
+        print(f"bench: {error}", file=sys.stderr)
+        return 2
+    except (BenchError, SupervisorError, grpc.RpcError, OSError) as error:
+        print(f"bench: failed: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=1) if args.json else render_table(result), flush=True)
+    return 0
