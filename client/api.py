@@ -71,7 +71,7 @@ NOT_LEADER_TEXT: Final = "not the leader"
 
 DEFAULT_CALL_TIMEOUT_S: Final = 2.0
 DEFAULT_OVERALL_TIMEOUT_S: Final = 10.0
-# Longer than an election (election_timeout_ms is [300, 600] by default), so that a cluster
+# Longer than an election (election_timeout_ms is [200, 400] by default), so that a cluster
 # choosing a new leader is not mistaken for one that has no majority.
 DEFAULT_NO_MAJORITY_GRACE_S: Final = 2.0
 DEFAULT_WATCH_INTERVAL_S: Final = 2.0

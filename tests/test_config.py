@@ -242,7 +242,7 @@ def test_the_repository_cluster_yaml_loads() -> None:
         "127.0.0.1:8002",
         "127.0.0.1:8003",
     ]
-    assert config.raft.election_timeout_ms == (300, 600)
+    assert config.raft.election_timeout_ms == (200, 400)
     assert config.warnings == ()
 
 

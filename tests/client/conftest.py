@@ -1,7 +1,7 @@
 """Fixtures for the client's tests.
 
-- `async def` tests run in a fresh event loop each, bounded in time (pytest-asyncio is not a
-  dependency; grpc.aio objects belong to the loop that made them, so each test builds its
+- `async def` tests run in a fresh event loop each (the hook is in tests/conftest.py;
+  grpc.aio objects belong to the loop that made them, so each test builds its
   cluster and clients inside its own loop: `async with open_cluster(kind) as cluster`).
 - `cluster_kind`: which cluster the generic tests (test_failover.py) run against: "fake"
   (tests/client/fakechat.py) and "real" (node processes through supervisor.Cluster, with the
@@ -35,22 +35,7 @@ from client.api import ChatClient
 from tests.client.fakechat import ChatCluster, FakeCluster
 
 ROOT = Path(__file__).resolve().parents[2]
-ASYNC_TEST_TIMEOUT_S = 20.0
 CLUSTER_KINDS = ["fake", pytest.param("real", marks=pytest.mark.cluster)]
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    """Run `async def` tests in their own event loop, with a time limit."""
-    if not inspect.iscoroutinefunction(pyfuncitem.obj):
-        return None
-    arguments = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
-
-    async def run() -> None:
-        await asyncio.wait_for(pyfuncitem.obj(**arguments), ASYNC_TEST_TIMEOUT_S)
-
-    asyncio.run(run())
-    return True
 
 
 @pytest.fixture(params=CLUSTER_KINDS)
