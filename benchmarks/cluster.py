@@ -10,32 +10,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
-import socket
 import sys
 import tempfile
 from pathlib import Path
 
 from supervisor.bench import add_arguments, render_table, run_benchmark, settings_from
+from supervisor.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    for _ in range(200):
-        port = random.randrange(20000, 32000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port")
-
-
 def write_config(directory: Path, nodes: int = 3) -> Path:
     ids = [chr(ord("a") + i) for i in range(nodes)]
-    lines = "\n".join(f"  {n}: {{host: 127.0.0.1, port: {_free_port()}}}" for n in ids)
+    lines = "\n".join(f"  {n}: {{host: 127.0.0.1, port: {free_port()}}}" for n in ids)
     path = directory / "cluster.yaml"
     path.write_text(
         "cluster: bench\n"

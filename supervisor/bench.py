@@ -31,14 +31,12 @@ import json
 import math
 import os
 import platform
-import random
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
@@ -52,6 +50,7 @@ from protos import chat_pb2 as pb
 from protos import chat_pb2_grpc as pbg
 from supervisor.cluster import Cluster, NodeStatus, PortInUseError
 from supervisor.errors import SupervisorError
+from supervisor.ports import free_port
 
 ROOT: Final = Path(__file__).resolve().parents[1]  # where `python -m benchmarks.echo_server` runs
 SEND_TIMEOUT_S: Final = 2.0
@@ -384,23 +383,6 @@ async def echo_figures(port: int, settings: BenchSettings) -> dict[str, Any]:
 
 
 # -- the run ---------------------------------------------------------------------------------
-
-
-def free_port(avoid: Collection[int] = ()) -> int:
-    """A port free on 127.0.0.1 now, below the ephemeral range (TRAPS: binding port 0 races
-    with outgoing connections, which use 32768 and up)."""
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(20000, 32000)
-        if port in avoid:
-            continue
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise BenchError("no free port in 20000-32000")
 
 
 def bench_config(config: ClusterConfig, directory: Path) -> Path:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import random
-import socket
 
 import pytest
+
+from supervisor.ports import free_port
+
+__all__ = ["free_port"]
 
 ASYNC_TEST_TIMEOUT_S = 110.0  # under pytest-timeout's 120 s
 
@@ -26,18 +28,3 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 
     asyncio.run(run())
     return True
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1 now, below the ephemeral range (TRAPS: binding port 0 races
-    with outgoing connections, which use 32768 and up)."""
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(20000, 32000)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port found in 20000-32000")
