@@ -275,7 +275,7 @@ def test_no_majority_answers_unavailable_within_an_election_timeout(nodes: NodeP
 def test_raft_rpcs_without_the_cluster_key_are_refused(nodes: NodeProcesses) -> None:
     async def scenario() -> None:
         nodes.start("a")
-        await asyncio.sleep(0.5)
+        await nodes.wait_serving("a")
         async with grpc.aio.insecure_channel(nodes.address("a")) as ch:
             stub = raft_pb2_grpc.RaftStub(ch)
 
@@ -373,13 +373,15 @@ def test_subscription_ends_with_unavailable_when_the_leader_steps_down(
         await s.register_and_login("ivy")
         async with grpc.aio.insecure_channel(nodes.address(leader)) as ch:
             call = pbg.ChatStub(ch).Subscribe(pb.SubscribeRequest(token=s.token), timeout=20)
-            await asyncio.sleep(0.3)
+            await s.send("ivy", "the stream is live")  # once it arrives, the stream is open
+            first = await asyncio.wait_for(call.read(), 10)
+            assert first.text == "the stream is live"
             for n in nodes.ids:
                 if n != leader:
                     nodes.kill(n)  # CheckQuorum: the leader steps down
             with pytest.raises(grpc.aio.AioRpcError) as err:
-                async for _ in call:
-                    pass
+                while True:  # the stream must end with a status, never a clean EOF
+                    assert await call.read() is not grpc.aio.EOF
             assert err.value.code() is grpc.StatusCode.UNAVAILABLE
             assert "resubscribe" in (err.value.details() or "")
         await s.close()
