@@ -256,6 +256,21 @@ class RaftDriver(Generic[R]):
                 raise NoQuorumError()
             raise NotLeaderError(self.core.leader)
 
+    async def wait_for_leader(self, timeout_s: float) -> bool:
+        """Wait (at most timeout_s) until some leader is known: a node that just started, or
+        whose leader just died, learns the new one within an election timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.core.leader is None and not self._stopping:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(self._tick_s)
+        return self.core.leader is not None
+
+    @property
+    def election_timeout_s(self) -> float:
+        return self.config.raft.election_timeout_ms[1] / 1000
+
     async def propose(self, data: bytes, timeout_s: float) -> R:
         """Replicate `data` and apply it; the result of applying it.
 

@@ -160,10 +160,18 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         request: Any,
         local: Callable[[], Awaitable[Resp]],
     ) -> Resp:
-        """Run `local` on the leader; on a follower forward the call to the leader."""
+        """Run `local` on the leader; on a follower forward the call to the leader. A node
+        that knows no leader waits up to an election timeout for one before it answers
+        "no majority reachable" (it may have just started, or just lost its leader)."""
         try:
             try:
-                return await local()
+                try:
+                    return await local()
+                except NoQuorumError:
+                    wait_s = min(self._driver.election_timeout_s, self._timeout(context))
+                    if not await self._driver.wait_for_leader(wait_s):
+                        raise
+                    return await local()
             except NotLeaderError as exc:
                 forwarded = any(k == FORWARDED_KEY for k, _ in context.invocation_metadata() or ())
                 if exc.leader_hint is None or forwarded:

@@ -1,11 +1,10 @@
-"""Real node processes for the node tests: a cluster.yaml on free ports in a temp dir, nodes
-started as `python -m node`, every one stopped by PID at the end."""
+"""Real node processes for the node tests: a cluster.yaml on free ports in a temp dir, the
+nodes run by supervisor.Cluster, every process stopped by PID at the end."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,12 +15,16 @@ import grpc
 import pytest
 
 from protos import chat_pb2, chat_pb2_grpc
+from supervisor.cluster import Cluster
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 class NodeProcesses:
+    """The node tests' cluster: supervisor.Cluster (direct links) runs the nodes; `spawn_raw`
+    starts the extra processes the refusal tests need, which Cluster rightly refuses to."""
+
     def __init__(self, tmp: Path, ids: str = "abc", extra_yaml: str = "") -> None:
         self.tmp = tmp
         self.ids = list(ids)
@@ -37,47 +40,67 @@ class NodeProcesses:
             f"{extra_yaml}"
             f"nodes:\n{nodes}\n"
         )
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}  # the current process per node
-        self.every_proc: list[subprocess.Popen[bytes]] = []  # all ever started: all stopped
+        self.cluster: Cluster | None = None
+        self.raw: list[subprocess.Popen[bytes]] = []  # all stopped at close
 
     def address(self, n: str) -> str:
         return f"127.0.0.1:{self.ports[n]}"
 
     def log(self, n: str) -> str:
-        path = self.tmp / f"{n}.log"
+        path = self.tmp / "data" / n / "node.log"
         return path.read_text() if path.exists() else ""
 
-    def start(self, n: str, *extra: str) -> subprocess.Popen[bytes]:
-        out = open(self.tmp / f"{n}.log", "ab")  # noqa: SIM115 (owned by the process)
+    def running(self, n: str) -> bool:
+        return self.cluster is not None and self.cluster.pid(n) is not None
+
+    def start_all(self) -> None:
+        """Start every node that is down (the first call starts the cluster, leader first)."""
+        if self.cluster is None:
+            self.cluster = Cluster(self.config, links=False)
+            self.cluster.start()
+            return
+        for n in self.ids:
+            if not self.running(n):
+                self.cluster.start_node(n)
+
+    def start(self, n: str) -> None:
+        """Start node n again (it must be down); NodeExitedError if it exits instead."""
+        if self.cluster is None:
+            raise AssertionError("start_all first")
+        self.cluster.start_node(n)
+
+    def spawn_raw(self, n: str, config: Path | None = None) -> subprocess.Popen[bytes]:
+        """`python -m node` outside the Cluster (a second process on a used port or data
+        directory); its output goes to raw-N.log."""
+        out = open(self.tmp / f"raw-{n}.log", "ab")  # noqa: SIM115 (owned by the process)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "node", "--config", str(self.config), "--id", n, *extra],
+            [sys.executable, "-m", "node", "--config", str(config or self.config), "--id", n],
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
         out.close()
-        self.procs[n] = proc
-        self.every_proc.append(proc)
+        self.raw.append(proc)
         return proc
 
-    def start_all(self) -> None:
-        for n in self.ids:
-            self.start(n)
+    def raw_log(self, n: str) -> str:
+        path = self.tmp / f"raw-{n}.log"
+        return path.read_text() if path.exists() else ""
 
     def kill(self, n: str) -> None:
-        proc = self.procs.pop(n)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
+        if self.cluster is not None:
+            self.cluster.kill(n)
 
     def stop(self, n: str) -> int:
-        proc = self.procs.pop(n)
-        proc.send_signal(signal.SIGTERM)
-        return proc.wait(15)
+        if self.cluster is None:
+            raise AssertionError("start_all first")
+        return self.cluster.stop(n).exit_code
 
     def close(self) -> None:
-        self.procs.clear()
-        for proc in self.every_proc:
+        if self.cluster is not None:
+            self.cluster.close()
+        for proc in self.raw:
             if proc.poll() is None:
                 proc.kill()
             proc.wait(10)
@@ -100,7 +123,7 @@ class NodeProcesses:
 
     async def wait_leader(self, timeout_s: float = 15.0, among: list[str] | None = None) -> str:
         deadline = time.monotonic() + timeout_s
-        nodes = among or [n for n in self.ids if n in self.procs]
+        nodes = among or [n for n in self.ids if self.running(n)]
         while time.monotonic() < deadline:
             statuses = [s for s in [await self.status(n) for n in nodes] if s is not None]
             leaders = {s.node_id for s in statuses if s.role == "leader"}
@@ -119,6 +142,6 @@ def nodes(tmp_path: Path) -> Iterator[NodeProcesses]:
         yield cluster
     finally:
         cluster.close()
-        leftover = [p.pid for p in cluster.every_proc if p.poll() is None]
+        leftover = [p.pid for p in cluster.raw if p.poll() is None]
         assert not leftover, leftover
         os.sync()

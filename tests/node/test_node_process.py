@@ -15,6 +15,7 @@ import pytest
 from protos import chat_pb2 as pb
 from protos import chat_pb2_grpc as pbg
 from protos import raft_pb2, raft_pb2_grpc
+from supervisor.cluster import NodeExitedError
 from tests.node.conftest import NodeProcesses
 
 pytestmark = pytest.mark.cluster
@@ -274,7 +275,7 @@ def test_no_majority_answers_unavailable_within_an_election_timeout(nodes: NodeP
 
 def test_raft_rpcs_without_the_cluster_key_are_refused(nodes: NodeProcesses) -> None:
     async def scenario() -> None:
-        nodes.start("a")
+        nodes.start_all()
         await nodes.wait_serving("a")
         async with grpc.aio.insecure_channel(nodes.address("a")) as ch:
             stub = raft_pb2_grpc.RaftStub(ch)
@@ -290,18 +291,16 @@ def test_raft_rpcs_without_the_cluster_key_are_refused(nodes: NodeProcesses) -> 
 
 
 def test_a_second_node_on_a_used_port_or_data_dir_refuses_to_start(nodes: NodeProcesses) -> None:
-    nodes.start("a")
-    asyncio.run(nodes.wait_serving("a"))
-    second = nodes.start("a")  # same id: same port and same data directory
+    nodes.start_all()
+    second = nodes.spawn_raw("a")  # same id: same port and same data directory
     assert second.wait(15) == 3  # the data directory lock is checked first
-    assert "in use by another process" in nodes.log("a")
+    assert "in use by another process" in nodes.raw_log("a")
     # a different data dir but the same port
     other = Path(nodes.tmp / "other.yaml")
     other.write_text(nodes.config.read_text().replace("data_dir: ./data", "data_dir: ./data2"))
-    nodes.config = other
-    third = nodes.start("a")
+    third = nodes.spawn_raw("a", config=other)
     assert third.wait(15) == 4
-    assert "cannot listen on" in nodes.log("a")
+    assert "cannot listen on" in nodes.raw_log("a")
 
 
 def test_a_corrupted_log_stops_its_node_with_a_clear_error(nodes: NodeProcesses) -> None:
@@ -322,8 +321,9 @@ def test_a_corrupted_log_stops_its_node_with_a_clear_error(nodes: NodeProcesses)
     data = bytearray(segment.read_bytes())
     data[len(data) // 3] ^= 0xFF  # a flipped bit with valid records after it
     segment.write_bytes(bytes(data))
-    proc = nodes.start("b")
-    assert proc.wait(15) == 3
+    with pytest.raises(NodeExitedError) as exited:
+        nodes.start("b")
+    assert exited.value.exit.exit_code == 3
     log = nodes.log("b")
     assert segment.name in log and "offset" in log
 
