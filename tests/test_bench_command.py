@@ -11,19 +11,13 @@ from pathlib import Path
 import pytest
 
 from supervisor.bench import EXPECTED_KEYS, render_table
-from tests.conftest import free_port
+from tests.conftest import write_cluster_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _config(tmp_path: Path) -> Path:
-    nodes = "\n".join(f"  {n}: {{host: 127.0.0.1, port: {free_port()}}}" for n in "abc")
-    path = tmp_path / "cluster.yaml"
-    path.write_text(
-        "cluster: bench-test\nleader: a\ndata_dir: ./data\n"
-        f"chat:\n  scrypt: {{n: 16, r: 8, p: 1}}\nnodes:\n{nodes}\n"
-    )
-    return path
+    return write_cluster_yaml(tmp_path, name="bench-test")
 
 
 def _bench(*args: str, timeout_s: float) -> subprocess.CompletedProcess[str]:

@@ -68,15 +68,9 @@ class RealCluster:
 
     def __init__(self, directory: Path, names: Sequence[str]) -> None:
         from supervisor.cluster import Cluster
-        from tests.conftest import free_port
+        from tests.conftest import write_cluster_yaml
 
-        lines = "\n".join(f"  {n}: {{host: 127.0.0.1, port: {free_port()}}}" for n in names)
-        config = directory / "cluster.yaml"
-        config.write_text(
-            "cluster: client-tests\nleader: a\ndata_dir: ./data\n"
-            "chat:\n  scrypt: {n: 16, r: 8, p: 1}\n"
-            f"nodes:\n{lines}\n"
-        )
+        config = write_cluster_yaml(directory, "".join(names), name="client-tests")
         self._cluster = Cluster(config, fresh=True)
         self._names = tuple(names)
 

@@ -32,7 +32,7 @@ from client.api import ChatClient, PendingWrite, SendResult
 from client.errors import ChatClientError, NoMajorityError, ServerError, UnavailableError
 from supervisor.cluster import Cluster, NodeStatus, majority_leader
 from supervisor.history import Delivery, Outcome, SendRecord, check, render
-from tests.conftest import free_port
+from tests.conftest import write_cluster_yaml
 
 T = TypeVar("T")
 
@@ -54,28 +54,11 @@ PINNED_USER: Final = "p1"  # registered too, for a client pinned to the minority
 def write_config(directory: Path, ids: str, *, snapshot_entries: int | None = None) -> Path:
     """A cluster.yaml in directory: nodes named by the letters of ids on free ports, data in
     directory/data, cheap scrypt, and (optionally) a small snapshot threshold."""
-    ports: list[int] = []
-    while len(ports) < len(ids):
-        port = free_port()
-        if port not in ports:
-            ports.append(port)
-    nodes = "\n".join(
-        f"  {n}: {{host: 127.0.0.1, port: {p}}}" for n, p in zip(ids, ports, strict=True)
-    )
     low, high = ELECTION_TIMEOUT_MS
-    text = (
-        "cluster: matrix\n"
-        f"leader: {ids[0]}\n"
-        "data_dir: ./data\n"
-        f"raft:\n  heartbeat_ms: 50\n  election_timeout_ms: [{low}, {high}]\n"
-        "chat:\n  scrypt: {n: 16, r: 8, p: 1}\n"
-    )
+    extra = f"raft:\n  heartbeat_ms: 50\n  election_timeout_ms: [{low}, {high}]\n"
     if snapshot_entries is not None:
-        text += f"snapshot: {{entries: {snapshot_entries}}}\n"
-    text += f"nodes:\n{nodes}\n"
-    path = directory / "cluster.yaml"
-    path.write_text(text, encoding="utf-8")
-    return path
+        extra += f"snapshot: {{entries: {snapshot_entries}}}\n"
+    return write_cluster_yaml(directory, ids, name="matrix", leader=ids[0], extra=extra)
 
 
 @contextmanager

@@ -14,9 +14,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from node.config import load_config
 from protos import chat_pb2, chat_pb2_grpc
 from supervisor.cluster import Cluster
-from tests.conftest import free_port
+from tests.conftest import write_cluster_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,18 +29,8 @@ class NodeProcesses:
     def __init__(self, tmp: Path, ids: str = "abc", extra_yaml: str = "") -> None:
         self.tmp = tmp
         self.ids = list(ids)
-        self.ports = {n: free_port() for n in self.ids}
-        nodes = "\n".join(f"  {n}: {{host: 127.0.0.1, port: {p}}}" for n, p in self.ports.items())
-        self.config = tmp / "cluster.yaml"
-        self.config.write_text(
-            "cluster: test\n"
-            "cluster_key: test-key\n"
-            f"leader: {self.ids[0]}\n"
-            "data_dir: ./data\n"
-            "chat:\n  scrypt: {n: 16, r: 8, p: 1}\n"
-            f"{extra_yaml}"
-            f"nodes:\n{nodes}\n"
-        )
+        self.config = write_cluster_yaml(tmp, ids, leader=self.ids[0], key=True, extra=extra_yaml)
+        self.ports = {n.id: n.port for n in load_config(self.config).nodes}
         self.cluster: Cluster | None = None
         self.raw: list[subprocess.Popen[bytes]] = []  # all stopped at close
 

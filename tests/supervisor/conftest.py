@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from supervisor.cluster import Cluster
-from tests.conftest import free_port
+from tests.conftest import write_cluster_yaml
 from tests.supervisor.fake_supervisor import FAKE_NODE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,30 +38,9 @@ def write_config(
     key: bool = False,
     extra: str = "",
 ) -> Path:
-    """A cluster.yaml in directory, nodes on free 127.0.0.1 ports, data in directory/data.
-    Without key, `supervisor up` must write data/cluster.key itself."""
-    directory.mkdir(parents=True, exist_ok=True)
-    ports: list[int] = []
-    while len(ports) < len(ids):
-        port = free_port()
-        if port not in ports:
-            ports.append(port)
-    nodes = "\n".join(
-        f"  {n}: {{host: 127.0.0.1, port: {p}}}" for n, p in zip(ids, ports, strict=True)
-    )
-    text = "cluster: test\n"
-    if key:
-        text += "cluster_key: test-key\n"
-    if leader is not None:
-        text += f"leader: {leader}\n"
-    text += "data_dir: ./data\n"
-    text += "raft:\n  heartbeat_ms: 50\n  election_timeout_ms: [300, 600]\n"
-    text += "chat:\n  scrypt: {n: 16, r: 8, p: 1}\n"
-    text += extra
-    text += f"nodes:\n{nodes}\n"
-    path = directory / "cluster.yaml"
-    path.write_text(text)
-    return path
+    """The shared cluster.yaml writer, with the timings these tests were written for."""
+    raft = "raft:\n  heartbeat_ms: 50\n  election_timeout_ms: [300, 600]\n"
+    return write_cluster_yaml(directory, ids, leader=leader, key=key, extra=raft + extra)
 
 
 def node_children() -> list[psutil.Process]:

@@ -290,6 +290,7 @@ def test_interactive_repl_in_a_terminal(tmp_path: Path, cpr: bool) -> None:
         tmux.wait_for(r"^\s+a\s*$")
         tmux.keys("C-u")
         tmux.type("pau")
+        tmux.wait_for(r"pause\s+SIGSTOP")  # completions ready: Tab must not race them
         tmux.keys("Tab")
         tmux.wait_for(r"chatbooth> pause")
         tmux.type(" c")
