@@ -101,9 +101,6 @@ class SafetyChecker:
         if sm.applied != meta.index:
             self.fail(f"{nid} restored a snapshot ending at {sm.applied}, meta says {meta.index}")
 
-    def on_crash(self, nid: NodeId) -> None:
-        pass
-
     def on_read_request(self, request: int) -> None:
         # Every entry applied anywhere was committed before this read was asked for.
         self.read_floor[request] = self.max_applied

@@ -128,7 +128,6 @@ class SimNode:
         self.core = None
         self.incarnation += 1
         self.paused = False
-        self.cluster.checker.on_crash(self.id)
         if torn_rng is not None and self.write_queue:
             rd = self.write_queue[0]  # a torn write keeps a prefix of the first one in flight
             if rd.entries and not rd.snapshot and torn_rng.random() < 0.5:
