@@ -482,6 +482,27 @@ class RaftCore:
         hint = m.reject_hint
         if m.hint_term > 0:
             hint = self.log.find_conflict_by_term(m.reject_hint, m.hint_term)
+        if m.index <= pr.match:
+            # The follower refused an entry at or below its recorded match: it no longer holds
+            # entries it acknowledged. Storage syncs before it acks and the links are ordered,
+            # so this means a lost disk (or, in a network that duplicates, an old rejection,
+            # which makes this merely wasteful). etcd drops such a rejection as stale
+            # (MaybeDecrTo), and the follower then stalls forever at match+1; we log it and
+            # probe from what the follower has. The commit index never moves back; a lower
+            # match only makes commits wait for other followers.
+            hint = LogIndex(min(hint, m.index - 1))
+            logger.error(
+                "%s: follower %s refused entry %d, at or below its recorded match %d: it has "
+                "lost acknowledged entries (a lost disk?); probing again from index %d",
+                self.id,
+                m.sender,
+                m.index,
+                pr.match,
+                hint + 1,
+            )
+            pr.reset_below_match(hint)
+            self._needs_append.add(m.sender)
+            return
         if pr.maybe_decrease_to(m.index, hint):
             if pr.state is ProgressState.REPLICATE:
                 pr.become_probe()

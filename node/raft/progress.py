@@ -87,6 +87,15 @@ class Progress:
         self.probe_sent = False
         return True
 
+    def reset_below_match(self, hint: int) -> None:
+        """The follower lost entries it had acknowledged: forget that match, probe at hint."""
+        self.match = LogIndex(hint)
+        self.next = LogIndex(hint + 1)
+        self.state = ProgressState.PROBE
+        self.probe_sent = False
+        self.pending_snapshot = LogIndex(0)
+        self.inflight.clear()
+
     def is_paused(self) -> bool:
         if self.state is ProgressState.PROBE:
             return self.probe_sent
