@@ -127,6 +127,7 @@ class Storage:
         wal_dir, snap_dir = data_dir / WAL_DIR, data_dir / SNAP_DIR
         ensure_dir(fs, wal_dir)
         ensure_dir(fs, snap_dir)
+        _fsync_ancestors(fs, data_dir)
         snapshots = SnapshotFiles.open(fs, snap_dir)
         # Before WriteAheadLog.open starts an empty log, which would hide the loss next time.
         if not WriteAheadLog.has_segments(fs, wal_dir) and snapshots.files():
@@ -285,6 +286,23 @@ class Storage:
             if self._failed is None:
                 self._failed = f"write failed ({exc})"
             raise
+
+
+def _fsync_ancestors(fs: FileSystem, data_dir: Path) -> None:
+    """Make the data directory's own entry, and its parents', durable.
+
+    ensure_dir fsyncs a parent only when it creates the child, so after a SIGKILL between a
+    mkdir and that fsync the directory is there but not durable, and the next open would not
+    notice: a power cut would then take the whole log, synced or not. (The WAL fsyncs its own
+    directory at open.) A parent this process may not open was not created by it, in practice:
+    it is skipped.
+    """
+    fs.fsync_dir(data_dir)
+    for parent in data_dir.parents:
+        try:
+            fs.fsync_dir(parent)
+        except PermissionError:
+            logger.debug("%s: not fsynced: permission denied", parent)
 
 
 def _reconcile(wal: WriteAheadLog, snapshots: SnapshotFiles) -> None:

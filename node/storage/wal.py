@@ -16,6 +16,9 @@ index is at or below the last stored one replaces that suffix when the log is re
   and byte offset: nothing that was synced is ever dropped silently. (A newest segment damaged
   inside its head records, which a crash cannot do since segments appear whole, is removed
   when an older segment still holds what they repeated, and is corruption otherwise.)
+- Replayed is not synced: after a SIGKILL the newest segment may hold records that only reached
+  the page cache, and the node counts all it replays as stable. open() therefore fsyncs the
+  newest segment and the directory before it returns.
 
 Not thread-safe: one caller at a time. Standard library only; must not import anything from
 chatbooth beyond node.raft.types and node.storage.
@@ -215,6 +218,11 @@ class WriteAheadLog:
         else:
             with wal._guard("opening the newest segment"):
                 wal._file = fs.open_append(kept[-1].path)
+                # Replayed is not synced: after a SIGKILL the newest segment's tail (and even
+                # its directory entry) may be in the page cache only. The caller counts all of
+                # it as stable, so make it so before anyone can rely on it.
+                wal._file.sync()
+                fs.fsync_dir(wal_dir)
             wal._size = tail_size
         return wal
 

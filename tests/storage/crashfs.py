@@ -1,5 +1,12 @@
 """A FileSystem for tests whose crash() keeps exactly what a power cut is guaranteed to keep.
 
+Two kinds of crash, which a durability test must tell apart:
+
+- crash() is a power cut: everything not fsynced is lost, directory entries included.
+- crash_process() is a SIGKILL: the process dies (its handles and locks with it) but the page
+  cache survives, so what it wrote without fsync is still there for the next reader, and is
+  still not durable: a later crash() takes it away unless someone fsyncs it first.
+
 Everything lives in memory. Each file remembers the bytes its last sync() made durable; each
 directory remembers the entries (creates, renames, removals) its last fsync_dir() made durable.
 crash() throws the rest away: unsynced data and every directory change not covered by an fsync
@@ -8,10 +15,11 @@ prefix of each file's unsynced appended bytes, as a write torn by the power cut 
 
 cut_power_after(n) lets n more mutating operations happen; the next one raises PowerCut (a
 BaseException, so storage code cannot swallow it) without taking effect, and so does every
-operation after it, until crash(). A test runs a workload once per n to crash at every write.
+operation after it, until crash() or crash_process(). A test runs a workload once per n to
+crash at every write (with crash_process() after it, to SIGKILL it there).
 
-Also part of the file layer: lock() is an in-memory lock, released by crash() (the process that
-held it died).
+Also part of the file layer: lock() is an in-memory lock, released by either crash (the process
+that held it died).
 """
 
 from __future__ import annotations
@@ -64,6 +72,13 @@ class CrashFileSystem:
     def crash(self, torn: random.Random | None = None) -> None:
         """Lose everything a power cut may lose, then power back on."""
         self._restore(self._root, torn)
+        self._generation += 1
+        self._locks.clear()
+        self._budget = None
+        self.powered = True
+
+    def crash_process(self) -> None:
+        """The writing process is SIGKILLed: nothing is lost, nothing becomes durable."""
         self._generation += 1
         self._locks.clear()
         self._budget = None

@@ -245,9 +245,13 @@ def crash_check(
     *,
     torn_seed: int | None = None,
     then_write: bool = True,
+    killed_first: bool = False,
 ) -> int:
     """Crash before every mutating file operation of the workload, reopen and check.
 
+    With `killed_first`, the crash is a SIGKILL (the page cache survives), and after reopening
+    the power is cut as well: what the reopened storage showed must survive it exactly, since
+    a restarted node counts everything it replayed as stable.
     With `then_write`, also append to what recovery left, sync, crash and check that again.
     Returns how many crash points were checked; raises DurabilityViolation on the first bad one.
     """
@@ -266,19 +270,34 @@ def crash_check(
         with contextlib.suppress(PowerCut):
             run_steps(open_storage(fs), steps, fs, note)
         torn = random.Random(torn_seed * 100_003 + cut) if torn_seed is not None else None
-        fs.crash(torn)
         where = f"crash before op {cut} of {total} (after step {completed} of {len(steps)})"
         lo, hi = model.allowed(completed)
+        allowed = model.states[lo : hi + 1]
+        if killed_first:
+            fs.crash_process()
+            where = f"SIGKILL before op {cut} of {total} (after step {completed} of {len(steps)})"
+            restarted = fs.clone()
+            seen = _reopen(fs, where)
+            _expect(seen, allowed, where, fs)
+            # The restarted node writes, syncs and acks: that must survive the power cut too.
+            _check_still_writable(restarted, seen, f"{where}, then restarted", killed=True)
+            where += f", reopened as {seen.describe()}, then a power cut"
+            allowed = [seen]
+        fs.crash(torn)
         found = _reopen(fs, where)
-        if found not in model.states[lo : hi + 1]:
-            allowed = "\n  ".join(s.describe() for s in model.states[lo : hi + 1])
-            raise DurabilityViolation(
-                f"{where}: reopened as\n  {found.describe()}\nbut only these are allowed:\n"
-                f"  {allowed}\nlast operations: {fs.log[-5:]}"
-            )
+        _expect(found, allowed, where, fs)
         if then_write:
             _check_still_writable(fs, found, where)
     return total + 1
+
+
+def _expect(found: State, allowed: Sequence[State], where: str, fs: CrashFileSystem) -> None:
+    if found not in allowed:
+        listed = "\n  ".join(s.describe() for s in allowed)
+        raise DurabilityViolation(
+            f"{where}: reopened as\n  {found.describe()}\nbut only these are allowed:\n"
+            f"  {listed}\nlast operations: {fs.log[-5:]}"
+        )
 
 
 def _reopen(fs: CrashFileSystem, where: str) -> State:
@@ -289,9 +308,15 @@ def _reopen(fs: CrashFileSystem, where: str) -> State:
     return State.of(storage)  # left open on purpose: the next crash() releases it
 
 
-def _check_still_writable(fs: CrashFileSystem, found: State, where: str) -> None:
-    """What recovery left must accept new writes that survive the next crash."""
-    fs.crash()  # drop the lock of the storage _reopen left open
+def _check_still_writable(
+    fs: CrashFileSystem, found: State, where: str, *, killed: bool = False
+) -> None:
+    """What recovery left must accept new writes that survive the next crash.
+
+    With `killed`, `fs` is as a SIGKILL left it: the storage opened here replays it.
+    """
+    if not killed:
+        fs.crash()  # drop the lock of the storage _reopen left open
     storage = open_storage(fs)
     new = entry(99, storage.last_index() + 1, b"after the crash")
     hs = hard(99, "z", 0)
