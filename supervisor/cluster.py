@@ -7,6 +7,13 @@ benchmarks and the REPL start, break and stop.
         ...
     # close(): every node stopped by PID (SIGTERM, SIGCONT, grace, SIGKILL) and reaped
 
+    scratch = dataclasses.replace(load_config("cluster.yaml"), data_dir=tmp / "data")
+    with Cluster(scratch, fresh=True) as cluster:          # the same cluster, data elsewhere
+        ...
+
+Given a path, the nodes read that file. Given a ClusterConfig, they read the configuration
+itself, as cluster.yaml text on their stdin (supervisor/nodeconfig.py): nothing is written.
+
 Faults are only what a machine or a network does: processes are killed, stopped, paused and
 resumed by signal (supervisor/processes.py) and links are cut or slowed by proxies between the
 nodes (supervisor/links.py). The cluster never reaches into a node to fake a fault; it asks
@@ -16,8 +23,9 @@ a deadline.
 Spawning happens on the main thread only (TRAPS: PR_SET_PDEATHSIG); every other method may be
 called from any thread.
 
-Imports node.config (the one loader of cluster.yaml), protos, grpc, and the supervisor modules
-under it; never node internals, client or the REPL.
+Imports node.config (the one loader of cluster.yaml), protos, grpc, and the supervisor library
+modules under it (errors, links, processes, nodeconfig); never node internals, client or the
+tools (repl, check, bench).
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ from node.config import ClusterConfig, ConfigError, load_config, read_cluster_ke
 from protos import chat_pb2, chat_pb2_grpc
 from supervisor.errors import SupervisorError
 from supervisor.links import Groups, LinkNetwork
+from supervisor.nodeconfig import STDIN_PATH, render
 from supervisor.processes import NodeExit, NodeProcess, ProcessState, ProcessTable, describe_exit
 
 logger = logging.getLogger(__name__)
@@ -196,14 +205,16 @@ class Cluster:
     a proxy the cluster can cut. A context manager: `with Cluster(path) as c` starts it and
     stops every node at the end.
 
-    The configuration is loaded (and ConfigError raised) at construction, before anything
-    starts. `links=False` lets nodes dial each other directly (no partitions or latency then:
-    for measuring what the proxies cost). `node_command` replaces `python -m node` (tests run a
-    fake node with it)."""
+    `config` is the path of a cluster.yaml, loaded (and ConfigError raised) at construction,
+    before anything starts; or a ClusterConfig, typically a loaded one relocated with
+    `dataclasses.replace`, which the nodes are handed as it is (NodeConfigError at construction
+    if it cannot be). `links=False` lets nodes dial each other directly (no partitions or
+    latency then: for measuring what the proxies cost). `node_command` replaces `python -m
+    node` (tests run a fake node with it)."""
 
     def __init__(
         self,
-        config_path: str | Path,
+        config: ClusterConfig | str | Path,
         *,
         fresh: bool = False,
         links: bool = True,
@@ -212,7 +223,13 @@ class Cluster:
         start_timeout_s: float = 30.0,
         rpc_timeout_s: float = 1.0,
     ) -> None:
-        self.config: ClusterConfig = load_config(config_path)
+        if isinstance(config, ClusterConfig):
+            self.config = config
+            # What each node reads from its stdin; rendered (and checked) once, here.
+            self._node_config: bytes | None = render(config).encode("utf-8")
+        else:
+            self.config = load_config(config)
+            self._node_config = None  # the nodes read the file itself
         self.fresh = fresh
         self.use_links = links
         self.node_command = list(node_command or [sys.executable, "-m", "node"])
@@ -523,7 +540,8 @@ class Cluster:
             raise ClusterClosedError("the cluster is closed")
 
     def _make_process(self, node_id: str) -> NodeProcess:
-        argv = [*self.node_command, "--config", str(self.config.path), "--id", node_id]
+        source = STDIN_PATH if self._node_config is not None else str(self.config.path)
+        argv = [*self.node_command, "--config", source, "--id", node_id]
         if self.network is not None:
             argv += self.network.peer_arguments(node_id)
         argv.append("--exit-with-parent")
@@ -531,7 +549,14 @@ class Cluster:
         # The directory holding the `node` package: `python -m node` finds it there whatever
         # the supervisor's working directory (and a node called "node" cannot shadow it).
         cwd = Path(node_package.__file__).resolve().parent.parent
-        return NodeProcess(node_id, argv, node_dir=self.config.node_dir(node_id), cwd=cwd, env=env)
+        return NodeProcess(
+            node_id,
+            argv,
+            node_dir=self.config.node_dir(node_id),
+            cwd=cwd,
+            env=env,
+            stdin_data=self._node_config,
+        )
 
     def _node_exited(self, exit: NodeExit) -> None:
         self.unexpected_exits.append(exit)

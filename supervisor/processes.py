@@ -2,7 +2,8 @@
 exits on its own.
 
 Each node runs as `python -m node --config ... --id X --exit-with-parent [--peer ...]` with
-stdin from /dev/null (or it would steal the REPL's input), its stdout and stderr appended to
+stdin from /dev/null (or it would steal the REPL's input) or from a pipe that carries its
+configuration and is closed at once (`stdin_data`), its stdout and stderr appended to
 data_dir/X/node.log, and a session of its own (a Ctrl-C in the supervisor's terminal is the
 supervisor's to handle, not every node's). Orphans are impossible even if the supervisor is
 SIGKILLed: the node sets PR_SET_PDEATHSIG at start-up, which fires when the *thread* that
@@ -132,9 +133,11 @@ class NodeProcess:
         node_dir: Path,
         cwd: Path | None = None,
         env: Mapping[str, str] | None = None,
+        stdin_data: bytes | None = None,
     ) -> None:
         self.node_id = node_id
         self.argv = list(argv)
+        self.stdin_data = stdin_data  # written to each run's stdin, which is then closed
         self.node_dir = node_dir
         self.log_path = node_dir / LOG_NAME
         self.cwd = cwd
@@ -214,9 +217,9 @@ class NodeProcess:
             )
             log.flush()
             self._log_offset = log.tell()
-            return subprocess.Popen(
+            popen = subprocess.Popen(
                 self.argv,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL if self.stdin_data is None else subprocess.PIPE,
                 stdout=log,
                 stderr=log,
                 cwd=self.cwd,
@@ -224,6 +227,16 @@ class NodeProcess:
                 start_new_session=True,
                 close_fds=True,
             )
+        if popen.stdin is not None:
+            # The node reads all of it at start-up, or exits: a write cannot block for good.
+            try:
+                popen.stdin.write(self.stdin_data or b"")
+            except BrokenPipeError:
+                pass  # it exited already; the monitor reports how
+            finally:
+                with contextlib.suppress(BrokenPipeError):
+                    popen.stdin.close()
+        return popen
 
     def kill(self) -> NodeExit:
         """SIGKILL (a crash; a paused node too), then reap it."""
