@@ -28,7 +28,7 @@ from node.raft.types import NodeId
 from node.server import ChatService
 from node.storage import Storage
 from node.storage.errors import StorageError
-from node.transport import SERVER_OPTIONS, ClusterKeyInterceptor, RaftService
+from node.transport import SERVER_OPTIONS, ClusterKeyInterceptor, GrpcTransport, RaftService
 from protos import chat_pb2, chat_pb2_grpc, raft_pb2, raft_pb2_grpc
 
 logger = logging.getLogger("node")
@@ -145,20 +145,25 @@ async def _run(
 ) -> int:
     me = config.node(node_id)
     state = ChatState(config.chat)
+    transport = GrpcTransport(
+        node_id=NodeId(node_id), peer_addresses=peers, cluster=config.cluster, key=key
+    )
     driver = RaftDriver(
-        node_id=NodeId(node_id),
-        config=config,
-        storage=storage,
-        state=state,
-        peer_addresses=peers,
-        key=key,
+        node_id=NodeId(node_id), config=config, storage=storage, state=state, transport=transport
     )
     LOG_CONTEXT.term = lambda: driver.core.term
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[ClusterKeyInterceptor(key)])
     chat = ChatService(driver=driver, state=state, config=config, forward_addresses=peers)
     chat_pb2_grpc.add_ChatServicer_to_server(chat, server)
     raft_pb2_grpc.add_RaftServicer_to_server(
-        RaftService(NodeId(node_id), config.cluster, driver.step, driver.step_snapshot), server
+        RaftService(
+            NodeId(node_id),
+            config.cluster,
+            driver.step,
+            driver.receive_snapshot,
+            members=lambda: driver.core.voters,
+        ),
+        server,
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

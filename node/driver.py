@@ -15,17 +15,15 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from random import Random
 from typing import Generic, Protocol, TypeVar
 
 from node.config import ClusterConfig
 from node.raft.core import RaftConfig, RaftCore
-from node.raft.errors import NotLeaderError, ProposalDroppedError
+from node.raft.errors import InvariantError, NotLeaderError, ProposalDroppedError, RaftError
 from node.raft.types import (
     ConfState,
     Entry,
@@ -39,8 +37,15 @@ from node.raft.types import (
     SnapshotMeta,
     SoftState,
 )
+from node.seams import (
+    Clock,
+    Executor,
+    SnapshotInvalidError,
+    SystemClock,
+    ThreadExecutor,
+    Transport,
+)
 from node.storage import Storage
-from node.transport import PeerLink
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +67,8 @@ class StateMachine(Protocol[R_co]):
     def snapshot(self) -> bytes: ...
 
     def restore(self, data: bytes) -> None: ...
+
+    def validate_snapshot(self, data: bytes) -> None: ...  # raises ValueError if it won't restore
 
     def digest(self) -> str: ...
 
@@ -113,14 +120,19 @@ class RaftDriver(Generic[R]):
         config: ClusterConfig,
         storage: Storage,
         state: StateMachine[R],
-        peer_addresses: dict[NodeId, str],
-        key: bytes,
+        transport: Transport,
         rng: Random | None = None,
+        clock: Clock | None = None,
+        storage_executor: Executor | None = None,
+        cpu_executor: Executor | None = None,
     ) -> None:
+        """`storage_executor` must run its calls one at a time, in order (the writes land in
+        the order the Ready contract asks for); the defaults are threads and the real clock."""
         self.id = node_id
         self.config = config
         self.storage = storage
         self.state = state
+        self.clock: Clock = clock or SystemClock()
         init = storage.initial_state()
         snap = storage.load_snapshot()
         if snap is not None:
@@ -153,22 +165,9 @@ class RaftDriver(Generic[R]):
             init.hard_state.commit,
         )
         self._tick_s = timings.tick_ms / 1000
-        self._storage_pool = ThreadPoolExecutor(1, thread_name_prefix=f"{node_id}-storage")
-        self.cpu_pool = ThreadPoolExecutor(2, thread_name_prefix=f"{node_id}-cpu")
-        self._links = {
-            peer: PeerLink(
-                node_id=node_id,
-                peer=peer,
-                address=addr,
-                cluster=config.cluster,
-                key=key,
-                on_unreachable=self._on_unreachable,
-                on_connected=self._on_connected,
-                on_snapshot_sent=self._on_snapshot_sent,
-                load_snapshot=self._load_snapshot,
-            )
-            for peer, addr in peer_addresses.items()
-        }
+        self._storage_pool: Executor = storage_executor or ThreadExecutor(1, f"{node_id}-storage")
+        self.cpu_pool: Executor = cpu_executor or ThreadExecutor(2, f"{node_id}-cpu")
+        self.transport = transport
         self._wake = asyncio.Event()
         self._proposals: dict[int, _Pending[R]] = {}
         self._deadlines: list[tuple[float, int, int]] = []  # heap of (deadline, index, term)
@@ -177,7 +176,11 @@ class RaftDriver(Generic[R]):
         self._apply_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._apply_listeners: list[Callable[[R], None]] = []
         self._leadership_listeners: list[Callable[[], None]] = []
-        self._incoming_snapshots: dict[tuple[int, int], bytes] = {}
+        # The snapshot the core took from the leader, until the Ready that installs it.
+        self._incoming_snapshot: tuple[SnapshotMeta, bytes] | None = None
+        # Serializes every use of the state's snapshot()/restore(): a local snapshot and an
+        # install from the leader must never run at once on two threads.
+        self._state_lock = asyncio.Lock()
         self._backlog: deque[Entry] = deque()  # committed, held while a snapshot is taken
         self._snapshotting = False
         self._applied_bytes_since_snapshot = 0
@@ -190,23 +193,33 @@ class RaftDriver(Generic[R]):
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        for link in self._links.values():
-            link.start()
+        self.transport.start(self)
         self._tasks.append(asyncio.create_task(self._tick_loop(), name="raft-ticks"))
         self._tasks.append(asyncio.create_task(self._ready_loop(), name="raft-ready"))
 
     async def stop(self) -> None:
-        """Finish the write and apply under way, then stop (SIGTERM)."""
+        """Finish the write and apply under way, then stop (SIGTERM).
+
+        Proposals still waiting are in the log already and may yet commit on the others:
+        they fail with OutcomeUnknownError, never with "nothing happened"."""
         self._stopping = True
         self._wake.set()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for link in self._links.values():
-            await link.close()
-        self._fail_all(NotLeaderError(None))
-        self._storage_pool.shutdown(wait=True)
-        self.cpu_pool.shutdown(wait=True)
+        await self.transport.close()
+        self._fail_all(OutcomeUnknownError("the node stopped before the write was applied"))
+        self._storage_pool.shutdown()
+        self.cpu_pool.shutdown()
+        self.stopped.set()
+
+    def crash(self) -> None:
+        """Stop at once, as a crash would: nothing more is written, sent or applied. For tests
+        that run drivers in one event loop; waiting proposals get OutcomeUnknownError."""
+        self._stopping = True
+        for t in self._tasks:
+            t.cancel()
+        self._fail_all(OutcomeUnknownError("the node crashed before the write was applied"))
         self.stopped.set()
 
     def _fail_fatally(self, exc: BaseException) -> None:
@@ -259,12 +272,11 @@ class RaftDriver(Generic[R]):
     async def wait_for_leader(self, timeout_s: float) -> bool:
         """Wait (at most timeout_s) until some leader is known: a node that just started, or
         whose leader just died, learns the new one within an election timeout."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
+        deadline = self.clock.monotonic() + timeout_s
         while self.core.leader is None and not self._stopping:
-            if loop.time() >= deadline:
+            if self.clock.monotonic() >= deadline:
                 return False
-            await asyncio.sleep(self._tick_s)
+            await self.clock.sleep(self._tick_s)
         return self.core.leader is not None
 
     @property
@@ -281,11 +293,10 @@ class RaftDriver(Generic[R]):
             index, term = self.core.propose(data)
         except ProposalDroppedError as exc:
             raise NotLeaderError(None) from exc
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[R] = loop.create_future()
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._proposals[index] = _Pending(term, future)
         # One heap swept every tick, rather than a timer per proposal (the hot path).
-        heapq.heappush(self._deadlines, (loop.time() + timeout_s, index, term))
+        heapq.heappush(self._deadlines, (self.clock.monotonic() + timeout_s, index, term))
         self._wake.set()
         return await future
 
@@ -332,33 +343,54 @@ class RaftDriver(Generic[R]):
     # ------------------------------------------------------------------ inbound
 
     def step(self, m: Message) -> None:
-        if self._stopping:
+        """A message from a peer. A message the core finds impossible is dropped with a
+        warning; a broken invariant of our own stops the node (never just that RPC)."""
+        if self._stopping or self.fatal is not None:
             return
-        self.core.step(m)
+        try:
+            self.core.step(m)
+        except InvariantError as exc:
+            self._fail_fatally(exc)
+            return
+        except RaftError as exc:
+            logger.warning("%s dropped a %s from %s: %s", self.id, m.type.name, m.sender, exc)
+            return
         self._wake.set()
 
-    def step_snapshot(self, m: Message, data: bytes) -> None:
-        if m.snapshot is not None:
-            self._incoming_snapshots[(m.snapshot.index, m.snapshot.term)] = data
+    async def receive_snapshot(self, m: Message, data: bytes) -> None:
+        """An InstallSnapshot from the leader. The data is checked to restore before the core
+        sees it, so a bad snapshot is never made durable (a durable crash loop). Raises
+        SnapshotInvalidError if it does not."""
+        meta = m.snapshot
+        if meta is None or self._stopping:
+            return
+        try:
+            await self.cpu_pool.run(self.state.validate_snapshot, data)
+        except ValueError as exc:
+            logger.error("%s refused snapshot %d from %s: %s", self.id, meta.index, m.sender, exc)
+            raise SnapshotInvalidError(str(exc)) from None
         self.step(m)
+        if self.core.pending_snapshot == meta:
+            self._incoming_snapshot = (meta, data)  # kept only if the core is installing it
 
-    def _on_unreachable(self, peer: NodeId) -> None:
+    # TransportEvents
+
+    def on_unreachable(self, peer: NodeId) -> None:
         self.core.report_unreachable(peer)
         self._wake.set()
 
-    def _on_connected(self, peer: NodeId) -> None:
+    def on_connected(self, peer: NodeId) -> None:
         # The bootstrap hint: campaign the moment a peer can hear us, not at the next retry.
         if self.core.bootstrapping:
             self.core.campaign()
             self._wake.set()
 
-    def _on_snapshot_sent(self, peer: NodeId, ok: bool) -> None:
+    def on_snapshot_sent(self, peer: NodeId, ok: bool) -> None:
         self.core.report_snapshot(peer, ok=ok)
         self._wake.set()
 
-    async def _load_snapshot(self, meta: SnapshotMeta) -> bytes:
-        loop = asyncio.get_running_loop()
-        snap = await loop.run_in_executor(self._storage_pool, self.storage.load_snapshot)
+    async def load_snapshot(self, meta: SnapshotMeta) -> bytes:
+        snap = await self._storage_pool.run(self.storage.load_snapshot)
         if snap is None or snap[0].index != meta.index:
             raise NodeError(f"snapshot {meta.index} is no longer on disk")
         return snap[1]
@@ -366,16 +398,16 @@ class RaftDriver(Generic[R]):
     # ------------------------------------------------------------------ the loops
 
     async def _tick_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_tick = loop.time()
+        clock = self.clock
+        next_tick = clock.monotonic()
         while not self._stopping:
             next_tick += self._tick_s
-            delay = next_tick - loop.time()
+            delay = next_tick - clock.monotonic()
             if delay < 0:  # we were paused or starved: tick once and start afresh
-                next_tick = loop.time()
+                next_tick = clock.monotonic()
                 delay = 0
-            await asyncio.sleep(delay)
-            self._expire_proposals(loop.time())
+            await clock.sleep(delay)
+            self._expire_proposals(clock.monotonic())
             self.core.tick()
             self._wake.set()
 
@@ -392,7 +424,6 @@ class RaftDriver(Generic[R]):
             self._fail_fatally(exc)
 
     async def _handle_ready(self, rd: Ready) -> None:
-        loop = asyncio.get_running_loop()
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state)
         self._send(rd.messages)
@@ -400,9 +431,7 @@ class RaftDriver(Generic[R]):
             await self._install_snapshot(rd.snapshot)
         self._apply(rd.committed_entries)
         if rd.entries or rd.hard_state is not None:
-            await loop.run_in_executor(
-                self._storage_pool, self._persist, rd.entries, rd.hard_state, rd.must_sync
-            )
+            await self._storage_pool.run(self._persist, rd.entries, rd.hard_state, rd.must_sync)
         self._send(rd.persisted_messages)
         self.core.advance(rd)
         for rs in rd.read_states:
@@ -421,9 +450,7 @@ class RaftDriver(Generic[R]):
 
     def _send(self, messages: Sequence[Message]) -> None:
         for m in messages:
-            link = self._links.get(m.to)
-            if link is not None:
-                link.send(m)
+            self.transport.send(m)
 
     def _on_soft_state(self, soft: SoftState) -> None:
         was_leader = self.soft.role is Role.LEADER
@@ -487,14 +514,14 @@ class RaftDriver(Generic[R]):
             self._apply_waiters = waiting
 
     async def _install_snapshot(self, meta: SnapshotMeta) -> None:
-        data = self._incoming_snapshots.pop((meta.index, meta.term), None)
-        self._incoming_snapshots.clear()
-        if data is None:
+        incoming, self._incoming_snapshot = self._incoming_snapshot, None
+        if incoming is None or incoming[0] != meta:
             raise FatalNodeError(f"told to install snapshot {meta.index} that never arrived")
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._storage_pool, self.storage.install_snapshot, meta, data)
-        await loop.run_in_executor(self.cpu_pool, self.state.restore, data)
-        self._backlog.clear()
+        data = incoming[1]
+        async with self._state_lock:
+            await self._storage_pool.run(self.storage.install_snapshot, meta, data)
+            await self.cpu_pool.run(self.state.restore, data)
+            self._backlog.clear()
         logger.info("%s installed snapshot %d from the leader", self.id, meta.index)
 
     def _maybe_snapshot(self) -> None:
@@ -508,17 +535,21 @@ class RaftDriver(Generic[R]):
         self._tasks.append(asyncio.create_task(self._take_snapshot(), name="snapshot"))
 
     async def _take_snapshot(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            index = LogIndex(self.state.applied_index)
-            term = self.core.log.term(index)
-            if term is None:
-                return
-            started = time.monotonic()
-            data = await loop.run_in_executor(self.cpu_pool, self.state.snapshot)
-            meta = SnapshotMeta(index, term, self.core.conf)
-            await loop.run_in_executor(self._storage_pool, self.storage.save_snapshot, meta, data)
-            self.core.compact(index)
+            async with self._state_lock:
+                # An install from the leader may have overtaken us while we waited.
+                index = LogIndex(self.state.applied_index)
+                if index <= self.core.log.snapshot_index():
+                    return
+                term = self.core.log.term(index)
+                if term is None:
+                    return
+                started = self.clock.monotonic()
+                data = await self.cpu_pool.run(self.state.snapshot)
+                meta = SnapshotMeta(index, term, self.core.conf)
+                await self._storage_pool.run(self.storage.save_snapshot, meta, data)
+                if index > self.core.log.snapshot_index():  # else an install overtook it
+                    self.core.compact(index)
             self._applied_bytes_since_snapshot = 0
             logger.info(
                 "%s snapshot at index %d term %d: %d bytes in %.0f ms",
@@ -526,7 +557,7 @@ class RaftDriver(Generic[R]):
                 index,
                 term,
                 len(data),
-                (time.monotonic() - started) * 1000,
+                (self.clock.monotonic() - started) * 1000,
             )
         except Exception as exc:
             self._fail_fatally(exc)

@@ -216,8 +216,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         return result.unwrap()
 
     async def _cpu(self, fn: Callable[..., Resp], *args: Any) -> Resp:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._driver.cpu_pool, fn, *args)
+        return await self._driver.cpu_pool.run(fn, *args)
 
     async def _leader_read(self, context: Context) -> None:
         await self._driver.read_barrier(self._timeout(context))

@@ -15,12 +15,13 @@ import asyncio
 import hmac
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from node.raft.types import Message, MessageType, NodeId, SnapshotMeta
+from node.raft.types import Message, MessageType, NodeId
+from node.seams import SnapshotInvalidError, TransportEvents
 from node.wire import WireError, message_from_pb, message_to_pb
 from protos import raft_pb2, raft_pb2_grpc
 
@@ -96,6 +97,41 @@ class ClusterKeyInterceptor(grpc.aio.ServerInterceptor):
         return grpc.stream_unary_rpc_method_handler(deny)
 
 
+class GrpcTransport:
+    """The Transport of node.seams over gRPC: one PeerLink per peer."""
+
+    def __init__(
+        self, *, node_id: NodeId, peer_addresses: dict[NodeId, str], cluster: str, key: bytes
+    ) -> None:
+        self._node_id = node_id
+        self._addresses = dict(peer_addresses)
+        self._cluster = cluster
+        self._key = key
+        self._links: dict[NodeId, PeerLink] = {}
+
+    def start(self, events: TransportEvents) -> None:
+        for peer, address in self._addresses.items():
+            link = PeerLink(
+                node_id=self._node_id,
+                peer=peer,
+                address=address,
+                cluster=self._cluster,
+                key=self._key,
+                events=events,
+            )
+            self._links[peer] = link
+            link.start()
+
+    def send(self, m: Message) -> None:
+        link = self._links.get(m.to)
+        if link is not None:
+            link.send(m)
+
+    async def close(self) -> None:
+        for link in self._links.values():
+            await link.close()
+
+
 class PeerLink:
     """The outbound half of one directed link: this node -> `peer`."""
 
@@ -107,20 +143,14 @@ class PeerLink:
         address: str,
         cluster: str,
         key: bytes,
-        on_unreachable: Callable[[NodeId], None],
-        on_connected: Callable[[NodeId], None],
-        on_snapshot_sent: Callable[[NodeId, bool], None],
-        load_snapshot: Callable[[SnapshotMeta], Awaitable[bytes]],
+        events: TransportEvents,
     ) -> None:
         self.node_id = node_id
         self.peer = peer
         self.address = address
         self._cluster = cluster
         self._metadata = ((KEY_METADATA, key.decode()),)
-        self._on_unreachable = on_unreachable
-        self._on_connected = on_connected
-        self._on_snapshot_sent = on_snapshot_sent
-        self._load_snapshot = load_snapshot
+        self._events = events
         self._queue: deque[Message] = deque()
         self._ready = asyncio.Event()
         self._channel = grpc.aio.insecure_channel(address, options=PEER_CHANNEL_OPTIONS)
@@ -170,7 +200,7 @@ class PeerLink:
         while not self._closed:
             try:
                 await self._channel.channel_ready()
-                self._on_connected(self.peer)
+                self._events.on_connected(self.peer)
                 # wait_for_ready: a peer that is starting (or back from a partition) gets
                 # the stream as soon as its channel connects, not after our next retry.
                 await self._stub.Stream(
@@ -189,7 +219,7 @@ class PeerLink:
                     )
                 self.connected = False
                 self._queue.clear()  # stale by the time we reconnect; Raft resends
-                self._on_unreachable(self.peer)
+                self._events.on_unreachable(self.peer)
                 if exc.code() is grpc.StatusCode.PERMISSION_DENIED:
                     logger.error("%s: %s refused our cluster key", self.node_id, self.peer)
                 await asyncio.sleep(backoff_s)
@@ -201,7 +231,7 @@ class PeerLink:
             return
         ok = False
         try:
-            data = await self._load_snapshot(meta)
+            data = await self._events.load_snapshot(meta)
 
             async def chunks() -> AsyncIterator[raft_pb2.SnapshotChunk]:
                 first = raft_pb2.SnapshotChunk(message=message_to_pb(m), offset=0)
@@ -231,23 +261,30 @@ class PeerLink:
             raise
         except Exception as exc:  # any failure: the core falls back to probing
             logger.info("%s: snapshot to %s failed: %s", self.node_id, self.peer, exc)
-        self._on_snapshot_sent(self.peer, ok)
+        self._events.on_snapshot_sent(self.peer, ok)
 
 
 class RaftService(raft_pb2_grpc.RaftServicer):
-    """The inbound half: every valid message goes to `deliver`; snapshots to `deliver_snapshot`."""
+    """The inbound half: every valid message goes to `deliver`, every complete snapshot to
+    `deliver_snapshot` (which may refuse it with SnapshotInvalidError).
+
+    A stream carries the messages of one sender: the first message names it, it must be a
+    member other than this node, and every later message on that stream must name it too.
+    """
 
     def __init__(
         self,
         node_id: NodeId,
         cluster: str,
         deliver: Callable[[Message], None],
-        deliver_snapshot: Callable[[Message, bytes], None],
+        deliver_snapshot: Callable[[Message, bytes], Awaitable[None]],
+        members: Callable[[], Collection[NodeId]],
     ) -> None:
         self._id = node_id
         self._cluster = cluster
         self._deliver = deliver
         self._deliver_snapshot = deliver_snapshot
+        self._members = members
 
     async def Stream(
         self,
@@ -255,6 +292,7 @@ class RaftService(raft_pb2_grpc.RaftServicer):
         context: Context,
     ) -> raft_pb2.StreamSummary:
         received = 0
+        sender: NodeId | None = None
         async for batch in request_iterator:
             if batch.cluster != self._cluster:
                 await context.abort(
@@ -263,6 +301,13 @@ class RaftService(raft_pb2_grpc.RaftServicer):
                 )
             for pb in batch.messages:
                 m = await self._decode(pb, context)
+                if sender is None:
+                    sender = m.sender
+                elif m.sender != sender:
+                    await context.abort(
+                        grpc.StatusCode.PERMISSION_DENIED,
+                        f"a message from {m.sender!r} on the stream of {sender!r}",
+                    )
                 self._deliver(m)
                 received += 1
         return raft_pb2.StreamSummary(received=received)
@@ -274,6 +319,7 @@ class RaftService(raft_pb2_grpc.RaftServicer):
     ) -> raft_pb2.SnapshotReceipt:
         message: Message | None = None
         data = bytearray()
+        complete = False
         async for chunk in request_iterator:
             if message is None:
                 if not chunk.HasField("message"):
@@ -294,11 +340,21 @@ class RaftService(raft_pb2_grpc.RaftServicer):
             if len(data) > MAX_SNAPSHOT_BYTES:
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "snapshot too large")
             if chunk.last:
+                complete = True
                 break
         if message is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an empty snapshot stream")
             raise AssertionError("unreachable")
-        self._deliver_snapshot(message, bytes(data))
+        if not complete:
+            # A stream cut short (the sender died, a partition) ends like a finished one.
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the snapshot stream ended after {len(data)} bytes, before its last chunk",
+            )
+        try:
+            await self._deliver_snapshot(message, bytes(data))
+        except SnapshotInvalidError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"snapshot refused: {exc}")
         return raft_pb2.SnapshotReceipt(bytes=len(data))
 
     async def _decode(self, pb: raft_pb2.RaftMessage, context: Context) -> Message:
@@ -311,5 +367,10 @@ class RaftService(raft_pb2_grpc.RaftServicer):
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"message for {m.to} delivered to {self._id}: check the --peer addresses",
+            )
+        if m.sender == self._id or m.sender not in self._members():
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"a message from {m.sender!r}, which is not a peer of {self._id}",
             )
         return m

@@ -566,6 +566,13 @@ class ChatState:
             self._digest = hashlib.sha256(self.snapshot()).hexdigest()
         return self._digest
 
+    def validate_snapshot(self, data: bytes) -> None:
+        """Raises ValueError, saying why, if restore(data) would fail. Touches nothing."""
+        try:
+            _load_snapshot(data, self._limits)
+        except SnapshotDecodeError as exc:
+            raise ValueError(str(exc)) from None
+
     def restore(self, data: bytes) -> None:
         """Replace the whole state by the one `data` (from snapshot()) describes.
 

@@ -143,6 +143,11 @@ class RaftCore:
     def soft_state(self) -> SoftState:
         return SoftState(self.role, self.leader, self.term)
 
+    @property
+    def pending_snapshot(self) -> SnapshotMeta | None:
+        """A snapshot from the leader the next Ready will ask the driver to install."""
+        return self._pending_snapshot
+
     def progress(self, peer: NodeId) -> Progress | None:
         return self._progress.get(peer)
 

@@ -1,0 +1,114 @@
+"""The driver's seams: what it needs from the world, as interfaces with a real implementation
+each (hashicorp/raft's Transport, trio's Clock). Tests put test doubles in their place: an
+in-memory network (node.memory_transport), a skewed virtual clock, and executors that run
+inline in the event loop (real threads reorder completions, and a seed would not replay).
+
+- Transport: sends the core's messages to peers; reports links that broke, links that came
+  up and snapshots that were delivered or not. Inbound messages reach the driver through
+  RaftDriver.step / receive_snapshot, called by whatever serves the link.
+- Clock: the monotonic time the driver ticks and times out by, the wall clock that stamps
+  log time, and sleeping.
+- Executor: where blocking work runs (storage writes, snapshot serialization, scrypt).
+
+Imports asyncio, time, concurrent.futures and node.raft.types only: no grpc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol, TypeVar
+
+from node.raft.types import Message, NodeId, SnapshotMeta
+
+T = TypeVar("T")
+
+
+class SnapshotInvalidError(Exception):
+    """A snapshot from the leader does not decode: refused before anything stored it."""
+
+
+class TransportEvents(Protocol):
+    """What a transport tells the driver (the driver implements it)."""
+
+    def on_unreachable(self, peer: NodeId) -> None: ...
+
+    def on_connected(self, peer: NodeId) -> None: ...
+
+    def on_snapshot_sent(self, peer: NodeId, ok: bool) -> None: ...
+
+    async def load_snapshot(self, meta: SnapshotMeta) -> bytes: ...
+
+
+class Transport(Protocol):
+    """Outbound Raft traffic of one node. send() never blocks and may drop (Raft retries)."""
+
+    def start(self, events: TransportEvents) -> None: ...
+
+    def send(self, m: Message) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float:
+        """Seconds, never going back; what ticks and deadlines are measured in."""
+        ...
+
+    def wall_ms(self) -> int:
+        """This machine's wall clock in milliseconds; it may jump either way."""
+        ...
+
+    def sleep(self, seconds: float) -> Awaitable[None]: ...
+
+
+class SystemClock:
+    """The real clocks: the event loop's monotonic time and time.time()."""
+
+    def monotonic(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def wall_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+    def sleep(self, seconds: float) -> Awaitable[None]:
+        return asyncio.sleep(seconds)
+
+
+class Executor(Protocol):
+    async def run(self, fn: Callable[..., T], *args: object) -> T: ...
+
+    def shutdown(self) -> None: ...
+
+
+class ThreadExecutor:
+    """A thread pool. One worker keeps the calls in order (the storage writer)."""
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix=name)
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+class InlineExecutor:
+    """Runs each call in the event loop's thread, one at a time in call order, after an
+    optional delay (a slow disk): deterministic under a virtual clock."""
+
+    def __init__(self, delay: Callable[[], float] | None = None) -> None:
+        self._delay = delay
+        self._lock = asyncio.Lock()
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        async with self._lock:  # FIFO: writes land in the order they were asked for
+            if self._delay is not None:
+                await asyncio.sleep(self._delay())
+            return fn(*args)
+
+    def shutdown(self) -> None:
+        pass
