@@ -89,21 +89,26 @@ def test_a_failure_names_its_seed_and_the_replay_command(monkeypatch: pytest.Mon
     assert "replay: python -m tests.simulator --seed 42 --nodes 5 --profile all" in str(err.value)
 
 
-def test_the_replay_command_reports_a_broken_core() -> None:
-    """The forget-vote core fails seed 126 (3 nodes, crash profile): a real safety bug found
-    by the random search, replayed from its command line."""
+def test_a_failure_the_search_finds_replays_from_its_printed_command() -> None:
+    """No seed is picked by hand: take the first default-run seed on which a broken core
+    fails, and run the replay command its failure printed."""
+    for seed in range(300):
+        nodes, profile = _shape(seed)
+        try:
+            run_seed(seed, nodes, profile, broken="append-without-term-check")
+        except SimulationFailure as exc:
+            failure = str(exc)
+            break
+    else:
+        raise AssertionError("300 seeds never caught append-without-term-check")
+    replay = failure.split("replay: ", 1)[1].split()
+    assert replay[:3] == ["python", "-m", "tests.simulator"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "tests.simulator", "--seed", "126", "--nodes", "3"]
-    ok = subprocess.run(
-        [*cmd, "--profile", "crash"], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    assert ok.returncode == 0, ok.stderr
     broken = subprocess.run(
-        [*cmd, "--profile", "crash", "--broken", "forget-vote"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+        [sys.executable, *replay[1:]], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert broken.returncode == 1
-    assert "election safety" in broken.stderr
+    assert failure.splitlines()[0] in broken.stderr
+    fixed = [a for a in replay[1:] if a not in ("--broken", "append-without-term-check")]
+    ok = subprocess.run([sys.executable, *fixed], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr

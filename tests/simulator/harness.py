@@ -1,11 +1,14 @@
-"""A virtual cluster of Raft cores: virtual clock, virtual network, virtual disks.
+"""A virtual cluster of Raft cores: virtual clocks, virtual network, virtual disks.
 
 Each SimNode plays the driver's part exactly as node/driver.py must: it sends a Ready's
-`messages` at once, "writes" its entries and hard state to a SimDisk that lands after a
-delay, sends `persisted_messages` only once that write has landed, then calls advance(). A
-crash loses every write that has not landed (a prefix of the first one may survive, as a torn
-write would), and all volatile state. Nothing here reads a real clock or a global random:
-one seeded Random drives everything, so a seed replays identically.
+`messages` at once, writes its entries and hard state to its SimDisk (tests/simulator/disk.py)
+as one batch, fsyncs it after a delay that can be much longer than a message's, sends
+`persisted_messages` only once that fsync completes, then calls advance(). Batches are written
+in order, each fsynced before the next is written. A process crash keeps the page cache (the
+unsynced batch is replayed and fsynced at restart); a power cut loses it (the unsynced batch
+survives whole or not at all, decided by recovering torn pages). Either loses all volatile
+state. Nodes may tick at their own rates, with their own phase. Nothing here reads a real
+clock or a global random: one seeded Random drives everything, so a seed replays identically.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import hashlib
 import heapq
 import pickle
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from random import Random
 from typing import Any
@@ -35,33 +38,9 @@ from node.raft.types import (
     Term,
 )
 from tests.simulator.checker import SafetyChecker
+from tests.simulator.disk import SimDisk
 
 TICK = 10  # virtual time units per tick
-
-
-@dataclass
-class SimDisk:
-    """What survives a crash: only what a landed write put here."""
-
-    hard_state: HardState = field(default_factory=HardState)
-    snapshot: SnapshotMeta | None = None
-    snapshot_data: bytes = b""
-    entries: list[Entry] = field(default_factory=list)  # contiguous, after the snapshot
-
-    def append(self, entries: Iterable[Entry]) -> None:
-        for e in entries:
-            first = (self.snapshot.index if self.snapshot else 0) + 1
-            del self.entries[max(e.index - first, 0) :]
-            if e.index >= first:
-                self.entries.append(e)
-
-    def save_snapshot(self, meta: SnapshotMeta, data: bytes, *, discard_log: bool) -> None:
-        old_first = (self.snapshot.index if self.snapshot else 0) + 1
-        self.snapshot, self.snapshot_data = meta, data
-        if discard_log:
-            self.entries = []
-        else:
-            self.entries = self.entries[max(meta.index + 1 - old_first, 0) :]
 
 
 @dataclass
@@ -96,9 +75,14 @@ class SimNode:
         self.sm = StateMachine()
         self.paused = False
         self.incarnation = 0  # bumped by crashes so stale events are ignored
-        self.write_free_at = 0  # writes land in order: the next one not before this time
-        self.write_queue: deque[Ready] = deque()  # handed out, not landed yet; in order
+        self.write_queue: deque[Ready] = deque()  # handed out, not completed yet; in order
+        self.syncing = 0  # how many Readies at the head of write_queue the running fsync covers
         self.inbox_snapshots: dict[tuple[int, int], bytes] = {}
+        # fsync latency in time units: None means the cluster's 0..persist_delay
+        self.fsync_range: tuple[int, int] | None = None
+        self.fsync_stall = 0.0  # chance that one fsync takes fsync_stall_time more
+        self.fsync_stall_time = (0, 0)
+        self.tick_period = TICK  # with per-node clocks: this node's time between ticks
 
     @property
     def alive(self) -> bool:
@@ -106,6 +90,7 @@ class SimNode:
 
     def boot(self) -> None:
         d = self.disk
+        d.recover()  # replayed is not synced: fsync what the page cache kept before using it
         hs = d.hard_state
         if self.cluster.forget_vote_on_restart:  # the deliberately broken variant
             hs = HardState(hs.term, None, hs.commit)
@@ -120,19 +105,24 @@ class SimNode:
         if self.cluster.core_patch is not None:
             self.cluster.core_patch(self.core)
         self.sm = StateMachine.restore(d.snapshot_data)
-        self.write_free_at = self.cluster.now
         self.write_queue.clear()
+        self.syncing = 0
         self.inbox_snapshots.clear()
 
-    def crash(self, torn_rng: Random | None) -> None:
+    def crash(self, torn_rng: Random | None, *, power: bool = False) -> str:
+        """Stop the process. A process crash keeps the page cache (with torn_rng, the write
+        of the unsynced batch may have been cut short); a power cut loses it."""
         self.core = None
         self.incarnation += 1
         self.paused = False
-        if torn_rng is not None and self.write_queue:
-            rd = self.write_queue[0]  # a torn write keeps a prefix of the first one in flight
-            if rd.entries and not rd.snapshot and torn_rng.random() < 0.5:
-                self.disk.append(rd.entries[: torn_rng.randrange(len(rd.entries))])
-        self.write_queue.clear()
+        self.write_queue.clear()  # handed out but never written: gone
+        self.syncing = 0
+        if power:
+            return self.disk.power_cut(self.cluster.rng)
+        if torn_rng is not None and self.disk.unsynced and torn_rng.random() < 0.2:
+            self.disk.torn_write()
+            return "killed inside its write: the unsynced batch is a torn tail"
+        return "page cache kept" if self.disk.unsynced else "nothing unsynced"
 
     # ----- the driver loop -----
 
@@ -163,31 +153,54 @@ class SimNode:
         for r in rd.read_states:
             c.checker.on_read_state(self.id, r.request, r.index)
             c.reads_done[r.request] = r.index
-        needs_write = bool(rd.entries or rd.hard_state or rd.snapshot)
-        if not needs_write and not self.write_queue:
-            self._land(core, rd)
+        if not (rd.entries or rd.hard_state or rd.snapshot) and not self.write_queue:
+            self._complete(core, rd)
             return
-        delay = c.rng.randrange(c.persist_delay + 1) if needs_write else 0
-        when = max(c.now + delay, self.write_free_at)
-        self.write_free_at = when
         self.write_queue.append(rd)
-        c.schedule(when - c.now, "write", self.id, self.incarnation)
+        self._pump(core)
 
-    def land_write(self, incarnation: int) -> None:
-        """The oldest write in flight lands (writes land in the order they were handed out)."""
-        if incarnation != self.incarnation or self.core is None or not self.write_queue:
+    def _pump(self, core: RaftCore) -> None:
+        """Write every queued Ready as one batch (group commit: what queued up while the last
+        fsync ran shares the next one) and fsync it; a batch that needs no fsync (a commit
+        index only) stays in the page cache and completes at once, as node/driver.py does."""
+        if self.syncing or not self.write_queue:
             return
-        self._land(self.core, self.write_queue.popleft())
+        needs_sync = False
+        for rd in self.write_queue:
+            snap = None
+            if rd.snapshot is not None:
+                snap = (rd.snapshot, self.sm_snapshot_at_restore(rd.snapshot))
+            self.disk.write(rd.entries, rd.hard_state, snap)
+            needs_sync = needs_sync or rd.must_sync or bool(rd.entries) or snap is not None
+        if needs_sync:
+            self.syncing = len(self.write_queue)
+            self.cluster.schedule(self._fsync_delay(), "fsync", self.id, self.incarnation)
+            return
+        while self.write_queue:
+            self._complete(core, self.write_queue.popleft())
+
+    def _fsync_delay(self) -> int:
+        c = self.cluster
+        if self.fsync_range is None:
+            return c.rng.randrange(c.persist_delay + 1)
+        delay = c.rng.randint(*self.fsync_range)
+        if self.fsync_stall and c.rng.random() < self.fsync_stall:
+            delay += c.rng.randint(*self.fsync_stall_time)
+        return delay
+
+    def fsync_done(self, incarnation: int) -> None:
+        """The fsync of the oldest batch completed: it is durable; acknowledge it."""
+        if incarnation != self.incarnation or self.core is None or not self.syncing:
+            return
+        self.disk.fsync()
+        core = self.core
+        for _ in range(self.syncing):
+            self._complete(core, self.write_queue.popleft())
+        self.syncing = 0
+        self._pump(core)
         self.drain()
 
-    def _land(self, core: RaftCore, rd: Ready) -> None:
-        d = self.disk
-        if rd.snapshot is not None:
-            d.save_snapshot(rd.snapshot, self.sm_snapshot_at_restore(rd.snapshot), discard_log=True)
-        if rd.entries:
-            d.append(rd.entries)
-        if rd.hard_state is not None:
-            d.hard_state = rd.hard_state
+    def _complete(self, core: RaftCore, rd: Ready) -> None:
         for m in rd.persisted_messages:
             self.cluster.send(m)
         core.advance(rd)
@@ -242,7 +255,10 @@ class SimCluster:
         core_patch: Callable[[RaftCore], None] | None = None,
         forget_vote_on_restart: bool = False,
         trace_lines: list[str] | None = None,
+        tick_periods: Sequence[int] | None = None,
     ) -> None:
+        """tick_periods: each node's own time between ticks (per-node clock rates, each
+        starting at a random phase); None ticks every node together, every TICK."""
         self.rng = Random(seed)
         self.ids = [NodeId(chr(ord("a") + i)) for i in range(n)]
         self.conf = ConfState(tuple(self.ids))
@@ -260,6 +276,10 @@ class SimCluster:
         self.drop_rate = 0.0
         self.dup_rate = 0.0
         self.delay = (1, 5)
+        self.fifo = False  # True: each directed link delivers in order (one ordered stream)
+        self.slow_rate = 0.0  # chance a message takes slow_delay more (the tail latency)
+        self.slow_delay = (0, 0)
+        self._link_free: dict[tuple[NodeId, NodeId], int] = {}  # FIFO: last delivery time
         self.persist_delay = 3
         self.groups: dict[NodeId, int] = {}  # partition group per node; absent = group 0
         self.blocked_links: set[tuple[NodeId, NodeId]] = set()
@@ -285,8 +305,12 @@ class SimCluster:
             node = SimNode(self, nid, cfg)
             self.nodes[nid] = node
             node.boot()
-        if auto_tick:
+        if auto_tick and tick_periods is None:
             self.schedule(1 + self.rng.randrange(TICK), "tick", self.ids[0])
+        elif auto_tick and tick_periods is not None:
+            for nid, period in zip(self.ids, tick_periods, strict=True):
+                self.nodes[nid].tick_period = period
+                self.schedule(1 + self.rng.randrange(period), "node-tick", nid)
 
     # ----- events -----
 
@@ -343,14 +367,27 @@ class SimCluster:
                 if n.core is not None and not n.paused:
                     n.core.tick()
                     n.drain()
+        elif kind == "node-tick":  # per-node clocks: this node alone, at its own rate
+            self.schedule(node.tick_period, "node-tick", nid)
+            if node.core is not None and not node.paused:
+                node.core.tick()
+                node.drain()
         elif kind == "msg":
             self._deliver(node, payload)
-        elif kind == "write":
+        elif kind == "fsync":
             if node.paused and payload == node.incarnation:
-                self.schedule(TICK, "write", nid, payload)  # lands once it runs again
+                self.schedule(TICK, "fsync", nid, payload)  # seen once the process runs again
                 return
-            node.land_write(payload)
-        elif node.core is not None and not node.paused:  # "snapshot-sent" / "-failed"
+            node.fsync_done(payload)
+        elif kind == "restart":
+            if payload == node.incarnation:
+                self.restart(nid)
+        elif kind == "resume":
+            if node.paused:
+                self.resume(nid)
+        elif node.paused:  # "snapshot-sent" / "-failed": seen once the process runs again
+            self.schedule(TICK, kind, nid, payload)
+        elif node.core is not None:
             node.core.report_snapshot(payload, ok=kind == "snapshot-sent")
             node.drain()
 
@@ -369,7 +406,15 @@ class SimCluster:
             self._lost(m)
             return
         lo, hi = self.delay
-        self.schedule(self.rng.randint(lo, hi), "msg", m.to, payload)
+        delay = self.rng.randint(lo, hi)
+        if self.slow_rate and self.rng.random() < self.slow_rate:
+            delay += self.rng.randint(*self.slow_delay)  # a hiccup: retransmits, a full buffer
+        if self.fifo:
+            link = (m.sender, m.to)
+            at = max(self.now + delay, self._link_free.get(link, 0))
+            self._link_free[link] = at
+            delay = at - self.now
+        self.schedule(delay, "msg", m.to, payload)
         if self.dup_rate and self.rng.random() < self.dup_rate:
             self.schedule(self.rng.randint(lo, hi), "msg", m.to, payload)
 
@@ -410,12 +455,23 @@ class SimCluster:
         self.blocked_links.clear()
         self.trace("heal")
 
-    def crash(self, nid: NodeId, *, torn: bool = True) -> None:
+    def crash(self, nid: NodeId, *, torn: bool = True, power: bool = False) -> None:
+        """Kill the process (SIGKILL: the page cache survives; torn, its write may have been
+        cut short), or with power=True cut the machine's power (the page cache is lost)."""
         node = self.nodes[nid]
         if node.core is None:
+            if power:  # the process was already down: its page cache goes now
+                self.trace(f"power cut {nid} (down): {node.disk.power_cut(self.rng)}")
             return
-        node.crash(self.rng if torn else None)
-        self.trace(f"crash {nid}")
+        what = node.crash(self.rng if torn else None, power=power)
+        self.trace(f"{'power cut' if power else 'crash'} {nid}: {what}")
+
+    def restart_later(self, nid: NodeId, delay: int) -> None:
+        """A supervisor brings a down node back after `delay`."""
+        self.schedule(delay, "restart", nid, self.nodes[nid].incarnation)
+
+    def resume_later(self, nid: NodeId, delay: int) -> None:
+        self.schedule(delay, "resume", nid)
 
     def restart(self, nid: NodeId) -> None:
         node = self.nodes[nid]

@@ -14,19 +14,57 @@ from node.raft.types import NodeId
 from tests.simulator.checker import SafetyViolation
 from tests.simulator.harness import TICK, SimCluster
 
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """What the nemesis may do in one run. Every run also draws, from its seed, per-node
+    clock rates and phases, per-node disk speeds (fsyncs slower than messages, and stalls),
+    message delays and the append size."""
+
+    drop: float = 0.0  # chance a message is lost
+    dup: float = 0.0  # chance a message is delivered twice
+    reorder: bool = False  # links reorder (else each directed link is one ordered stream)
+    partitions: bool = False
+    crashes: bool = False  # process crashes (SIGKILL): the page cache survives
+    power: bool = False  # power cuts: the unsynced batch is lost, or survives whole
+    pauses: bool = False
+    compaction: bool = False
+    fault_rate: float = 0.25  # chance per tick of a fault decision
+
+
 PROFILES = {
-    # name: (drop, dup, partitions, crashes, pauses, compaction)
-    "calm": (0.0, 0.0, False, False, False, False),
-    "lossy": (0.10, 0.05, False, False, False, False),
-    "partition": (0.02, 0.02, True, False, False, False),
-    "crash": (0.02, 0.02, False, True, False, True),
-    "pause": (0.0, 0.02, False, False, True, False),
-    "snapshot": (0.05, 0.02, True, True, False, True),
-    "all": (0.05, 0.03, True, True, True, True),
+    "calm": Profile(fault_rate=0.0),
+    "lossy": Profile(drop=0.10, dup=0.05, reorder=True),
+    "partition": Profile(drop=0.02, dup=0.02, partitions=True),
+    "crash": Profile(drop=0.02, dup=0.02, crashes=True, power=True, compaction=True),
+    "pause": Profile(dup=0.02, pauses=True),
+    "snapshot": Profile(
+        drop=0.05, dup=0.02, partitions=True, crashes=True, power=True, compaction=True
+    ),
+    "all": Profile(
+        drop=0.05,
+        dup=0.03,
+        reorder=True,
+        partitions=True,
+        crashes=True,
+        power=True,
+        pauses=True,
+        compaction=True,
+    ),
 }
 
-FAULT_TICKS = 120
+FAULT_TICKS = 250
 LIVENESS_TICKS = 400  # after faults stop: a leader and every proposal applied everywhere
+
+# Per-node disks: fsync latency ranges in time units (a message takes 1..MESSAGE_DELAY[1]).
+DISKS = ((1, 4), (2, 12), (5, 40))
+FSYNC_STALL = 0.03  # chance one fsync stalls for FSYNC_STALL_TIME more (fault phase only)
+FSYNC_STALL_TIME = (20, 120)
+MESSAGE_DELAY = (1, 6)
+SLOW_MESSAGES = 0.03  # chance a message is held up for SLOW_DELAY more (fault phase only)
+SLOW_DELAY = (10, 80)
+# (max_append_bytes, max_inflight): one entry per append, a few, or many at a time
+APPENDS = ((1, 8), (60, 4), (4096, 1), (4096, 8))
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +119,13 @@ def _run(
     broken: str | None,
     lines: list[str] | None = None,
 ) -> RunResult:
-    drop, dup, partitions, crashes, pauses, compaction = PROFILES[profile]
+    prof = PROFILES[profile]
     from tests.simulator.broken import patch_for
 
     patch, forget_vote = patch_for(broken)
+    rng = Random(seed ^ 0x5EED)  # the nemesis and the client; the cluster has its own
+    periods = [rng.randint(TICK * 3 // 4, TICK * 4 // 3) for _ in range(nodes)]
+    append_bytes, inflight = rng.choice(APPENDS)
     c = SimCluster(
         nodes,
         seed,
@@ -93,14 +134,22 @@ def _run(
         forget_vote_on_restart=forget_vote,
         preferred_leader=NodeId("a") if seed % 2 == 0 else None,
         trace_lines=lines,
+        tick_periods=periods,
+        max_append_bytes=append_bytes,
+        max_inflight=inflight,
     )
-    rng = Random(seed ^ 0x5EED)
-    c.drop_rate, c.dup_rate = drop, dup
+    c.drop_rate, c.dup_rate = prof.drop, prof.dup
+    c.delay = MESSAGE_DELAY
+    c.fifo = not prof.reorder
+    c.slow_rate, c.slow_delay = SLOW_MESSAGES, SLOW_DELAY
+    for node in c.nodes.values():
+        node.fsync_range = rng.choice(DISKS)
+        node.fsync_stall, node.fsync_stall_time = FSYNC_STALL, FSYNC_STALL_TIME
+    c.trace(f"clocks {periods} disks {[n.fsync_range for n in c.nodes.values()]}")
     ids = c.ids
     minority = (nodes - 1) // 2
     proposal_no = 0
     read_no = 0
-    faulted: set[NodeId] = set()
 
     def propose_some() -> None:
         nonlocal proposal_no
@@ -115,28 +164,30 @@ def _run(
             read_no += 1
             c.read(leader, read_no)
 
-    # ----- fault phase -----
-    for step in range(FAULT_TICKS):
-        c.run_for(1)
-        if rng.random() < 0.3:
-            propose_some()
-        if rng.random() < 0.1:
-            read_some()
-        if compaction and rng.random() < 0.05:
-            c.nodes[rng.choice(ids)].maybe_compact(keep=rng.randrange(0, 4))
-        if step % 10 != 0:
-            continue
-        # one fault decision every 10 ticks: undo something or do something
-        if faulted and rng.random() < 0.4:
-            nid = rng.choice(sorted(faulted))
-            faulted.discard(nid)
+    def target() -> NodeId:
+        leaders = c.leaders()
+        if leaders and rng.random() < 0.5:
+            return leaders[0]
+        return rng.choice(ids)
+
+    def nemesis() -> None:
+        down = [n for n in ids if c.nodes[n].core is None]
+        paused = [n for n in ids if c.nodes[n].paused]
+        faulted = down + paused
+        may_fault_more = len(faulted) < minority or rng.random() < 0.2
+        choice = rng.random()
+        if choice < 0.25 and (faulted or c.groups):
+            if c.groups and (not faulted or rng.random() < 0.5):
+                c.heal()
+                return
+            nid = rng.choice(faulted)
             if c.nodes[nid].core is None:
                 c.restart(nid)
-            elif c.nodes[nid].paused:
+            else:
                 c.resume(nid)
-            continue
+            return
         choice = rng.random()
-        if partitions and choice < 0.3:
+        if prof.partitions and choice < 0.35:
             shuffled = ids[:]
             rng.shuffle(shuffled)
             if rng.random() < 0.5 and c.leaders():
@@ -151,23 +202,45 @@ def _run(
                 if len(ids) >= 5 and rng.random() < 0.3:
                     groups = [shuffled[:1], shuffled[1:3], shuffled[3:]]
                 c.partition(*groups)
-        elif partitions and choice < 0.45:
-            c.heal()
-        elif crashes and choice < 0.75 and len(faulted) < minority + (rng.random() < 0.2):
-            nid = rng.choice(ids)
-            if nid not in faulted:
-                c.crash(nid)
-                faulted.add(nid)
-        elif pauses and choice < 0.9 and len(faulted) < minority + (rng.random() < 0.2):
-            nid = rng.choice(ids)
-            if nid not in faulted:
+        elif (prof.crashes or prof.power) and choice < 0.8:
+            nid = target()
+            power = prof.power and (not prof.crashes or rng.random() < 0.5)
+            if c.nodes[nid].core is None:
+                if power:
+                    c.crash(nid, power=True)  # a down node loses its page cache too
+                return
+            if not may_fault_more:
+                return
+            c.crash(nid, power=power)
+            if rng.random() < 0.7:  # a supervisor restarts it soon; else it stays down
+                c.restart_later(nid, rng.randint(1, 3 * TICK))
+        elif prof.pauses and may_fault_more:
+            nid = target()
+            if c.nodes[nid].core is not None and not c.nodes[nid].paused:
                 c.pause(nid)
-                faulted.add(nid)
+                if rng.random() < 0.6:
+                    c.resume_later(nid, rng.randint(1, 4 * TICK))
+
+    # ----- fault phase -----
+    for _ in range(FAULT_TICKS):
+        end = c.now + TICK
+        if rng.random() < prof.fault_rate:
+            c.run_until(c.now + rng.randrange(TICK))  # faults strike between ticks too
+            nemesis()
+        c.run_until(end)
+        if rng.random() < 0.4:
+            propose_some()
+        if rng.random() < 0.1:
+            read_some()
+        if prof.compaction and rng.random() < 0.05:
+            c.nodes[rng.choice(ids)].maybe_compact(keep=rng.randrange(0, 4))
 
     # ----- calm phase: heal everything, then demand liveness -----
-    c.drop_rate = c.dup_rate = 0.0
+    c.drop_rate = c.dup_rate = c.slow_rate = 0.0
+    for node in c.nodes.values():
+        node.fsync_stall = 0.0
     c.heal()
-    for nid in sorted(faulted):
+    for nid in ids:
         if c.nodes[nid].core is None:
             c.restart(nid)
         elif c.nodes[nid].paused:
