@@ -6,13 +6,16 @@ What it promises (DESIGN.md, "Chat semantics"):
   a deadline) is tried on the next node; the leader named in an answer's trailing metadata is
   tried first, and remembered. After a full round of nodes the client backs off (50 ms doubling
   to 1 s) and starts again. A pinned client (`pinned=True`, `--server`) only ever asks its node.
-- Every write carries a request id: a random client id, a sequence number (+1 per write) and
-  the lowest sequence number still without an answer. Writes leave one at a time, in the order
+- Every write carries a request id: a client id the cluster's log assigned (RegisterClient,
+  asked for before the first write; thesis §6.3), a sequence number (+1 per write) and the
+  lowest sequence number still without an answer. Writes leave one at a time, in the order
   they were made (so a user's messages keep their order, and a logout never overtakes the send
   before it). A write whose outcome is unknown (deadline, lost connection, UNKNOWN, INTERNAL,
   UNAVAILABLE) is resent with the same id until some node answers it; the cluster applies it
   once (Raft thesis ch. 6). Only a definite refusal (INVALID_ARGUMENT, ALREADY_EXISTS,
-  UNAUTHENTICATED, NOT_FOUND, RESOURCE_EXHAUSTED, PERMISSION_DENIED, ...) fails it.
+  UNAUTHENTICATED, NOT_FOUND, RESOURCE_EXHAUSTED, PERMISSION_DENIED, ...) fails it. If the
+  cluster forgot the client session (idle too long: "client-expired"), a write sent before
+  fails with OutcomeUnknownError, never resent, and the client registers a new session.
 - A caller waits for an answer at most `overall_timeout_s`, and less when every node has said
   for `no_majority_grace_s` that it cannot reach a majority: then it gets one `NoMajorityError`
   that says what each node answered ("no leader: a, b answer 'no majority reachable'; c
@@ -35,7 +38,6 @@ import asyncio
 import enum
 import logging
 import random
-import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
@@ -50,14 +52,16 @@ from client.errors import (
     AddressError,
     ChatClientError,
     ClientClosedError,
+    ClientExpiredError,
     NoMajorityError,
     NotLoggedInError,
+    OutcomeUnknownError,
     ServerError,
     UnauthenticatedError,
     UnavailableError,
     server_error,
 )
-from client.stub import LEADER_ADDRESS_KEY, LEADER_ID_KEY, ChatStub, open_channel
+from client.stub import LEADER_ADDRESS_KEY, LEADER_ID_KEY, REASON_KEY, ChatStub, open_channel
 from node.config import ClusterConfig
 from protos import chat_pb2
 
@@ -278,13 +282,15 @@ class PendingWrite(Generic[R]):
         self._client = client
         self.seq = seq
         self.what = what  # "send to bob", for messages
+        self.attempts = 0  # sent under the current client id
         self._future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         # An error nobody waits for must not be reported as "never retrieved".
         self._future.add_done_callback(_retrieve)
 
     @property
-    def request_id(self) -> tuple[str, int]:
-        """(client id, sequence number): the same on every attempt."""
+    def request_id(self) -> tuple[int | None, int]:
+        """(client id, sequence number): the same on every attempt (client id None until the
+        cluster assigned one)."""
         return (self._client.client_id, self.seq)
 
     def done(self) -> bool:
@@ -353,7 +359,6 @@ class ChatClient:
         overall_timeout_s: float = DEFAULT_OVERALL_TIMEOUT_S,
         no_majority_grace_s: float = DEFAULT_NO_MAJORITY_GRACE_S,
         watch_interval_s: float = DEFAULT_WATCH_INTERVAL_S,
-        client_id: str | None = None,
     ) -> None:
         if isinstance(servers, ClusterConfig):
             nodes = [_Node(node.id, node.address) for node in servers.nodes]
@@ -389,7 +394,7 @@ class ChatClient:
         self._last_round_end = float("-inf")
         self._round_waiters: list[asyncio.Future[None]] = []
 
-        self.client_id = client_id or uuid.uuid4().hex
+        self.client_id: int | None = None  # assigned by the log at the first write
         self._next_seq = 1
         self._unanswered: set[int] = set()  # seqs of writes without an answer
         self._pending: dict[int, PendingWrite[Any]] = {}
@@ -698,21 +703,58 @@ class ChatClient:
         task.add_done_callback(self._tasks.discard)
         return pending
 
-    def _request_id(self, seq: int) -> chat_pb2.RequestId:
+    def _request_id(self, client_id: int, seq: int) -> chat_pb2.RequestId:
         # Computed per attempt: first_outstanding may have moved on since the first one.
         return chat_pb2.RequestId(
-            client_id=self.client_id, seq=seq, first_outstanding=min(self._unanswered)
+            client_id=client_id, seq=seq, first_outstanding=min(self._unanswered)
         )
+
+    async def _register_client(self) -> int:
+        """A new client session from the log. Not deduplicated: a retry after a lost answer
+        registers another, and the unused one expires."""
+
+        async def invoke(stub: ChatStub, timeout: float) -> int:
+            reply = await stub.RegisterClient(chat_pb2.RegisterClientRequest(), timeout=timeout)
+            return reply.client_id
+
+        client_id = await self._call("register the client", invoke, deadline=None)
+        logger.info("registered as client %d", client_id)
+        return client_id
+
+    async def _write(self, pending: PendingWrite[R], invoke: WriteInvoke[R]) -> R:
+        """Send one write until it is answered, registering a client session when there is
+        none (at the first write, or after the old one expired)."""
+        while True:
+            if self.client_id is None:
+                self.client_id = await self._register_client()
+                pending.attempts = 0
+            client_id = self.client_id
+
+            def attempt(stub: ChatStub, timeout: float, client_id: int = client_id) -> Awaitable[R]:
+                pending.attempts += 1
+                return invoke(stub, self._request_id(client_id, pending.seq), timeout)
+
+            try:
+                return await self._call(pending.what, attempt, deadline=None)
+            except ClientExpiredError as error:
+                self.client_id = None
+                if pending.attempts > 1:
+                    # An earlier attempt may have been applied; the cluster cannot say now.
+                    raise OutcomeUnknownError(
+                        f"{pending.what}: {error.message}; it was sent before, so it may or "
+                        "may not have been applied, and it is not sent again"
+                    ) from None
+                # Never sent under the old session: nothing can have happened. Send it anew.
 
     async def _run_write(
         self, pending: PendingWrite[R], invoke: WriteInvoke[R], token: str | None
     ) -> None:
-        def attempt(stub: ChatStub, timeout: float) -> Awaitable[R]:
-            return invoke(stub, self._request_id(pending.seq), timeout)
-
         try:
             async with self._write_lock:
-                result = await self._call(pending.what, attempt, deadline=None)
+                result = await self._write(pending, invoke)
+        except OutcomeUnknownError as error:
+            self._answered(pending.seq)
+            pending._fail(error)
         except ServerError as error:
             self._answered(pending.seq)
             if token is not None and isinstance(error, UnauthenticatedError):
@@ -862,7 +904,10 @@ class ChatClient:
         details = error.details() or ""
         if code in DEFINITE_CODES:
             self._observe_success(node)
-            raise server_error(code, details)
+            reason = next(
+                (str(v) for k, v in error.trailing_metadata() or () if k == REASON_KEY), None
+            )
+            raise server_error(code, details, reason)
         hint = self._learn_leader(*_leader_metadata(error))
         lowered = details.lower()
         if code == grpc.StatusCode.UNAVAILABLE:

@@ -44,12 +44,14 @@ class NotLoggedInError(ChatClientError):
 class ServerError(ChatClientError):
     """The cluster answered with a definite refusal; the request was not applied.
 
-    `code` is the gRPC status code, `message` the server's text, meant for a person.
+    `code` is the gRPC status code, `message` the server's text, meant for a person, and
+    `reason` the machine-readable reason the server gave beside it, if any.
     """
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, reason: str | None = None) -> None:
         self.code = code
         self.message = message or code.name.lower().replace("_", " ")
+        self.reason = reason
         super().__init__(self.message)
 
 
@@ -77,6 +79,17 @@ class PermissionDeniedError(ServerError):
     """PERMISSION_DENIED: the request is not allowed for this session."""
 
 
+class ClientExpiredError(ServerError):
+    """FAILED_PRECONDITION, reason "client-expired": the cluster no longer remembers this
+    client's session (idle past its limit), so it cannot tell whether an earlier attempt of a
+    request was applied. The client registers a new session; see OutcomeUnknownError."""
+
+
+class OutcomeUnknownError(ChatClientError):
+    """A write that was sent before its client session expired: it may or may not have been
+    applied, and the cluster can no longer say. It is not resent (that could apply it twice)."""
+
+
 _BY_CODE: dict[grpc.StatusCode, type[ServerError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
@@ -99,9 +112,14 @@ DEFINITE_CODES = frozenset(
 )
 
 
-def server_error(code: grpc.StatusCode, message: str) -> ServerError:
+CLIENT_EXPIRED_REASON = "client-expired"
+
+
+def server_error(code: grpc.StatusCode, message: str, reason: str | None = None) -> ServerError:
     """The ServerError subclass for a definite status code (ServerError itself for others)."""
-    return _BY_CODE.get(code, ServerError)(code, message)
+    if code is grpc.StatusCode.FAILED_PRECONDITION and reason == CLIENT_EXPIRED_REASON:
+        return ClientExpiredError(code, message, reason)
+    return _BY_CODE.get(code, ServerError)(code, message, reason)
 
 
 class UnavailableError(ChatClientError):

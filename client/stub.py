@@ -22,6 +22,8 @@ SERVICE: Final = chat_pb2.DESCRIPTOR.services_by_name["Chat"]
 # Trailing metadata of an UNAVAILABLE answer: where the leader is, when the node knows.
 LEADER_ADDRESS_KEY: Final = "x-chatbooth-leader"
 LEADER_ID_KEY: Final = "x-chatbooth-leader-id"
+# Trailing metadata of a refusal the client must act on: a machine-readable reason.
+REASON_KEY: Final = "x-chatbooth-reason"
 
 # Reconnect within a second after a node comes back (the default backoff reaches ~20 s, see
 # TRAPS.md); ping a quiet connection so a frozen node is noticed on long Subscribe streams.
@@ -53,6 +55,13 @@ class ChatStub:
     """Typed multi-callables for every method of the Chat service, on one channel."""
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.RegisterClient: _Unary[
+            chat_pb2.RegisterClientRequest, chat_pb2.RegisterClientReply
+        ] = channel.unary_unary(
+            _path("RegisterClient"),
+            request_serializer=chat_pb2.RegisterClientRequest.SerializeToString,
+            response_deserializer=chat_pb2.RegisterClientReply.FromString,
+        )
         self.Register: _Unary[chat_pb2.RegisterRequest, chat_pb2.RegisterReply] = (
             channel.unary_unary(
                 _path("Register"),

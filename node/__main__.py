@@ -184,6 +184,7 @@ async def _run(
         raise StartupError(EXIT_ADDRESS, f"{node_id}: cannot listen on {me.address}: in use?")
     await server.start()
     driver.start()
+    chat.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     logger.info("%s serving on %s (pid %d)", node_id, me.address, os.getpid())
 

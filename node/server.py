@@ -12,6 +12,7 @@ Imports the driver, the chat layer, config and protos; nothing of the supervisor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -30,6 +31,7 @@ from node.chat.replies import ApplyResult, ChatMessage
 from node.chat.state import ChatState
 from node.config import ClusterConfig
 from node.driver import NoQuorumError, OutcomeUnknownError, RaftDriver
+from node.logclock import LogClock
 from node.raft.errors import NotLeaderError
 from node.raft.types import NodeId
 from node.transport import CHANNEL_OPTIONS
@@ -42,7 +44,9 @@ logger = logging.getLogger(__name__)
 
 LEADER_ADDRESS_KEY = "x-chatbooth-leader"
 LEADER_ID_KEY = "x-chatbooth-leader-id"
+REASON_KEY = "x-chatbooth-reason"
 FORWARDED_KEY = "x-chatbooth-forwarded"
+TICK_IDLE_S = 1.0  # the leader proposes a Tick once log time has stood still this long
 DEFAULT_TIMEOUT_S = 10.0
 DEADLINE_MARGIN_S = 0.05  # answer a little before the client gives up
 
@@ -63,11 +67,18 @@ def _message_pb(m: ChatMessage) -> chat_pb2.ChatMessage:
 class _Abort(Exception):
     """Raised inside a handler to end the call with `code` and `details`."""
 
-    def __init__(self, code: grpc.StatusCode, details: str, leader: NodeId | None = None) -> None:
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        details: str,
+        leader: NodeId | None = None,
+        reason: str | None = None,
+    ) -> None:
         super().__init__(details)
         self.code = code
         self.details = details
         self.leader = leader
+        self.reason = reason
 
 
 @dataclass(eq=False)
@@ -92,6 +103,9 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         self._forward_addresses = forward_addresses
         self._channels: dict[NodeId, grpc.aio.Channel] = {}
         self._subscribers: dict[str, set[_Subscriber]] = {}
+        self._log_clock = LogClock(driver.clock)
+        self._log_clock.observe(state.log_time_ms)
+        self._tasks: list[asyncio.Task[None]] = []
         driver.add_apply_listener(self._on_apply)
         driver.add_leadership_listener(self._on_leadership_lost)
 
@@ -99,7 +113,13 @@ class ChatService(chat_pb2_grpc.ChatServicer):
     def _limits(self) -> Any:
         return self._config.chat
 
+    def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._tick_loop(), name="log-time-ticks"))
+
     async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._end_all(_Abort(grpc.StatusCode.UNAVAILABLE, "the node is shutting down"))
         for ch in self._channels.values():
             await ch.close(grace=None)
@@ -116,10 +136,16 @@ class ChatService(chat_pb2_grpc.ChatServicer):
 
     async def _abort(self, context: Context, exc: _Abort) -> NoReturn:
         leader = exc.leader if exc.leader is not None else self._driver.leader
+        metadata: list[tuple[str, str]] = []
         if leader is not None and leader != self._driver.id:
-            context.set_trailing_metadata(
-                ((LEADER_ADDRESS_KEY, self._client_address(leader)), (LEADER_ID_KEY, leader or ""))
-            )
+            metadata += [
+                (LEADER_ADDRESS_KEY, self._client_address(leader)),
+                (LEADER_ID_KEY, leader),
+            ]
+        if exc.reason is not None:
+            metadata.append((REASON_KEY, exc.reason))
+        if metadata:
+            context.set_trailing_metadata(tuple(metadata))
         await context.abort(exc.code, exc.details)
         raise AssertionError("unreachable")
 
@@ -132,7 +158,8 @@ class ChatService(chat_pb2_grpc.ChatServicer):
 
     @staticmethod
     def _chat_error(err: ChatError) -> _Abort:
-        return _Abort(grpc.StatusCode[err.code.name], err.message)
+        reason = err.reason.value if err.reason is not None else None
+        return _Abort(grpc.StatusCode[err.code.name], err.message, reason=reason)
 
     def _unavailable(self, exc: Exception) -> _Abort:
         if isinstance(exc, NoQuorumError):
@@ -206,7 +233,10 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             details = err.details() or err.code().name
             if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 details = f"forwarded to leader {leader}: {details}"
-            raise _Abort(err.code(), details, leader) from None
+            reason = next(
+                (str(v) for k, v in err.trailing_metadata() or () if k == REASON_KEY), None
+            )
+            raise _Abort(err.code(), details, leader, reason) from None
 
     def _request_id(self, pb: chat_pb2.RequestId) -> cmds.RequestId:
         return validation.validate_request_id(pb.client_id, pb.seq, pb.first_outstanding)
@@ -214,6 +244,10 @@ class ChatService(chat_pb2_grpc.ChatServicer):
     async def _propose(self, cmd: cmds.Command, context: Context) -> Any:
         result = await self._driver.propose(cmds.encode(cmd), self._timeout(context))
         return result.unwrap()
+
+    def _times(self) -> tuple[int, int]:
+        """(this node's wall clock, the log time it stamps) for a command it proposes."""
+        return _now_ms(), self._log_clock.stamp()
 
     async def _cpu(self, fn: Callable[..., Resp], *args: Any) -> Resp:
         return await self._driver.cpu_pool.run(fn, *args)
@@ -223,11 +257,42 @@ class ChatService(chat_pb2_grpc.ChatServicer):
 
     # ------------------------------------------------------------------ writes
 
+    async def RegisterClient(
+        self, request: chat_pb2.RegisterClientRequest, context: Context
+    ) -> chat_pb2.RegisterClientReply:
+        async def local() -> chat_pb2.RegisterClientReply:
+            ts, lt = self._times()
+            reply = await self._propose(
+                cmds.RegisterClient(timestamp_ms=ts, log_time_ms=lt), context
+            )
+            return chat_pb2.RegisterClientReply(client_id=reply.client_id)
+
+        return await self._call(context, "RegisterClient", request, local)
+
+    async def _tick_loop(self) -> None:
+        """Thesis §6.3 expiry needs a clock that moves: on a quiet cluster the leader proposes
+        a Tick once log time has stood still for TICK_IDLE_S, while anything could expire.
+        (Checking reads against the leader's own clock would make replicas disagree on which
+        sessions exist; a Tick keeps expiry a function of the log.)"""
+        while True:
+            await self._driver.clock.sleep(TICK_IDLE_S / 2)
+            state = self._state
+            if not self._driver.is_leader or self._log_clock.idle_s() < TICK_IDLE_S:
+                continue
+            if state.session_count == 0 and state.client_count == 0:
+                continue
+            ts, lt = self._times()
+            with contextlib.suppress(NotLeaderError, NoQuorumError, OutcomeUnknownError):
+                await self._driver.propose(
+                    cmds.encode(cmds.Tick(timestamp_ms=ts, log_time_ms=lt)), TICK_IDLE_S * 4
+                )
+
     async def Register(
         self, request: chat_pb2.RegisterRequest, context: Context
     ) -> chat_pb2.RegisterReply:
         async def local() -> chat_pb2.RegisterReply:
             rid = self._request_id(request.request)
+            ts, lt = self._times()
             name = validation.validate_username(request.username, self._limits)
             password = validation.validate_password(request.password)
             self._driver.require_leader()
@@ -235,7 +300,11 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             pw_hash = await self._cpu(hash_password, password, self._config.scrypt, salt)
             await self._propose(
                 cmds.Register(
-                    timestamp_ms=_now_ms(), request=rid, username=name, password_hash=pw_hash
+                    timestamp_ms=ts,
+                    log_time_ms=lt,
+                    request=rid,
+                    username=name,
+                    password_hash=pw_hash,
                 ),
                 context,
             )
@@ -246,12 +315,14 @@ class ChatService(chat_pb2_grpc.ChatServicer):
     async def Login(self, request: chat_pb2.LoginRequest, context: Context) -> chat_pb2.LoginReply:
         async def local() -> chat_pb2.LoginReply:
             rid = self._request_id(request.request)
+            ts, lt = self._times()
             name = validation.validate_username(request.username, self._limits)
             await self._leader_read(context)
             if self._state.answered(rid):  # a retry: the log gives the first reply
                 token = secrets.token_urlsafe(24)
                 cmd = cmds.Login(
-                    timestamp_ms=_now_ms(),
+                    timestamp_ms=ts,
+                    log_time_ms=lt,
                     request=rid,
                     username=name,
                     token=token,
@@ -265,7 +336,8 @@ class ChatService(chat_pb2_grpc.ChatServicer):
                 raise _Abort(grpc.StatusCode.UNAUTHENTICATED, "wrong username or password")
             token = secrets.token_urlsafe(24)
             cmd = cmds.Login(
-                timestamp_ms=_now_ms(),
+                timestamp_ms=ts,
+                log_time_ms=lt,
                 request=rid,
                 username=name,
                 token=token,
@@ -281,9 +353,10 @@ class ChatService(chat_pb2_grpc.ChatServicer):
     ) -> chat_pb2.LogoutReply:
         async def local() -> chat_pb2.LogoutReply:
             rid = self._request_id(request.request)
+            ts, lt = self._times()
             token = validation.validate_token(request.token)
             await self._propose(
-                cmds.Logout(timestamp_ms=_now_ms(), request=rid, token=token), context
+                cmds.Logout(timestamp_ms=ts, log_time_ms=lt, request=rid, token=token), context
             )
             return chat_pb2.LogoutReply()
 
@@ -292,11 +365,17 @@ class ChatService(chat_pb2_grpc.ChatServicer):
     async def Send(self, request: chat_pb2.SendRequest, context: Context) -> chat_pb2.SendReply:
         async def local() -> chat_pb2.SendReply:
             rid = self._request_id(request.request)
+            ts, lt = self._times()
             token = validation.validate_token(request.token)
             recipient = validation.validate_username(request.recipient, self._limits)
             text = validation.validate_text(request.text, self._limits)
             cmd = cmds.Send(
-                timestamp_ms=_now_ms(), request=rid, token=token, recipient=recipient, text=text
+                timestamp_ms=ts,
+                log_time_ms=lt,
+                request=rid,
+                token=token,
+                recipient=recipient,
+                text=text,
             )
             reply = await self._propose(cmd, context)
             return chat_pb2.SendReply(message_id=reply.message_id, timestamp_ms=reply.timestamp_ms)
@@ -306,10 +385,12 @@ class ChatService(chat_pb2_grpc.ChatServicer):
     async def Ack(self, request: chat_pb2.AckRequest, context: Context) -> chat_pb2.AckReply:
         async def local() -> chat_pb2.AckReply:
             rid = self._request_id(request.request)
+            ts, lt = self._times()
             token = validation.validate_token(request.token)
             up_to = validation.validate_message_id(request.up_to_id)
             await self._propose(
-                cmds.Ack(timestamp_ms=_now_ms(), request=rid, token=token, up_to_id=up_to), context
+                cmds.Ack(timestamp_ms=ts, log_time_ms=lt, request=rid, token=token, up_to_id=up_to),
+                context,
             )
             return chat_pb2.AckReply()
 
@@ -320,6 +401,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
     ) -> chat_pb2.DeleteAccountReply:
         async def local() -> chat_pb2.DeleteAccountReply:
             rid = self._request_id(request.request)
+            ts, lt = self._times()
             token = validation.validate_token(request.token)
             await self._leader_read(context)
             if not self._state.answered(rid):  # a retry skips the checks: first reply wins
@@ -331,7 +413,8 @@ class ChatService(chat_pb2_grpc.ChatServicer):
                 if not ok:
                     raise _Abort(grpc.StatusCode.UNAUTHENTICATED, "wrong password")
             await self._propose(
-                cmds.DeleteAccount(timestamp_ms=_now_ms(), request=rid, token=token), context
+                cmds.DeleteAccount(timestamp_ms=ts, log_time_ms=lt, request=rid, token=token),
+                context,
             )
             return chat_pb2.DeleteAccountReply()
 
@@ -422,6 +505,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
                 self._subscribers.get(sub.username, set()).discard(sub)
 
     def _on_apply(self, result: ApplyResult) -> None:
+        self._log_clock.observe(self._state.log_time_ms)
         if result.message is not None:
             for sub in self._subscribers.get(result.message.recipient.lower(), ()):
                 sub.queue.put_nowait(result.message)

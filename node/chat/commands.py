@@ -1,8 +1,11 @@
 """The commands the chat log carries, and their bytes.
 
-One frozen dataclass per command. Every command carries `timestamp_ms`, the clock of the node
-that accepted the request (the state machine's log time is the largest timestamp applied so
-far), and `request`, the client's request id (Raft thesis §6.3) where it is a client write.
+One frozen dataclass per command. Every command carries `timestamp_ms`, the wall clock of the
+node that accepted the request (shown with a message; it takes no part in expiry),
+`log_time_ms`, the one log clock, stamped by the leader (node.logclock: it never goes back and
+never jumps with one machine's clock), and `request`, the client's request id (Raft thesis
+§6.3) where it is a client write. A client id is the log index of the RegisterClient entry
+that created it (§6.3: the log registers client sessions, so an expired one is recognised).
 
 Encoding: one format-version byte (COMMAND_FORMAT_VERSION), then canonical JSON in UTF-8:
 sorted keys, no whitespace, bytes as standard base64. The same command always gives the same
@@ -25,7 +28,7 @@ from typing import Any, ClassVar
 from node.chat.errors import CommandDecodeError
 from node.chat.passwords import PasswordHash
 
-COMMAND_FORMAT_VERSION = 1
+COMMAND_FORMAT_VERSION = 2  # 2: log_time_ms, registered client ids, RegisterClient, Tick
 MAX_UINT64 = 2**64 - 1
 MAX_INT64 = 2**63 - 1
 
@@ -37,13 +40,15 @@ class CommandKind(enum.Enum):
     SEND = "send"
     ACK = "ack"
     DELETE_ACCOUNT = "delete_account"
+    REGISTER_CLIENT = "register_client"
+    TICK = "tick"
 
 
 @dataclass(frozen=True, slots=True)
 class RequestId:
     """Identifies a client write so that a retry is applied once (thesis §6.3)."""
 
-    client_id: str  # random per client process
+    client_id: int  # the log index of the client's RegisterClient entry
     seq: int  # increases by one per write of that client
     first_outstanding: int  # the client holds a reply for every seq below this one
 
@@ -52,6 +57,7 @@ class RequestId:
 class Register:
     KIND: ClassVar[CommandKind] = CommandKind.REGISTER
     timestamp_ms: int
+    log_time_ms: int
     request: RequestId | None
     username: str
     password_hash: PasswordHash  # salted by the accepting node
@@ -65,6 +71,7 @@ class Login:
 
     KIND: ClassVar[CommandKind] = CommandKind.LOGIN
     timestamp_ms: int
+    log_time_ms: int
     request: RequestId | None
     username: str
     token: str  # drawn by the accepting node
@@ -75,6 +82,7 @@ class Login:
 class Logout:
     KIND: ClassVar[CommandKind] = CommandKind.LOGOUT
     timestamp_ms: int
+    log_time_ms: int
     request: RequestId | None
     token: str
 
@@ -83,6 +91,7 @@ class Logout:
 class Send:
     KIND: ClassVar[CommandKind] = CommandKind.SEND
     timestamp_ms: int
+    log_time_ms: int
     request: RequestId | None
     token: str
     recipient: str
@@ -93,6 +102,7 @@ class Send:
 class Ack:
     KIND: ClassVar[CommandKind] = CommandKind.ACK
     timestamp_ms: int
+    log_time_ms: int
     request: RequestId | None
     token: str
     up_to_id: int  # cumulative: every queued message with id <= up_to_id leaves the queue
@@ -104,11 +114,32 @@ class DeleteAccount:
 
     KIND: ClassVar[CommandKind] = CommandKind.DELETE_ACCOUNT
     timestamp_ms: int
+    log_time_ms: int
     request: RequestId | None
     token: str
 
 
-Command = Register | Login | Logout | Send | Ack | DeleteAccount
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegisterClient:
+    """Opens a client session for deduplication; its log index becomes the client id."""
+
+    KIND: ClassVar[CommandKind] = CommandKind.REGISTER_CLIENT
+    timestamp_ms: int
+    log_time_ms: int
+    request: None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Tick:
+    """Moves log time on when nothing else does, so sessions expire on a quiet cluster."""
+
+    KIND: ClassVar[CommandKind] = CommandKind.TICK
+    timestamp_ms: int
+    log_time_ms: int
+    request: None = None
+
+
+Command = Register | Login | Logout | Send | Ack | DeleteAccount | RegisterClient | Tick
 
 
 # --- encoding ---------------------------------------------------------------------------------
@@ -146,6 +177,8 @@ def _fields(cmd: Command) -> dict[str, Any]:
             "token": cmd.token,
             "verified_digest": _b64(cmd.verified_digest),
         }
+    if isinstance(cmd, RegisterClient | Tick):
+        return {}
     return {"token": cmd.token}  # Logout, DeleteAccount
 
 
@@ -161,6 +194,7 @@ def encode(cmd: Command) -> bytes:
     obj = _fields(cmd)
     obj["kind"] = cmd.KIND.value
     obj["timestamp_ms"] = cmd.timestamp_ms
+    obj["log_time_ms"] = cmd.log_time_ms
     obj["request"] = _request_json(cmd.request)
     return bytes((COMMAND_FORMAT_VERSION,)) + canonical_json(obj)
 
@@ -215,7 +249,7 @@ def _get_bytes(
 
 _REQUEST_KEYS = frozenset({"client_id", "seq", "first_outstanding"})
 _HASH_KEYS = frozenset({"salt", "n", "r", "p", "digest"})
-_COMMON_KEYS = frozenset({"kind", "timestamp_ms", "request"})
+_COMMON_KEYS = frozenset({"kind", "timestamp_ms", "log_time_ms", "request"})
 
 
 def _decode_request(obj: object) -> RequestId | None:
@@ -223,7 +257,7 @@ def _decode_request(obj: object) -> RequestId | None:
         return None
     r = _object(obj, "request", _REQUEST_KEYS)
     return RequestId(
-        _get_str(r, "client_id", "request"),
+        _get_int(r, "client_id", "request", 1, MAX_INT64),
         _get_int(r, "seq", "request"),
         _get_int(r, "first_outstanding", "request"),
     )
@@ -251,18 +285,20 @@ def password_hash_from_json(obj: object, where: str = "password_hash") -> Passwo
 _Fields = dict[str, object]
 
 
-def _decode_register(o: _Fields, ts: int, req: RequestId | None) -> Command:
+def _decode_register(o: _Fields, ts: int, lt: int, req: RequestId | None) -> Command:
     return Register(
         timestamp_ms=ts,
+        log_time_ms=lt,
         request=req,
         username=_get_str(o, "username", "register"),
         password_hash=password_hash_from_json(o["password_hash"]),
     )
 
 
-def _decode_login(o: _Fields, ts: int, req: RequestId | None) -> Command:
+def _decode_login(o: _Fields, ts: int, lt: int, req: RequestId | None) -> Command:
     return Login(
         timestamp_ms=ts,
+        log_time_ms=lt,
         request=req,
         username=_get_str(o, "username", "login"),
         token=_get_str(o, "token", "login"),
@@ -270,13 +306,16 @@ def _decode_login(o: _Fields, ts: int, req: RequestId | None) -> Command:
     )
 
 
-def _decode_logout(o: _Fields, ts: int, req: RequestId | None) -> Command:
-    return Logout(timestamp_ms=ts, request=req, token=_get_str(o, "token", "logout"))
+def _decode_logout(o: _Fields, ts: int, lt: int, req: RequestId | None) -> Command:
+    return Logout(
+        timestamp_ms=ts, log_time_ms=lt, request=req, token=_get_str(o, "token", "logout")
+    )
 
 
-def _decode_send(o: _Fields, ts: int, req: RequestId | None) -> Command:
+def _decode_send(o: _Fields, ts: int, lt: int, req: RequestId | None) -> Command:
     return Send(
         timestamp_ms=ts,
+        log_time_ms=lt,
         request=req,
         token=_get_str(o, "token", "send"),
         recipient=_get_str(o, "recipient", "send"),
@@ -284,20 +323,34 @@ def _decode_send(o: _Fields, ts: int, req: RequestId | None) -> Command:
     )
 
 
-def _decode_ack(o: _Fields, ts: int, req: RequestId | None) -> Command:
+def _decode_ack(o: _Fields, ts: int, lt: int, req: RequestId | None) -> Command:
     return Ack(
         timestamp_ms=ts,
+        log_time_ms=lt,
         request=req,
         token=_get_str(o, "token", "ack"),
         up_to_id=_get_int(o, "up_to_id", "ack"),
     )
 
 
-def _decode_delete(o: _Fields, ts: int, req: RequestId | None) -> Command:
-    return DeleteAccount(timestamp_ms=ts, request=req, token=_get_str(o, "token", "delete_account"))
+def _decode_delete(o: _Fields, ts: int, lt: int, req: RequestId | None) -> Command:
+    token = _get_str(o, "token", "delete_account")
+    return DeleteAccount(timestamp_ms=ts, log_time_ms=lt, request=req, token=token)
 
 
-_Decoder = Callable[[_Fields, int, RequestId | None], Command]
+def _decode_register_client(o: _Fields, ts: int, lt: int, req: RequestId | None) -> Command:
+    if req is not None:
+        raise CommandDecodeError("register_client: carries no request id")
+    return RegisterClient(timestamp_ms=ts, log_time_ms=lt)
+
+
+def _decode_tick(o: _Fields, ts: int, lt: int, req: RequestId | None) -> Command:
+    if req is not None:
+        raise CommandDecodeError("tick: carries no request id")
+    return Tick(timestamp_ms=ts, log_time_ms=lt)
+
+
+_Decoder = Callable[[_Fields, int, int, RequestId | None], Command]
 _DECODERS: dict[object, tuple[frozenset[str], _Decoder]] = {
     CommandKind.REGISTER.value: (_COMMON_KEYS | {"username", "password_hash"}, _decode_register),
     CommandKind.LOGIN.value: (
@@ -308,6 +361,8 @@ _DECODERS: dict[object, tuple[frozenset[str], _Decoder]] = {
     CommandKind.SEND.value: (_COMMON_KEYS | {"token", "recipient", "text"}, _decode_send),
     CommandKind.ACK.value: (_COMMON_KEYS | {"token", "up_to_id"}, _decode_ack),
     CommandKind.DELETE_ACCOUNT.value: (_COMMON_KEYS | {"token"}, _decode_delete),
+    CommandKind.REGISTER_CLIENT.value: (_COMMON_KEYS, _decode_register_client),
+    CommandKind.TICK.value: (_COMMON_KEYS, _decode_tick),
 }
 
 
@@ -331,4 +386,5 @@ def decode(data: bytes) -> Command:
     keys, decoder = entry
     fields = _object(obj, str(kind), keys)
     ts = _get_int(fields, "timestamp_ms", "command", 0, MAX_INT64)
-    return decoder(fields, ts, _decode_request(fields["request"]))
+    lt = _get_int(fields, "log_time_ms", "command", 0, MAX_INT64)
+    return decoder(fields, ts, lt, _decode_request(fields["request"]))

@@ -21,6 +21,13 @@ class ErrorCode(enum.Enum):
     NOT_FOUND = "NOT_FOUND"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     PERMISSION_DENIED = "PERMISSION_DENIED"  # not refused by the state machine; for the server
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"  # a client session that expired (see Reason)
+
+
+class Reason(enum.Enum):
+    """A machine-readable reason beside the code, where the client must act on it."""
+
+    CLIENT_EXPIRED = "client-expired"  # register again; earlier requests' outcomes are unknown
 
 
 class ChatMachineError(Exception):
@@ -31,10 +38,11 @@ class ChatError(ChatMachineError):
     """A request refused by a chat rule. A value too: equal when code and message are equal,
     because `apply` returns it (and a retried request gets the same one back)."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str, reason: Reason | None = None) -> None:
         super().__init__(code, message)
         self.code = code
         self.message = message
+        self.reason = reason
 
     def __str__(self) -> str:
         return f"{self.code.value}: {self.message}"
@@ -45,14 +53,18 @@ class ChatError(ChatMachineError):
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ChatError):
             return NotImplemented
-        return self.code is other.code and self.message == other.message
+        return (
+            self.code is other.code
+            and self.message == other.message
+            and self.reason is other.reason
+        )
 
     def __hash__(self) -> int:
         return hash((self.code, self.message))
 
     def copy(self) -> ChatError:
         """A fresh instance (no traceback attached), to hand out a stored error again."""
-        return ChatError(self.code, self.message)
+        return ChatError(self.code, self.message, self.reason)
 
 
 class CommandDecodeError(ChatMachineError):

@@ -17,7 +17,7 @@ class ChatMessage:
     sender: str  # as registered
     recipient: str  # as registered
     text: str
-    timestamp_ms: int  # log time at apply: never below an earlier message's
+    timestamp_ms: int  # the accepting node's wall clock: shown, never used for expiry
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +55,26 @@ class DeleteAccountReply:
     username: str
 
 
-Reply = RegisterReply | LoginReply | LogoutReply | SendReply | AckReply | DeleteAccountReply
+@dataclass(frozen=True, slots=True)
+class RegisterClientReply:
+    client_id: int  # the entry's log index
+
+
+@dataclass(frozen=True, slots=True)
+class TickReply:
+    pass
+
+
+Reply = (
+    RegisterReply
+    | LoginReply
+    | LogoutReply
+    | SendReply
+    | AckReply
+    | DeleteAccountReply
+    | RegisterClientReply
+    | TickReply
+)
 Outcome = Reply | ChatError
 
 

@@ -1,15 +1,17 @@
 """The chat state machine: what the committed log builds, and the reads served from it.
 
 `ChatState.apply(index, data)` is deterministic: the state after a sequence of entries depends
-on those entries alone. There is no clock (log time is the largest `timestamp_ms` applied so
+on those entries alone. There is no clock (log time is the largest `log_time_ms` applied so
 far; session and client expiry are measured in it), no randomness, no set iteration, and every
 dict is iterated in an order the applied commands fixed. Two replicas fed the same entries have
 equal `snapshot()` bytes and equal `digest()`. The limits (ChatLimits) take part in apply, so
 every node of a cluster must run with the same ones.
 
-Log time comes from the accepting nodes' clocks: a node whose clock runs far ahead moves it on
-for everyone (sessions and client sessions then expire early); one whose clock lags cannot move
-it back.
+Log time is stamped by the leader (node.logclock): it moves at most as fast as the leader's
+monotonic clock, so a wall clock that jumps ahead cannot expire anything early. Client sessions
+are registered in the log (thesis §6.3): a client id is the index of its RegisterClient entry,
+and a request from an id that was issued but is no longer remembered (idle past client_idle_s,
+or evicted) is refused as expired, never applied as new.
 
 Reads (`authenticate`, `list_accounts`, `history`, `queue`, `account_hash`) never mutate.
 
@@ -38,8 +40,10 @@ from node.chat.commands import (
     Login,
     Logout,
     Register,
+    RegisterClient,
     RequestId,
     Send,
+    Tick,
     canonical_json,
     decode,
     password_hash_from_json,
@@ -50,6 +54,7 @@ from node.chat.errors import (
     CommandDecodeError,
     ErrorCode,
     InvariantError,
+    Reason,
     SnapshotDecodeError,
 )
 from node.chat.passwords import PasswordHash
@@ -61,9 +66,11 @@ from node.chat.replies import (
     LoginReply,
     LogoutReply,
     Outcome,
+    RegisterClientReply,
     RegisterReply,
     Reply,
     SendReply,
+    TickReply,
 )
 from node.chat.validation import (
     check_request_id,
@@ -79,10 +86,12 @@ from node.chat.validation import (
 )
 from node.config import ChatLimits
 
-SNAPSHOT_FORMAT_VERSION = 1
+SNAPSHOT_FORMAT_VERSION = 2  # 2: registered client ids
 # Bounds that keep one misbehaving client or user from growing the state without limit.
 MAX_SESSIONS_PER_ACCOUNT = 64  # a login beyond it ends that account's least recently used one
 MAX_REPLIES_PER_CLIENT = 256  # outstanding requests remembered per client (thesis §6.3)
+MAX_CLIENTS = 65_536  # client sessions; registering one more expires the least recently used
+CLIENT_EXPIRED_TEXT = "client session expired: the outcome of earlier requests is unknown"
 
 _WILDCARDS = "*?["
 
@@ -140,7 +149,7 @@ class ChatState:
         self._session_idle_ms = limits.session_idle_s * 1000
         self._client_idle_ms = limits.client_idle_s * 1000
         self._applied_index = 0
-        self._log_time_ms = 0  # the largest timestamp_ms applied so far
+        self._log_time_ms = 0  # the largest log_time_ms applied so far
         self._next_message_id = 1
         self._accounts: dict[str, _Account] = {}  # username_key -> account
         self._names: list[str] = []  # sorted keys of _accounts
@@ -148,7 +157,8 @@ class ChatState:
         # last_used_ms is non-decreasing along this order and expiry pops from the front)
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         # client id -> client session, least recently active first (same argument)
-        self._clients: OrderedDict[str, _Client] = OrderedDict()
+        self._clients: OrderedDict[int, _Client] = OrderedDict()
+        self._highest_client_id = 0  # every id at or below it was issued or never existed
         self._digest: str | None = None  # cache of digest(); None when stale
 
     # --- properties -----------------------------------------------------------------------
@@ -179,7 +189,7 @@ class ChatState:
         """Clients remembered for deduplication."""
         return len(self._clients)
 
-    def remembered_replies(self, client_id: str) -> int:
+    def remembered_replies(self, client_id: int) -> int:
         """How many replies are kept for `client_id` (0 if it is not remembered)."""
         client = self._clients.get(client_id)
         return 0 if client is None else len(client.replies)
@@ -215,7 +225,7 @@ class ChatState:
         return self._apply(index, cmd)
 
     def _apply(self, index: int, cmd: Command) -> ApplyResult:
-        now = self._log_time_ms = max(self._log_time_ms, cmd.timestamp_ms)
+        now = self._log_time_ms = max(self._log_time_ms, cmd.log_time_ms)
         ended: list[str] = []
         self._expire(now, ended)
         request = cmd.request
@@ -225,19 +235,40 @@ class ChatState:
             except ChatError as exc:
                 return ApplyResult(index, exc.copy(), request, ended_tokens=tuple(ended))
             client = self._clients.get(request.client_id)
-            if client is not None:
-                early = self._answer_again(client, request, cmd.KIND, now)
-                if early is not None:
-                    return ApplyResult(index, early[0], request, early[1], None, tuple(ended))
+            if client is None:
+                refusal = self._unknown_client(request.client_id)
+                return ApplyResult(index, refusal, request, ended_tokens=tuple(ended))
+            early = self._answer_again(client, request, cmd.KIND, now)
+            if early is not None:
+                return ApplyResult(index, early[0], request, early[1], None, tuple(ended))
         message: ChatMessage | None = None
         outcome: Outcome
         try:
-            outcome, message = self._execute(cmd, now, ended)
+            outcome, message = self._execute(index, cmd, now, ended)
         except ChatError as exc:
             outcome = exc.copy()  # no traceback kept alive by the dedup table
         if request is not None:
             self._remember(request, cmd.KIND, outcome, now)
         return ApplyResult(index, outcome, request, False, message, tuple(ended))
+
+    def _unknown_client(self, client_id: int) -> ChatError:
+        if client_id <= self._highest_client_id:
+            return ChatError(
+                ErrorCode.FAILED_PRECONDITION,
+                f"{CLIENT_EXPIRED_TEXT} (client {client_id}); register a new client session",
+                Reason.CLIENT_EXPIRED,
+            )
+        return ChatError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"client id {client_id} was never registered: call RegisterClient first",
+        )
+
+    def _register_client(self, index: int, now: int) -> Reply:
+        self._clients[index] = _Client(0, now)
+        self._highest_client_id = index
+        while len(self._clients) > MAX_CLIENTS:
+            self._clients.popitem(last=False)
+        return RegisterClientReply(index)
 
     def _answer_again(
         self, client: _Client, request: RequestId, kind: CommandKind, now: int
@@ -247,7 +278,7 @@ class ChatState:
             return (
                 ChatError(
                     ErrorCode.INVALID_ARGUMENT,
-                    f"request {request.seq} of client {show(request.client_id)} is stale: the "
+                    f"request {request.seq} of client {request.client_id} is stale: the "
                     f"client said it holds replies for every request below "
                     f"{client.first_outstanding}",
                 ),
@@ -263,7 +294,7 @@ class ChatState:
             return (
                 ChatError(
                     ErrorCode.INVALID_ARGUMENT,
-                    f"request {request.seq} of client {show(request.client_id)} was a "
+                    f"request {request.seq} of client {request.client_id} was a "
                     f"{stored_kind.value}; its id cannot be reused for a {kind.value}",
                 ),
                 False,
@@ -274,12 +305,10 @@ class ChatState:
 
     def _remember(self, request: RequestId, kind: CommandKind, outcome: Outcome, now: int) -> None:
         client = self._clients.get(request.client_id)
-        if client is None:
-            client = _Client(request.first_outstanding, now)
-            self._clients[request.client_id] = client
-        else:
-            client.last_used_ms = now
-            self._clients.move_to_end(request.client_id)
+        if client is None:  # _apply refuses unknown clients before executing anything
+            raise InvariantError(f"client {request.client_id} is not registered")
+        client.last_used_ms = now
+        self._clients.move_to_end(request.client_id)
         replies = client.replies
         replies[request.seq] = (kind, outcome)
         if request.first_outstanding > client.first_outstanding:
@@ -333,8 +362,12 @@ class ChatState:
         return account
 
     def _execute(
-        self, cmd: Command, now: int, ended: list[str]
+        self, index: int, cmd: Command, now: int, ended: list[str]
     ) -> tuple[Reply, ChatMessage | None]:
+        if isinstance(cmd, Tick):
+            return TickReply(), None
+        if isinstance(cmd, RegisterClient):
+            return self._register_client(index, now), None
         if isinstance(cmd, Send):
             return self._send(cmd, now)
         if isinstance(cmd, Ack):
@@ -395,14 +428,14 @@ class ChatState:
                 "the most a queue holds; try again once some are read",
             )
         message = ChatMessage(
-            self._next_message_id, sender.username, recipient.username, cmd.text, now
+            self._next_message_id, sender.username, recipient.username, cmd.text, cmd.timestamp_ms
         )
         self._next_message_id += 1
         recipient.queue.append(message)
         self._history(sender, username_key(recipient.username)).append(message)
         if recipient is not sender:
             self._history(recipient, username_key(sender.username)).append(message)
-        return SendReply(message.id, now), message
+        return SendReply(message.id, message.timestamp_ms), message
 
     def _history(self, account: _Account, other_key: str) -> deque[ChatMessage]:
         history = account.history.get(other_key)
@@ -541,6 +574,7 @@ class ChatState:
         doc = {
             "applied_index": self._applied_index,
             "log_time_ms": self._log_time_ms,
+            "highest_client_id": self._highest_client_id,
             "next_message_id": self._next_message_id,
             "messages": [
                 [m.id, m.sender, m.recipient, m.text, m.timestamp_ms]
@@ -587,6 +621,7 @@ class ChatState:
 _STATE_FIELDS = (
     "_applied_index",
     "_log_time_ms",
+    "_highest_client_id",
     "_next_message_id",
     "_accounts",
     "_names",
@@ -633,7 +668,10 @@ def _outcome_json(kind: CommandKind, outcome: Outcome) -> list[Any]:
         return [kind.value, "register", outcome.username]
     if isinstance(outcome, LogoutReply):
         return [kind.value, "logout", outcome.username]
-    return [kind.value, "delete_account", outcome.username]
+    if isinstance(outcome, DeleteAccountReply):
+        return [kind.value, "delete_account", outcome.username]
+    # RegisterClient and Tick carry no request id, so the dedup table never holds their replies
+    raise InvariantError(f"no stored form for {outcome!r}")
 
 
 def _bad(what: str) -> NoReturn:
@@ -698,6 +736,7 @@ def _load_snapshot(data: bytes, limits: ChatLimits) -> ChatState:
     keys = {
         "applied_index",
         "log_time_ms",
+        "highest_client_id",
         "next_message_id",
         "messages",
         "accounts",
@@ -709,6 +748,7 @@ def _load_snapshot(data: bytes, limits: ChatLimits) -> ChatState:
     state = ChatState(limits)
     state._applied_index = _int(doc["applied_index"], "applied_index")
     state._log_time_ms = _int(doc["log_time_ms"], "log_time_ms")
+    state._highest_client_id = _int(doc["highest_client_id"], "highest_client_id")
     state._next_message_id = _int(doc["next_message_id"], "next_message_id")
 
     messages: dict[int, ChatMessage] = {}
@@ -781,8 +821,12 @@ def _load_snapshot(data: bytes, limits: ChatLimits) -> ChatState:
     last_used = 0
     for row in _list(doc["clients"], "clients"):
         client_id, first_outstanding, used, replies = _list(row, "client", 4)
-        client_id, used = _str(client_id, "client id"), _int(used, "client last_used_ms")
-        if client_id in state._clients or used < last_used:
+        client_id, used = _int(client_id, "client id"), _int(used, "client last_used_ms")
+        if (
+            client_id in state._clients
+            or used < last_used
+            or not 0 < client_id <= state._highest_client_id
+        ):
             _bad(f"client {client_id!r}: repeated or out of order")
         client = _Client(_int(first_outstanding, "first_outstanding"), used)
         for reply in _list(replies, "client replies"):

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import re
 
-from node.chat.commands import MAX_UINT64, RequestId
+from node.chat.commands import MAX_INT64, MAX_UINT64, RequestId
 from node.chat.errors import ChatError, ErrorCode
 from node.config import ChatLimits
 
 MAX_PASSWORD_CHARS = 1024
 MAX_PATTERN_CHARS = 128
 MAX_TOKEN_CHARS = 128
-MAX_CLIENT_ID_CHARS = 128
 
 _USERNAME_CHAR = re.compile(r"[A-Za-z0-9_.\-]")
 _USERNAME = re.compile(r"[A-Za-z0-9_.\-]+")
@@ -141,18 +140,16 @@ def validate_token(token: str) -> str:
     return token
 
 
-def check_request_id(client_id: str, seq: int, first_outstanding: int) -> None:
+def check_request_id(client_id: int, seq: int, first_outstanding: int) -> None:
     """Raises INVALID_ARGUMENT unless this is a well-formed request id (thesis §6.3):
-    a non-empty client id, `first_outstanding <= seq`, both uint64."""
-    if not client_id:
-        raise _invalid("request id: client id must not be empty")
-    if len(client_id) > MAX_CLIENT_ID_CHARS:
+    a registered client id (positive: the log index of its RegisterClient entry, which the
+    state machine checks), `first_outstanding <= seq`, all within int64."""
+    if not 0 < client_id <= MAX_INT64:
         raise _invalid(
-            f"request id: client id is {len(client_id)} characters long; "
-            f"the limit is {MAX_CLIENT_ID_CHARS}"
+            f"request id: client id {client_id} is not one the cluster handed out: "
+            "call RegisterClient first"
         )
-    _check_utf8("request id: client id", client_id)
-    if not 0 <= seq <= MAX_UINT64:
+    if not 0 <= seq <= MAX_INT64:
         raise _invalid(f"request id: sequence number {seq} is out of range")
     if not 0 <= first_outstanding <= seq:
         raise _invalid(
@@ -161,7 +158,7 @@ def check_request_id(client_id: str, seq: int, first_outstanding: int) -> None:
         )
 
 
-def validate_request_id(client_id: str, seq: int, first_outstanding: int) -> RequestId:
+def validate_request_id(client_id: int, seq: int, first_outstanding: int) -> RequestId:
     """A client's request id, checked (see check_request_id)."""
     check_request_id(client_id, seq, first_outstanding)
     return RequestId(client_id=client_id, seq=seq, first_outstanding=first_outstanding)

@@ -5,7 +5,6 @@ election timeout); speed is the benchmark's business."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from pathlib import Path
 
@@ -26,14 +25,28 @@ ELECTION_BOUND_S = 5 * 0.4  # 5x the default maximum election timeout
 class Session:
     """A bare client with a request-id counter (the real client library is client/api.py)."""
 
-    _ids = itertools.count(1)
-
     def __init__(self, address: str) -> None:
         self.channel = grpc.aio.insecure_channel(address)
         self.stub = pbg.ChatStub(self.channel)
-        self.client_id = f"test-{next(self._ids)}"
+        self.client_id = 0
         self.seq = 0
         self.token = ""
+
+    @classmethod
+    async def open(cls, address: str) -> Session:
+        """A session with a client id registered in the log (thesis §6.3)."""
+        session = cls(address)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                reply = await session.stub.RegisterClient(pb.RegisterClientRequest(), timeout=5)
+                break
+            except grpc.aio.AioRpcError as err:  # a node that just started may know no leader
+                if err.code() is not grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+        session.client_id = reply.client_id
+        return session
 
     def rid(self, seq: int | None = None) -> pb.RequestId:
         if seq is None:
@@ -82,7 +95,10 @@ def test_register_login_send_subscribe_ack(nodes: NodeProcesses) -> None:
         nodes.start_all()
         leader = await nodes.wait_leader()
         follower = next(n for n in nodes.ids if n != leader)
-        alice, bob = Session(nodes.address(follower)), Session(nodes.address(leader))
+        alice, bob = (
+            await Session.open(nodes.address(follower)),
+            await Session.open(nodes.address(leader)),
+        )
         await alice.register_and_login("alice")  # through a follower: forwarded
         await bob.register_and_login("bob")
         ids = [(await alice.send("bob", f"m{i}")).message_id for i in range(5)]
@@ -123,7 +139,7 @@ def test_errors_are_status_codes_a_person_can_read(nodes: NodeProcesses) -> None
     async def scenario() -> None:
         nodes.start_all()
         leader = await nodes.wait_leader()
-        s = Session(nodes.address(leader))
+        s = await Session.open(nodes.address(leader))
         await s.register_and_login("carol")
         cases = [
             (lambda: s.send("nobody", "hi"), grpc.StatusCode.NOT_FOUND, "nobody"),
@@ -179,7 +195,7 @@ def test_leader_sigkill_then_retry_with_the_same_request_id_applies_once(
         nodes.start_all()
         leader = await nodes.wait_leader()
         others = [n for n in nodes.ids if n != leader]
-        a = Session(nodes.address(others[0]))
+        a = await Session.open(nodes.address(others[0]))
         await a.register_and_login("dave")
         first = await a.send("dave", "once")
         nodes.kill(leader)
@@ -188,7 +204,7 @@ def test_leader_sigkill_then_retry_with_the_same_request_id_applies_once(
         assert time.monotonic() - started < ELECTION_BOUND_S
         # The same request id, retried on whichever node leads now (leadership may move
         # again on a loaded machine: UNAVAILABLE means "try again", never "failed").
-        retry = Session(nodes.address(new_leader))
+        retry = await Session.open(nodes.address(new_leader))
         retry.client_id, retry.token = a.client_id, a.token
         deadline = time.monotonic() + 10
         while True:
@@ -199,7 +215,7 @@ def test_leader_sigkill_then_retry_with_the_same_request_id_applies_once(
                 assert err.code() is grpc.StatusCode.UNAVAILABLE, err.details()
                 assert time.monotonic() < deadline
                 await retry.close()
-                retry = Session(nodes.address(await nodes.wait_leader(among=others)))
+                retry = await Session.open(nodes.address(await nodes.wait_leader(among=others)))
                 retry.client_id, retry.token = a.client_id, a.token
         assert again.message_id == first.message_id
         leader_now = await nodes.wait_leader(among=others)
@@ -217,7 +233,7 @@ def test_full_stop_and_cold_restart_keeps_every_acknowledged_message(
     async def scenario() -> list[int]:
         nodes.start_all()
         leader = await nodes.wait_leader()
-        s = Session(nodes.address(leader))
+        s = await Session.open(nodes.address(leader))
         await s.register_and_login("erin")
         acked = [(await s.send("erin", f"keep {i}")).message_id for i in range(20)]
         await s.close()
@@ -230,7 +246,7 @@ def test_full_stop_and_cold_restart_keeps_every_acknowledged_message(
     async def after() -> None:
         nodes.start_all()
         leader = await nodes.wait_leader()
-        s = Session(nodes.address(leader))
+        s = await Session.open(nodes.address(leader))
         reply = await s.stub.Login(
             pb.LoginRequest(request=s.rid(), username="erin", password="pw"), timeout=10
         )
@@ -254,7 +270,7 @@ def test_no_majority_answers_unavailable_within_an_election_timeout(nodes: NodeP
     async def scenario() -> None:
         nodes.start_all()
         leader = await nodes.wait_leader()
-        s = Session(nodes.address(leader))
+        s = await Session.open(nodes.address(leader))
         await s.register_and_login("fred")
         for n in nodes.ids:
             if n != leader:
@@ -307,7 +323,7 @@ def test_a_corrupted_log_stops_its_node_with_a_clear_error(nodes: NodeProcesses)
     async def scenario() -> None:
         nodes.start_all()
         leader = await nodes.wait_leader()
-        s = Session(nodes.address(leader))
+        s = await Session.open(nodes.address(leader))
         await s.register_and_login("gina")
         for i in range(10):
             await s.send("gina", f"m{i}")
@@ -338,7 +354,7 @@ def test_a_follower_behind_the_compacted_log_is_restored_by_install_snapshot(
         leader = await nodes.wait_leader()
         lagging = next(n for n in nodes.ids if n != leader)
         nodes.kill(lagging)
-        s = Session(nodes.address(leader))
+        s = await Session.open(nodes.address(leader))
         await s.register_and_login("hank")
         for i in range(60):
             await s.send("hank", f"m{i}")
@@ -369,7 +385,7 @@ def test_subscription_ends_with_unavailable_when_the_leader_steps_down(
     async def scenario() -> None:
         nodes.start_all()
         leader = await nodes.wait_leader()
-        s = Session(nodes.address(leader))
+        s = await Session.open(nodes.address(leader))
         await s.register_and_login("ivy")
         async with grpc.aio.insecure_channel(nodes.address(leader)) as ch:
             call = pbg.ChatStub(ch).Subscribe(pb.SubscribeRequest(token=s.token), timeout=20)
@@ -407,7 +423,7 @@ def test_retried_delete_account_and_login_get_their_first_answer(nodes: NodeProc
     async def scenario() -> None:
         nodes.start_all()
         leader = await nodes.wait_leader()
-        s = Session(nodes.address(leader))
+        s = await Session.open(nodes.address(leader))
         await s.register_and_login("jill")
         login_rid = s.rid()
         first = await s.stub.Login(
