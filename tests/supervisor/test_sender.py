@@ -1,0 +1,168 @@
+"""supervisor/sender.py against the fake cluster's scripted faults (tests/client/fakechat.py):
+the semantics the history check relies on.
+
+- every write carries (client_id, seq, first_outstanding): seq +1 per write, first_outstanding
+  the lowest seq still without an answer;
+- a write whose outcome is unknown (deadline, lost connection, UNKNOWN, INTERNAL, UNAVAILABLE) is
+  resent with the same id until answered, and the cluster applies it once; one never answered
+  raises OutcomeUnknownError, and stays outstanding;
+- only a definite refusal raises RefusedError, after one attempt;
+- UNAVAILABLE with a leader in trailing metadata sends the next attempt to that leader;
+- a drain reads every queued message once, across a stream that breaks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from supervisor.sender import (
+    NoAnswerError,
+    OutcomeUnknownError,
+    RefusedError,
+    RequestIds,
+    Sender,
+)
+from tests.client.fakechat import FakeCluster, Fault
+
+UNKNOWN_OUTCOMES = [
+    Fault.APPLY_THEN_HANG,
+    Fault.APPLY_THEN_UNKNOWN,
+    Fault.APPLY_THEN_INTERNAL,
+    Fault.APPLY_THEN_CRASH,
+    Fault.NO_MAJORITY,
+]
+
+
+def sender_for(cluster: FakeCluster, **options: float) -> Sender:
+    addresses = {name: cluster.address(name) for name in cluster.names}
+    return Sender(addresses, call_timeout_s=options.pop("call_timeout_s", 0.5), **options)
+
+
+async def session(cluster: FakeCluster, sender: Sender, *names: str) -> str:
+    """Register every name; log in as the first; its token."""
+    for name in names:
+        await sender.register(name, "pw", timeout_s=5)
+    return await sender.login(names[0], "pw", timeout_s=5)
+
+
+def send_ids(cluster: FakeCluster) -> list[tuple[str, int, int]]:
+    return [r.request_id for r in cluster.calls("Send") if r.request_id is not None]
+
+
+def test_request_ids_come_from_one_place() -> None:
+    ids = RequestIds("t")
+    first, second = ids.begin(), ids.begin()
+    assert (first, second) == (1, 2)
+    assert ids.request_id(second).first_outstanding == 1  # 1 still has no answer
+    ids.answered(first)
+    rid = ids.request_id(second)
+    assert (rid.client_id, rid.seq, rid.first_outstanding) == (ids.client_id, 2, 2)
+    assert RequestIds("t").client_id != ids.client_id  # a client id per RequestIds
+
+
+@pytest.mark.parametrize("fault", UNKNOWN_OUTCOMES, ids=lambda f: f.name.lower())
+async def test_an_unknown_outcome_is_resent_with_its_id_and_applied_once(fault: Fault) -> None:
+    async with FakeCluster() as cluster, sender_for(cluster, call_timeout_s=0.3) as sender:
+        token = await session(cluster, sender, "alice", "bob")
+        cluster.script("a", "Send", fault)
+        reply = await sender.send(token, "bob", "exactly once", timeout_s=10)
+        attempts = send_ids(cluster)
+        assert len(attempts) >= 2  # the first attempt's answer was lost
+        assert {(c, s) for c, s, _ in attempts} == {(sender.ids.client_id, attempts[0][1])}
+        assert cluster.queued("bob") == [reply.message_id]  # applied once
+        assert cluster.sent_texts("alice", "bob") == ["exactly once"]
+
+
+async def test_a_definite_refusal_is_sent_once_and_answered() -> None:
+    async with FakeCluster() as cluster, sender_for(cluster) as sender:
+        token = await session(cluster, sender, "alice")
+        with pytest.raises(RefusedError) as refused:
+            await sender.send(token, "nobody", "hello?", timeout_s=5)
+        assert refused.value.code is grpc.StatusCode.NOT_FOUND
+        ((_, seq, _),) = send_ids(cluster)
+        await session(cluster, sender, "bob")
+        await sender.send(token, "bob", "hi", timeout_s=5)
+        _, next_seq, first_outstanding = send_ids(cluster)[-1]
+        assert next_seq > seq and first_outstanding == next_seq  # the refusal is settled
+
+
+async def test_a_write_never_answered_is_unknown_and_stays_outstanding() -> None:
+    async with FakeCluster() as cluster, sender_for(cluster, call_timeout_s=0.2) as sender:
+        token = await session(cluster, sender, "alice", "bob")
+        for name in cluster.names:
+            cluster.pause(name)  # every node takes calls and answers none
+        with pytest.raises(OutcomeUnknownError, match="outcome unknown") as unknown:
+            await sender.send(token, "bob", "lost in the fog", timeout_s=1.0)
+        attempts = send_ids(cluster)
+        assert len(attempts) >= 2 and {s for _, s, _ in attempts} == {unknown.value.seq}
+        for name in cluster.names:
+            cluster.resume(name)
+        await sender.send(token, "bob", "after", timeout_s=5)
+        _, seq, first_outstanding = send_ids(cluster)[-1]
+        assert seq == unknown.value.seq + 1 and first_outstanding == unknown.value.seq
+
+
+async def test_writes_follow_the_leader_named_in_the_answer() -> None:
+    async with FakeCluster() as cluster:
+        cluster.set_leader("c")
+        async with sender_for(cluster) as sender:
+            token = await session(cluster, sender, "alice", "bob")
+            assert [r.node for r in cluster.calls("Register")] == ["a", "c", "c"]
+            await sender.send(token, "bob", "to the leader", timeout_s=5)
+            assert [r.node for r in cluster.calls("Send")] == ["c"]  # remembered
+            cluster.set_leader("b")
+            await sender.send(token, "bob", "again", timeout_s=5)
+            assert [r.node for r in cluster.calls("Send")] == ["c", "c", "b"]
+
+
+async def test_one_write_at_a_time_in_the_order_asked() -> None:
+    async with FakeCluster() as cluster, sender_for(cluster, call_timeout_s=0.3) as sender:
+        token = await session(cluster, sender, "alice", "bob")
+        cluster.script("a", "Send", Fault.APPLY_THEN_HANG)
+        texts = [f"m{i}" for i in range(5)]
+        await asyncio.gather(*(sender.send(token, "bob", t, timeout_s=10) for t in texts))
+        assert cluster.sent_texts("alice", "bob") == texts
+
+
+async def test_history_is_read_from_the_leader() -> None:
+    async with FakeCluster() as cluster:
+        cluster.set_leader("b")
+        async with sender_for(cluster) as sender:
+            token = await session(cluster, sender, "alice", "bob")
+            await sender.send(token, "bob", "one", timeout_s=5)
+            seen = await sender.history(token, "bob", timeout_s=5)
+            assert [m.text for m in seen] == ["one"]
+            await cluster.isolate("a", "b")  # no majority: no answer
+            with pytest.raises(NoAnswerError):
+                await sender.history(token, "bob", timeout_s=0.5)
+
+
+async def test_a_drain_reads_every_message_once_across_a_broken_stream() -> None:
+    async with FakeCluster() as cluster, sender_for(cluster) as sender:
+        token = await session(cluster, sender, "alice", "bob")
+        sent = [
+            (await sender.send(token, "bob", f"m{i}", timeout_s=5)).message_id for i in range(3)
+        ]
+        bob = await sender.login("bob", "pw", timeout_s=5)
+        cluster.duplicate_deliveries = True  # a redelivery is dropped by id
+
+        async def break_then_send() -> None:
+            while not cluster.streams:
+                await asyncio.sleep(0.01)
+            cluster.set_leader("b")  # ends a's streams: not the leader
+            late = sender_for(cluster)
+            try:
+                sent.append((await late.send(token, "bob", "late", timeout_s=5)).message_id)
+            finally:
+                await late.close()
+
+        helper = asyncio.create_task(break_then_send())
+        received = await sender.messages(bob, idle_s=0.5, timeout_s=10)
+        await helper
+        assert [m.id for m in received] == sent
+        assert [m.text for m in received] == ["m0", "m1", "m2", "late"]
+        assert {r.node for r in cluster.calls("Subscribe")} == {"a", "b"}
+        assert cluster.queued("bob") == sent  # nothing acked
