@@ -10,7 +10,10 @@ the snapshot store is SnapshotFiles. Every file operation goes through the file 
 (files.py), which tests replace with one that crashes.
 
 Nothing acknowledged is lost: what sync() returned from is recovered by open(), or open() raises
-StorageCorruptedError naming the file and byte offset. Not thread-safe: one caller at a time.
+StorageCorruptedError naming the file and byte offset. What open() recovers is durable when it
+returns (it fsyncs what it replayed), so the caller may count all of it as stable. A data
+directory of another on-disk format raises StorageFormatError. Not thread-safe: one caller at
+a time.
 
 Standard library only, plus node.raft.types: no asyncio, no grpc, nothing else from chatbooth.
 """
@@ -30,6 +33,7 @@ from node.storage.errors import (
     StorageClosedError,
     StorageCorruptedError,
     StorageError,
+    StorageFormatError,
     StorageIOError,
     StorageLockedError,
     StorageMisuseError,
@@ -51,6 +55,7 @@ __all__ = [
     "StorageClosedError",
     "StorageCorruptedError",
     "StorageError",
+    "StorageFormatError",
     "StorageIOError",
     "StorageLockedError",
     "StorageMisuseError",
@@ -101,8 +106,10 @@ class Storage:
     ) -> Storage:
         """Create `data_dir` if needed, lock it and recover its state.
 
-        Raises StorageLockedError if another process (or another open here) holds it, and
-        StorageCorruptedError if its contents are damaged beyond a torn tail.
+        Raises StorageLockedError if another process (or another open here) holds it,
+        StorageCorruptedError if its contents are damaged beyond a torn tail, and
+        StorageFormatError if an older (or newer) chatbooth wrote it. What it recovers is
+        durable on return.
         """
         fs = fs if fs is not None else RealFileSystem()
         data_dir = Path(data_dir).absolute()

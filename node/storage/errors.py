@@ -25,6 +25,30 @@ class StorageCorruptedError(StorageError):
         super().__init__(f"{path}: corrupted at byte offset {offset}: {reason}")
 
 
+class StorageFormatError(StorageError):
+    """The data directory was written in an on-disk format this build does not read.
+
+    Not damage: an older (or newer) chatbooth wrote it. It is refused, never converted.
+    """
+
+    def __init__(self, path: Path, found: int, supported: int) -> None:
+        self.path = path
+        self.found = found
+        self.supported = supported
+        if found < supported:
+            why = (
+                "it was written by an older chatbooth, and data directories of that version "
+                "are not upgraded in place (they may also hold plaintext session tokens)"
+            )
+        else:
+            why = "it was written by a newer chatbooth"
+        super().__init__(
+            f"{path}: on-disk format version {found}, but this build reads only version "
+            f"{supported}: {why}. Start the cluster afresh with `python -m supervisor up "
+            "--fresh` (that deletes every node's data), or run the chatbooth that wrote it."
+        )
+
+
 class StorageLockedError(StorageError):
     """Another process (or another open in this one) holds the data directory."""
 

@@ -1,8 +1,11 @@
-"""The write-ahead log's byte format: segment headers and checksummed records.
+"""The write-ahead log's byte format (version 2): segment headers, checksummed records, and
+the batch-end records that frame what each fsync made durable.
 
-A segment file is a header followed by records:
+A segment file is a header followed by batches of records:
 
+    segment = header | batch | batch ...
     header  = magic (8 bytes) | version u32 | seq u64 | first_index u64 | crc32 u32
+    batch   = record ... | BATCH_END record
     record  = length u32 | crc32 u32 | type u8 | payload        (little-endian)
 
 `length` counts the type byte and the payload; the crc covers the length field, the type and
@@ -11,6 +14,13 @@ the payload, so a damaged length is caught too. Payloads:
     ENTRY       term u64 | index u64 | kind u8 | data
     HARD_STATE  term u64 | commit u64 | has_vote u8 | vote (UTF-8, present iff has_vote)
     SNAPSHOT    index u64 | term u64 | flags u8            (flag 1: RESET, the log restarts)
+    BATCH_END   length u64 | crc32 u32  of the batch's bytes before it (back to the end of the
+                previous BATCH_END, or of the header)
+
+A batch is everything written between two fsyncs: the log writes BATCH_END just before each
+fsync, so a BATCH_END whose checksum covers its batch proves that every batch before it was
+synced (fsyncs happen in order). That is what tells a torn tail from corruption when a power cut
+wrote an unsynced batch's pages out of order (TRAPS.md). Version 1 had no BATCH_END.
 
 Decoding separates two kinds of damage: a record whose framing or checksum fails (`Torn`: what a
 write cut short by a crash leaves, or a flipped bit; the log decides which) and a record whose
@@ -29,7 +39,7 @@ from dataclasses import dataclass
 from node.raft.types import Entry, EntryKind, HardState, LogIndex, NodeId, Term
 
 SEGMENT_MAGIC = b"\x89CBWAL\r\n"  # the \r\n catches a file mangled by newline translation
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 _SEGMENT_HEADER = struct.Struct("<8sIQQ")
 _CRC = struct.Struct("<I")
@@ -43,13 +53,18 @@ MAX_RECORD_BYTES = 1 << 30  # far above any entry the driver accepts; bounds a d
 _ENTRY = struct.Struct("<QQB")
 _HARD_STATE = struct.Struct("<QQB")
 _SNAPSHOT = struct.Struct("<QQB")
+_BATCH_END = struct.Struct("<QI")
 _RESET_FLAG = 1
+BATCH_END_SIZE = RECORD_HEADER_SIZE + 1 + _BATCH_END.size
+# Every BATCH_END record starts with these bytes: candidates are found with bytes.find.
+_BATCH_END_PREFIX = _LENGTH.pack(1 + _BATCH_END.size)
 
 
 class RecordType(enum.IntEnum):
     ENTRY = 1
     HARD_STATE = 2
     SNAPSHOT = 3
+    BATCH_END = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,12 +80,20 @@ class SnapshotMarker:
     reset: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class BatchEnd:
+    """Closes a batch: the `length` bytes just before this record, whose crc32 is `crc`."""
+
+    length: int
+    crc: int
+
+
 Record = Entry | HardState | SnapshotMarker
 
 
 @dataclass(frozen=True, slots=True)
 class Decoded:
-    record: Record
+    record: Record | BatchEnd
     end: int  # offset just past the record
 
 
@@ -93,6 +116,18 @@ def encode_segment_header(seq: int, first_index: int) -> bytes:
     return head + _CRC.pack(zlib.crc32(head))
 
 
+def segment_version(buf: bytes) -> int | None:
+    """The format version of a segment whose header has our magic number and a good checksum
+    (the header's layout is the same in every version), else None."""
+    if len(buf) < SEGMENT_HEADER_SIZE:
+        return None
+    magic, version, _, _ = _SEGMENT_HEADER.unpack_from(buf, 0)
+    (crc,) = _CRC.unpack_from(buf, _SEGMENT_HEADER.size)
+    if magic != SEGMENT_MAGIC or crc != zlib.crc32(buf[: _SEGMENT_HEADER.size]):
+        return None
+    return int(version)
+
+
 def check_segment_header(buf: bytes, seq: int, first_index: int) -> tuple[int, str] | None:
     """None if `buf` starts with a good header for this segment, else (offset, reason)."""
     if len(buf) < SEGMENT_HEADER_SIZE:
@@ -100,11 +135,11 @@ def check_segment_header(buf: bytes, seq: int, first_index: int) -> tuple[int, s
     magic, version, got_seq, got_first = _SEGMENT_HEADER.unpack_from(buf, 0)
     if magic != SEGMENT_MAGIC:
         return 0, f"bad magic number {magic!r} (not a chatbooth WAL segment)"
-    if version != FORMAT_VERSION:
-        return 8, f"unsupported format version {version} (this build reads {FORMAT_VERSION})"
     (crc,) = _CRC.unpack_from(buf, _SEGMENT_HEADER.size)
     if crc != zlib.crc32(buf[: _SEGMENT_HEADER.size]):
         return _SEGMENT_HEADER.size, "segment header checksum mismatch"
+    if version != FORMAT_VERSION:
+        return 8, f"unsupported format version {version} (this build reads {FORMAT_VERSION})"
     if (got_seq, got_first) != (seq, first_index):
         return 12, (
             f"header says segment {got_seq:#x} starting at index {got_first}, "
@@ -113,8 +148,10 @@ def check_segment_header(buf: bytes, seq: int, first_index: int) -> tuple[int, s
     return None
 
 
-def encode_record(record: Record) -> bytes:
-    if isinstance(record, Entry):
+def encode_record(record: Record | BatchEnd) -> bytes:
+    if isinstance(record, BatchEnd):
+        body = bytes((RecordType.BATCH_END,)) + _BATCH_END.pack(record.length, record.crc)
+    elif isinstance(record, Entry):
         body = (
             bytes((RecordType.ENTRY,))
             + _ENTRY.pack(record.term, record.index, record.kind.value)
@@ -155,24 +192,44 @@ def decode_at(buf: bytes, offset: int) -> Decoded | Torn | Malformed:
     return Decoded(decoded, end)
 
 
-def next_valid_record(buf: bytes, start: int) -> int | None:
-    """The first offset >= `start` where a record parses with a good checksum, if any.
+def batch_end_for(batch: bytes | memoryview) -> bytes:
+    """The BATCH_END record that closes a batch of these bytes."""
+    return encode_record(BatchEnd(len(batch), zlib.crc32(batch)))
 
-    Used to tell a torn tail (nothing valid after the damage) from corruption in the middle.
-    """
-    limit = len(buf) - RECORD_HEADER_SIZE
-    unpack = _RECORD_HEADER.unpack_from
-    for offset in range(start, limit + 1):
-        length, crc = unpack(buf, offset)
-        if length < 1 or offset + RECORD_HEADER_SIZE + length > len(buf):
-            continue
-        body = buf[offset + RECORD_HEADER_SIZE : offset + RECORD_HEADER_SIZE + length]
-        if zlib.crc32(body, zlib.crc32(_LENGTH.pack(length))) == crc:
-            return offset
+
+def closes_batch(buf: bytes, offset: int, end: BatchEnd, start: int) -> str | None:
+    """None if the BATCH_END at `offset` closes the batch that began at `start`, else why not."""
+    if end.length != offset - start:
+        return (
+            f"batch end says the batch is {end.length} bytes, but it began {offset - start} "
+            f"bytes before, at offset {start}"
+        )
+    if zlib.crc32(memoryview(buf)[start:offset]) != end.crc:
+        return f"batch checksum mismatch for the batch from offset {start}"
     return None
 
 
-def _decode_body(body: bytes) -> Record | str:
+def next_complete_batch(buf: bytes, start: int, floor: int) -> int | None:
+    """The offset of the first BATCH_END at or after `start` that proves its batch whole (its
+    own checksum and its batch's both hold, the batch starting at or after `floor`), if any.
+
+    One after damage means the damage was in a batch that had been synced: corruption.
+    """
+    offset = buf.find(_BATCH_END_PREFIX, start)
+    while offset != -1:
+        decoded = decode_at(buf, offset)
+        if isinstance(decoded, Decoded) and isinstance(decoded.record, BatchEnd):
+            batch_start = offset - decoded.record.length
+            if (
+                batch_start >= floor
+                and closes_batch(buf, offset, decoded.record, batch_start) is None
+            ):
+                return offset
+        offset = buf.find(_BATCH_END_PREFIX, offset + 1)
+    return None
+
+
+def _decode_body(body: bytes) -> Record | BatchEnd | str:
     """The record in `body` (type byte and payload), or why it is impossible."""
     kind, payload = body[0], body[1:]
     if kind == RecordType.ENTRY:
@@ -207,4 +264,11 @@ def _decode_body(body: bytes) -> Record | str:
         if flags & ~_RESET_FLAG:
             return f"snapshot marker has unknown flags {flags:#x}"
         return SnapshotMarker(LogIndex(index), Term(term), bool(flags & _RESET_FLAG))
+    if kind == RecordType.BATCH_END:
+        if len(payload) != _BATCH_END.size:
+            return f"batch end record of {len(payload)} bytes, expected {_BATCH_END.size}"
+        length, crc = _BATCH_END.unpack_from(payload, 0)
+        if length == 0:
+            return "batch end of an empty batch"
+        return BatchEnd(length, crc)
     return f"unknown record type {kind}"

@@ -1,24 +1,36 @@
 """The write-ahead log: entries, hard state and snapshot markers in append-only segment files.
 
 In the manner of etcd's WAL. Files are `wal/<seq:016x>-<first_index:016x>.wal`; each holds a
-header (records.py) and then records, and nothing is ever rewritten in place: an entry whose
-index is at or below the last stored one replaces that suffix when the log is replayed.
+header and then batches of records (records.py, format version 2), and nothing is ever
+rewritten in place: an entry whose index is at or below the last stored one replaces that
+suffix when the log is replayed.
 
-- Group commit: append() and set_hard_state() only write; sync() makes everything written so
-  far durable with one fsync.
+- Group commit: append() and set_hard_state() only write; sync() closes the batch with a
+  BATCH_END record (length and crc32 of everything written since the last one) and makes it
+  durable with one fsync. A hard state written without a sync (the driver does that when only
+  the commit index moved) joins the batch the next sync() closes; until then a crash may lose
+  it, which is allowed: the commit index need not be durable.
 - A segment is created whole: written to `<name>.tmp`, fsynced, renamed, and the directory
-  fsynced; the previous segment is fsynced first. Each segment begins with two head records, the
-  hard state and the snapshot marker current when it was cut, so once a snapshot covers every
-  entry of the segments before it they can be deleted without losing anything.
-- Recovery: a bad record is a torn tail only if it is in the newest segment and no valid record
-  follows it anywhere in that file; the file is then cut back to the last good record and
-  fsynced, with a warning in the log. Anything else raises StorageCorruptedError naming the file
-  and byte offset: nothing that was synced is ever dropped silently. (A newest segment damaged
-  inside its head records, which a crash cannot do since segments appear whole, is removed
-  when an older segment still holds what they repeated, and is corruption otherwise.)
+  fsynced; the previous segment's batch is closed and fsynced first. Each segment begins with
+  a head batch of two records, the hard state and the snapshot marker current when it was cut,
+  so once a snapshot covers every entry of the segments before it they can be deleted without
+  losing anything.
+- Recovery: a power cut may write the pages of the batch whose fsync it interrupted in any
+  order (TRAPS.md), so damage there (zeros, garbage, a short file, valid records after a hole,
+  even with its BATCH_END on disk) is a torn tail. Damage is a torn tail when it is in the
+  newest segment and no whole batch (a BATCH_END whose checksum holds over its batch) follows
+  it: the records before it, a prefix of what was written, are kept, the file is cut back
+  after them, their batch is closed with the BATCH_END the crash kept from it, and fsynced,
+  with a warning. Damage followed by a whole batch was synced (fsyncs happen in order) and, like
+  damage in any older segment, raises StorageCorruptedError naming the file and byte offset:
+  nothing that was synced is ever dropped silently. (A newest segment damaged inside its head
+  records, which a crash cannot do since segments appear whole, is removed when an older
+  segment still holds what they repeated, and is corruption otherwise.)
 - Replayed is not synced: after a SIGKILL the newest segment may hold records that only reached
   the page cache, and the node counts all it replays as stable. open() therefore fsyncs the
   newest segment and the directory before it returns.
+- A segment of another format version (version 1 had no batches) raises StorageFormatError:
+  an older data directory is refused, never converted.
 
 Not thread-safe: one caller at a time. Standard library only; must not import anything from
 chatbooth beyond node.raft.types and node.storage.
@@ -30,6 +42,7 @@ import contextlib
 import itertools
 import logging
 import re
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,22 +52,29 @@ from node.storage.errors import (
     CompactedError,
     StorageClosedError,
     StorageCorruptedError,
+    StorageFormatError,
     StorageIOError,
     StorageMisuseError,
     UnavailableError,
 )
 from node.storage.files import AppendFile, FileSystem
 from node.storage.records import (
+    BATCH_END_SIZE,
+    FORMAT_VERSION,
     SEGMENT_HEADER_SIZE,
+    BatchEnd,
     Malformed,
     Record,
     SnapshotMarker,
     Torn,
+    batch_end_for,
     check_segment_header,
+    closes_batch,
     decode_at,
     encode_record,
     encode_segment_header,
-    next_valid_record,
+    next_complete_batch,
+    segment_version,
 )
 
 logger = logging.getLogger(__name__)
@@ -176,6 +196,9 @@ class WriteAheadLog:
         self._file: AppendFile | None = None
         self._size = 0  # bytes in the current segment
         self._unsynced = False  # written since the last fsync
+        # The open batch: bytes written to the current segment since its last BATCH_END.
+        self._batch_bytes = 0
+        self._batch_crc = 0
         self._failed: str | None = None
         self._closed = False
 
@@ -351,10 +374,11 @@ class WriteAheadLog:
         self._maybe_cut()
 
     def sync(self) -> None:
-        """Make everything written so far durable: one fsync."""
+        """Make everything written so far durable: close the batch, then one fsync."""
         self._check_usable()
         if not self._unsynced:
             return
+        self._end_batch()
         with self._guard("fsync"):
             self._current().sync()
         self._unsynced = False
@@ -428,6 +452,18 @@ class WriteAheadLog:
             self._current().write(data)
         self._size += len(data)
         self._unsynced = True
+        self._batch_bytes += len(data)
+        self._batch_crc = zlib.crc32(data, self._batch_crc)
+
+    def _end_batch(self) -> None:
+        """Write the BATCH_END of the open batch (if anything is in it); the fsync is next."""
+        if not self._batch_bytes:
+            return
+        with self._guard("write"):
+            self._current().write(encode_record(BatchEnd(self._batch_bytes, self._batch_crc)))
+        self._size += BATCH_END_SIZE
+        self._unsynced = True
+        self._batch_bytes = self._batch_crc = 0
 
     def _maybe_cut(self) -> None:
         if self._size >= self._segment_bytes:
@@ -437,8 +473,9 @@ class WriteAheadLog:
         """Start the next segment, whole and durable, beginning with the head records."""
         with self._guard("cutting a new segment"):
             if self._file is not None:
-                # The old segment's tail must be durable before a newer segment exists: a bad
-                # record in any segment but the newest is corruption, never a torn tail.
+                # The old segment's tail must be durable, its last batch closed, before a newer
+                # segment exists: damage in any segment but the newest is corruption.
+                self._end_batch()
                 self._file.sync()
                 self._unsynced = False
                 self._file.close()
@@ -447,11 +484,8 @@ class WriteAheadLog:
             first_index = self.last_index() + 1
             path = self._dir / segment_name(seq, first_index)
             tmp = path.with_name(path.name + _TMP_SUFFIX)
-            head = (
-                encode_segment_header(seq, first_index)
-                + encode_record(self._hard_state)
-                + encode_record(self._marker)
-            )
+            records = encode_record(self._hard_state) + encode_record(self._marker)
+            head = encode_segment_header(seq, first_index) + records + batch_end_for(records)
             if self._fs.exists(tmp):
                 self._fs.remove(tmp)
             staged = self._fs.open_append(tmp)
@@ -519,6 +553,9 @@ def _replay_segment(
 
     buf = fs.read_bytes(path)
     expected = encode_segment_header(segment.seq, segment.first_index)
+    version = segment_version(buf)
+    if version is not None and version != FORMAT_VERSION:
+        raise StorageFormatError(path, version, FORMAT_VERSION)
     problem = check_segment_header(buf, segment.seq, segment.first_index)
     if problem is not None:
         if newest and len(buf) < SEGMENT_HEADER_SIZE and expected.startswith(buf):
@@ -526,28 +563,40 @@ def _replay_segment(
             return None
         raise StorageCorruptedError(path, *problem)
 
-    offset = SEGMENT_HEADER_SIZE
-    count = 0  # records applied from this segment
+    offset = batch_start = SEGMENT_HEADER_SIZE  # the open batch began at batch_start
+    count = 0  # records applied from this segment (batch ends not counted)
+
+    def damaged(reason: str) -> int | None:
+        # Batches are synced in order, so a whole batch after the damage means the damaged one
+        # had been synced: corruption. Without one, the damage is in the batch whose fsync
+        # never finished, whose pages a power cut may have written in any order: a torn tail.
+        later = next_complete_batch(buf, offset + 1, SEGMENT_HEADER_SIZE)
+        if later is not None:
+            raise StorageCorruptedError(
+                path, offset, f"{reason}; a later batch, synced after this one, ends at {later}"
+            )
+        if not newest:
+            raise StorageCorruptedError(
+                path, offset, f"{reason} in a segment that is not the newest"
+            )
+        if count < _HEAD_RECORDS:
+            torn_head(f"{reason} at offset {offset}")
+            return None
+        return _close_tail(fs, path, buf, batch_start, offset, reason)
+
     while offset < len(buf):
         result = decode_at(buf, offset)
         if isinstance(result, Malformed):
             raise StorageCorruptedError(path, offset, result.reason)
         if isinstance(result, Torn):
-            follower = next_valid_record(buf, offset + 1)
-            if follower is not None:
-                raise StorageCorruptedError(
-                    path, offset, f"{result.reason}; a valid record follows at {follower}"
-                )
-            if not newest:
-                raise StorageCorruptedError(
-                    path, offset, f"{result.reason} in a segment that is not the newest"
-                )
-            if count < _HEAD_RECORDS:
-                torn_head(f"{result.reason} at offset {offset}")
-                return None
-            _cut_back(fs, path, offset, len(buf), result.reason)
-            return offset
+            return damaged(result.reason)
         record = result.record
+        if isinstance(record, BatchEnd):
+            unclosed = closes_batch(buf, offset, record, batch_start)
+            if unclosed is not None:
+                return damaged(unclosed)
+            offset = batch_start = result.end
+            continue
         if count == 0 and not isinstance(record, HardState):
             raise StorageCorruptedError(path, offset, "segment does not start with a hard state")
         if count == 1 and not (isinstance(record, SnapshotMarker) and not record.reset):
@@ -564,24 +613,52 @@ def _replay_segment(
             raise StorageCorruptedError(path, offset, "segment ends inside its head records")
         torn_head(f"it ends at offset {offset}")
         return None
+    if batch_start < offset:
+        if not newest:
+            raise StorageCorruptedError(
+                path, batch_start, "a segment that is not the newest ends inside a batch"
+            )
+        return _close_tail(fs, path, buf, batch_start, offset, None)
     return offset
 
 
-def _cut_back(fs: FileSystem, path: Path, offset: int, size: int, reason: str) -> None:
+def _close_tail(
+    fs: FileSystem, path: Path, buf: bytes, batch_start: int, end: int, damage: str | None
+) -> int:
+    """Keep the newest segment up to `end`, a record boundary inside the batch that began at
+    `batch_start` and was never closed; returns the segment's new size.
+
+    The records kept of that batch are whole (their checksums hold) and a prefix of what was
+    written, so the state they give is one the log went through. They get the BATCH_END the
+    crash kept them from, and an fsync, so that later batches can follow them.
+    """
     file = fs.open_append(path)
     try:
-        file.truncate(offset)
+        if end < len(buf):
+            file.truncate(end)
+        if batch_start < end:
+            file.write(batch_end_for(memoryview(buf)[batch_start:end]))
         file.sync()
     finally:
         file.close()
-    logger.warning(
-        "%s: cut back a torn tail at byte offset %d (%d bytes dropped: %s); "
-        "no valid record follows it, so none of it had been synced",
-        path,
-        offset,
-        size - offset,
-        reason,
-    )
+    if damage is not None:
+        logger.warning(
+            "%s: cut back a torn tail at byte offset %d (%d bytes dropped: %s); no whole "
+            "batch follows it, so none of it had been synced",
+            path,
+            end,
+            len(buf) - end,
+            damage,
+        )
+    else:
+        logger.info(
+            "%s: closed the last batch (%d bytes from offset %d), written but never synced "
+            "before a crash",
+            path,
+            end - batch_start,
+            batch_start,
+        )
+    return end + (BATCH_END_SIZE if batch_start < end else 0)
 
 
 def _remove_torn_segment(fs: FileSystem, path: Path, what: str) -> None:

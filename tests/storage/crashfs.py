@@ -10,8 +10,12 @@ Two kinds of crash, which a durability test must tell apart:
 Everything lives in memory. Each file remembers the bytes its last sync() made durable; each
 directory remembers the entries (creates, renames, removals) its last fsync_dir() made durable.
 crash() throws the rest away: unsynced data and every directory change not covered by an fsync
-of its directory, just as DESIGN.md asks. Given a random.Random, crash() instead keeps a random
-prefix of each file's unsynced appended bytes, as a write torn by the power cut would.
+of its directory, just as DESIGN.md asks. Given a random.Random, crash() instead tears each
+file's unsynced appended bytes as a power cut may (TRAPS.md, "A power cut tears out of order"):
+the file's size reaches anywhere from its synced size to its written size, and each block of
+the unsynced part (BLOCK_BYTES, aligned to the file offset, standing for a page or a sector)
+independently reached the disk, stayed zeros or holds garbage. So zeros in the middle with a
+valid record after them happen, and so does a whole prefix. A truncate not yet synced is lost.
 
 cut_power_after(n) lets n more mutating operations happen; the next one raises PowerCut (a
 BaseException, so storage code cannot swallow it) without taking effect, and so does every
@@ -31,6 +35,8 @@ from pathlib import Path, PurePosixPath
 
 from node.storage.errors import StorageLockedError
 from node.storage.files import AppendFile, FileLock
+
+BLOCK_BYTES = 16  # far below a page, so a tear lands inside the small batches tests write
 
 
 class PowerCut(BaseException):
@@ -69,9 +75,10 @@ class CrashFileSystem:
         """Allow `ops` more mutating operations; the next one raises PowerCut."""
         self._budget = self.ops + ops
 
-    def crash(self, torn: random.Random | None = None) -> None:
-        """Lose everything a power cut may lose, then power back on."""
-        self._restore(self._root, torn)
+    def crash(self, torn: random.Random | None = None, *, block_bytes: int = BLOCK_BYTES) -> None:
+        """Lose everything a power cut may lose (with `torn`, tear it out of order), then
+        power back on."""
+        self._restore(self._root, torn, block_bytes)
         self._generation += 1
         self._locks.clear()
         self._budget = None
@@ -205,18 +212,34 @@ class CrashFileSystem:
         self._check_power()
         return self._dir(path.parent), path.name
 
-    def _restore(self, directory: _Dir, torn: random.Random | None) -> None:
+    def _restore(self, directory: _Dir, torn: random.Random | None, block_bytes: int) -> None:
         directory.entries = dict(directory.synced)
         for node in directory.entries.values():
             if isinstance(node, _Dir):
-                self._restore(node, torn)
+                self._restore(node, torn, block_bytes)
                 continue
             kept = node.synced
             unsynced = len(node.data) - len(node.synced)
             if torn is not None and unsynced > 0 and node.data.startswith(node.synced):
-                kept = bytes(node.data[: len(node.synced) + torn.randint(0, unsynced)])
+                kept = _tear(node.data, len(node.synced), torn, block_bytes)
             node.data = bytearray(kept)
             node.synced = kept
+
+
+def _tear(data: bytearray, synced: int, rng: random.Random, block_bytes: int) -> bytes:
+    """What a power cut may leave of `data` whose first `synced` bytes were fsynced."""
+    size = synced + rng.randint(0, len(data) - synced)
+    out = bytearray(data[:size])
+    block = synced - synced % block_bytes
+    while block < size:
+        lo, hi = max(block, synced), min(block + block_bytes, size)
+        fate = rng.random()
+        if fate < 0.3:
+            out[lo:hi] = bytes(hi - lo)  # the block never reached the disk
+        elif fate < 0.4:
+            out[lo:hi] = rng.randbytes(hi - lo)  # a half-written sector, or stale garbage
+        block += block_bytes
+    return bytes(out)
 
 
 class _CrashAppendFile:

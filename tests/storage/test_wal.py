@@ -2,12 +2,16 @@
 
 DESIGN.md: "A bad record is a torn tail only if no valid record follows it (it is then cut
 back); anything else is corruption and stops the node with a clear error, never silent loss."
+Since a power cut may write an unsynced batch's pages in any order (TRAPS.md), "follows" is
+read at the grain of what fsync makes durable: damage is a torn tail when no whole batch (closed
+by its BATCH_END, checksum over the batch intact) follows it, and corruption when one does.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import zlib
 from pathlib import Path
 
 import pytest
@@ -23,7 +27,14 @@ from node.storage import (
     UnavailableError,
 )
 from node.storage import files as files_module
-from node.storage.records import SEGMENT_HEADER_SIZE, Decoded, decode_at
+from node.storage.errors import StorageFormatError
+from node.storage.records import (
+    SEGMENT_HEADER_SIZE,
+    BatchEnd,
+    Decoded,
+    decode_at,
+    encode_record,
+)
 from tests.storage.crashfs import CrashFileSystem
 from tests.storage.workload import (
     DATA_DIR,
@@ -62,6 +73,26 @@ def record_spans(buf: bytes) -> list[tuple[int, int]]:
         spans.append((offset, decoded.end))
         offset = decoded.end
     return spans
+
+
+def batch_spans(buf: bytes) -> list[list[tuple[int, int]]]:
+    """The record spans of a well-formed segment, grouped by batch (each ends in its
+    BATCH_END)."""
+    batches: list[list[tuple[int, int]]] = [[]]
+    for start, end in record_spans(buf):
+        batches[-1].append((start, end))
+        decoded = decode_at(buf, start)
+        if isinstance(decoded, Decoded) and isinstance(decoded.record, BatchEnd):
+            batches.append([])
+    assert batches[-1] == [], "a closed segment ends with a whole batch"
+    return batches[:-1]
+
+
+def with_version(buf: bytes, version: int) -> bytes:
+    """A segment's bytes with its header rewritten to claim another format version."""
+    head = bytearray(buf[: SEGMENT_HEADER_SIZE - 4])
+    head[8:12] = version.to_bytes(4, "little")
+    return bytes(head) + zlib.crc32(head).to_bytes(4, "little") + buf[SEGMENT_HEADER_SIZE:]
 
 
 def damaged(fs: CrashFileSystem, path: Path, data: bytes) -> CrashFileSystem:
@@ -120,6 +151,7 @@ def test_truncating_the_only_segment_keeps_a_prefix_after_its_head() -> None:
     """After a snapshot deleted every older segment, cutting the newest one anywhere past its
     head records keeps a prefix of the log; inside them the hard state is gone: an error."""
     fs, model = build(22)  # just after SaveSnapshot(15) removed the older segments
+    assert len(segments(fs)) == 1
     (only,) = segments(fs)
     full = fs.durable_bytes(only)
     head_end = record_spans(full)[1][1]
@@ -148,7 +180,9 @@ def test_a_torn_tail_is_cut_back_and_logged(
         storage.sync()
     (segment,) = sorted((tmp_path / "wal").iterdir())
     good = segment.read_bytes()
-    record = good[record_spans(good)[-1][0] :]  # a copy of a whole record, then half of one
+    # A new batch never closed: a copy of the last entry's record, then half of one.
+    start, end = batch_spans(good)[-1][-3]  # [entries 1-5, hard state, batch end]
+    record = good[start:end]
     segment.write_bytes(good + record + record[: len(record) // 2])
     caplog.set_level(logging.WARNING)
     with Storage.open(tmp_path) as storage:
@@ -157,8 +191,13 @@ def test_a_torn_tail_is_cut_back_and_logged(
         assert state.hard_state == hard(1, "a", 3)
     assert "cut back a torn tail" in caplog.text
     assert str(segment) in caplog.text
-    # The duplicated record was whole and valid, so only the half record went.
-    assert segment.stat().st_size == len(good) + len(record)
+    # The copied record was whole and valid, so only the half record went, and what was kept
+    # of the unfinished batch got the BATCH_END the crash kept it from.
+    closed = segment.read_bytes()
+    assert closed[: len(good) + len(record)] == good + record
+    assert closed[len(good) + len(record) :] == encode_record(
+        BatchEnd(len(record), zlib.crc32(record))
+    )
 
 
 def test_a_zero_filled_tail_is_torn(tmp_path: Path) -> None:
@@ -199,22 +238,95 @@ def test_truncation_on_real_files_at_many_offsets(tmp_path: Path) -> None:
 # -- corruption ---------------------------------------------------------------------------
 
 
-def test_a_flipped_bit_before_a_valid_record_is_corruption_at_that_record() -> None:
-    """Every byte of every record that has a valid record after it, in every segment."""
+def test_a_flipped_bit_before_a_whole_batch_is_corruption_at_that_record() -> None:
+    """Every byte of every record that has a whole batch after it (or is in a segment that is
+    not the newest, which was synced before the next one was cut)."""
     fs, _ = build()
     checked = 0
     for path in segments(fs):
         buf = fs.durable_bytes(path)
-        spans = record_spans(buf)
+        batches = batch_spans(buf)
         newest = path == segments(fs)[-1]
-        for start, end in spans[:-1] if newest else spans:
-            for offset in range(start, end):
-                with pytest.raises(StorageCorruptedError) as err:
-                    open_storage(damaged(fs, path, flip(buf, offset)))
-                assert (err.value.path, err.value.offset) == (path, start)
-                assert str(path) in str(err.value) and f"offset {start}" in str(err.value)
-                checked += 1
+        for batch in batches[:-1] if newest else batches:
+            for start, end in batch:
+                for offset in range(start, end):
+                    with pytest.raises(StorageCorruptedError) as err:
+                        open_storage(damaged(fs, path, flip(buf, offset)))
+                    assert (err.value.path, err.value.offset) == (path, start)
+                    assert str(path) in str(err.value) and f"offset {start}" in str(err.value)
+                    checked += 1
     assert checked > 500
+
+
+def test_a_flipped_bit_in_the_last_batch_is_a_torn_tail(caplog: pytest.LogCaptureFixture) -> None:
+    """The last batch's fsync may not have finished: with its pages written in any order, a
+    damaged last batch is what a power cut leaves, even with its BATCH_END on disk. Reopening
+    keeps the records before the damage, loses nothing the sync before it made durable, and
+    warns."""
+    fs, model = build()
+    path = segments(fs)[-1]
+    buf = fs.durable_bytes(path)
+    lo, hi = model.allowed(len(workload()) - 1)  # a crash inside the last step's sync
+    checked = 0
+    caplog.set_level(logging.WARNING)
+    for start, end in batch_spans(buf)[-1]:
+        for offset in range(start, end):
+            caplog.clear()
+            state = State.of(open_storage(damaged(fs, path, flip(buf, offset))))
+            assert state in model.states[lo : hi + 1], f"flip at {offset}: {state.describe()}"
+            assert "cut back a torn tail" in caplog.text and str(path) in caplog.text
+            checked += 1
+    assert checked > 40
+
+
+def unsynced_batch_with_a_hole() -> tuple[CrashFileSystem, Path, int]:
+    """Entries 1-3 synced, then 4-10 written as one batch that a power cut tore out of order:
+    entry 6's record is zeros, the records after it reached the disk. Returns the file system,
+    the segment and the offset of the hole."""
+    fs = CrashFileSystem()
+    storage = Storage.open(DATA_DIR, fs=fs)
+    storage.append([entry(1, i) for i in range(1, 4)])
+    storage.sync()
+    (path,) = segments(fs)
+    storage.append([entry(1, i) for i in range(4, 11)])
+    buf = bytearray(fs.read_bytes(path))
+    hole_start, hole_end = record_spans(bytes(buf))[-5]  # entry 6 of 4..10: no batch end yet
+    buf[hole_start:hole_end] = bytes(hole_end - hole_start)
+    fs.crash_process()  # the writer is gone ...
+    fs.put_bytes(path, bytes(buf))  # ... and this is what the disk holds after the power cut
+    return fs, path, hole_start
+
+
+def test_zeros_inside_the_unsynced_batch_before_valid_records_are_a_torn_tail(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """TRAPS.md, "A power cut tears out of order": nothing synced was lost, so the node must
+    start, with what came before the hole."""
+    fs, path, hole = unsynced_batch_with_a_hole()
+    caplog.set_level(logging.WARNING)
+    storage = Storage.open(DATA_DIR, fs=fs)
+    assert [e.index for e in storage.initial_state().entries] == [1, 2, 3, 4, 5]
+    assert f"{path}: cut back a torn tail at byte offset {hole}" in caplog.text
+    storage.append([entry(2, 6)])
+    storage.sync()
+    fs.crash()
+    with Storage.open(DATA_DIR, fs=fs) as reopened:
+        assert [(e.index, e.term) for e in reopened.initial_state().entries] == [
+            *((i, 1) for i in range(1, 6)),
+            (6, 2),
+        ]
+
+
+def test_damage_followed_by_a_whole_later_batch_is_corruption() -> None:
+    """A whole batch after the damage was written after the damaged one's fsync returned: the
+    damaged bytes had been synced, and dropping them would lose acknowledged entries."""
+    fs, path, hole = unsynced_batch_with_a_hole()
+    record = encode_record(entry(2, 6))
+    later = record + encode_record(BatchEnd(len(record), zlib.crc32(record)))
+    fs.put_bytes(path, fs.durable_bytes(path) + later)
+    with pytest.raises(StorageCorruptedError, match="a later batch, synced after this one") as err:
+        open_storage(fs)
+    assert (err.value.path, err.value.offset) == (path, hole)
 
 
 def test_a_flipped_bit_in_a_segment_header_is_corruption() -> None:
@@ -236,13 +348,33 @@ def test_bad_magic_is_corruption() -> None:
     assert (err.value.path, err.value.offset) == (path, 0)
 
 
-def test_unsupported_format_version_is_corruption() -> None:
+def test_a_data_dir_of_an_older_format_is_refused_naming_the_way_out() -> None:
+    """Version 1 (no batch framing; its data dirs may hold plaintext tokens) is not read."""
+    fs, _ = build()
+    path = segments(fs)[0]
+    with pytest.raises(StorageFormatError, match="version 1") as err:
+        open_storage(damaged(fs, path, with_version(fs.durable_bytes(path), 1)))
+    assert err.value.path == path
+    assert "older chatbooth" in str(err.value)
+    assert "python -m supervisor up --fresh" in str(err.value)
+
+
+def test_a_newer_format_version_is_refused() -> None:
+    fs, _ = build()
+    path = segments(fs)[0]
+    with pytest.raises(StorageFormatError, match="version 9") as err:
+        open_storage(damaged(fs, path, with_version(fs.durable_bytes(path), 9)))
+    assert "newer chatbooth" in str(err.value)
+
+
+def test_a_flipped_bit_in_the_version_is_corruption_not_an_old_format() -> None:
     fs, _ = build()
     path = segments(fs)[0]
     buf = bytearray(fs.durable_bytes(path))
-    buf[8] = 9
-    with pytest.raises(StorageCorruptedError, match="unsupported format version 9"):
+    buf[8] ^= 3
+    with pytest.raises(StorageCorruptedError, match="header checksum") as err:
         open_storage(damaged(fs, path, bytes(buf)))
+    assert err.value.path == path
 
 
 def test_the_last_record_of_an_older_segment_is_never_a_torn_tail() -> None:

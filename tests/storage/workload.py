@@ -29,7 +29,7 @@ from node.storage import Storage, StorageError
 from tests.storage.crashfs import CrashFileSystem, PowerCut
 
 DATA_DIR = Path("/data/node")
-SEGMENT_BYTES = 256  # a handful of entries per segment: the workload cuts many segments
+SEGMENT_BYTES = 300  # a handful of entries per segment: the workload cuts many segments
 VOTERS = ConfState((NodeId("a"), NodeId("b"), NodeId("c")))
 
 
