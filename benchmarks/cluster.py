@@ -1,37 +1,47 @@
 """How fast is a real cluster? `python -m benchmarks.cluster` prints one JSON object.
 
-A thin wrapper: it writes a 3-node cluster.yaml of its own on free ports in a temporary
-directory and runs supervisor/bench.py on it (the measuring logic lives there, shared with
-`python -m supervisor bench cluster.yaml`, whose docstring lists the figures). Options as
+A thin wrapper: it runs supervisor/bench.py on the repository's cluster.yaml relocated with
+dataclasses.replace (`bench_cluster`: 3 nodes on free ports, data in a temporary directory, a
+cheap scrypt cost; no file is written). The measuring logic lives in supervisor/bench.py, shared
+with `python -m supervisor bench cluster.yaml`, whose docstring lists the figures. Options as
 there, plus --table for the readable form; JSON is the default here.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
 from pathlib import Path
 
+from node.config import ClusterConfig, NodeAddress, ScryptCost, load_config
 from supervisor.bench import add_arguments, render_table, run_benchmark, settings_from
 from supervisor.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCH_SCRYPT = ScryptCost(n=1024, r=8, p=1)  # logins are not what this measures
 
 
-def write_config(directory: Path, nodes: int = 3) -> Path:
+def bench_cluster(directory: Path, nodes: int = 3) -> ClusterConfig:
+    """The repository's cluster (its timings and limits) as `nodes` nodes a, b, ... on free
+    127.0.0.1 ports, data in directory/data, the first node the leader hint."""
     ids = [chr(ord("a") + i) for i in range(nodes)]
-    lines = "\n".join(f"  {n}: {{host: 127.0.0.1, port: {free_port()}}}" for n in ids)
-    path = directory / "cluster.yaml"
-    path.write_text(
-        "cluster: bench\n"
-        "leader: a\n"
-        "data_dir: ./data\n"
-        "chat:\n  queue_limit: 10000000\n  scrypt: {n: 1024, r: 8, p: 1}\n"
-        f"nodes:\n{lines}\n"
+    ports: list[int] = []
+    for _ in ids:
+        ports.append(free_port(avoid=ports))
+    return dataclasses.replace(
+        load_config(ROOT / "cluster.yaml"),
+        cluster="bench",
+        leader=ids[0],
+        data_dir=directory / "data",
+        cluster_key=None,
+        cluster_key_file=None,
+        scrypt=BENCH_SCRYPT,
+        nodes=tuple(NodeAddress(n, "127.0.0.1", p) for n, p in zip(ids, ports, strict=True)),
+        warnings=(),
     )
-    return path
 
 
 def main() -> None:
@@ -44,7 +54,7 @@ def main() -> None:
     except ValueError as error:
         p.error(str(error))
     with tempfile.TemporaryDirectory(prefix="chatbooth-bench-config-") as tmp:
-        result = run_benchmark(write_config(Path(tmp)), settings)
+        result = run_benchmark(bench_cluster(Path(tmp)), settings)
     print(render_table(result) if args.table else json.dumps(result, indent=1))
     sys.stdout.flush()
 

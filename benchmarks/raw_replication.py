@@ -3,7 +3,9 @@ when the proposals are made inside the leader process (no client RPC, no chat la
 
 `python -m benchmarks.raw_replication` prints JSON. Each node is a real process running the
 real driver, storage (fsync on) and gRPC transport, with a trivial state machine; node a (the
-bootstrap leader) proposes --entries entries, --inflight at a time, and reports.
+bootstrap leader) proposes --entries entries, --inflight at a time, and reports. The nodes'
+configuration is benchmarks/cluster.py's, handed to each process on its stdin as cluster.yaml
+text (supervisor/nodeconfig.py): no file is written.
 Target (issue 3): at least 40,000 committed entries/s.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -22,13 +25,14 @@ from random import Random
 
 import grpc
 
-from benchmarks.cluster import ROOT, write_config
+from benchmarks.cluster import ROOT, bench_cluster
 from node.config import load_config, read_cluster_key
 from node.driver import RaftDriver
 from node.raft.types import NodeId
 from node.storage import Storage
-from node.transport import SERVER_OPTIONS, ClusterKeyInterceptor, RaftService
+from node.transport import SERVER_OPTIONS, ClusterKeyInterceptor, GrpcTransport, RaftService
 from protos import raft_pb2_grpc
+from supervisor.nodeconfig import STDIN_PATH, render
 
 
 class CountingStateMachine:
@@ -54,6 +58,9 @@ class CountingStateMachine:
     def restore(self, data: bytes) -> None:
         self._applied = int(data or b"0")
 
+    def validate_snapshot(self, data: bytes) -> None:
+        int(data or b"0")  # ValueError if restore would fail
+
     def digest(self) -> str:
         return hashlib.sha256(self.snapshot()).hexdigest()
 
@@ -63,18 +70,27 @@ async def run_node(config_path: str, node_id: str, entries: int, inflight: int) 
     key = read_cluster_key(config)
     storage = Storage.open(config.node_dir(node_id))
     peers = {NodeId(n.id): n.address for n in config.nodes if n.id != node_id}
+    transport = GrpcTransport(
+        node_id=NodeId(node_id), peer_addresses=peers, cluster=config.cluster, key=key
+    )
     driver: RaftDriver[int] = RaftDriver(
         node_id=NodeId(node_id),
         config=config,
         storage=storage,
         state=CountingStateMachine(),
-        peer_addresses=peers,
-        key=key,
+        transport=transport,
         rng=Random(),
     )
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[ClusterKeyInterceptor(key)])
     raft_pb2_grpc.add_RaftServicer_to_server(
-        RaftService(NodeId(node_id), config.cluster, driver.step, driver.step_snapshot), server
+        RaftService(
+            NodeId(node_id),
+            config.cluster,
+            driver.step,
+            driver.receive_snapshot,
+            members=lambda: driver.core.voters,
+        ),
+        server,
     )
     server.add_insecure_port(config.node(node_id).address)
     await server.start()
@@ -113,20 +129,23 @@ def main() -> None:
         asyncio.run(run_node(args.node[0], args.node[1], args.entries, args.inflight))
         return
     with tempfile.TemporaryDirectory(prefix="chatbooth-raw-") as tmp:
-        config = write_config(Path(tmp))
-        (Path(tmp) / "data").mkdir()
-        key_file = Path(tmp) / "data" / "cluster.key"
-        key_file.write_text("raw-benchmark-key")
+        config = dataclasses.replace(bench_cluster(Path(tmp)), cluster_key="raw-benchmark-key")
+        text = render(config)
         cmd = [sys.executable, "-m", "benchmarks.raw_replication", "--entries", str(args.entries)]
-        cmd += ["--inflight", str(args.inflight), "--node", str(config)]
-        followers = [
-            subprocess.Popen([*cmd, n], cwd=ROOT, stdin=subprocess.DEVNULL) for n in ("b", "c")
-        ]
+        cmd += ["--inflight", str(args.inflight), "--node", STDIN_PATH]
+        followers: list[subprocess.Popen[str]] = []
         try:
+            for n in ("b", "c"):
+                follower = subprocess.Popen([*cmd, n], cwd=ROOT, stdin=subprocess.PIPE, text=True)
+                followers.append(follower)
+                if follower.stdin is None:
+                    raise RuntimeError("stdin=PIPE gave no pipe")
+                follower.stdin.write(text)
+                follower.stdin.close()
             leader = subprocess.run(
                 [*cmd, "a"],
                 cwd=ROOT,
-                stdin=subprocess.DEVNULL,
+                input=text,
                 capture_output=True,
                 text=True,
                 timeout=600,

@@ -103,9 +103,12 @@ def _bench(args: argparse.Namespace, node_command: Sequence[str] | None) -> int:
 def _check(args: argparse.Namespace, node_command: Sequence[str] | None) -> int:
     try:
         return asyncio.run(check_command.run_check(args))
-    except ConfigError as exc:
+    except (ConfigError, PortInUseError) as exc:
         print(f"supervisor: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except SupervisorError as exc:
+        print(f"check: failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def main(argv: Sequence[str] | None = None, *, node_command: Sequence[str] | None = None) -> int:

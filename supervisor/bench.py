@@ -16,17 +16,18 @@ machine's own yardstick (absolute times drift on a shared machine):
 
 `--quick` uses small counts (seconds in all, 3 failovers, no stability window) for tests and for
 a first look. The result is a table, or one JSON object with --json; `run_benchmark` returns
-the same document to callers (benchmarks/cluster.py is a thin wrapper around it).
+the same document to callers, given a ClusterConfig (benchmarks/cluster.py is a thin wrapper
+around it).
 
-Imports node.config, protos, grpc and supervisor.cluster; never node internals or client (the
-benchmark speaks gRPC itself, so that it measures the cluster and not the client library).
+A tool on top of the supervisor library: imports node.config, protos, grpc and the supervisor
+modules cluster, errors, ports and sender; never node internals or client (it sends through
+supervisor/sender.py, raw gRPC, so that it measures the cluster and not the client library).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import json
 import math
 import os
@@ -43,7 +44,6 @@ from typing import Any, Final
 
 import grpc
 import grpc.aio
-import yaml
 
 from node.config import ClusterConfig, ConfigError, load_config
 from protos import chat_pb2 as pb
@@ -51,6 +51,7 @@ from protos import chat_pb2_grpc as pbg
 from supervisor.cluster import Cluster, NodeStatus, PortInUseError
 from supervisor.errors import SupervisorError
 from supervisor.ports import free_port
+from supervisor.sender import Sender
 
 ROOT: Final = Path(__file__).resolve().parents[1]  # where `python -m benchmarks.echo_server` runs
 SEND_TIMEOUT_S: Final = 2.0
@@ -59,13 +60,9 @@ LEADER_TIMEOUT_S: Final = 30.0
 ECHO_START_TIMEOUT_S: Final = 15.0
 # Sends go to a recipient nobody reads: its queue must not fill during the throughput windows.
 BENCH_QUEUE_LIMIT: Final = 10_000_000
-RETRIABLE: Final = (
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.UNKNOWN,
-    grpc.StatusCode.INTERNAL,
-)
-LEADER_HINT_KEY: Final = "x-chatbooth-leader-id"
+# A send is resent (with its one request id) at most this long before the run fails.
+SEND_GIVE_UP_S: Final = 30.0
+PASSWORD: Final = "pw"
 DETECTION: Final = "detection (a survivor drops the old leader)"
 ELECTION: Final = "election (a new leader answers)"
 COMMIT: Final = "commit + client redirect (the next send commits)"
@@ -100,7 +97,7 @@ EXPECTED_KEYS: Final = (
 )
 
 
-class BenchError(Exception):
+class BenchError(SupervisorError):
     """The benchmark could not run (the cluster did not catch up, the echo server failed)."""
 
 
@@ -186,64 +183,21 @@ async def throughput(
 # -- talking to the cluster -------------------------------------------------------------------
 
 
-class Sender:
-    """Sends with a request id, following the leader through failovers (same id on retry)."""
-
-    _clients = itertools.count(1)
-
-    def __init__(self, addresses: dict[str, str], token: str, target: str) -> None:
-        self.channels = {n: grpc.aio.insecure_channel(a) for n, a in addresses.items()}
-        self.stubs = {n: pbg.ChatStub(ch) for n, ch in self.channels.items()}
-        self.client_id = f"bench-{os.getpid()}-{next(self._clients)}"
-        self.seq = 0
-        self.token = token
-        self.target = target
-
-    async def send(self, text: str = "x" * 100, recipient: str = "sink") -> None:
-        self.seq += 1
-        request = pb.SendRequest(
-            request=pb.RequestId(
-                client_id=self.client_id, seq=self.seq, first_outstanding=self.seq
-            ),
-            token=self.token,
-            recipient=recipient,
-            text=text,
-        )
-        order = list(self.stubs)
-        attempt = 0
-        while True:
-            try:
-                await self.stubs[self.target].Send(request, timeout=SEND_TIMEOUT_S)
-                return
-            except grpc.aio.AioRpcError as err:
-                if err.code() not in RETRIABLE:
-                    raise
-                hint = str(dict(err.trailing_metadata() or ()).get(LEADER_HINT_KEY) or "")
-                attempt += 1
-                if hint and hint in self.stubs and hint != self.target:
-                    self.target = hint
-                else:
-                    self.target = order[attempt % len(order)]
-                    await asyncio.sleep(0.005)
-
-    async def close(self) -> None:
-        for channel in self.channels.values():
-            await channel.close()
+def new_sender(addresses: dict[str, str], leader: str) -> Sender:
+    """One sending client (a client id of its own), asking the leader first."""
+    return Sender(addresses, leader=leader, call_timeout_s=SEND_TIMEOUT_S)
 
 
-async def login(address: str, name: str) -> str:
+async def send(client: Sender, token: str, text: str = "x" * 100) -> None:
+    """One 100-character message to the sink, committed."""
+    await client.send(token, "sink", text, timeout_s=SEND_GIVE_UP_S)
+
+
+async def login(addresses: dict[str, str], leader: str, name: str) -> str:
     """Register `name` and log in; the session token."""
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = pbg.ChatStub(channel)
-        rid = pb.RequestId(client_id=f"setup-{name}", seq=1, first_outstanding=1)
-        await stub.Register(
-            pb.RegisterRequest(request=rid, username=name, password="pw"), timeout=10
-        )
-        rid = pb.RequestId(client_id=f"setup-{name}", seq=2, first_outstanding=2)
-        reply = await stub.Login(
-            pb.LoginRequest(request=rid, username=name, password="pw"), timeout=10
-        )
-        return reply.token
+    async with new_sender(addresses, leader) as client:
+        await client.register(name, PASSWORD, timeout_s=10)
+        return await client.login(name, PASSWORD, timeout_s=10)
 
 
 def _statuses(cluster: Cluster) -> dict[str, NodeStatus]:
@@ -292,13 +246,13 @@ async def failover(
     elect: list[float] = []
     for _ in range(rounds):
         leader = cluster.wait_leader(LEADER_TIMEOUT_S)
-        sender = Sender(addresses, token, leader)
-        await sender.send()  # warm: a connection to the leader
+        client = new_sender(addresses, leader)
+        await send(client, token)  # warm: a connection to the leader
         survivors = [n for n in addresses if n != leader]
         t_kill = time.perf_counter()
         cluster.kill(leader)
         watcher = asyncio.create_task(_watch_election(addresses, survivors, leader))
-        await sender.send()
+        await send(client, token)
         t_commit = time.perf_counter()
         try:
             t_detect, t_elect = await asyncio.wait_for(watcher, 5)
@@ -307,7 +261,7 @@ async def failover(
         except TimeoutError:
             pass
         totals.append((t_commit - t_kill) * 1000)
-        await sender.close()
+        await client.close()
         cluster.start_node(leader)
         await _caught_up(cluster)
     return {
@@ -324,14 +278,18 @@ async def failover(
 async def cluster_figures(cluster: Cluster, settings: BenchSettings) -> dict[str, Any]:
     addresses = {n: cluster.address(n) for n in cluster.node_ids}
     leader = cluster.wait_leader(LEADER_TIMEOUT_S)
-    token = await login(addresses[leader], "bench")
-    await login(addresses[leader], "sink")
-    one = Sender(addresses, token, leader)
+    token = await login(addresses, leader, "bench")
+    await login(addresses, leader, "sink")
+    one = new_sender(addresses, leader)
+
+    def sending(client: Sender) -> Callable[[], Awaitable[None]]:
+        return lambda: send(client, token)
+
     for _ in range(WARMUP_SENDS):
-        await one.send()
-    lat = await latency(one.send, settings.count)
-    senders = [Sender(addresses, token, leader) for _ in range(settings.inflight)]
-    tput = await throughput(lambda k: senders[k].send, settings.inflight, settings.seconds)
+        await send(one, token)
+    lat = await latency(sending(one), settings.count)
+    senders = [new_sender(addresses, leader) for _ in range(settings.inflight)]
+    tput = await throughput(lambda k: sending(senders[k]), settings.inflight, settings.seconds)
     result: dict[str, Any] = {
         "sends_per_s_1_sender": round(lat.calls_per_s),
         "send_p50_ms": lat.p50_ms,
@@ -343,13 +301,13 @@ async def cluster_figures(cluster: Cluster, settings: BenchSettings) -> dict[str
     }
     if settings.stability_s > 0:
         before = _statuses(cluster)
-        await throughput(lambda k: senders[k].send, settings.inflight, settings.stability_s)
+        await throughput(lambda k: sending(senders[k]), settings.inflight, settings.stability_s)
         after = _statuses(cluster)
         terms_before = max(s.term or 0 for s in before.values())
         terms_after = max(s.term or 0 for s in after.values())
         result["leader_changes_under_load"] = terms_after - terms_before
-    for sender in [one, *senders]:
-        await sender.close()
+    for client in [one, *senders]:
+        await client.close()
     rounds = settings.failovers if cluster.size >= 3 else 0  # a kill must leave a majority
     if rounds > 0:
         result |= await failover(cluster, addresses, token, rounds)
@@ -385,17 +343,15 @@ async def echo_figures(port: int, settings: BenchSettings) -> dict[str, Any]:
 # -- the run ---------------------------------------------------------------------------------
 
 
-def bench_config(config: ClusterConfig, directory: Path) -> Path:
+def bench_config(config: ClusterConfig, directory: Path) -> ClusterConfig:
     """The same cluster (nodes, ports, timings) with its data in `directory`, a key of its own,
     and a recipient queue long enough for the throughput windows."""
-    raw = yaml.safe_load(config.path.read_text())
-    raw["data_dir"] = str(directory / "data")
-    raw.pop("cluster_key_file", None)
-    chat = raw.get("chat") if isinstance(raw.get("chat"), dict) else {}
-    raw["chat"] = {**chat, "queue_limit": BENCH_QUEUE_LIMIT}
-    path = directory / "cluster.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return replace(
+        config,
+        data_dir=directory / "data",
+        cluster_key_file=None,
+        chat=replace(config.chat, queue_limit=BENCH_QUEUE_LIMIT),
+    )
 
 
 def _wait_echo(port: int, echo: subprocess.Popen[bytes]) -> None:
@@ -414,11 +370,10 @@ def _wait_echo(port: int, echo: subprocess.Popen[bytes]) -> None:
                 time.sleep(0.05)
 
 
-def run_benchmark(config_path: str | Path, settings: BenchSettings) -> dict[str, Any]:
-    """Run the benchmark on the cluster of config_path (fresh data in a temporary directory,
-    never its own data_dir) and an echo server beside it; the result document. ConfigError for
-    a bad cluster.yaml, before anything starts. Call it from the main thread."""
-    config = load_config(config_path)
+def run_benchmark(config: ClusterConfig, settings: BenchSettings) -> dict[str, Any]:
+    """Run the benchmark on the cluster of config (fresh data in a temporary directory, never
+    its own data_dir) and an echo server beside it; the result document. Call it from the main
+    thread."""
     result: dict[str, Any] = {
         "benchmark": "cluster",
         "python": platform.python_version(),
@@ -603,7 +558,7 @@ def run_command(args: argparse.Namespace) -> int:
     """`python -m supervisor bench`: 0 done, 1 the benchmark failed, 2 bad usage or config."""
     try:
         settings = settings_from(args)
-        load_config(args.config)  # a bad file is a clear error before anything starts
+        config = load_config(args.config)  # a bad file is a clear error before anything starts
     except (ValueError, ConfigError) as error:
         print(f"bench: {error}", file=sys.stderr)
         return 2
@@ -615,7 +570,7 @@ def run_command(args: argparse.Namespace) -> int:
             flush=True,
         )
     try:
-        result = run_benchmark(args.config, settings)
+        result = run_benchmark(config, settings)
     except (ConfigError, PortInUseError) as error:
         print(f"bench: {error}", file=sys.stderr)
         return 2

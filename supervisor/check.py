@@ -9,6 +9,13 @@ The schedule comes from --seed, printed, so a run can be repeated. Then it heals
 drains every inbox, checks the history (supervisor.history) and that every node's state
 digest is identical, prints the verdict, the counts and the timeline, and exits non-zero on a
 violation.
+
+The clients speak gRPC through supervisor/sender.py, not the chat client library: a send whose
+outcome is unknown is resent with its one request id until it is answered, and is recorded as
+unknown only if it never is; only a definite refusal records it as failed.
+
+A tool on top of the supervisor library: imports node.config, supervisor.cluster,
+supervisor.history and supervisor.sender; never client or node internals.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import random
 import shutil
 import sys
@@ -23,16 +31,21 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
-import yaml
-
-from client.api import ChatClient
-from client.errors import ChatClientError, ServerError
 from node.config import ClusterConfig, load_config
 from supervisor.cluster import Cluster
 from supervisor.history import Delivery, Outcome, ReadRecord, SendRecord, check, render
+from supervisor.sender import OutcomeUnknownError, RefusedError, Sender, SenderError
 
 NEMESES = ("kill", "pause", "partition")
+PASSWORD: Final = "pw"
+SETUP_TIMEOUT_S: Final = 20.0  # registering and logging in, on a healthy cluster
+READ_TIMEOUT_S: Final = 5.0
+# How long after the last fault step a send still without an answer keeps being resent (with
+# its one request id) before it is recorded as unknown.
+SETTLE_S: Final = 20.0
+RETRY_PAUSE_S: Final = 0.02
 
 
 @dataclass
@@ -52,24 +65,28 @@ class Run:
         print(line, flush=True)
 
 
-def scratch_config(config: ClusterConfig, directory: Path) -> Path:
-    """The same cluster (nodes, ports, timings) with its data in `directory`."""
-    raw = yaml.safe_load(config.path.read_text())
-    raw["data_dir"] = str(directory / "data")
-    raw.pop("cluster_key_file", None)
-    path = directory / "cluster.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+def scratch_config(config: ClusterConfig, directory: Path) -> ClusterConfig:
+    """The same cluster (nodes, ports, timings) with its data in `directory` and a key of its
+    own (written there when the cluster starts, unless the file gives one inline)."""
+    return dataclasses.replace(config, data_dir=directory / "data", cluster_key_file=None)
+
+
+def addresses(config: ClusterConfig) -> dict[str, str]:
+    return {node.id: node.address for node in config.nodes}
 
 
 async def sender(
     run: Run, config: ClusterConfig, user: str, users: list[str], until: float, seed: int
 ) -> None:
+    """Numbered sends to random others until `until` (run time), one at a time, and a read of
+    the history with one partner every tenth send. A send is resent with its one request id
+    until it is answered; one still unanswered SETTLE_S after `until` is recorded as unknown,
+    and then this sender stops, so that no later send of its can overtake it."""
     rng = random.Random(seed)
     others = [u for u in users if u != user] or [user]
     partner = others[0]
-    async with ChatClient(config, overall_timeout_s=5.0) as client:
-        await client.login(user, "pw")
+    async with Sender(addresses(config), retry_pause_s=RETRY_PAUSE_S) as client:
+        token = await client.login(user, PASSWORD, timeout_s=SETUP_TIMEOUT_S)
         n = 0
         while run.now() < until:
             n += 1
@@ -77,34 +94,29 @@ async def sender(
             start = run.now()
             outcome, mid = Outcome.OK, None
             try:
-                mid = (await client.send(to, text)).message_id
-            except ServerError:
-                outcome = Outcome.FAILED
-            except ChatClientError:
-                outcome = Outcome.UNKNOWN  # still pending, and still being resent
+                reply = await client.send(token, to, text, timeout_s=until + SETTLE_S - start)
+                mid = reply.message_id
+            except RefusedError:
+                outcome = Outcome.FAILED  # definite: it was not applied
+            except OutcomeUnknownError:
+                outcome = Outcome.UNKNOWN
             run.sends.append(SendRecord(user, to, text, start, run.now(), outcome, mid))
+            if outcome is Outcome.UNKNOWN:
+                return
             if n % 10 == 0:
                 start = run.now()
-                with contextlib.suppress(ChatClientError):
-                    seen = await client.history(partner)
+                with contextlib.suppress(SenderError):
+                    seen = await client.history(token, partner, timeout_s=READ_TIMEOUT_S)
                     newest = max((m.id for m in seen), default=0)
                     run.reads.append(ReadRecord(user, start, run.now(), newest))
-        await client.flush(10.0)
 
 
 async def drain(run: Run, config: ClusterConfig, user: str, idle_s: float = 2.0) -> None:
-    async with ChatClient(config, overall_timeout_s=20.0) as client:
-        await client.login(user, "pw")
-        subscription = client.subscribe(after_id=0)
-        try:
-            while True:
-                try:
-                    m = await asyncio.wait_for(subscription.__anext__(), idle_s)
-                except (TimeoutError, StopAsyncIteration):
-                    break
-                run.deliveries.append(Delivery(m.recipient, m.id, m.sender, m.text))
-        finally:
-            await subscription.aclose(ack=False)
+    """Every message queued for user, read once (nothing acked)."""
+    async with Sender(addresses(config), retry_pause_s=RETRY_PAUSE_S) as client:
+        token = await client.login(user, PASSWORD, timeout_s=SETUP_TIMEOUT_S)
+        for m in await client.messages(token, idle_s=idle_s, timeout_s=60.0):
+            run.deliveries.append(Delivery(m.recipient, m.id, m.sender, m.text))
 
 
 def nemesis_step(
@@ -163,9 +175,9 @@ async def run_check(args: argparse.Namespace) -> int:
             scratch = cluster.config
             run.event(f"cluster up, leader {cluster.wait_leader(30)}")
             users = [f"user{i}" for i in range(args.clients)]
-            async with ChatClient(scratch, overall_timeout_s=20.0) as setup:
+            async with Sender(addresses(scratch), retry_pause_s=RETRY_PAUSE_S) as setup:
                 for u in users:
-                    await setup.register(u, "pw")
+                    await setup.register(u, PASSWORD, timeout_s=SETUP_TIMEOUT_S)
             until = run.now() + args.duration
             tasks = [
                 asyncio.create_task(sender(run, scratch, u, users, until, seed + i))
