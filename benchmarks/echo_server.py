@@ -13,13 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from protos import chat_pb2, chat_pb2_grpc
+from protos import chat_pb2
 
 if TYPE_CHECKING:
     Context = grpc.aio.ServicerContext[Any, Any]
 
 
-class Echo(chat_pb2_grpc.ChatServicer):
+class Echo:
+    """Send and Status of the Chat service, answered at once; every other method is
+    UNIMPLEMENTED (no servicer subclass: the echo serves those two only)."""
+
     def __init__(self) -> None:
         self._next = 0
 
@@ -32,10 +35,28 @@ class Echo(chat_pb2_grpc.ChatServicer):
     ) -> chat_pb2.StatusReply:
         return chat_pb2.StatusReply(node_id="echo", role="leader")
 
+    def handler(self) -> grpc.GenericRpcHandler:
+        service = chat_pb2.DESCRIPTOR.services_by_name["Chat"].full_name
+        return grpc.method_handlers_generic_handler(
+            service,
+            {
+                "Send": grpc.unary_unary_rpc_method_handler(
+                    self.Send,
+                    request_deserializer=chat_pb2.SendRequest.FromString,
+                    response_serializer=chat_pb2.SendReply.SerializeToString,
+                ),
+                "Status": grpc.unary_unary_rpc_method_handler(
+                    self.Status,
+                    request_deserializer=chat_pb2.StatusRequest.FromString,
+                    response_serializer=chat_pb2.StatusReply.SerializeToString,
+                ),
+            },
+        )
+
 
 async def serve(port: int) -> None:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    chat_pb2_grpc.add_ChatServicer_to_server(Echo(), server)
+    server.add_generic_rpc_handlers((Echo().handler(),))
     if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
         raise SystemExit(f"echo server: port {port} in use")
     await server.start()
