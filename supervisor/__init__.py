@@ -1,12 +1,35 @@
-"""The supervisor: runs a whole chatbooth cluster on one machine from cluster.yaml and breaks it
-on purpose, with real faults only: processes killed, stopped and paused by signal, and links cut
-or slowed by TCP proxies between the nodes. It never reaches into a node to fake a fault.
+"""The supervisor: a library that runs a whole chatbooth cluster on one machine and breaks it
+on purpose, with real faults only (processes killed, stopped and paused by signal; links cut or
+slowed by TCP proxies between the nodes; never a fault faked inside a node), and the tools on
+top of it.
 
-    from supervisor import Cluster            # the API tests and benchmarks use
-    python -m supervisor up cluster.yaml      # the same machinery behind the fault REPL
+The library, each module importing only those above it in this list:
 
-Modules, each importing only those under it: errors <- links, processes <- cluster <- repl
-<- __main__. None imports node internals (only node.config, the shared loader) or client.
+    errors      SupervisorError, the root of every error the supervisor raises on purpose
+    ports       free_port
+    links       LinkNetwork: one proxy per directed link between nodes (partition, heal, slow)
+    processes   NodeProcess, ProcessTable: spawn, signal and reap node processes
+    nodeconfig  a ClusterConfig as cluster.yaml text, the way nodes are handed a relocated one
+    history     the history checker (pure data in, a Verdict out)
+    sender      Sender: leader-following chat calls over raw gRPC, request ids in one place
+    cluster     Cluster: the API tests, benchmarks and the tools use, from a cluster.yaml path
+                or a ClusterConfig (relocate one with dataclasses.replace)
+    chaos       Chaos, ChaosRunner: one random fault per interval, at most a minority
+
+The tools, which nothing in the library imports:
+
+    repl        the fault REPL (prompt `cluster NAME> `)
+    check       python -m supervisor check cluster.yaml   (random faults + the history check)
+    bench       python -m supervisor bench cluster.yaml   (benchmarks/cluster.py wraps it)
+    __main__    python -m supervisor up cluster.yaml      (a cluster and its fault REPL)
+
+The tools, the tests and the benchmarks import what they use from those modules
+(`from supervisor.cluster import Cluster`); this package re-exports the Cluster API and its
+errors for anyone else (`from supervisor import Cluster`). What a link proxy costs is measured
+by benchmarks/links.py, not here.
+
+Nothing in the supervisor imports node internals (only node.config, the shared loader) or
+client; tests/test_layers.py holds the package to that and to the order above.
 """
 
 from __future__ import annotations
@@ -24,7 +47,7 @@ from supervisor.cluster import (
     majority_leader,
 )
 from supervisor.errors import SupervisorError
-from supervisor.links import LinkError, ProxyCost, measure_cost
+from supervisor.links import LinkError
 from supervisor.processes import NodeExit, ProcessError, ProcessState
 
 __all__ = [
@@ -40,9 +63,7 @@ __all__ = [
     "PortInUseError",
     "ProcessError",
     "ProcessState",
-    "ProxyCost",
     "SupervisorError",
     "UnknownNodeError",
     "majority_leader",
-    "measure_cost",
 ]

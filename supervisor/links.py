@@ -15,7 +15,7 @@ makes real network faults, and the nodes contain no fault-injection code:
 
 `Link` is the asyncio proxy of one directed link; `LinkNetwork` owns every link of a cluster on
 an event loop in a thread of its own, and is what the Cluster uses (its methods are blocking
-and thread-safe). `measure_cost` measures what a proxy adds to a round trip.
+and thread-safe). What a proxy adds to a round trip is measured by benchmarks/links.py.
 
 Imports only the standard library (and supervisor.errors): nothing from node, client or
 protos.
@@ -29,11 +29,8 @@ import concurrent.futures
 import contextlib
 import logging
 import socket
-import socketserver
-import statistics
 import struct
 import threading
-import time
 from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
@@ -693,119 +690,3 @@ class LinkNetwork:
 def format_groups(groups: Groups) -> str:
     """A partition as the REPL writes it: `a,b | c`."""
     return " | ".join(",".join(group) for group in groups)
-
-
-# -- what a proxy costs -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ProxyCost:
-    """Round trips of small messages to an echo server, directly and through one proxy (in its
-    own thread, as the cluster runs it), and bulk throughput through the proxy."""
-
-    rounds: int
-    payload_bytes: int
-    direct_p50_us: float
-    direct_p99_us: float
-    proxied_p50_us: float
-    proxied_p99_us: float
-    added_p50_us: float  # proxied minus direct, median
-    direct_mb_s: float
-    proxied_mb_s: float
-
-    def as_dict(self) -> dict[str, float | int]:
-        return {name: getattr(self, name) for name in self.__slots__}
-
-
-class _EchoHandler(socketserver.BaseRequestHandler):
-    def handle(self) -> None:
-        sock: socket.socket = self.request
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        while data := sock.recv(READ_CHUNK):
-            sock.sendall(data)
-
-
-class _EchoServer(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-def _round_trips(address: tuple[str, int], rounds: int, payload: bytes) -> list[float]:
-    with socket.create_connection(address, timeout=10) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        samples: list[float] = []
-        for _ in range(rounds):
-            start = time.perf_counter()
-            sock.sendall(payload)
-            received = 0
-            while received < len(payload):
-                chunk = sock.recv(len(payload) - received)
-                if not chunk:
-                    raise ConnectionError("the echo server closed the connection")
-                received += len(chunk)
-            samples.append(time.perf_counter() - start)
-        return samples
-
-
-def _throughput_mb_s(address: tuple[str, int], total_bytes: int) -> float:
-    block = b"x" * READ_CHUNK
-    with socket.create_connection(address, timeout=30) as sock:
-        received = 0
-
-        def send() -> None:
-            sent = 0
-            while sent < total_bytes:
-                sock.sendall(block)
-                sent += len(block)
-
-        start = time.perf_counter()
-        sender = threading.Thread(target=send, daemon=True)
-        sender.start()
-        while received < total_bytes:
-            chunk = sock.recv(READ_CHUNK)
-            if not chunk:
-                raise ConnectionError("the echo server closed the connection")
-            received += len(chunk)
-        elapsed = time.perf_counter() - start
-        sender.join(timeout=10)
-    return received / elapsed / 1e6
-
-
-def _percentile_us(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] * 1e6
-
-
-def measure_cost(
-    rounds: int = 2000, payload_bytes: int = 100, bulk_bytes: int = 32 * 2**20
-) -> ProxyCost:
-    """Measure what one proxy adds: round-trip latency of payload_bytes messages (p50, p99)
-    and bulk throughput, against a local echo server, without and with the proxy."""
-    payload = b"p" * payload_bytes
-    with _EchoServer((LISTEN_HOST, 0), _EchoHandler) as echo:
-        serving = threading.Thread(target=echo.serve_forever, name="echo", daemon=True)
-        serving.start()
-        try:
-            echo_address: tuple[str, int] = echo.server_address[:2]  # type: ignore[assignment]
-            with LinkNetwork({"client": ("0.0.0.0", 0), "echo": echo_address}) as network:
-                host, port = network.address("client", "echo").rsplit(":", 1)
-                proxied_address = (host, int(port))
-                _round_trips(echo_address, rounds // 10 + 1, payload)  # warm up both paths
-                _round_trips(proxied_address, rounds // 10 + 1, payload)
-                direct = _round_trips(echo_address, rounds, payload)
-                proxied = _round_trips(proxied_address, rounds, payload)
-                direct_mb_s = _throughput_mb_s(echo_address, bulk_bytes)
-                proxied_mb_s = _throughput_mb_s(proxied_address, bulk_bytes)
-        finally:
-            echo.shutdown()
-    return ProxyCost(
-        rounds=rounds,
-        payload_bytes=payload_bytes,
-        direct_p50_us=round(_percentile_us(direct, 0.5), 1),
-        direct_p99_us=round(_percentile_us(direct, 0.99), 1),
-        proxied_p50_us=round(_percentile_us(proxied, 0.5), 1),
-        proxied_p99_us=round(_percentile_us(proxied, 0.99), 1),
-        added_p50_us=round(statistics.median(proxied) * 1e6 - statistics.median(direct) * 1e6, 1),
-        direct_mb_s=round(direct_mb_s, 1),
-        proxied_mb_s=round(proxied_mb_s, 1),
-    )

@@ -1,6 +1,7 @@
 """supervisor/links.py: the proxies forward, a partition silences open and new connections both
 ways (nothing read, nothing written), heal resets what was open across the cut, and slow adds
-measurable latency. Plain asyncio echo servers stand in for nodes."""
+measurable latency. Plain asyncio echo servers stand in for nodes. (What a proxy costs,
+benchmarks/links.py, is run here too: it measures these proxies.)"""
 
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from benchmarks.links import measure_cost
 from supervisor.links import (
     Link,
     LinkError,
     LinkNetwork,
     crosses,
     format_groups,
-    measure_cost,
     normalize_groups,
 )
 
