@@ -24,11 +24,24 @@ import yaml
 
 @dataclass(frozen=True, slots=True)
 class ScryptCost:
-    """Cost parameters of scrypt password hashes; stored beside every hash."""
+    """Cost parameters of scrypt password hashes; stored beside every hash. The default is
+    OWASP's figure (n=2^17, r=8, p=1: 128 MiB and a few hundred ms per hash)."""
 
-    n: int = 2**14
+    n: int = 2**17
     r: int = 8
     p: int = 1
+
+    @property
+    def memory_bytes(self) -> int:
+        """What one hash needs (OpenSSL: 128*r*(n+2) for V plus 128*r*p for B)."""
+        return 128 * self.r * (self.n + self.p + 2)
+
+
+SCRYPT_N_RANGE = (2**4, 2**20)  # 2^4 only for tests; 2^20 at r=8 is 1 GiB per hash
+SCRYPT_R_RANGE = (1, 32)
+SCRYPT_P_RANGE = (1, 16)
+SCRYPT_MAX_MEMORY = 1 << 30
+OWASP_SCRYPT = (2**17, 8)  # n*r below this is weaker than OWASP's recommendation
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,6 +394,12 @@ class _Validator:
                 self.fail("leader", f"must name a node ({', '.join(ids)}), got {leader!r}")
 
         chat, scrypt = self.chat(top.get("chat"))
+        if scrypt.n * scrypt.r < OWASP_SCRYPT[0] * OWASP_SCRYPT[1]:
+            warnings = (
+                *warnings,
+                f"{self.path}: chat.scrypt n={scrypt.n}, r={scrypt.r} is weaker than OWASP's "
+                "n=2^17, r=8, p=1: fine for tests, not for real passwords",
+            )
         return ClusterConfig(
             path=self.path,
             cluster=cluster,
@@ -537,13 +556,24 @@ class _Validator:
         section = self.mapping(value, "chat.scrypt", _SCRYPT_KEYS)
         default = ScryptCost()
         n = section.get("n", default.n)
-        if not isinstance(n, int) or isinstance(n, bool) or n < 2 or n & (n - 1):
-            self.fail("chat.scrypt.n", f"must be a power of two of at least 2, got {_show(n)}")
-        return ScryptCost(
+        low, high = SCRYPT_N_RANGE
+        if not isinstance(n, int) or isinstance(n, bool) or not low <= n <= high or n & (n - 1):
+            self.fail(
+                "chat.scrypt.n",
+                f"must be a power of two from 2^4 to 2^20 ({low} to {high}), got {_show(n)}",
+            )
+        cost = ScryptCost(
             n=n,
-            r=self.integer(section.get("r", default.r), "chat.scrypt.r", 1),
-            p=self.integer(section.get("p", default.p), "chat.scrypt.p", 1),
+            r=self.integer(section.get("r", default.r), "chat.scrypt.r", *SCRYPT_R_RANGE),
+            p=self.integer(section.get("p", default.p), "chat.scrypt.p", *SCRYPT_P_RANGE),
         )
+        if cost.memory_bytes > SCRYPT_MAX_MEMORY:
+            self.fail(
+                "chat.scrypt",
+                f"n={cost.n}, r={cost.r}, p={cost.p} needs {cost.memory_bytes >> 20} MiB per "
+                f"hash; the limit is {SCRYPT_MAX_MEMORY >> 20} MiB",
+            )
+        return cost
 
 
 def _show(value: object) -> str:

@@ -26,7 +26,7 @@ import grpc
 from node.chat import commands as cmds
 from node.chat import validation
 from node.chat.errors import ChatError
-from node.chat.passwords import SALT_BYTES, hash_password, verify_password
+from node.chat.passwords import SALT_BYTES, PasswordHash, hash_password, verify_password
 from node.chat.replies import ApplyResult, ChatMessage
 from node.chat.state import ChatState
 from node.config import ClusterConfig
@@ -34,6 +34,7 @@ from node.driver import NoQuorumError, OutcomeUnknownError, RaftDriver
 from node.logclock import LogClock
 from node.raft.errors import NotLeaderError
 from node.raft.types import NodeId
+from node.seams import ThreadExecutor
 from node.transport import CHANNEL_OPTIONS
 from protos import chat_pb2, chat_pb2_grpc
 
@@ -104,6 +105,9 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         self._channels: dict[NodeId, grpc.aio.Channel] = {}
         self._subscribers: dict[str, set[_Subscriber]] = {}
         self._log_clock = LogClock(driver.clock)
+        self._hash_pool = ThreadExecutor(1, f"{driver.id}-scrypt")
+        # What an unknown user's password is checked against (same cost as a real one).
+        self._dummy_hash = hash_password("", config.scrypt, b"\0" * SALT_BYTES)
         self._log_clock.observe(state.log_time_ms)
         self._tasks: list[asyncio.Task[None]] = []
         driver.add_apply_listener(self._on_apply)
@@ -120,6 +124,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._hash_pool.shutdown()
         self._end_all(_Abort(grpc.StatusCode.UNAVAILABLE, "the node is shutting down"))
         for ch in self._channels.values():
             await ch.close(grace=None)
@@ -249,8 +254,18 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         """(this node's wall clock, the log time it stamps) for a command it proposes."""
         return _now_ms(), self._log_clock.stamp()
 
-    async def _cpu(self, fn: Callable[..., Resp], *args: Any) -> Resp:
-        return await self._driver.cpu_pool.run(fn, *args)
+    async def _scrypt(self, fn: Callable[..., Resp], *args: Any) -> Resp:
+        """One hash at a time, in its own thread: at OWASP's cost each takes 128 MiB (TRAPS),
+        and a burst of logins must neither multiply that nor stall the event loop."""
+        return await self._hash_pool.run(fn, *args)
+
+    async def _check_password(self, password: str, stored: PasswordHash | None) -> bool:
+        """Whether `password` matches; an unknown account costs one hash too (against a
+        dummy), so timing does not tell which usernames exist."""
+        if stored is None:
+            await self._scrypt(verify_password, password, self._dummy_hash)
+            return False
+        return await self._scrypt(verify_password, password, stored)
 
     async def _leader_read(self, context: Context) -> None:
         await self._driver.read_barrier(self._timeout(context))
@@ -297,7 +312,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             password = validation.validate_password(request.password)
             self._driver.require_leader()
             salt = os.urandom(SALT_BYTES)
-            pw_hash = await self._cpu(hash_password, password, self._config.scrypt, salt)
+            pw_hash = await self._scrypt(hash_password, password, self._config.scrypt, salt)
             await self._propose(
                 cmds.Register(
                     timestamp_ms=ts,
@@ -317,6 +332,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             rid = self._request_id(request.request)
             ts, lt = self._times()
             name = validation.validate_username(request.username, self._limits)
+            validation.validate_password(request.password)
             await self._leader_read(context)
             if self._state.answered(rid):  # a retry: the log gives the first reply
                 token = secrets.token_urlsafe(24)
@@ -331,7 +347,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
                 reply = await self._propose(cmd, context)
                 return chat_pb2.LoginReply(token=reply.token, username=reply.username)
             stored = self._state.account_hash(name)
-            ok = stored is not None and await self._cpu(verify_password, request.password, stored)
+            ok = await self._check_password(request.password, stored)
             if not ok or stored is None:
                 raise _Abort(grpc.StatusCode.UNAUTHENTICATED, "wrong username or password")
             token = secrets.token_urlsafe(24)
@@ -403,13 +419,12 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             rid = self._request_id(request.request)
             ts, lt = self._times()
             token = validation.validate_token(request.token)
+            validation.validate_password(request.password)
             await self._leader_read(context)
             if not self._state.answered(rid):  # a retry skips the checks: first reply wins
                 user = self._state.authenticate(token)
                 stored = self._state.account_hash(user)
-                ok = stored is not None and await self._cpu(
-                    verify_password, request.password, stored
-                )
+                ok = await self._check_password(request.password, stored)
                 if not ok:
                     raise _Abort(grpc.StatusCode.UNAUTHENTICATED, "wrong password")
             await self._propose(

@@ -129,7 +129,10 @@ def test_full_file_round_trips_into_dataclasses(tmp_path: Path) -> None:
         ),
         cluster_key="s3cret",
         cluster_key_file=None,
-        warnings=(),
+        warnings=(
+            f"{path}: chat.scrypt n=1024, r=4 is weaker than OWASP's n=2^17, r=8, p=1: fine "
+            "for tests, not for real passwords",
+        ),
     )
     assert config.node_ids == ("x", "b", "a")  # file order, not sorted
     assert config.node("a").address == "node-a.example:9003"
@@ -152,7 +155,7 @@ def test_optional_sections_take_the_defaults(tmp_path: Path) -> None:
     assert config.raft == RaftTimings()
     assert config.snapshot == SnapshotPolicy(entries=10_000, bytes=64 * 2**20)
     assert config.chat == ChatLimits()
-    assert config.scrypt == ScryptCost(n=2**14, r=8, p=1)
+    assert config.scrypt == ScryptCost(n=2**17, r=8, p=1)  # OWASP's figure
     assert (config.cluster_key, config.cluster_key_file) == (None, None)
 
 
@@ -341,12 +344,20 @@ MISTAKES = [
     ({"chat.session_idle_s": "1w"}, "chat.session_idle_s", ["positive integer, got '1w'"]),
     ({"chat.page_size": 2000}, "chat.page_size", ["at most max_page_size (1000), got 2000"]),
     # scrypt
-    ({"chat.scrypt.n": 1000}, "chat.scrypt.n", ["must be a power of two of at least 2, got 1000"]),
-    ({"chat.scrypt.n": 1}, "chat.scrypt.n", ["power of two of at least 2, got 1"]),
-    ({"chat.scrypt.n": 0}, "chat.scrypt.n", ["power of two of at least 2, got 0"]),
+    ({"chat.scrypt.n": 1000}, "chat.scrypt.n", ["power of two from 2^4 to 2^20", "got 1000"]),
+    ({"chat.scrypt.n": 1}, "chat.scrypt.n", ["power of two from 2^4 to 2^20", "got 1"]),
+    ({"chat.scrypt.n": 2}, "chat.scrypt.n", ["power of two from 2^4 to 2^20", "got 2"]),
+    ({"chat.scrypt.n": 0}, "chat.scrypt.n", ["power of two from 2^4 to 2^20", "got 0"]),
+    ({"chat.scrypt.n": 2**30}, "chat.scrypt.n", ["power of two from 2^4 to 2^20", "1073741824"]),
     ({"chat.scrypt.n": "16384"}, "chat.scrypt.n", ["power of two", "got '16384'"]),
-    ({"chat.scrypt.r": 0}, "chat.scrypt.r", ["must be a positive integer, got 0"]),
-    ({"chat.scrypt.p": 0}, "chat.scrypt.p", ["must be a positive integer, got 0"]),
+    ({"chat.scrypt.r": 0}, "chat.scrypt.r", ["must be an integer from 1 to 32, got 0"]),
+    ({"chat.scrypt.r": 64}, "chat.scrypt.r", ["must be an integer from 1 to 32, got 64"]),
+    ({"chat.scrypt.p": 0}, "chat.scrypt.p", ["must be an integer from 1 to 16, got 0"]),
+    (
+        {"chat.scrypt.n": 2**20, "chat.scrypt.r": 16},
+        "chat.scrypt",
+        ["needs 2048 MiB per hash; the limit is 1024 MiB"],
+    ),
     ({"chat.scrypt": [16384, 8, 1]}, "chat.scrypt", ["must be a mapping", "n, r, p"]),
     # the cluster key
     (
