@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -42,7 +42,7 @@ from node.storage.errors import (
 from node.storage.files import FileLock, FileSystem, RealFileSystem, ensure_dir
 from node.storage.protocols import LogStore, SnapshotStore, StableStore
 from node.storage.records import SnapshotMarker
-from node.storage.snapshots import SnapshotFiles
+from node.storage.snapshots import SnapshotFiles, check_meta
 from node.storage.wal import DEFAULT_SEGMENT_BYTES, WriteAheadLog
 
 __all__ = [
@@ -233,15 +233,40 @@ class Storage:
             )
         self._store_snapshot(meta, data, reset=False)
 
-    def install_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
-        """Store a snapshot received from the leader: every stored entry is discarded and the
-        log restarts after meta.index. Durable on return, with everything written before."""
+    def check_install(self, meta: SnapshotMeta) -> None:
+        """Raise StorageMisuseError if install_snapshot(meta, ...) would refuse `meta`.
+
+        Reads nothing, writes nothing. For a caller that validates a received snapshot's data
+        itself before installing it: check this first, so that nothing is validated (or
+        restored) that the storage then refuses.
+        """
         self._check_open()
         snapshot_index = self._log.first_index() - 1
         if meta.index <= snapshot_index:
             raise StorageMisuseError(
                 f"snapshot at index {meta.index} is not after the current one at {snapshot_index}"
             )
+        check_meta(meta)
+
+    def install_snapshot(
+        self,
+        meta: SnapshotMeta,
+        data: bytes,
+        *,
+        validate: Callable[[bytes], object] | None = None,
+    ) -> None:
+        """Store a snapshot received from the leader: every stored entry is discarded and the
+        log restarts after meta.index. Durable on return, with everything written before.
+
+        A snapshot must be validated before it is durable: once it is, every restart loads it
+        again, and one the state machine cannot restore is a crash loop. `validate(data)` (the
+        state machine's check) runs after check_install(meta) and before anything is written;
+        whatever it raises propagates, and then nothing was stored. A crash before this returns
+        leaves the old snapshot and log (a half-stored snapshot is removed at open).
+        """
+        self.check_install(meta)
+        if validate is not None:
+            validate(data)
         self._store_snapshot(meta, data, reset=True)
 
     def close(self) -> None:

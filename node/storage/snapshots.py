@@ -6,8 +6,14 @@ A file is
     | per voter: length u16, UTF-8 name | data length u64 | data | crc32 u32 of all before it
 
 and is written to `<name>.tmp`, fsynced, renamed into place and the directory fsynced, so a
-crash leaves the old snapshot or the new one, never a half-written one under a real name.
-Flag 1, REPLACES_LOG, marks a snapshot installed from the leader: the log restarts after it.
+crash leaves the old snapshot or the new one, never a half-written one under a real name (a
+torn `.tmp` is removed at open). Only then does the log record it (Storage writes the marker),
+so a file the log never recorded is an interrupted save. Flag 1, REPLACES_LOG, marks a snapshot
+installed from the leader: the log restarts after it. Nothing here validates the data: the
+state machine must (Storage.install_snapshot's `validate`) before the snapshot is stored.
+
+A file whose checksum fails is StorageCorruptedError naming it and the offset, saying whether it
+was cut short (its size disagrees with what its header describes) or damaged in place.
 
 Which snapshot is current is decided at open (`select`), from the write-ahead log, as etcd does:
 the one its snapshot marker names. A newer file that the log never recorded is a save or an
@@ -185,8 +191,7 @@ class SnapshotFiles:
 
         `replaces_log`: installed from the leader, so every stored entry is discarded.
         """
-        if meta.index < 1:
-            raise StorageMisuseError(f"a snapshot needs an index of at least 1, not {meta.index}")
+        check_meta(meta)
         file = SnapshotFile(meta.term, meta.index, self._dir / snapshot_name(meta.term, meta.index))
         tmp = file.path.with_name(file.path.name + _TMP_SUFFIX)
         flags = _REPLACES_LOG if replaces_log else 0
@@ -195,8 +200,6 @@ class SnapshotFiles:
         )
         for voter in meta.conf.voters:
             name = voter.encode("utf-8")
-            if len(name) > 0xFFFF:
-                raise StorageMisuseError(f"voter id of {len(name)} bytes is too long")
             head += _VOTER.pack(len(name)) + name
         head += _DATA_LENGTH.pack(len(data))
         crc = zlib.crc32(data, zlib.crc32(head))
@@ -247,6 +250,29 @@ class SnapshotFiles:
         return meta, replaces_log, data
 
 
+def _described_size(buf: bytes, voters: int) -> int | None:
+    """The size of file the (unverified) header describes; None if it runs past the end."""
+    offset = _HEAD.size
+    for _ in range(voters):
+        if offset + _VOTER.size > len(buf):
+            return None
+        (length,) = _VOTER.unpack_from(buf, offset)
+        offset += _VOTER.size + length
+    if offset + _DATA_LENGTH.size > len(buf):
+        return None
+    (length,) = _DATA_LENGTH.unpack_from(buf, offset)
+    return int(offset + _DATA_LENGTH.size + length + _CRC.size)
+
+
+def check_meta(meta: SnapshotMeta) -> None:
+    """Raise StorageMisuseError if `meta` cannot be stored as a snapshot."""
+    if meta.index < 1:
+        raise StorageMisuseError(f"a snapshot needs an index of at least 1, not {meta.index}")
+    for voter in meta.conf.voters:
+        if len(voter.encode("utf-8")) > 0xFFFF:
+            raise StorageMisuseError(f"voter id of {len(voter.encode('utf-8'))} bytes is too long")
+
+
 def decode_snapshot(path: Path, buf: bytes) -> tuple[SnapshotMeta, bool, bytes]:
     """Parse and verify one snapshot file's bytes: (meta, replaces_log, data).
 
@@ -265,6 +291,21 @@ def decode_snapshot(path: Path, buf: bytes) -> tuple[SnapshotMeta, bool, bytes]:
     body_end = len(buf) - _CRC.size
     (crc,) = _CRC.unpack_from(buf, body_end)
     if zlib.crc32(buf[:body_end]) != crc:
+        described = _described_size(buf, voters)
+        if described is None:
+            raise StorageCorruptedError(
+                path,
+                len(buf),
+                f"the file is {len(buf)} bytes and ends inside its header: cut short, "
+                "or the header is damaged",
+            )
+        if described != len(buf):
+            raise StorageCorruptedError(
+                path,
+                min(described, len(buf)),
+                f"the file is {len(buf)} bytes but its header describes {described}: "
+                "cut short (or extended), or the header is damaged",
+            )
         raise StorageCorruptedError(path, body_end, "snapshot checksum mismatch")
     # The checksum holds, so what follows fails only on a file written by a broken writer.
     if flags & ~_REPLACES_LOG:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from node.storage import RealFileSystem, Storage, StorageCorruptedError
+from node.raft.types import ConfState, LogIndex, NodeId, SnapshotMeta, Term
+from node.storage import RealFileSystem, Storage, StorageCorruptedError, StorageMisuseError
 from node.storage.snapshots import SnapshotFiles
 from tests.storage.crashfs import CrashFileSystem, PowerCut
 from tests.storage.workload import DATA_DIR, entry, hard, snap, snapshot_data
@@ -194,3 +195,80 @@ def test_a_damaged_snapshot_with_a_valid_newer_one_moves_forward(
     assert str(own) in caplog.text
     with Storage.open(tmp_path) as storage:  # and it is recorded now
         assert storage.initial_state().snapshot == snap(15, 1)
+
+
+def _reject(data: bytes) -> None:
+    raise ValueError(f"the state machine cannot restore {data!r}")
+
+
+def test_install_snapshot_validates_before_anything_is_durable() -> None:
+    """A snapshot made durable before it was validated is a crash loop: every restart loads
+    it again. A rejected one leaves nothing behind, not even after a power cut."""
+    fs = CrashFileSystem()
+    storage = Storage.open(DATA_DIR, fs=fs)
+    storage.append([entry(1, i) for i in range(1, 21)])
+    storage.save_snapshot(snap(10, 1), b"ten")
+    before = fs.ops
+    seen: list[bytes] = []
+
+    def reject(data: bytes) -> None:
+        seen.append(data)
+        _reject(data)
+
+    with pytest.raises(ValueError, match="cannot restore"):
+        storage.install_snapshot(snap(40, 3), b"forty", validate=reject)
+    assert seen == [b"forty"]
+    assert fs.ops == before  # nothing written, not even a staging file
+    assert storage.load_snapshot() == (snap(10, 1), b"ten")
+    fs.crash()
+    storage = Storage.open(DATA_DIR, fs=fs)
+    assert storage.load_snapshot() == (snap(10, 1), b"ten")
+    assert [e.index for e in storage.initial_state().entries] == list(range(11, 21))
+    storage.install_snapshot(snap(40, 3), b"forty", validate=seen.append)  # a good one
+    assert seen == [b"forty", b"forty"]
+    fs.crash()
+    with Storage.open(DATA_DIR, fs=fs) as reopened:
+        assert reopened.load_snapshot() == (snap(40, 3), b"forty")
+        assert reopened.initial_state().entries == []
+
+
+def test_check_install_refuses_what_install_would_and_touches_nothing() -> None:
+    fs = CrashFileSystem()
+    storage = Storage.open(DATA_DIR, fs=fs)
+    storage.append([entry(1, i) for i in range(1, 11)])
+    storage.save_snapshot(snap(5, 1), b"five")
+    before = fs.ops
+    with pytest.raises(StorageMisuseError, match="not after the current one"):
+        storage.check_install(snap(5, 1))
+    too_long = SnapshotMeta(LogIndex(9), Term(2), ConfState((NodeId("x" * 70_000),)))
+    with pytest.raises(StorageMisuseError, match="too long"):
+        storage.check_install(too_long)
+    storage.check_install(snap(9, 2))
+    assert fs.ops == before
+    with pytest.raises(StorageMisuseError, match="too long"):  # install says the same
+        storage.install_snapshot(too_long, b"", validate=_reject)
+
+
+def test_a_snapshot_file_cut_short_is_an_error_naming_it(tmp_path: Path) -> None:
+    """Snapshots are fsynced before they are renamed into place, so only damage cuts one
+    short; the error says what happened, where, as the WAL's do."""
+    with filled(tmp_path) as storage:
+        storage.save_snapshot(snap(10, 1), snapshot_data(snap(10, 1)))
+    path = tmp_path / "snap" / f"{1:016x}-{10:016x}.snap"
+    whole = path.read_bytes()
+    for size in range(len(whole)):
+        path.write_bytes(whole[:size])
+        with pytest.raises(StorageCorruptedError) as err:
+            Storage.open(tmp_path)
+        assert err.value.path == path and str(path) in str(err.value)
+        assert any(
+            says in err.value.reason
+            for says in (
+                "too short for a snapshot",
+                f"the file is {size} bytes and ends inside its header: cut short",
+                f"the file is {size} bytes but its header describes {len(whole)}: cut short",
+            )
+        ), err.value.reason
+    path.write_bytes(whole)
+    with Storage.open(tmp_path) as storage:
+        assert storage.load_snapshot() == (snap(10, 1), snapshot_data(snap(10, 1)))
