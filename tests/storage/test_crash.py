@@ -13,7 +13,9 @@ import random
 import pytest
 
 from node.storage import Storage
+from node.storage import wal as wal_module
 from node.storage.files import ensure_dir
+from node.storage.records import Decoded, decode_at
 from node.storage.wal import WriteAheadLog
 from tests.storage import crashfs
 from tests.storage.crashfs import CrashFileSystem
@@ -54,6 +56,27 @@ def test_crash_with_unsynced_writes_torn_out_of_order_keeps_everything_synced(se
     blocks may be lost (zeros, garbage) and others kept, valid records after the holes. That
     is a torn tail, not corruption: nothing synced was lost, so the node must start."""
     crash_check(torn_seed=seed)
+
+
+def test_torn_crash_check_fails_under_the_old_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tearing is strong enough to catch format 1's rule, "any valid record after the
+    damage means it was synced": a node that then refuses to start is caught."""
+
+    def any_valid_record(buf: bytes, start: int, floor: int) -> int | None:
+        for offset in range(start, len(buf)):
+            if isinstance(decode_at(buf, offset), Decoded):
+                return offset
+        return None
+
+    monkeypatch.setattr(wal_module, "next_complete_batch", any_valid_record)
+    caught = 0
+    for seed in range(1, 9):
+        try:
+            crash_check(torn_seed=seed, then_write=False)
+        except DurabilityViolation as exc:
+            assert "reopening failed" in str(exc) and "a later batch" in str(exc)
+            caught += 1
+    assert caught >= 2
 
 
 def test_the_crash_model_tears_out_of_order() -> None:
