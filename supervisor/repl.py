@@ -56,7 +56,13 @@ from supervisor.processes import NodeExit, ProcessState, describe_exit
 
 T = TypeVar("T")
 
-PROMPT: Final = "chatbooth> "
+
+def prompt(cluster_name: str) -> str:
+    """The REPL's prompt: it names what it drives, the cluster (`cluster chatbooth> `), so that
+    it never reads like a chat client's prompt in the terminal beside it."""
+    return f"cluster {cluster_name}> "
+
+
 HISTORY_NAME: Final = ".supervisor_history"
 TOOLBAR_REFRESH_S: Final = 0.5
 DEFAULT_LOG_LINES: Final = 20
@@ -805,7 +811,7 @@ async def run_plain(
             line = raw.rstrip("\n")
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
-            output.info(PROMPT + line)
+            output.info(prompt(cluster.config.cluster) + line)
             if await repl.execute(line) is Outcome.QUIT:
                 break
     finally:
@@ -937,7 +943,7 @@ async def run_terminal(cluster: Cluster, history_path: Path | None = None) -> in
             )
             while True:
                 try:
-                    line = await session.prompt_async(PROMPT)
+                    line = await session.prompt_async(prompt(cluster.config.cluster))
                 except (EOFError, KeyboardInterrupt):
                     break
                 if await repl.execute(line) is Outcome.QUIT:

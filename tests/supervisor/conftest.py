@@ -18,7 +18,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from node.config import load_config
 from supervisor.cluster import Cluster
+from supervisor.repl import prompt
 from tests.conftest import write_cluster_yaml
 from tests.supervisor.fake_supervisor import FAKE_NODE
 
@@ -129,6 +131,7 @@ class Supervisor:
         stdin: int | None = subprocess.PIPE,
     ) -> None:
         module = "supervisor" if real else "tests.supervisor.fake_supervisor"
+        self.prompt = prompt(load_config(config).cluster)  # what each echoed command follows
         self.proc = subprocess.Popen(
             [sys.executable, "-m", module, "up", str(config), *args],
             cwd=ROOT,
@@ -190,7 +193,7 @@ class Supervisor:
         (stdout and stderr are separate pipes); that line."""
         start = len(self.lines)
         self.send(command)
-        echo = f"chatbooth> {command}"
+        echo = f"{self.prompt}{command}"
         regex = re.compile(expect)
         deadline = time.monotonic() + timeout_s
         while True:

@@ -166,7 +166,7 @@ def test_a_script_runs_line_by_line_and_fails_if_a_command_failed(
     out = "\n".join(supervisor.out)
     for line in SCRIPT.splitlines():
         if line and not line.startswith("#"):
-            assert f"chatbooth> {line}" in supervisor.out  # each command echoed
+            assert f"{supervisor.prompt}{line}" in supervisor.out  # each command echoed
     assert f"killed b (pid {pids['b']})" in out
     assert "paused c" in out and "resumed c" in out
     assert "\npartition a | b,c\n" in out

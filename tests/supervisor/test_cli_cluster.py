@@ -23,6 +23,8 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from node.config import load_config
+from supervisor.repl import prompt
 from tests.supervisor.conftest import (
     ROOT,
     Supervisor,
@@ -110,7 +112,8 @@ def test_process_commands_and_their_effects(session: Session) -> None:
     session.run("help", r"^  status \[--json\]")
     session.run("help slow", r"^slow N MS")
     last_b = session.node("b")["pid"]
-    session.run("sleep 0.1", r"^chatbooth> sleep 0.1$")  # prints nothing but its echo
+    echoed = re.escape(session.supervisor.prompt)
+    session.run("sleep 0.1", rf"^{echoed}sleep 0\.1$")  # prints nothing but its echo
     session.supervisor.send("quit")
     assert session.supervisor.wait() == 1  # two commands failed on purpose
     assert_gone([*pids.values(), new_b, newest_b, last_b], 1)
@@ -143,7 +146,7 @@ def test_network_commands_and_their_effects(session: Session) -> None:
     leader = session.status()["leader"]
     session.run(f"isolate {leader}", rf"^partition {leader} \| ")
     # Right after the cut the majority still names the old leader, until its election timeout.
-    session.run("sleep 1.5", r"^chatbooth> sleep 1.5$")
+    session.run("sleep 1.5", rf"^{re.escape(session.supervisor.prompt)}sleep 1\.5$")
     line = session.run("wait leader 10", r"^leader: \w")
     assert not line.startswith(f"leader: {leader} ")
     session.run("heal", "^healed")
@@ -269,13 +272,15 @@ def test_interactive_repl_in_a_terminal(tmp_path: Path, cpr: bool) -> None:
     the cursor, and it then hides the bottom toolbar by design; tmux is a real terminal that
     answers cursor position requests, so the second run leaves CPR on to see the toolbar."""
     config = write_config(tmp_path)
+    shown = re.escape(prompt(load_config(config).cluster))  # `cluster test> `, escaped
     env = {"TERM": "xterm-256color"}
     if not cpr:
         env["PROMPT_TOOLKIT_NO_CPR"] = "1"
     tmux = Tmux(tmp_path, [sys.executable, "-m", "supervisor", "up", str(config)], env)
     pids: list[int] = []
     try:
-        tmux.wait_for(r"^chatbooth>", 45)
+        # The screen drops the prompt's trailing space.
+        tmux.wait_for(rf"^{re.escape(prompt(load_config(config).cluster).rstrip())}", 45)
         pids = [c.pid for c in psutil.Process(tmux.pane_pid).children()]
         assert len(pids) == 3
         if cpr:  # the toolbar: every node with its role and process state, live
@@ -292,7 +297,7 @@ def test_interactive_repl_in_a_terminal(tmp_path: Path, cpr: bool) -> None:
         tmux.type("pau")
         tmux.wait_for(r"pause\s+SIGSTOP")  # completions ready: Tab must not race them
         tmux.keys("Tab")
-        tmux.wait_for(r"chatbooth> pause")
+        tmux.wait_for(rf"{shown}pause")
         tmux.type(" c")
         tmux.keys("Enter")
         tmux.wait_for(r"^paused c")
@@ -321,7 +326,7 @@ def test_interactive_repl_in_a_terminal(tmp_path: Path, cpr: bool) -> None:
         else:
             tmux.type("sleep 60")
             tmux.keys("Enter")
-            tmux.wait_for(r"chatbooth> sleep 60")
+            tmux.wait_for(rf"{shown}sleep 60")
             time.sleep(0.3)
             tmux.keys("C-c")  # while a command runs
         poll(tmux.pane_dead, 20, "the supervisor to exit")

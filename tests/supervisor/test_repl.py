@@ -13,6 +13,7 @@ import pytest
 from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.document import Document
 
+from client.repl import PROMPT as CLIENT_PROMPT
 from supervisor.cluster import Cluster, NodeStatus
 from supervisor.processes import ProcessState
 from supervisor.repl import (
@@ -23,6 +24,7 @@ from supervisor.repl import (
     format_table,
     make_completer,
     parse_groups,
+    prompt,
     run_plain,
     split_line,
     status_document,
@@ -221,12 +223,19 @@ def test_plain_mode_echoes_each_command_and_fails_if_one_failed(tmp_path: Path) 
     out = Recorded()
     lines = ["# setup", "help heal", "", "fly", "sleep 0"]
     assert asyncio.run(run_plain(cluster, lines, out)) == 1
-    assert out.infos[0] == "chatbooth> help heal"
-    assert "chatbooth> fly" in out.infos and "chatbooth> sleep 0" in out.infos
+    assert out.infos[0] == "cluster test> help heal"
+    assert "cluster test> fly" in out.infos and "cluster test> sleep 0" in out.infos
     assert len(out.errors) == 1
     out = Recorded()
     assert asyncio.run(run_plain(cluster, ["sleep 0", "quit", "fly"], out)) == 0  # stops at quit
-    assert out.infos == ["chatbooth> sleep 0", "chatbooth> quit"]
+    assert out.infos == ["cluster test> sleep 0", "cluster test> quit"]
+
+
+def test_the_prompt_names_the_cluster_not_the_chat_client() -> None:
+    """With the chat client's terminal open beside it, a person can tell the two REPLs apart."""
+    assert prompt("chatbooth") == "cluster chatbooth> "
+    assert not prompt("chatbooth").startswith(CLIENT_PROMPT)
+    assert prompt("chatbooth") != CLIENT_PROMPT
 
 
 def test_terminal_mode_needs_both_ends_to_be_terminals(tmp_path: Path) -> None:
