@@ -25,6 +25,7 @@ from node.chat.state import ChatState
 from node.config import ClusterConfig, ConfigError, load_config, read_cluster_key
 from node.driver import RaftDriver
 from node.raft.types import NodeId
+from node.request_guard import UndecodableRequestGuard
 from node.server import ChatService
 from node.storage import Storage
 from node.storage.errors import StorageError
@@ -34,6 +35,8 @@ from protos import chat_pb2, chat_pb2_grpc, raft_pb2, raft_pb2_grpc
 logger = logging.getLogger("node")
 
 EXIT_USAGE, EXIT_STORAGE, EXIT_ADDRESS = 2, 3, 4
+LOG_FILE_BYTES = 10 << 20
+LOG_FILE_BACKUPS = 3
 PR_SET_PDEATHSIG = 1
 
 
@@ -96,11 +99,14 @@ def _setup_logging(node_id: str, level: str, log_file: str | None) -> None:
     fmt = logging.Formatter("%(asctime)s %(node)s t%(term)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger()
     root.setLevel(level.upper())
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    # With a log file the node writes its log itself, rotated by size, so that nothing a
+    # client sends can fill the disk; stderr is left for what Python prints as it dies.
+    handler: logging.Handler = logging.StreamHandler(sys.stderr)
     if log_file:
-        handlers.append(
-            logging.handlers.RotatingFileHandler(log_file, maxBytes=10 << 20, backupCount=3)
+        handler = logging.handlers.RotatingFileHandler(
+            log_file, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_BACKUPS
         )
+    handlers = [handler]
     for handler in handlers:
         handler.setFormatter(fmt)
         handler.addFilter(LOG_CONTEXT)
@@ -152,7 +158,10 @@ async def _run(
         node_id=NodeId(node_id), config=config, storage=storage, state=state, transport=transport
     )
     LOG_CONTEXT.term = lambda: driver.core.term
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[ClusterKeyInterceptor(key)])
+    server = grpc.aio.server(
+        options=SERVER_OPTIONS,
+        interceptors=[UndecodableRequestGuard(), ClusterKeyInterceptor(key)],
+    )
     chat = ChatService(driver=driver, state=state, config=config, forward_addresses=peers)
     chat_pb2_grpc.add_ChatServicer_to_server(chat, server)
     raft_pb2_grpc.add_RaftServicer_to_server(
