@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from client.api import ChatClient, Message, PendingWrite, SendResult, Subscription
 from client.errors import ChatClientError, ServerError, UnavailableError
+from client.escape import visible
 
 if TYPE_CHECKING:
     from prompt_toolkit.completion import CompleteEvent, Completion
@@ -80,7 +81,10 @@ def format_time(timestamp_ms: int, *, date: bool = False) -> str:
 
 
 def format_message(message: Message, *, date: bool = False) -> str:
-    return f"[{format_time(message.timestamp_ms, date=date)}] {message.sender}: {message.text}"
+    """One message as a line; what other users wrote is shown with visible escapes, so it can
+    neither send codes to the terminal nor fake a line of its own (client/escape.py)."""
+    when = format_time(message.timestamp_ms, date=date)
+    return f"[{when}] {visible(message.sender)}: {visible(message.text)}"
 
 
 class Output:
