@@ -1,0 +1,187 @@
+"""RaftService, the inbound half of node.transport, on a real grpc.aio server on 127.0.0.1:
+what it refuses, with which status, and that a refused message or snapshot never reaches the
+driver."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+
+import grpc
+import pytest
+
+from node.raft.types import ConfState, LogIndex, Message, MessageType, NodeId, SnapshotMeta, Term
+from node.transport import SERVER_OPTIONS, RaftService
+from node.wire import message_to_pb
+from protos import raft_pb2, raft_pb2_grpc
+from supervisor.ports import free_port
+
+CLUSTER = "svc-test"
+ME = NodeId("a")
+MEMBERS = (NodeId("a"), NodeId("b"), NodeId("c"))
+
+
+@dataclass
+class Inbox:
+    messages: list[Message] = field(default_factory=list)
+    snapshots: list[tuple[Message, bytes]] = field(default_factory=list)
+
+    def deliver(self, m: Message) -> None:
+        self.messages.append(m)
+
+    async def deliver_snapshot(self, m: Message, data: bytes) -> None:
+        self.snapshots.append((m, data))
+
+
+class Server:
+    def __init__(self) -> None:
+        self.inbox = Inbox()
+        self.server: grpc.aio.Server | None = None
+        self.channel: grpc.aio.Channel | None = None
+
+    async def __aenter__(self) -> raft_pb2_grpc.RaftStub:
+        service = RaftService(
+            ME, CLUSTER, self.inbox.deliver, self.inbox.deliver_snapshot, lambda: MEMBERS
+        )
+        for _ in range(20):  # free_port races with other binders: retry a failed bind
+            server = grpc.aio.server(options=SERVER_OPTIONS)
+            raft_pb2_grpc.add_RaftServicer_to_server(service, server)
+            port = free_port()
+            try:
+                bound = server.add_insecure_port(f"127.0.0.1:{port}")
+            except RuntimeError:
+                bound = 0
+            if bound:
+                break
+            await server.stop(None)
+        else:
+            raise RuntimeError("no port to bind")
+        await server.start()
+        self.server = server
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        return raft_pb2_grpc.RaftStub(self.channel)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.channel is not None:
+            await self.channel.close()
+        if self.server is not None:
+            await self.server.stop(None)
+
+
+def heartbeat(sender: str, to: str = ME) -> raft_pb2.RaftMessage:
+    return message_to_pb(Message(MessageType.HEARTBEAT, NodeId(sender), NodeId(to), Term(1)))
+
+
+def snapshot_message(sender: str = "b") -> raft_pb2.RaftMessage:
+    meta = SnapshotMeta(LogIndex(10), Term(1), ConfState(MEMBERS))
+    return message_to_pb(Message(MessageType.SNAPSHOT, NodeId(sender), ME, Term(1), snapshot=meta))
+
+
+async def stream_of(
+    batches: Iterable[list[raft_pb2.RaftMessage]],
+) -> AsyncIterator[raft_pb2.MessageBatch]:
+    for messages in batches:
+        yield raft_pb2.MessageBatch(cluster=CLUSTER, messages=messages)
+
+
+async def chunks_of(
+    chunks: Iterable[raft_pb2.SnapshotChunk],
+) -> AsyncIterator[raft_pb2.SnapshotChunk]:
+    for chunk in chunks:
+        yield chunk
+
+
+async def call_stream(
+    stub: raft_pb2_grpc.RaftStub, batches: Iterable[list[raft_pb2.RaftMessage]]
+) -> grpc.StatusCode:
+    try:
+        await stub.Stream(stream_of(batches), timeout=10)
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+async def call_snapshot(
+    stub: raft_pb2_grpc.RaftStub, chunks: Iterable[raft_pb2.SnapshotChunk]
+) -> tuple[grpc.StatusCode, str]:
+    try:
+        await stub.InstallSnapshot(chunks_of(chunks), timeout=10)
+    except grpc.aio.AioRpcError as exc:
+        return exc.code(), exc.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+async def test_a_complete_snapshot_is_delivered() -> None:
+    """The control for the refusals below: the same stream with its last chunk goes through."""
+    server = Server()
+    async with server as stub:
+        chunks = [
+            raft_pb2.SnapshotChunk(message=snapshot_message(), offset=0, data=b"abc"),
+            raft_pb2.SnapshotChunk(offset=3, data=b"def", last=True),
+        ]
+        code, _ = await call_snapshot(stub, chunks)
+        assert code is grpc.StatusCode.OK
+        assert [(m.sender, d) for m, d in server.inbox.snapshots] == [("b", b"abcdef")]
+
+
+async def test_a_snapshot_stream_cut_before_its_last_chunk_is_refused() -> None:
+    server = Server()
+    async with server as stub:
+        chunks = [
+            raft_pb2.SnapshotChunk(message=snapshot_message(), offset=0, data=b"abc"),
+            raft_pb2.SnapshotChunk(offset=3, data=b"def"),  # no `last`: the sender died
+        ]
+        code, details = await call_snapshot(stub, chunks)
+        assert code is grpc.StatusCode.INVALID_ARGUMENT
+        assert "before its last chunk" in details
+        # the single-chunk case too: a first chunk without `last` and then nothing
+        code, _ = await call_snapshot(
+            stub, [raft_pb2.SnapshotChunk(message=snapshot_message(), offset=0, data=b"abc")]
+        )
+        assert code is grpc.StatusCode.INVALID_ARGUMENT
+        assert server.inbox.snapshots == []
+
+
+async def test_a_snapshot_from_a_non_member_is_refused() -> None:
+    server = Server()
+    async with server as stub:
+        for sender in ("z", ME):
+            chunks = [
+                raft_pb2.SnapshotChunk(
+                    message=snapshot_message(sender), offset=0, data=b"abc", last=True
+                )
+            ]
+            code, _ = await call_snapshot(stub, chunks)
+            assert code is grpc.StatusCode.PERMISSION_DENIED, sender
+        assert server.inbox.snapshots == []
+
+
+async def test_a_stream_whose_sender_changes_is_refused() -> None:
+    server = Server()
+    async with server as stub:
+        code = await call_stream(stub, [[heartbeat("b")], [heartbeat("c")]])
+        assert code is grpc.StatusCode.PERMISSION_DENIED
+        # b's message came first and was delivered; c's, on b's stream, never was
+        assert [m.sender for m in server.inbox.messages] == ["b"]
+
+        server.inbox.messages.clear()
+        code = await call_stream(stub, [[heartbeat("c"), heartbeat("b")]])  # within one batch
+        assert code is grpc.StatusCode.PERMISSION_DENIED
+        assert [m.sender for m in server.inbox.messages] == ["c"]
+
+
+async def test_a_stream_of_one_sender_is_delivered() -> None:
+    server = Server()
+    async with server as stub:
+        code = await call_stream(stub, [[heartbeat("b")], [heartbeat("b"), heartbeat("b")]])
+        assert code is grpc.StatusCode.OK
+        assert [m.sender for m in server.inbox.messages] == ["b", "b", "b"]
+
+
+@pytest.mark.parametrize("sender", ["z", ME], ids=["non-member", "itself"])
+async def test_a_stream_from_a_non_peer_is_refused(sender: str) -> None:
+    server = Server()
+    async with server as stub:
+        code = await call_stream(stub, [[heartbeat(sender)]])
+        assert code is grpc.StatusCode.PERMISSION_DENIED
+        assert server.inbox.messages == []
