@@ -191,9 +191,9 @@ def test_stop_all_stops_every_node_at_once(processes: list[NodeProcess], tmp_pat
         {n: make(processes, tmp_path, IGNORES_TERM if n == "c" else OBEYS_TERM, n) for n in "abc"}
     )
     pids = [table[n].spawn() for n in "abc"]
-    table["b"].pause()
     for node_id in "abc":
         wait_for_log(table[node_id], "ready-0")
+    table["b"].pause()  # once it runs: paused before its shell started, it would never print
     started = time.monotonic()
     exits = {e.node_id: e.exit_code for e in table.close(grace_s=0.5)}
     assert exits == {"a": 0, "b": 0, "c": -9}
