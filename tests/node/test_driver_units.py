@@ -1,0 +1,411 @@
+"""Unit tests of RaftDriver's fixes from the seams change (issue 9), one driver at a time on
+the virtual-time loop (tests/driversim/vloop.py), with real storage on the crash-model file
+system and a transport that only records what is sent. The peers are played by the test: it
+hands the driver the messages a leader would send.
+
+Each test names the fix it guards and fails without it (see the docstrings)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from node.config import ClusterConfig, parse_config
+from node.driver import OutcomeUnknownError, RaftDriver
+from node.raft.errors import InvariantError, NotLeaderError
+from node.raft.types import (
+    ConfState,
+    Entry,
+    LogIndex,
+    Message,
+    MessageType,
+    NodeId,
+    SnapshotMeta,
+    Term,
+)
+from node.seams import InlineExecutor, SnapshotInvalidError, TransportEvents
+from node.storage import Storage
+from tests.driversim.harness import ListState
+from tests.driversim.vloop import SkewedClock, run
+from tests.storage.crashfs import CrashFileSystem
+
+T = TypeVar("T")
+
+A, B, C = NodeId("a"), NodeId("b"), NodeId("c")
+CONF = ConfState((A, B, C))
+ROOT = Path("/units")
+
+
+def config(ids: str = "abc", snapshot_entries: int = 1000) -> ClusterConfig:
+    nodes = "".join(f"  {n}: {{host: 127.0.0.1, port: {i + 1}}}\n" for i, n in enumerate(ids))
+    text = (
+        f"cluster: units\ndata_dir: {ROOT}\nsnapshot: {{entries: {snapshot_entries}}}\n"
+        f"nodes:\n{nodes}"
+    )
+    return parse_config(text, ROOT / "cluster.yaml")
+
+
+class RecordingTransport:
+    def __init__(self) -> None:
+        self.sent: list[Message] = []
+
+    def start(self, events: TransportEvents) -> None:
+        pass
+
+    def send(self, m: Message) -> None:
+        self.sent.append(m)
+
+    async def close(self) -> None:
+        pass
+
+
+class ThreadLikeExecutor:
+    """The CPU pool as two threads would run it: calls overlap in time (each takes `delay_s`
+    of virtual time between starting and finishing), and a call named in `held` waits at a
+    gate until the test releases it. Records every pair of state.snapshot()/state.restore()
+    calls that were under way at once."""
+
+    def __init__(self, delay_s: float = 0.001, held: tuple[str, ...] = ()) -> None:
+        self.delay_s = delay_s
+        self.held = set(held)
+        self.gates: dict[str, asyncio.Event] = {}
+        self.active: list[str] = []
+        self.overlaps: list[tuple[str, str]] = []
+
+    def waiting(self, name: str) -> bool:
+        return name in self.gates and not self.gates[name].is_set()
+
+    def release(self, name: str) -> None:
+        self.held.discard(name)
+        if name in self.gates:
+            self.gates[name].set()
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        name = getattr(fn, "__name__", repr(fn))
+        for other in self.active:
+            if {name, other} <= {"snapshot", "restore"}:
+                self.overlaps.append((other, name))
+        self.active.append(name)
+        try:
+            if name in self.held:
+                gate = self.gates[name] = asyncio.Event()
+                await gate.wait()
+            await asyncio.sleep(self.delay_s)
+            return fn(*args)
+        finally:
+            self.active.remove(name)
+
+    def shutdown(self) -> None:
+        pass
+
+
+class GatedStorageExecutor(InlineExecutor):
+    """The storage thread (FIFO, a small delay), whose next call matching `hold` waits until
+    the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda: 0.001)
+        self.hold: Callable[[Callable[..., Any], tuple[object, ...]], bool] | None = None
+        self.gate = asyncio.Event()
+        self.holding = False
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        if self.hold is not None and self.hold(fn, args):
+            self.hold = None
+            self.holding = True
+            await self.gate.wait()
+            self.holding = False
+        return await super().run(fn, *args)
+
+
+def make_driver(
+    node: NodeId = B,
+    *,
+    cfg: ClusterConfig | None = None,
+    cpu: Any = None,
+    storage_executor: Any = None,
+    fs: CrashFileSystem | None = None,
+) -> tuple[RaftDriver[int], RecordingTransport]:
+    transport = RecordingTransport()
+    storage = Storage.open(ROOT / node, fs=fs or CrashFileSystem())
+    driver: RaftDriver[int] = RaftDriver(
+        node_id=node,
+        config=cfg or config(),
+        storage=storage,
+        state=ListState(lambda index, data, expected: None),
+        transport=transport,
+        clock=SkewedClock(),
+        storage_executor=storage_executor or InlineExecutor(lambda: 0.001),
+        cpu_executor=cpu or ThreadLikeExecutor(),
+    )
+    return driver, transport
+
+
+def entries(lo: int, hi: int, term: int = 1) -> tuple[Entry, ...]:
+    return tuple(Entry(Term(term), LogIndex(i), data=b"e%d" % i) for i in range(lo, hi + 1))
+
+
+def append(prev: int, new: tuple[Entry, ...], commit: int, term: int = 1) -> Message:
+    return Message(
+        MessageType.APPEND,
+        A,
+        B,
+        Term(term),
+        log_term=Term(term if prev else 0),
+        index=LogIndex(prev),
+        entries=new,
+        commit=LogIndex(commit),
+    )
+
+
+def heartbeat(commit: int, term: int = 1) -> Message:
+    return Message(MessageType.HEARTBEAT, A, B, Term(term), commit=LogIndex(commit))
+
+
+def snapshot_of(index: int, term: int = 1) -> tuple[Message, bytes]:
+    """The leader's InstallSnapshot at `index` and the state it carries."""
+    leader_state = ListState(lambda i, d, e: None)
+    for i in range(1, index + 1):
+        leader_state.apply(i, b"leader-%d" % i)
+    meta = SnapshotMeta(LogIndex(index), Term(term), CONF)
+    m = Message(MessageType.SNAPSHOT, A, B, Term(term), snapshot=meta)
+    return m, leader_state.snapshot()
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Virtual time: waits cost nothing, and a deadline still ends a test that would hang."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in virtual time")
+        await asyncio.sleep(0.001)
+
+
+def vrun(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    run(asyncio.wait_for(test(), 60.0))
+
+
+def applied(driver: RaftDriver[int]) -> int:
+    return driver.state.applied_index
+
+
+# ---------------------------------------------------------------------------- snapshot vs install
+
+
+def test_a_local_snapshot_and_an_install_never_run_at_once_and_the_stale_one_is_harmless() -> None:
+    """Fix: _state_lock around state.snapshot() and state.restore(), and the guard
+    `if index > self.core.log.snapshot_index(): compact`.
+
+    The follower starts a local snapshot (its serialization is slow: held at a gate) and,
+    meanwhile, the leader's InstallSnapshot for a later index arrives. Without the lock, the
+    install restores the state while snapshot() is still serializing it (an overlap, on two
+    threads a torn snapshot), and then the stale local snapshot's save is refused by storage
+    and stops the node. Without the guard, core.compact() of the stale index (already inside
+    the installed snapshot) raises and stops the node."""
+
+    async def test() -> None:
+        cpu = ThreadLikeExecutor(held=("snapshot",))
+        driver, _ = make_driver(cfg=config(snapshot_entries=3), cpu=cpu)
+        driver.start()
+        driver.step(append(0, entries(1, 5), commit=5))
+        await until(lambda: cpu.waiting("snapshot"))
+        assert applied(driver) == 5
+
+        m, data = snapshot_of(20)
+        await driver.receive_snapshot(m, data)
+        await asyncio.sleep(0.5)  # the install has every chance to run now
+        cpu.release("snapshot")
+        await until(lambda: applied(driver) == 20 or driver.fatal is not None)
+
+        assert cpu.overlaps == []
+        assert driver.fatal is None and not driver.stopped.is_set()
+        snap = driver.storage.load_snapshot()
+        assert snap is not None and snap[0].index == 20 and snap[1] == data
+        assert driver.core.log.snapshot_index() == 20
+        # and the node goes on from the installed snapshot
+        driver.step(append(20, entries(21, 22), commit=22))
+        await until(lambda: applied(driver) == 22)
+        await driver.stop()
+
+    vrun(test)
+
+
+def test_a_local_snapshot_overtaken_by_an_install_while_it_waited_is_dropped() -> None:
+    """Fix: `if index <= self.core.log.snapshot_index(): return` in _take_snapshot, the
+    check made once the lock is held. Here the local snapshot starts only after an install
+    (the order the lock can produce); without the check it saves a snapshot at the installed
+    index, which storage refuses (not after the current one): the node stops."""
+
+    async def test() -> None:
+        driver, _ = make_driver(cfg=config(snapshot_entries=3))
+        driver.start()
+        driver.step(append(0, entries(1, 2), commit=2))
+        await until(lambda: applied(driver) == 2)
+        m, data = snapshot_of(20)
+        await driver.receive_snapshot(m, data)
+        await until(lambda: applied(driver) == 20)
+        driver._snapshotting = True  # as _maybe_snapshot does before starting the task
+        await driver._take_snapshot()
+        assert driver.fatal is None and not driver.stopped.is_set()
+        snap = driver.storage.load_snapshot()
+        assert snap is not None and snap[0].index == 20 and snap[1] == data
+        await driver.stop()
+
+    vrun(test)
+
+
+# ---------------------------------------------------------------------------- receive_snapshot
+
+
+def test_a_snapshot_that_does_not_decode_is_refused_before_storage() -> None:
+    """Fix: receive_snapshot validates the data (state.validate_snapshot) before the core
+    sees the message. Without it the core takes the snapshot, the driver installs it on disk
+    and then cannot restore it: the node stops, and restarts into the same bad snapshot."""
+
+    async def test() -> None:
+        fs = CrashFileSystem()
+        driver, transport = make_driver(fs=fs)
+        driver.start()
+        driver.step(append(0, entries(1, 2), commit=2))
+        await until(lambda: applied(driver) == 2)
+        m, _ = snapshot_of(20)
+        with pytest.raises(SnapshotInvalidError):
+            await driver.receive_snapshot(m, b"\x00 not a snapshot")
+        await asyncio.sleep(0.5)
+        assert driver.storage.load_snapshot() is None
+        assert fs.listdir(ROOT / B / "snap") == []
+        assert driver.core.pending_snapshot is None and driver._incoming_snapshot is None
+        assert driver.core.log.snapshot_index() == 0 and applied(driver) == 2
+        assert driver.fatal is None
+        # the refusal is not an answer: the leader heard nothing about snapshot 20
+        assert not any(s.type is MessageType.APPEND_RESP and s.index >= 20 for s in transport.sent)
+        # the control: the same message with good data installs
+        m, data = snapshot_of(20)
+        await driver.receive_snapshot(m, data)
+        await until(lambda: applied(driver) == 20)
+        await driver.stop()
+
+    vrun(test)
+
+
+def test_the_data_of_a_snapshot_the_core_ignores_is_not_kept() -> None:
+    """Fix: `if self.core.pending_snapshot == meta: self._incoming_snapshot = ...`. A
+    snapshot at or below the commit index is old news to the core; without the check its
+    bytes stay in the driver (the old dict of incoming snapshots kept every one)."""
+
+    async def test() -> None:
+        driver, _ = make_driver()
+        driver.start()
+        driver.step(append(0, entries(1, 5), commit=5))
+        await until(lambda: applied(driver) == 5)
+        m, data = snapshot_of(3)
+        await driver.receive_snapshot(m, data)
+        assert driver.core.pending_snapshot is None
+        assert driver._incoming_snapshot is None
+        await asyncio.sleep(0.2)
+        assert driver.fatal is None and applied(driver) == 5
+        assert driver.storage.load_snapshot() is None
+        await driver.stop()
+
+    vrun(test)
+
+
+# ---------------------------------------------------------------------------- step()
+
+
+def test_an_invariant_error_in_step_stops_the_node_and_does_not_reach_the_caller() -> None:
+    """Fix: step() catches InvariantError and calls _fail_fatally. Without it the error
+    propagates into whoever delivered the message (the RPC handler: one failed RPC, while
+    the node goes on with a broken core)."""
+
+    async def test() -> None:
+        driver, _ = make_driver()
+        driver.start()
+        misaddressed = Message(MessageType.HEARTBEAT, A, C, Term(1))  # for c, handed to b
+        driver.step(misaddressed)  # must not raise
+        assert isinstance(driver.fatal, InvariantError)
+        assert driver.stopped.is_set()
+        # a stopped node takes nothing more
+        driver.step(append(0, entries(1, 1), commit=1))
+        await asyncio.sleep(0.2)
+        assert driver.core.log.last_index() == 0
+        await driver.stop()
+
+    vrun(test)
+
+
+def test_a_bad_message_is_dropped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """Fix: step() catches RaftError (a message the core finds impossible) and logs it.
+    Without it the error propagates into the RPC handler."""
+
+    async def test() -> None:
+        driver, _ = make_driver()
+        driver.start()
+        no_meta = Message(MessageType.SNAPSHOT, A, B, Term(1))  # InstallSnapshot without one
+        with caplog.at_level(logging.WARNING, logger="node.driver"):
+            driver.step(no_meta)  # must not raise
+        assert any("dropped a SNAPSHOT from a" in r.getMessage() for r in caplog.records)
+        assert driver.fatal is None and not driver.stopped.is_set()
+        # and the node goes on
+        driver.step(append(0, entries(1, 2), commit=2))
+        await until(lambda: applied(driver) == 2)
+        await driver.stop()
+
+    vrun(test)
+
+
+# ---------------------------------------------------------------------------- stop()
+
+
+async def _single_node_leader(
+    storage_executor: GatedStorageExecutor,
+) -> RaftDriver[int]:
+    driver, _ = make_driver(A, cfg=config("a"), storage_executor=storage_executor)
+    driver.start()
+    await until(lambda: driver.is_leader and not driver.core.has_ready())
+    return driver
+
+
+def test_stop_fails_appended_proposals_as_unknown_outcome() -> None:
+    """Fix: stop() fails waiting proposals with OutcomeUnknownError (they are in the log and
+    may commit), not NotLeaderError ("nothing happened": a client would give up on a write
+    that may yet be applied)."""
+
+    async def test() -> None:
+        disk = GatedStorageExecutor()
+        driver = await _single_node_leader(disk)
+        disk.hold = lambda fn, args: getattr(fn, "__name__", "") == "_persist"
+        proposal = asyncio.ensure_future(driver.propose(b"hello", 30.0))
+        await until(lambda: disk.holding)  # appended, its write under way
+        assert driver.core.log.last_index() >= 2
+        await driver.stop()
+        with pytest.raises(OutcomeUnknownError):
+            await proposal
+
+    vrun(test)
+
+
+def test_propose_on_a_stopping_driver_is_refused() -> None:
+    """Fix: require_leader() checks _stopping. Without it a driver whose stop() is under way
+    still accepts a proposal into a core that will never replicate it."""
+
+    async def test() -> None:
+        disk = GatedStorageExecutor()
+        driver = await _single_node_leader(disk)
+        stopping = asyncio.ensure_future(driver.stop())
+        await asyncio.sleep(0)  # stop() has begun: it is waiting for the tasks to end
+        assert not stopping.done()
+        assert driver.is_leader  # the core still thinks it leads
+        with pytest.raises(NotLeaderError):
+            await asyncio.wait_for(driver.propose(b"late", 5.0), 5.0)
+        await stopping
+        with pytest.raises(NotLeaderError):
+            await asyncio.wait_for(driver.propose(b"later", 5.0), 5.0)
+
+    vrun(test)
