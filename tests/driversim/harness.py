@@ -67,7 +67,7 @@ STALL = 0.02  # the share of writes that stall for 10-80 ms
 
 def disk_speed(rng: random.Random) -> float:
     lo, hi = DISK_S
-    return lo * (hi / lo) ** rng.random()
+    return float(lo * (hi / lo) ** rng.random())
 
 
 class SimFailure(AssertionError):
@@ -707,8 +707,8 @@ class Sim:
         digest = hashlib.sha256()
         for line in self.trace:
             digest.update(line.encode())
-        for data, index in sorted(self.acked.items()):
-            digest.update(b"%s@%d" % (data, index))
+        for acked, index in sorted(self.acked.items()):
+            digest.update(b"%s@%d" % (acked, index))
         for data, _ in self.canonical:
             digest.update(data or b"-")
         digest.update(str(self.net.delivered).encode())

@@ -39,7 +39,7 @@ class Server:
         self.server: grpc.aio.Server | None = None
         self.channel: grpc.aio.Channel | None = None
 
-    async def __aenter__(self) -> raft_pb2_grpc.RaftStub:
+    async def __aenter__(self) -> raft_pb2_grpc.RaftAsyncStub:
         service = RaftService(
             ME, CLUSTER, self.inbox.deliver, self.inbox.deliver_snapshot, lambda: MEMBERS
         )
@@ -92,7 +92,7 @@ async def chunks_of(
 
 
 async def call_stream(
-    stub: raft_pb2_grpc.RaftStub, batches: Iterable[list[raft_pb2.RaftMessage]]
+    stub: raft_pb2_grpc.RaftAsyncStub, batches: Iterable[list[raft_pb2.RaftMessage]]
 ) -> grpc.StatusCode:
     try:
         await stub.Stream(stream_of(batches), timeout=10)
@@ -102,7 +102,7 @@ async def call_stream(
 
 
 async def call_snapshot(
-    stub: raft_pb2_grpc.RaftStub, chunks: Iterable[raft_pb2.SnapshotChunk]
+    stub: raft_pb2_grpc.RaftAsyncStub, chunks: Iterable[raft_pb2.SnapshotChunk]
 ) -> tuple[grpc.StatusCode, str]:
     try:
         await stub.InstallSnapshot(chunks_of(chunks), timeout=10)
