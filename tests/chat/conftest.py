@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import copy
+from collections.abc import Awaitable, Iterator
 from itertools import count
 
 import pytest
@@ -14,15 +15,18 @@ from node.chat.commands import (
     Login,
     Logout,
     Register,
+    RegisterClient,
     RequestId,
     Send,
+    Tick,
     encode,
 )
-from node.chat.errors import ChatError, ErrorCode
+from node.chat.errors import ChatError, ErrorCode, Reason
 from node.chat.passwords import PasswordHash, hash_password, verify_password
-from node.chat.replies import ApplyResult, ChatMessage, LoginReply, Reply
+from node.chat.replies import ApplyResult, ChatMessage, LoginReply, RegisterClientReply, Reply
 from node.chat.state import ChatState
 from node.config import ChatLimits, ScryptCost
+from node.logclock import LogClock
 
 FAST_COST = ScryptCost(n=2**4, r=1, p=1)  # tests only: production uses 2**14 or more
 
@@ -36,38 +40,159 @@ SMALL_LIMITS = ChatLimits(
 )
 
 
+# Refusals of a request id itself (malformed, stale) leave its client session untouched.
+_ID_REFUSAL = "request "  # "request id: ...", "request 3 of client 7 is stale ..."
+
+
 def fast_hash(password: str, salt: bytes = b"salt-salt") -> PasswordHash:
     return hash_password(password, FAST_COST, salt)
 
 
+class FakeClock:
+    """A node.seams.Clock the test moves by hand: a monotonic clock and a wall clock that
+    move together under advance(), and a wall clock that can also jump alone (jump_wall)."""
+
+    def __init__(self, wall_ms: int = 1_000_000) -> None:
+        self.wall = wall_ms
+        self.mono_s = 0.0
+
+    def monotonic(self) -> float:
+        return self.mono_s
+
+    def wall_ms(self) -> int:
+        return self.wall
+
+    def sleep(self, seconds: float) -> Awaitable[None]:
+        raise NotImplementedError("nothing in these tests sleeps")
+
+    def advance(self, seconds: float) -> None:
+        self.mono_s += seconds
+        self.wall += int(seconds * 1000)
+
+    def jump_wall(self, seconds: float) -> None:
+        """The machine's wall clock jumps (NTP, an operator); monotonic time does not."""
+        self.wall += int(seconds * 1000)
+
+
 class Node:
     """Plays the accepting node and the driver: draws timestamps from a fake clock, salts and
-    tokens from counters, encodes each command and applies it at the next log index."""
+    tokens from counters, encodes each command and applies it at the next log index.
 
-    def __init__(self, limits: ChatLimits = SMALL_LIMITS) -> None:
+    Client sessions are registered as a node registers them (thesis §6.3): the first request
+    of a client name applies a RegisterClient entry, and the name maps to its id (that entry's
+    index). A name whose session the helper knows to have idled past client_idle_s is
+    registered again, as the client library does when a write it never sent meets an expired
+    session; a retry (a command built before) keeps its old id.
+
+    Log time: by default a command's log_time_ms is the fake wall clock `now_ms` (so a test can
+    stamp a low one, as a lagging clock would without the leader's clamp); with
+    `log_clock=True` it is stamped by node.logclock.LogClock over the fake clock, which
+    observes every applied entry, as a leader's does.
+    """
+
+    def __init__(self, limits: ChatLimits = SMALL_LIMITS, *, log_clock: bool = False) -> None:
         self.state = ChatState(limits)
         self.index = 0
-        self.now_ms = 1_000_000
+        self.clock = FakeClock()
+        self.log_clock = LogClock(self.clock) if log_clock else None
         self._salts = count(1)
         self._tokens = count(1)
         self._seqs: dict[str, int] = {}
+        self._client_ids: dict[str, int] = {}  # client name -> its registered id
+        self._used_ms: dict[int, int] = {}  # client id -> log time it was last used at
+        self.entries: list[tuple[int, bytes | None]] = []  # the log so far: (index, data)
+        self.results: list[ApplyResult | None] = []  # what applying each entry gave
 
     # time and request ids
 
-    def advance(self, seconds: float) -> None:
-        self.now_ms += int(seconds * 1000)
+    @property
+    def now_ms(self) -> int:
+        """The accepting node's wall clock."""
+        return self.clock.wall
 
-    def request(self, client_id: str = "client") -> RequestId:
-        """The next request id of `client_id`, which has an answer for everything before it."""
-        seq = self._seqs.get(client_id, 0) + 1
-        self._seqs[client_id] = seq
-        return RequestId(client_id, seq, seq)
+    @now_ms.setter
+    def now_ms(self, value: int) -> None:
+        self.clock.wall = value
+
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    def new_leader(self, wall_ahead_s: float = 0.0) -> None:
+        """Another node takes over as the accepting leader: its own clocks (its wall clock
+        `wall_ahead_s` off this one's, its monotonic clock from another origin) and a LogClock
+        that has observed every applied entry, as a follower's has. Needs log_clock=True."""
+        if self.log_clock is None:
+            raise ValueError("new_leader() needs Node(log_clock=True)")
+        clock = FakeClock(self.clock.wall + int(wall_ahead_s * 1000))
+        clock.mono_s = 5_000.0
+        self.clock = clock
+        self.log_clock = LogClock(clock)
+        self.log_clock.observe(self.state.log_time_ms)
+
+    def log_time_ms(self) -> int:
+        """The log time the accepting node stamps on its next command."""
+        if self.log_clock is None:
+            return self.now_ms
+        return self.log_clock.stamp()
+
+    def register_client(self) -> int:
+        """Applies a RegisterClient entry; the new client id (its log index)."""
+        reply = self.ok(RegisterClient(timestamp_ms=self.now_ms, log_time_ms=self.log_time_ms()))
+        assert isinstance(reply, RegisterClientReply)
+        assert reply.client_id == self.index
+        return reply.client_id
+
+    def client_id(self, name: str = "client") -> int:
+        """The id of client `name`, registered (again) if it has none that is still live."""
+        client_id = self._client_ids.get(name)
+        if client_id is None or self._expired(client_id):
+            client_id = self._client_ids[name] = self.register_client()
+        return client_id
+
+    def _expired(self, client_id: int) -> bool:
+        # the next stamp, without taking it
+        stamp = self.now_ms if self.log_clock is None else copy.copy(self.log_clock).stamp()
+        idle_ms = max(self.state.log_time_ms, stamp) - self._used_ms.get(client_id, 0)
+        return idle_ms > self.state.limits.client_idle_s * 1000
+
+    def rid(self, name: str, seq: int, first_outstanding: int) -> RequestId:
+        """A request id of client `name` with the given numbers."""
+        return RequestId(self.client_id(name), seq, first_outstanding)
+
+    def request(self, client: str = "client") -> RequestId:
+        """The next request id of `client`, which has an answer for everything before it."""
+        seq = self._seqs.get(client, 0) + 1
+        self._seqs[client] = seq
+        return self.rid(client, seq, seq)
 
     # applying
 
     def apply(self, cmd: Command) -> ApplyResult:
         self.index += 1
-        return self.state.apply(self.index, encode(cmd))
+        data = encode(cmd)
+        self.entries.append((self.index, data))
+        result = self.state.apply(self.index, data)
+        self.results.append(result)
+        if self.log_clock is not None:
+            self.log_clock.observe(self.state.log_time_ms)
+        if isinstance(cmd, RegisterClient):
+            self._used_ms[self.index] = self.state.log_time_ms
+        elif cmd.request is not None and cmd.request.client_id in self._used_ms:
+            self._note_use(cmd.request.client_id, result)
+        return result
+
+    def _note_use(self, client_id: int, result: ApplyResult) -> None:
+        """Follow which client sessions the state still holds (§6.3: an applied request of a
+        client refreshes it; a refusal of the request id itself does not)."""
+        outcome = result.outcome
+        if isinstance(outcome, ChatError) and outcome.reason is Reason.CLIENT_EXPIRED:
+            del self._used_ms[client_id]
+        elif not (isinstance(outcome, ChatError) and outcome.message.startswith(_ID_REFUSAL)):
+            self._used_ms[client_id] = self.state.log_time_ms
+
+    def tick(self) -> ApplyResult:
+        """The leader's Tick: moves log time on and nothing else."""
+        return self.apply(Tick(timestamp_ms=self.now_ms, log_time_ms=self.log_time_ms()))
 
     def ok(self, cmd: Command) -> Reply:
         result = self.apply(cmd)
@@ -89,6 +214,7 @@ class Node:
         return Register(
             timestamp_ms=self.now_ms,
             request=request or self.request(),
+            log_time_ms=self.log_time_ms(),
             username=username,
             password_hash=fast_hash(password, salt),
         )
@@ -106,6 +232,7 @@ class Node:
         return Login(
             timestamp_ms=self.now_ms,
             request=request or self.request(),
+            log_time_ms=self.log_time_ms(),
             username=username,
             token=f"token-{next(self._tokens)}",
             verified_digest=stored.digest,
@@ -127,6 +254,7 @@ class Node:
         return Send(
             timestamp_ms=self.now_ms,
             request=request or self.request(),
+            log_time_ms=self.log_time_ms(),
             token=token,
             recipient=recipient,
             text=text,
@@ -141,19 +269,35 @@ class Node:
         return result.message
 
     def ack_cmd(self, token: str, up_to_id: int) -> Ack:
-        return Ack(timestamp_ms=self.now_ms, request=self.request(), token=token, up_to_id=up_to_id)
+        return Ack(
+            timestamp_ms=self.now_ms,
+            request=self.request(),
+            log_time_ms=self.log_time_ms(),
+            token=token,
+            up_to_id=up_to_id,
+        )
 
     def ack(self, token: str, up_to_id: int) -> ApplyResult:
         return self.apply(self.ack_cmd(token, up_to_id))
 
     def logout_cmd(self, token: str) -> Logout:
-        return Logout(timestamp_ms=self.now_ms, request=self.request(), token=token)
+        return Logout(
+            timestamp_ms=self.now_ms,
+            request=self.request(),
+            log_time_ms=self.log_time_ms(),
+            token=token,
+        )
 
     def logout(self, token: str) -> ApplyResult:
         return self.apply(self.logout_cmd(token))
 
     def delete_cmd(self, token: str) -> DeleteAccount:
-        return DeleteAccount(timestamp_ms=self.now_ms, request=self.request(), token=token)
+        return DeleteAccount(
+            timestamp_ms=self.now_ms,
+            request=self.request(),
+            log_time_ms=self.log_time_ms(),
+            token=token,
+        )
 
     def delete(self, token: str) -> ApplyResult:
         return self.apply(self.delete_cmd(token))

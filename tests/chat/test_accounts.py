@@ -35,6 +35,7 @@ def test_register_applies_the_name_rules_again(node: Node) -> None:
             Register(
                 timestamp_ms=node.now_ms,
                 request=node.request(),
+                log_time_ms=node.log_time_ms(),
                 username=bad,
                 password_hash=fast_hash("pw"),
             ),
@@ -90,6 +91,7 @@ def test_login_with_unknown_account_is_refused(node: Node) -> None:
         Login(
             timestamp_ms=node.now_ms,
             request=node.request(),
+            log_time_ms=node.log_time_ms(),
             username="ghost",
             token="t",
             verified_digest=b"x" * 32,
@@ -105,6 +107,7 @@ def test_a_token_already_in_use_is_refused(node: Node) -> None:
     login = Login(
         timestamp_ms=node.now_ms,
         request=node.request(),
+        log_time_ms=node.log_time_ms(),
         username="alice",
         token=token,
         verified_digest=stored.digest,

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from node.chat.commands import RequestId
-from node.chat.errors import ChatError, ErrorCode
+import pytest
+
+from node.chat.commands import RequestId, encode
+from node.chat.errors import ChatError, CommandDecodeError, ErrorCode
 from node.chat.replies import RegisterReply
 from node.chat.state import MAX_REPLIES_PER_CLIENT
 
@@ -20,7 +22,8 @@ def test_the_same_request_applied_twice_is_one_message_with_the_first_reply(node
     cmd = node.send_cmd(a, "a", "once")
     first = node.apply(cmd)
     node.advance(3)
-    retry = node.apply(replace(cmd, timestamp_ms=node.now_ms))  # re-stamped by another node
+    retry = node.apply(replace(cmd, timestamp_ms=node.now_ms, log_time_ms=node.log_time_ms()))
+    # (re-stamped by another node)
     assert retry.outcome == first.outcome and retry.duplicate
     assert node.state.queue("a") == (first.message,)
     assert node.sent(a, "a").id == 2
@@ -56,12 +59,12 @@ def test_a_request_id_reused_for_another_command_is_refused(node: Node) -> None:
 
 def test_a_request_below_first_outstanding_is_stale_and_not_applied(node: Node) -> None:
     a = node.user("a")
-    old = node.send_cmd(a, "a", request=RequestId("c", 1, 1))
+    old = node.send_cmd(a, "a", request=node.rid("c", 1, 1))
     assert node.apply(old).ok
-    node.apply(node.send_cmd(a, "a", request=RequestId("c", 3, 3)))  # c has answers below 3
+    node.apply(node.send_cmd(a, "a", request=node.rid("c", 3, 3)))  # c has answers below 3
     err = node.refused(old, ErrorCode.INVALID_ARGUMENT)
     assert "stale" in err.message
-    never_applied = node.send_cmd(a, "a", request=RequestId("c", 2, 2))
+    never_applied = node.send_cmd(a, "a", request=node.rid("c", 2, 2))
     node.refused(never_applied, ErrorCode.INVALID_ARGUMENT)
     assert [m.id for m in node.state.queue("a")] == [1, 2]
 
@@ -69,38 +72,38 @@ def test_a_request_below_first_outstanding_is_stale_and_not_applied(node: Node) 
 def test_outstanding_requests_get_their_own_replies_in_any_order(node: Node) -> None:
     """A client with several writes in flight: each retry gets its own first reply."""
     a = node.user("a")
-    five = node.send_cmd(a, "a", "five", request=RequestId("c", 5, 5))
-    six = node.send_cmd(a, "a", "six", request=RequestId("c", 6, 5))
+    five = node.send_cmd(a, "a", "five", request=node.rid("c", 5, 5))
+    six = node.send_cmd(a, "a", "six", request=node.rid("c", 6, 5))
     r6 = node.apply(six)  # applied out of order: fine, they were concurrent
     r5 = node.apply(five)
     assert node.apply(five).outcome == r5.outcome
     assert node.apply(six).outcome == r6.outcome
     assert [m.text for m in node.state.queue("a")] == ["six", "five"]
-    assert node.state.remembered_replies("c") == 2
+    assert node.state.remembered_replies(node.client_id("c")) == 2
 
 
 def test_first_outstanding_trims_the_replies_kept(node: Node) -> None:
     a = node.user("a")
     for seq in range(1, 11):
-        node.apply(node.send_cmd(a, "a", request=RequestId("c", seq, 1)))
-    assert node.state.remembered_replies("c") == 10
-    node.apply(node.send_cmd(a, "a", request=RequestId("c", 11, 8)))
-    assert node.state.remembered_replies("c") == 4  # 8, 9, 10, 11
-    node.refused(node.send_cmd(a, "a", request=RequestId("c", 7, 7)), ErrorCode.INVALID_ARGUMENT)
-    node.apply(node.send_cmd(a, "a", request=RequestId("c", 12, 12)))
-    assert node.state.remembered_replies("c") == 1
+        node.apply(node.send_cmd(a, "a", request=node.rid("c", seq, 1)))
+    assert node.state.remembered_replies(node.client_id("c")) == 10
+    node.apply(node.send_cmd(a, "a", request=node.rid("c", 11, 8)))
+    assert node.state.remembered_replies(node.client_id("c")) == 4  # 8, 9, 10, 11
+    node.refused(node.send_cmd(a, "a", request=node.rid("c", 7, 7)), ErrorCode.INVALID_ARGUMENT)
+    node.apply(node.send_cmd(a, "a", request=node.rid("c", 12, 12)))
+    assert node.state.remembered_replies(node.client_id("c")) == 1
 
 
 def test_a_client_that_never_says_it_has_answers_is_still_bounded(node: Node) -> None:
     a = node.user("a")
     total = MAX_REPLIES_PER_CLIENT + 20
     for seq in range(1, total + 1):
-        node.apply(node.send_cmd(a, "a", "m", request=RequestId("greedy", seq, 0)))
+        node.apply(node.send_cmd(a, "a", "m", request=node.rid("greedy", seq, 0)))
         node.ack(a, seq)
-    assert node.state.remembered_replies("greedy") == MAX_REPLIES_PER_CLIENT
+    assert node.state.remembered_replies(node.client_id("greedy")) == MAX_REPLIES_PER_CLIENT
     # The forgotten ones are refused as stale, never applied twice.
     node.refused(
-        node.send_cmd(a, "a", request=RequestId("greedy", 1, 0)), ErrorCode.INVALID_ARGUMENT
+        node.send_cmd(a, "a", request=node.rid("greedy", 1, 0)), ErrorCode.INVALID_ARGUMENT
     )
     assert node.state.queue("a") == ()
 
@@ -110,7 +113,7 @@ def test_idle_clients_are_forgotten_so_the_table_stays_bounded(node: Node) -> No
     peak = 0
     for round_ in range(30):
         for k in range(10):  # ten new clients per round, each writing once
-            node.apply(node.send_cmd(a, "a", request=RequestId(f"c{round_}-{k}", 1, 1)))
+            node.apply(node.send_cmd(a, "a", request=node.rid(f"c{round_}-{k}", 1, 1)))
             node.ack(a, 10**9)
         peak = max(peak, node.state.client_count)
         node.advance(SMALL_LIMITS.client_idle_s / 4)
@@ -123,11 +126,11 @@ def test_idle_clients_are_forgotten_so_the_table_stays_bounded(node: Node) -> No
 
 def test_an_active_client_is_not_forgotten(node: Node) -> None:
     a = node.user("a")
-    first = node.send_cmd(a, "a", request=RequestId("steady", 1, 1))
+    first = node.send_cmd(a, "a", request=node.rid("steady", 1, 1))
     node.apply(first)
     for seq in range(2, 8):
         node.advance(SMALL_LIMITS.client_idle_s * 0.8)
-        node.apply(node.send_cmd(a, "a", request=RequestId("steady", seq, 1)))
+        node.apply(node.send_cmd(a, "a", request=node.rid("steady", seq, 1)))
     assert node.apply(first).duplicate
 
 
@@ -143,7 +146,12 @@ def test_commands_without_a_request_id_are_not_remembered(node: Node) -> None:
 
 def test_a_malformed_request_id_is_refused_and_not_remembered(node: Node) -> None:
     a = node.user("a")
-    node.refused(node.send_cmd(a, "a", request=RequestId("", 1, 1)), ErrorCode.INVALID_ARGUMENT)
-    node.refused(node.send_cmd(a, "a", request=RequestId("z", 1, 2)), ErrorCode.INVALID_ARGUMENT)
-    assert node.state.remembered_replies("z") == 0
+    # Client ids are log indexes: 0 is never handed out, and no log entry can carry it.
+    before = node.state.digest()
+    no_client = encode(node.send_cmd(a, "a", request=RequestId(0, 1, 1)))
+    with pytest.raises(CommandDecodeError):
+        node.state.apply(node.index + 1, no_client)
+    assert node.state.digest() == before
+    node.refused(node.send_cmd(a, "a", request=node.rid("z", 1, 2)), ErrorCode.INVALID_ARGUMENT)
+    assert node.state.remembered_replies(node.client_id("z")) == 0
     assert node.state.queue("a") == ()

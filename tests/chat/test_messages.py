@@ -27,13 +27,17 @@ def test_message_ids_come_from_one_counter_in_apply_order(node: Node) -> None:
     assert ids == [1, 2, 3, 4, 5]
 
 
-def test_timestamps_never_go_back_even_if_a_clock_does(node: Node) -> None:
+def test_log_time_never_goes_back_and_a_message_shows_its_proposers_clock(node: Node) -> None:
+    """Issue 9: 'The state machine's log time is the max of applied log_time_ms' and 'the
+    timestamp shown with a message is now the command's timestamp_ms (proposer's wall clock),
+    not log time'."""
     a = node.user("a")
     first = node.sent(a, "a")
-    node.now_ms -= 60_000  # a new leader with a slow clock
+    node.now_ms -= 60_000  # a new leader with a slow clock, unclamped
     second = node.sent(a, "a")
-    assert second.timestamp_ms == first.timestamp_ms
-    assert node.state.log_time_ms == first.timestamp_ms
+    assert node.state.log_time_ms == first.timestamp_ms  # log time did not go back
+    assert second.timestamp_ms == first.timestamp_ms - 60_000  # shown as that node stamped it
+    assert node.state.queue("a") == (first, second)  # the order is the log's, not the clocks'
 
 
 def test_text_limits_are_applied_again_and_a_refused_send_uses_no_id(node: Node) -> None:

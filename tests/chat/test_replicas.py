@@ -1,10 +1,12 @@
 """Random command sequences: replicas fed the same entries end identical, a replica restored
 from a mid-way snapshot catches up to the same state, and no acknowledged message is lost or
-doubled along the way (checked against a plain model of every queue)."""
+doubled along the way (checked against a plain model of every queue). The log carries client
+registrations (RegisterClient) and the leader's Ticks among the writes; client sessions
+expire, and a retry from an expired one is refused, never applied as new (thesis §6.3)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
@@ -16,17 +18,19 @@ from node.chat.commands import (
     Login,
     Logout,
     Register,
+    RegisterClient,
     RequestId,
     Send,
+    Tick,
     decode,
     encode,
 )
-from node.chat.errors import ChatError
-from node.chat.replies import ApplyResult, Outcome
+from node.chat.errors import ChatError, ErrorCode, Reason
+from node.chat.replies import ApplyResult, Outcome, RegisterClientReply, TickReply
 from node.chat.state import ChatState
 from node.config import ChatLimits
 
-from .conftest import fast_hash
+from .conftest import Node, fast_hash
 
 LIMITS = ChatLimits(
     queue_limit=4, history_per_pair=3, session_idle_s=20, client_idle_s=10, page_size=2
@@ -44,13 +48,18 @@ ARGUMENTS = {
     ),
     "ack": st.tuples(st.integers(0, 7), st.integers(0, 40)),
     "delete": st.tuples(st.integers(0, 7)),
-    "advance": st.tuples(st.integers(0, 8_000)),  # ms
+    # ms; now and then a client's silence past client_idle_s
+    "advance": st.tuples(st.integers(0, 8_000) | st.just(LIMITS.client_idle_s * 1000 + 1)),
     "retry": st.tuples(st.integers(0, 50)),  # which earlier entry
+    "late_retry": st.tuples(st.integers(0, 50)),  # the same, from a client cut off for long
     "noop": st.tuples(st.just(0)),
+    "register_client": st.tuples(st.just(0)),  # the client starts a new session
+    "tick": st.tuples(st.just(0)),  # the leader moves log time on a quiet cluster
 }
 # Sends and acks are the traffic; the rest is what disturbs it.
 KINDS = ["send"] * 8 + ["ack"] * 3 + ["register", "login"] * 2
 KINDS += ["logout", "delete", "advance", "advance", "retry", "retry", "noop"]
+KINDS += ["register_client", "tick", "late_retry"]
 op = st.sampled_from(KINDS).flatmap(lambda k: ARGUMENTS[k].map(lambda args: (k, *args)))
 Op = tuple[tuple[object, ...], str, int, int]  # (operation, client, lag, clock skew)
 PRELUDE: list[Op] = [
@@ -92,10 +101,27 @@ class Model:
     queues: dict[str, list[int]] = field(default_factory=dict)
     owners: dict[str, str] = field(default_factory=dict)  # token -> user key
     last_id: int = 0
-    first: dict[tuple[str, int], Outcome] = field(default_factory=dict)  # (client, seq) -> reply
-    active_ms: dict[str, int] = field(default_factory=dict)  # client -> last applied write
+    first: dict[tuple[int, int], Outcome] = field(default_factory=dict)  # (client, seq) -> reply
+    active_ms: dict[int, int] = field(default_factory=dict)  # live client id -> last use
+    highest_client_id: int = 0
 
-    def update(self, cmd: Command, result: ApplyResult, log_time_ms: int) -> None:
+    def expire(self, now: int) -> None:
+        for idle in [c for c, t in self.active_ms.items() if now - t > LIMITS.client_idle_s * 1000]:
+            del self.active_ms[idle]
+            self.first = {k: v for k, v in self.first.items() if k[0] != idle}
+
+    def live(self, client_id: int | None, now: int) -> bool:
+        """Whether the state will still know this client when an entry at `now` is applied."""
+        self.expire(now)
+        return client_id in self.active_ms
+
+    def update(self, index: int, cmd: Command, result: ApplyResult, log_time_ms: int) -> None:
+        if isinstance(cmd, RegisterClient):
+            self.expire(log_time_ms)
+            assert result.outcome == RegisterClientReply(index)  # the id is the log index
+            self.active_ms[index] = log_time_ms
+            self.highest_client_id = index
+            return
         self._check_once(cmd, result, log_time_ms)
         if result.duplicate or not result.ok:
             return
@@ -106,6 +132,7 @@ class Model:
         elif isinstance(cmd, Send):
             assert result.message is not None
             assert result.message.id > self.last_id  # ids only grow
+            assert result.message.timestamp_ms == cmd.timestamp_ms  # the proposer's clock
             self.last_id = result.message.id
             self.queues[cmd.recipient.lower()].append(result.message.id)
         elif isinstance(cmd, Ack):
@@ -116,16 +143,21 @@ class Model:
 
     def _check_once(self, cmd: Command, result: ApplyResult, now: int) -> None:
         """§6.3: a request already applied is answered with its first reply (or, once the
-        client said it has that reply, refused as stale); it applies again only if its client
-        was idle past client_idle_s and forgotten."""
+        client said it has that reply, refused as stale). Once its client was idle past
+        client_idle_s and forgotten, it is refused as expired and applies nothing: 'the
+        outcome of earlier requests is unknown', never a new request."""
         if cmd.request is None:
             return
         client, seq = cmd.request.client_id, cmd.request.seq
-        for idle in [c for c, t in self.active_ms.items() if now - t > LIMITS.client_idle_s * 1000]:
-            del self.active_ms[idle]
-            self.first = {k: v for k, v in self.first.items() if k[0] != idle}
+        self.expire(now)
         key = (client, seq)
-        if result.duplicate:
+        if client not in self.active_ms:
+            assert client <= self.highest_client_id  # the builder only uses issued ids
+            assert isinstance(result.outcome, ChatError), "an expired client's request applied"
+            assert result.outcome.code is ErrorCode.FAILED_PRECONDITION
+            assert result.outcome.reason is Reason.CLIENT_EXPIRED
+            assert not result.duplicate and result.message is None
+        elif result.duplicate:
             assert result.outcome == self.first[key]
             self.active_ms[client] = now
         elif key in self.first:
@@ -142,6 +174,11 @@ class Model:
         for user, ids in self.queues.items():
             assert [m.id for m in state.queue(user)] == ids, user
             assert len(ids) <= LIMITS.queue_limit
+
+
+def _expired(result: ApplyResult) -> bool:
+    outcome = result.outcome
+    return isinstance(outcome, ChatError) and outcome.reason is Reason.CLIENT_EXPIRED
 
 
 def _is_live(state: ChatState, token: str) -> bool:
@@ -162,14 +199,40 @@ def build(ops: list[Op], cut: int) -> tuple[Log, list[ApplyResult | None], bytes
     results: list[ApplyResult | None] = []
     tokens: list[str] = []
     seqs = dict.fromkeys(CLIENTS, 0)
+    client_ids: dict[str, int] = {}  # client name -> the id of its current session
     now = 1_000
     snapshot_at_cut = leader.snapshot()
-    for step, (what, client, lag, skew) in enumerate(ops):
-        kind = what[0]
+
+    def append(cmd: Command | None) -> int:
+        nonlocal snapshot_at_cut
+        index = len(log.entries) + 1
+        if cmd is None:  # an entry without chat data (a leader's no-op)
+            log.entries.append((index, None))
+            leader.skip(index)
+            results.append(None)
+        else:
+            data = encode(cmd)
+            log.entries.append((index, data))
+            result = leader.apply(index, data)
+            results.append(result)
+            model.update(index, cmd, result, leader.log_time_ms)
+        model.check(leader)
+        if index == cut:
+            snapshot_at_cut = leader.snapshot()
+        return index
+
+    def next_request(client: str, ts: int, lag: int) -> RequestId:
+        """The client's next request id. Like the client library, it registers a client
+        session first at its first write, and when its session has expired."""
+        if not model.live(client_ids.get(client), max(ts, leader.log_time_ms)):
+            client_ids[client] = append(RegisterClient(timestamp_ms=ts, log_time_ms=ts))
         seqs[client] += 1
         seq = seqs[client]
-        request = RequestId(client, seq, max(0, seq - lag))
-        ts = max(0, now + skew)  # a node whose clock is a little behind
+        return RequestId(client_ids[client], seq, max(0, seq - lag))
+
+    for step, (what, client, lag, skew) in enumerate(ops):
+        kind = what[0]
+        ts = max(0, now + skew)  # a node whose clock is a little behind (and not clamped)
 
         def token(i: object) -> str:
             """Mostly a live session's token (0-5), sometimes any token ever issued."""
@@ -181,57 +244,72 @@ def build(ops: list[Op], cut: int) -> tuple[Log, list[ApplyResult | None], bytes
         if kind == "register":
             name, which = str(what[1]), int(str(what[2]))
             cmd = Register(
-                timestamp_ms=ts, request=request, username=name, password_hash=HASHES[which]
+                timestamp_ms=ts,
+                log_time_ms=ts,
+                request=next_request(client, ts, lag),
+                username=name,
+                password_hash=HASHES[which],
             )
         elif kind == "login":
             stored = leader.account_hash(str(what[1]))
             digest = stored.digest if stored and what[2] else b"\x00" * 32
             cmd = Login(
                 timestamp_ms=ts,
-                request=request,
+                log_time_ms=ts,
+                request=next_request(client, ts, lag),
                 username=str(what[1]),
                 token=f"tok{step}",
                 verified_digest=digest,
             )
             tokens.append(cmd.token)
         elif kind == "logout":
-            cmd = Logout(timestamp_ms=ts, request=request, token=token(what[1]))
+            cmd = Logout(
+                timestamp_ms=ts,
+                log_time_ms=ts,
+                request=next_request(client, ts, lag),
+                token=token(what[1]),
+            )
         elif kind == "send":
             cmd = Send(
                 timestamp_ms=ts,
-                request=request,
+                log_time_ms=ts,
+                request=next_request(client, ts, lag),
                 token=token(what[1]),
                 recipient=str(what[2]),
                 text=str(what[3]),
             )
         elif kind == "ack":
             cmd = Ack(
-                timestamp_ms=ts, request=request, token=token(what[1]), up_to_id=int(str(what[2]))
+                timestamp_ms=ts,
+                log_time_ms=ts,
+                request=next_request(client, ts, lag),
+                token=token(what[1]),
+                up_to_id=int(str(what[2])),
             )
         elif kind == "delete":
-            cmd = DeleteAccount(timestamp_ms=ts, request=request, token=token(what[1]))
+            cmd = DeleteAccount(
+                timestamp_ms=ts,
+                log_time_ms=ts,
+                request=next_request(client, ts, lag),
+                token=token(what[1]),
+            )
         elif kind == "advance":
             now += int(str(what[1]))
             continue
-        elif kind == "retry":  # the same entry again: a client's retry after a failover
+        elif kind in ("retry", "late_retry"):  # a client's retry after a failover
             earlier = [d for _, d in log.entries if d is not None]
             if earlier:
-                cmd = decode(earlier[int(str(what[1])) % len(earlier)])
-
-        index = len(log.entries) + 1
-        if cmd is None:  # an entry without chat data (a leader's no-op)
-            log.entries.append((index, None))
-            leader.skip(index)
-            results.append(None)
-        else:
-            data = encode(cmd)
-            log.entries.append((index, data))
-            result = leader.apply(index, data)
-            results.append(result)
-            model.update(cmd, result, leader.log_time_ms)
-        model.check(leader)
-        if index == cut:
-            snapshot_at_cut = leader.snapshot()
+                cmd = decode(earlier[-1 - int(str(what[1])) % len(earlier)])  # recent ones first
+            if kind == "late_retry" and cmd is not None:
+                # ... cut off for longer than client_idle_s, and stamped anew when it is sent
+                now += LIMITS.client_idle_s * 1000 + 1
+                cmd = replace(cmd, timestamp_ms=now, log_time_ms=now)
+        elif kind == "register_client":  # a new session, whose answer may have been lost
+            client_ids[client] = append(RegisterClient(timestamp_ms=ts, log_time_ms=ts))
+            continue
+        elif kind == "tick":
+            cmd = Tick(timestamp_ms=ts, log_time_ms=ts)
+        append(cmd)
     return log, results, snapshot_at_cut
 
 
@@ -249,6 +327,8 @@ def test_replicas_fed_the_same_entries_end_identical(
         ("a session ended", any(r.ended_tokens for r in applied)),
         ("a queue full", any(not r.ok and "undelivered" in str(r.outcome) for r in applied)),
         ("a stale request", any(not r.ok and "stale" in str(r.outcome) for r in applied)),
+        ("an expired client refused", any(_expired(r) for r in applied)),
+        ("a tick", any(isinstance(r.outcome, TickReply) for r in applied)),
     ]:
         event(f"{what}: {happened}")
     follower = ChatState(LIMITS)
@@ -264,3 +344,33 @@ def test_replicas_fed_the_same_entries_end_identical(
 
     assert late.digest() == follower.digest() == restored.digest()
     assert late.snapshot() == follower.snapshot()
+
+
+def test_replicas_agree_on_a_log_with_registrations_ticks_and_an_expired_retry() -> None:
+    """Issue 9: client sessions are registered in the log and expire in log time, so every
+    replica that applies the same entries knows the same clients and refuses the same
+    expired retry: same results, same digest, also from a snapshot taken half-way."""
+    node = Node(LIMITS, log_clock=True)
+    alice = node.user("ann")
+    send = node.send_cmd(alice, "ann", "hello")
+    node.apply(send)
+    node.advance(1.5)
+    node.tick()
+    cut = node.index
+    snapshot = node.state.snapshot()
+    node.advance(LIMITS.client_idle_s + 1)
+    node.tick()  # expires the client on a quiet cluster
+    late = replace(send, timestamp_ms=node.now_ms, log_time_ms=node.log_time_ms())
+    refused = node.apply(late)
+    assert _expired(refused)
+    node.sent(node.login("ann"), "ann", "again")  # under a newly registered client
+    kinds = [decode(data).KIND.value for _, data in node.entries if data is not None]
+    assert kinds.count("register_client") == 2 and kinds.count("tick") == 2
+
+    follower, late_replica = ChatState(LIMITS), ChatState(LIMITS)
+    log = Log(list(node.entries))
+    assert log.apply_to(follower) == node.results
+    late_replica.restore(snapshot)
+    assert log.apply_to(late_replica, cut) == node.results[cut:]
+    assert follower.digest() == late_replica.digest() == node.state.digest()
+    assert [m.text for m in follower.queue("ann")] == ["hello", "again"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from node.chat.commands import Command, encode
+from node.chat.commands import COMMAND_FORMAT_VERSION, Command, encode
 from node.chat.errors import CommandDecodeError, InvariantError, SnapshotDecodeError
 from node.chat.state import SNAPSHOT_FORMAT_VERSION, ChatState
 from node.config import ChatLimits
@@ -130,6 +130,11 @@ def _set(path: list[object], value: object) -> object:
         _set(["accounts", 0, 1, "n"], 3),
         _set(["sessions", 0, 1], "ghost"),
         _set(["clients", 0, 3, 0, 2], "nonsense"),
+        _set(["clients", 0, 0], "client"),  # version 1's string ids
+        _set(["clients", 0, 0], 0),
+        _set(["highest_client_id"], 0),  # remembers clients above the highest ever issued
+        _set(["highest_client_id"], "1"),
+        lambda doc: doc.pop("highest_client_id"),
         _set(["applied_index"], -1),
         _set(["extra"], 1),
         lambda doc: doc["accounts"].reverse(),  # out of order
@@ -145,7 +150,19 @@ def test_a_bad_snapshot_is_refused_and_the_state_left_alone(edit: object) -> Non
     assert node.state.queue("bob")  # still usable
 
 
-@pytest.mark.parametrize("data", [b"", b"\x02{}", b"\x01{", b"\x01[]", b"\x01\xff"])
+_V = bytes([SNAPSHOT_FORMAT_VERSION])
+OTHER_BYTES = {
+    "empty": b"",
+    "newer version": bytes([SNAPSHOT_FORMAT_VERSION + 1]) + b"{}",
+    "version 1 (string client ids)": bytes([1]) + busy_node().state.snapshot()[1:],
+    "empty object": _V + b"{}",
+    "not json": _V + b"{",
+    "not an object": _V + b"[]",
+    "not utf-8": _V + b"\xff",
+}
+
+
+@pytest.mark.parametrize("data", OTHER_BYTES.values(), ids=list(OTHER_BYTES))
 def test_snapshot_bytes_of_other_kinds_are_refused(data: bytes) -> None:
     with pytest.raises(SnapshotDecodeError):
         ChatState(SMALL_LIMITS).restore(data)
@@ -175,7 +192,7 @@ def test_undecodable_entries_raise_and_leave_the_state_alone() -> None:
     node = busy_node()
     before, index = node.state.digest(), node.state.applied_index
     with pytest.raises(CommandDecodeError):
-        node.state.apply(index + 1, b"\x01{}")
+        node.state.apply(index + 1, bytes([COMMAND_FORMAT_VERSION]) + b"{}")
     assert node.state.digest() == before and node.state.applied_index == index
 
 
@@ -194,7 +211,7 @@ def test_a_large_state_round_trips() -> None:
 
 _SCRIPT = """
 import random
-from node.chat.commands import Login, Register, RequestId, Send, encode
+from node.chat.commands import Login, Register, RegisterClient, RequestId, Send, encode
 from node.chat.passwords import hash_password
 from node.chat.state import ChatState
 from node.config import ChatLimits, ScryptCost
@@ -203,22 +220,28 @@ rng = random.Random(7)
 state = ChatState(ChatLimits(queue_limit=8, history_per_pair=5, session_idle_s=30))
 names = [f"user{i}" for i in range(12)]
 h = hash_password("pw", ScryptCost(n=16, r=1, p=1), b"salt")
-index, now, tokens = 0, 0, []
+index, now, tokens, clients = 0, 0, [], {}
 for step in range(3000):
     now += rng.randrange(0, 2000)
     roll = rng.random()
     client = f"c{rng.randrange(30)}"
-    req = RequestId(client, step, step)
+    if client not in clients:
+        index += 1
+        state.apply(index, encode(RegisterClient(timestamp_ms=now, log_time_ms=now)))
+        clients[client] = index
+    req = RequestId(clients[client], step, step)
     if roll < 0.1:
-        cmd = Register(timestamp_ms=now, request=req, username=rng.choice(names), password_hash=h)
+        cmd = Register(timestamp_ms=now, log_time_ms=now, request=req,
+                       username=rng.choice(names), password_hash=h)
     elif roll < 0.3:
         tok = f"t{step}"
         tokens.append(tok)
-        cmd = Login(timestamp_ms=now, request=req, username=rng.choice(names), token=tok,
-                    verified_digest=h.digest)
+        cmd = Login(timestamp_ms=now, log_time_ms=now, request=req, username=rng.choice(names),
+                    token=tok, verified_digest=h.digest)
     else:
-        cmd = Send(timestamp_ms=now, request=req, token=rng.choice(tokens or ["x"]),
-                   recipient=rng.choice(names), text=str(step))
+        cmd = Send(timestamp_ms=now, log_time_ms=now, request=req,
+                   token=rng.choice(tokens or ["x"]), recipient=rng.choice(names),
+                   text=str(step))
     index += 1
     state.apply(index, encode(cmd))
 print(state.digest(), state.session_count, state.client_count)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from node.chat.commands import MAX_UINT64, RequestId
+from node.chat.commands import MAX_INT64, MAX_UINT64, RequestId
 from node.chat.errors import ChatError, ErrorCode
 from node.chat.validation import (
     MAX_PASSWORD_CHARS,
@@ -149,10 +149,17 @@ def test_missing_or_malformed_tokens_are_unauthenticated(token: str) -> None:
 
 
 def test_request_ids() -> None:
-    assert validate_request_id("c", 5, 3) == RequestId("c", 5, 3)
-    assert validate_request_id("c", 0, 0) == RequestId("c", 0, 0)
-    invalid(validate_request_id, "", 1, 1)
-    invalid(validate_request_id, "c" * 129, 1, 1)
-    invalid(validate_request_id, "c", 3, 4)  # nothing outstanding beyond the request itself
-    invalid(validate_request_id, "c", -1, 0)
-    invalid(validate_request_id, "c", MAX_UINT64 + 1, 0)
+    """A client id is one the log handed out (a positive log index, thesis §6.3); every
+    number fits SQLite's signed 64 bits (TRAPS.md)."""
+    assert validate_request_id(7, 5, 3) == RequestId(7, 5, 3)
+    assert validate_request_id(7, 0, 0) == RequestId(7, 0, 0)
+    assert validate_request_id(MAX_INT64, MAX_INT64, MAX_INT64) == RequestId(
+        MAX_INT64, MAX_INT64, MAX_INT64
+    )
+    assert "RegisterClient" in invalid(validate_request_id, 0, 1, 1).message  # the proto default
+    invalid(validate_request_id, -1, 1, 1)
+    invalid(validate_request_id, MAX_INT64 + 1, 1, 1)
+    invalid(validate_request_id, 7, 3, 4)  # nothing outstanding beyond the request itself
+    invalid(validate_request_id, 7, -1, 0)
+    invalid(validate_request_id, 7, MAX_INT64 + 1, 0)
+    invalid(validate_request_id, 7, MAX_UINT64, 0)

@@ -1,10 +1,13 @@
 """A scriptable stand-in for a chatbooth cluster, for the client's tests.
 
 N gRPC Chat servers on 127.0.0.1 share one chat state machine, the real one
-(`node.chat.state.ChatState`), so request-id deduplication, queues, cumulative acks and errors
-behave as on real nodes; only Raft is missing. Which node leads is decided here: the first
-node (or the one asked for) that is up and not isolated, provided a majority is; otherwise
-every node answers UNAVAILABLE "no majority reachable".
+(`node.chat.state.ChatState`), so request-id deduplication, registered client sessions
+(RegisterClient, and the refusal of an expired one with reason "client-expired" in the
+trailing metadata), queues, cumulative acks and errors behave as on real nodes; only Raft is
+missing. Commands carry a log time stamped by the real node.logclock.LogClock over the fake's
+clock, which `pass_time(seconds)` moves on (a client cut off that long). Which node leads is
+decided here: the first node (or the one asked for) that is up and not isolated, provided a
+majority is; otherwise every node answers UNAVAILABLE "no majority reachable".
 
 On top of that a test can break things on purpose:
 - `kill(name)` / `start(name)`: the server stops (in-flight calls and streams die) or comes
@@ -12,7 +15,7 @@ On top of that a test can break things on purpose:
 - `isolate(*names)` / `heal()`: those nodes lose the majority.
 - `script(name, method, *faults)`: the next calls of `method` on `name` meet the faults in turn
   (answer "not the leader", hang past the deadline, apply and then lose the answer, apply and
-  then crash...).
+  then crash, apply and then let the client's session expire...).
 - `end_streams()`: Subscribe streams end with UNAVAILABLE, as when a leader steps down.
 - `forward=True`: followers serve unary calls themselves, as a node forwarding to the leader.
 
@@ -55,21 +58,24 @@ from node.chat.commands import (
     Login,
     Logout,
     Register,
+    RegisterClient,
     RequestId,
     Send,
     encode,
 )
 from node.chat.errors import ChatError, ErrorCode
 from node.chat.passwords import hash_password, verify_password
-from node.chat.replies import ApplyResult, ChatMessage, LoginReply, SendReply
+from node.chat.replies import ApplyResult, ChatMessage, LoginReply, RegisterClientReply, SendReply
 from node.chat.state import ChatState
-from node.chat.validation import validate_password, validate_username
+from node.chat.validation import validate_password, validate_request_id, validate_username
 from node.config import ChatLimits, ScryptCost
+from node.logclock import LogClock
 from protos import chat_pb2, chat_pb2_grpc
 
 FAST_COST = ScryptCost(n=2**4, r=1, p=1)  # tests only
 LEADER_ADDRESS_KEY = "x-chatbooth-leader"
 LEADER_ID_KEY = "x-chatbooth-leader-id"
+REASON_KEY = "x-chatbooth-reason"  # a refusal's machine-readable reason ("client-expired")
 # Ports for test servers: below the ephemeral range (32768 and up), which outgoing
 # connections use (TRAPS.md).
 PORT_RANGE = (20000, 32000)
@@ -105,6 +111,14 @@ class Fault(enum.Enum):
     APPLY_THEN_UNKNOWN = "apply, then fail with UNKNOWN (a broken stream)"
     APPLY_THEN_INTERNAL = "apply, then fail with INTERNAL"
     APPLY_THEN_CRASH = "apply, then the node dies before answering"
+    APPLY_THEN_SILENCE = (
+        "apply, then fail with UNKNOWN, and the client stays cut off past client_idle_s "
+        "(log time passes it: its session expires before the retry)"
+    )
+    HANG_THEN_SILENCE = (
+        "apply nothing, never answer, and log time passes client_idle_s meanwhile (the "
+        "client's session expires before the retry)"
+    )
 
 
 _AFTER_APPLY = {
@@ -112,6 +126,7 @@ _AFTER_APPLY = {
     Fault.APPLY_THEN_UNKNOWN,
     Fault.APPLY_THEN_INTERNAL,
     Fault.APPLY_THEN_CRASH,
+    Fault.APPLY_THEN_SILENCE,
 }
 
 
@@ -119,7 +134,7 @@ _AFTER_APPLY = {
 class Received:
     node: str
     method: str
-    request_id: tuple[str, int, int] | None  # (client_id, seq, first_outstanding)
+    request_id: tuple[int, int, int] | None  # (client_id, seq, first_outstanding)
     request: Any
 
 
@@ -149,7 +164,24 @@ def _proto_message(message: ChatMessage) -> chat_pb2.ChatMessage:
 
 
 def _request_id(request: chat_pb2.RequestId) -> RequestId:
-    return RequestId(request.client_id, request.seq, request.first_outstanding)
+    """Checked as a node checks it before proposing (INVALID_ARGUMENT, e.g. client id 0)."""
+    return validate_request_id(request.client_id, request.seq, request.first_outstanding)
+
+
+class _Clock:
+    """The fake's clock (node.seams.Clock): the machine's, plus the time pass_time() added."""
+
+    def __init__(self) -> None:
+        self.offset_s = 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset_s
+
+    def wall_ms(self) -> int:
+        return time.time_ns() // 1_000_000 + int(self.offset_s * 1000)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
 
 class FakeCluster:
@@ -165,6 +197,8 @@ class FakeCluster:
         self._names = tuple(names)
         self.forward = forward
         self.state = ChatState(limits or ChatLimits(page_size=3, max_page_size=10))
+        self.clock = _Clock()
+        self.log_clock = LogClock(self.clock)  # the leader's: every node stamps with it
         self.index = 0
         self.term = 1
         self.leader: str | None = None
@@ -245,6 +279,15 @@ class FakeCluster:
                     _End(grpc.StatusCode.UNAVAILABLE, "not the leader", self.leader_metadata())
                 )
 
+    def pass_time(self, seconds: float) -> None:
+        """`seconds` pass on the cluster's clocks (wall and monotonic): the next command's
+        log time is that much later, and expires what idled that long."""
+        self.clock.offset_s += seconds
+
+    def client_expiry(self) -> None:
+        """Time enough passes for every client session to expire (client_idle_s and 1 s)."""
+        self.pass_time(self.state.limits.client_idle_s + 1)
+
     def calls(self, method: str, node: str | None = None) -> list[Received]:
         return [r for r in self.received if r.method == method and (node is None or r.node == node)]
 
@@ -287,9 +330,14 @@ class FakeCluster:
         faults = self._faults.get((node, method))
         return faults.popleft() if faults else None
 
+    def stamps(self) -> tuple[int, int]:
+        """(timestamp_ms, log_time_ms) for a command about to be proposed."""
+        return self.clock.wall_ms(), self.log_clock.stamp()
+
     def apply(self, command: Command) -> ApplyResult:
         self.index += 1
         result = self.state.apply(self.index, encode(command))
+        self.log_clock.observe(self.state.log_time_ms)
         if result.message is not None:
             key = result.message.recipient.lower()
             for stream in list(self.streams):
@@ -373,6 +421,9 @@ class FakeNode(chat_pb2_grpc.ChatServicer):
         fault = self.cluster.next_fault(self.name, method)
         if fault is Fault.HANG:
             await _forever()
+        if fault is Fault.HANG_THEN_SILENCE:
+            self.cluster.client_expiry()
+            await _forever()
         if fault is Fault.NOT_LEADER:
             await self._abort_not_leader(context)
         if fault is Fault.NO_MAJORITY:
@@ -406,11 +457,17 @@ class FakeNode(chat_pb2_grpc.ChatServicer):
         if fault is Fault.APPLY_THEN_CRASH:
             asyncio.get_running_loop().create_task(self.cluster.kill(self.name))
             await _forever()
+        if fault is Fault.APPLY_THEN_SILENCE:
+            self.cluster.client_expiry()
+            await context.abort(grpc.StatusCode.UNKNOWN, "Stream removed")
 
     async def _refuse(
         self, error: ChatError, context: grpc.aio.ServicerContext[Any, Any]
     ) -> NoReturn:
-        await context.abort(grpc.StatusCode[error.code.value], error.message)
+        metadata = () if error.reason is None else ((REASON_KEY, error.reason.value),)
+        await context.abort(
+            grpc.StatusCode[error.code.value], error.message, trailing_metadata=metadata
+        )
         raise AssertionError("abort returned")
 
     async def _write(
@@ -428,10 +485,19 @@ class FakeNode(chat_pb2_grpc.ChatServicer):
         except ChatError as error:
             await self._refuse(error, context)
 
-    def _now_ms(self) -> int:
-        return int(time.time() * 1000)
-
     # --- the Chat service ------------------------------------------------------------------
+
+    async def RegisterClient(
+        self, request: chat_pb2.RegisterClientRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> chat_pb2.RegisterClientReply:
+        def make() -> Command:
+            ts, lt = self.cluster.stamps()
+            return RegisterClient(timestamp_ms=ts, log_time_ms=lt)
+
+        reply = await self._write("RegisterClient", request, context, make)
+        if not isinstance(reply, RegisterClientReply):
+            raise TypeError(reply)
+        return chat_pb2.RegisterClientReply(client_id=reply.client_id)
 
     async def Register(
         self, request: chat_pb2.RegisterRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -440,8 +506,10 @@ class FakeNode(chat_pb2_grpc.ChatServicer):
             validate_username(request.username, self.cluster.state.limits)
             validate_password(request.password)
             hashed = hash_password(request.password, FAST_COST, secrets.token_bytes(16))
+            ts, lt = self.cluster.stamps()
             return Register(
-                timestamp_ms=self._now_ms(),
+                timestamp_ms=ts,
+                log_time_ms=lt,
                 request=_request_id(request.request),
                 username=request.username,
                 password_hash=hashed,
@@ -457,8 +525,10 @@ class FakeNode(chat_pb2_grpc.ChatServicer):
             stored = self.cluster.state.account_hash(request.username)
             if stored is None or not verify_password(request.password, stored):
                 raise ChatError(ErrorCode.UNAUTHENTICATED, "wrong username or password")
+            ts, lt = self.cluster.stamps()
             return Login(
-                timestamp_ms=self._now_ms(),
+                timestamp_ms=ts,
+                log_time_ms=lt,
                 request=_request_id(request.request),
                 username=request.username,
                 token=secrets.token_urlsafe(18),
@@ -474,8 +544,10 @@ class FakeNode(chat_pb2_grpc.ChatServicer):
         self, request: chat_pb2.LogoutRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> chat_pb2.LogoutReply:
         def make() -> Command:
+            ts, lt = self.cluster.stamps()
             return Logout(
-                timestamp_ms=self._now_ms(),
+                timestamp_ms=ts,
+                log_time_ms=lt,
                 request=_request_id(request.request),
                 token=request.token,
             )
@@ -487,8 +559,10 @@ class FakeNode(chat_pb2_grpc.ChatServicer):
         self, request: chat_pb2.SendRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> chat_pb2.SendReply:
         def make() -> Command:
+            ts, lt = self.cluster.stamps()
             return Send(
-                timestamp_ms=self._now_ms(),
+                timestamp_ms=ts,
+                log_time_ms=lt,
                 request=_request_id(request.request),
                 token=request.token,
                 recipient=request.recipient,
@@ -504,8 +578,10 @@ class FakeNode(chat_pb2_grpc.ChatServicer):
         self, request: chat_pb2.AckRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> chat_pb2.AckReply:
         def make() -> Command:
+            ts, lt = self.cluster.stamps()
             return Ack(
-                timestamp_ms=self._now_ms(),
+                timestamp_ms=ts,
+                log_time_ms=lt,
                 request=_request_id(request.request),
                 token=request.token,
                 up_to_id=request.up_to_id,
@@ -530,8 +606,10 @@ class FakeNode(chat_pb2_grpc.ChatServicer):
             stored = None if username is None else state.account_hash(username)
             if stored is not None and not verify_password(request.password, stored):
                 raise ChatError(ErrorCode.UNAUTHENTICATED, "wrong password")
+            ts, lt = self.cluster.stamps()
             return DeleteAccount(
-                timestamp_ms=self._now_ms(),
+                timestamp_ms=ts,
+                log_time_ms=lt,
                 request=_request_id(request.request),
                 token=request.token,
             )

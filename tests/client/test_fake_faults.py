@@ -147,13 +147,17 @@ async def test_unavailable_with_leader_metadata_sends_the_client_to_the_leader()
         cluster.set_leader("c")
         client = make_client(cluster)
         try:
-            await client.register("dave", "pw")
-            assert [r.node for r in cluster.received] == ["a", "c"]  # b never asked
+            await client.register("dave", "pw")  # registers a client session first
+            assert [(r.node, r.method) for r in cluster.received] == [
+                ("a", "RegisterClient"),
+                ("c", "RegisterClient"),  # b never asked
+                ("c", "Register"),
+            ]
             assert client.leader == "c"
             assert client.current_node == "c"
             await client.login("dave", "pw")
             assert cluster.received[-1].node == "c"  # remembered: straight to the leader
-            assert len(cluster.received) == 3
+            assert len(cluster.received) == 4
         finally:
             await client.close()
 
@@ -165,7 +169,11 @@ async def test_a_follower_that_forwards_serves_the_call() -> None:
         client = make_client(cluster)
         try:
             await client.register("erin", "pw")
-            assert [r.node for r in cluster.received] == ["a"]
+            calls = [(r.node, r.method) for r in cluster.received if r.method != "Status"]
+            assert calls == [  # (and, in the background, a is asked who leads)
+                ("a", "RegisterClient"),
+                ("a", "Register"),
+            ]
             assert client.state is ConnectionState.OK
         finally:
             await client.close()
