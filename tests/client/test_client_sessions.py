@@ -1,0 +1,129 @@
+"""ChatClient and client sessions registered in the log (issue 9, Raft thesis §6.3), against
+the fake cluster, whose state machine is the real one:
+- the first write registers a client session (RegisterClient) and every write carries its id;
+- a write refused as "client-expired" that had been sent only once under that id cannot
+  have happened: it is sent again under a newly registered id;
+- a write sent more than once before its session expired may or may not have been applied:
+  it fails with OutcomeUnknownError and is never sent again; later writes go on.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from client.errors import CLIENT_EXPIRED_REASON, OutcomeUnknownError
+from client.stub import REASON_KEY as CLIENT_REASON_KEY
+from node.chat.errors import Reason
+from node.server import REASON_KEY as SERVER_REASON_KEY
+from tests.client import fakechat
+from tests.client.conftest import logged_in, make_client
+from tests.client.fakechat import FakeCluster, Fault
+
+
+def client_ids(cluster: FakeCluster, method: str) -> list[int]:
+    return [r.request_id[0] for r in cluster.calls(method) if r.request_id is not None]
+
+
+def test_the_fake_speaks_the_servers_reason_vocabulary() -> None:
+    """The fake must refuse an expired client exactly as a node does, or these tests prove
+    nothing about a real cluster."""
+    assert fakechat.REASON_KEY == SERVER_REASON_KEY == CLIENT_REASON_KEY == "x-chatbooth-reason"
+    assert Reason.CLIENT_EXPIRED.value == CLIENT_EXPIRED_REASON
+
+
+async def test_the_first_write_registers_a_client_session_and_reads_do_not() -> None:
+    """§6.3, Fig. 6.1: 'RegisterClient RPC: Invoked by new clients to open new session'; its
+    id is 'the log index of this register command'."""
+    async with FakeCluster() as cluster:
+        client = make_client(cluster)
+        try:
+            assert client.client_id is None
+            await client.status("a")  # a read needs no session
+            assert cluster.calls("RegisterClient") == []
+            await client.register("carol", "pw")
+            assert [r.method for r in cluster.received if r.method != "Status"] == [
+                "RegisterClient",
+                "Register",
+            ]
+            assert client.client_id == 1  # the first entry of the fake's log
+            await client.login("carol", "pw")
+            assert len(cluster.calls("RegisterClient")) == 1  # once, not per write
+            assert client_ids(cluster, "Register") == client_ids(cluster, "Login") == [1]
+        finally:
+            await client.close()
+
+
+async def test_a_lost_register_client_answer_costs_an_unused_session_only() -> None:
+    """RegisterClient is not deduplicated itself (protos/chat.proto): a retry opens another
+    session, and the client uses the one it was told about."""
+    async with FakeCluster() as cluster:
+        client = make_client(cluster, call_timeout_s=0.3)
+        try:
+            cluster.script("a", "RegisterClient", Fault.APPLY_THEN_UNKNOWN)
+            await client.register("dora", "pw")
+            assert len(cluster.calls("RegisterClient")) >= 2
+            assert cluster.state.client_count >= 2  # the first one, unused, expires in time
+            assert client.client_id is not None and client.client_id > 1
+            assert client_ids(cluster, "Register") == [client.client_id]
+        finally:
+            await client.close()
+
+
+async def test_an_expired_session_met_by_a_first_attempt_is_sent_again_under_a_new_id() -> None:
+    """Issue 9: 'a write that had been sent only once under that id is sent again under a
+    newly registered id (nothing can have happened)'."""
+    async with FakeCluster() as cluster:
+        alice = await logged_in(cluster, "alice")
+        try:
+            old_id = alice.client_id
+            assert old_id is not None
+            cluster.client_expiry()  # alice was idle longer than client_idle_s
+            result = await alice.send("alice", "hello")
+            assert client_ids(cluster, "Send") == [old_id, alice.client_id]
+            assert alice.client_id is not None and alice.client_id > old_id
+            assert len(cluster.calls("RegisterClient")) == 2
+            assert cluster.queued("alice") == [result.message_id]  # applied once
+            assert [m.text for m in cluster.state.queue("alice")] == ["hello"]
+            assert alice.pending_writes == []
+        finally:
+            await alice.close()
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [Fault.APPLY_THEN_SILENCE, Fault.HANG_THEN_SILENCE],
+    ids=["applied-then-unknown", "hung"],
+)
+async def test_a_write_sent_twice_before_its_session_expired_fails_as_outcome_unknown(
+    fault: Fault,
+) -> None:
+    """Issue 9: 'a write that was attempted more than once fails with OutcomeUnknownError
+    and is not resent'. The first attempt's outcome was unknown (applied, or not); the client
+    was then cut off past client_idle_s, so its retry meets an expired session: the cluster
+    can no longer say whether the first attempt was applied, and resending it under a new id
+    could apply it twice."""
+    async with FakeCluster() as cluster:
+        alice = await logged_in(cluster, "alice", call_timeout_s=0.3)
+        try:
+            old_id = alice.client_id
+            cluster.script("a", "Send", fault)
+            with pytest.raises(OutcomeUnknownError, match="may or may not have been applied"):
+                await alice.send("alice", "maybe")
+            sends = cluster.calls("Send")
+            assert {r.request_id for r in sends} == {sends[0].request_id}  # one id throughout
+            assert client_ids(cluster, "Send")[0] == old_id
+            assert len([r for r in sends if r.node == "a"]) == 2  # first attempt, then refused
+            applied = ["maybe"] if fault is Fault.APPLY_THEN_SILENCE else []
+            assert [m.text for m in cluster.state.queue("alice")] == applied  # never twice
+            assert alice.pending_writes == []
+
+            # Not sent again, and the client goes on under a new session.
+            after = await alice.send("alice", "after")
+            later = cluster.calls("Send")[len(sends) :]
+            assert [r.request.text for r in later] == ["after"]
+            assert later[0].request_id is not None and later[0].request_id[0] != old_id
+            assert len(cluster.calls("RegisterClient")) == 2
+            assert cluster.queued("alice")[-1] == after.message_id
+            assert [m.text for m in cluster.state.queue("alice")] == [*applied, "after"]
+        finally:
+            await alice.close()
