@@ -138,8 +138,12 @@ class SimNode:
         if rd.soft_state is not None:
             c.checker.on_soft_state(self.id, rd.soft_state, core)
             c.trace(f"{self.id} {rd.soft_state.role.value} t{rd.soft_state.term}")
+            if c.on_role is not None:
+                c.on_role(self.id, rd.soft_state.role)
         if rd.hard_state is not None and core.role is Role.LEADER:
             c.checker.on_leader_commit(core.term, rd.hard_state.commit, core)
+            if c.on_commit is not None:
+                c.on_commit(self.id)
         for m in rd.messages:
             c.send(m)
         if rd.entries:
@@ -277,6 +281,9 @@ class SimCluster:
         self.dup_rate = 0.0
         self.delay = (1, 5)
         self.fifo = False  # True: each directed link delivers in order (one ordered stream)
+        # called with (node, role) whenever a node's role changes: lets a nemesis react
+        self.on_role: Callable[[NodeId, Role], None] | None = None
+        self.on_commit: Callable[[NodeId], None] | None = None  # a leader's commit moved
         self.slow_rate = 0.0  # chance a message takes slow_delay more (the tail latency)
         self.slow_delay = (0, 0)
         self._link_free: dict[tuple[NodeId, NodeId], int] = {}  # FIFO: last delivery time
@@ -385,6 +392,8 @@ class SimCluster:
         elif kind == "resume":
             if node.paused:
                 self.resume(nid)
+        elif kind == "call":  # a scheduled action of the test's nemesis
+            payload()
         elif node.paused:  # "snapshot-sent" / "-failed": seen once the process runs again
             self.schedule(TICK, kind, nid, payload)
         elif node.core is not None:
@@ -472,6 +481,9 @@ class SimCluster:
 
     def resume_later(self, nid: NodeId, delay: int) -> None:
         self.schedule(delay, "resume", nid)
+
+    def call_later(self, delay: int, action: Callable[[], None]) -> None:
+        self.schedule(delay, "call", self.ids[0], action)
 
     def restart(self, nid: NodeId) -> None:
         node = self.nodes[nid]

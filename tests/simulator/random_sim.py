@@ -6,11 +6,12 @@ replays it: `python -m tests.simulator --seed S --nodes N --profile P`.
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from random import Random
 
-from node.raft.types import NodeId
+from node.raft.types import NodeId, Role
 from tests.simulator.checker import SafetyViolation
 from tests.simulator.harness import TICK, SimCluster
 
@@ -53,7 +54,7 @@ PROFILES = {
     ),
 }
 
-FAULT_TICKS = 250
+FAULT_TICKS = 200
 LIVENESS_TICKS = 400  # after faults stop: a leader and every proposal applied everywhere
 
 # Per-node disks: fsync latency ranges in time units (a message takes 1..MESSAGE_DELAY[1]).
@@ -61,6 +62,9 @@ DISKS = ((1, 4), (2, 12), (5, 40))
 FSYNC_STALL = 0.03  # chance one fsync stalls for FSYNC_STALL_TIME more (fault phase only)
 FSYNC_STALL_TIME = (20, 120)
 MESSAGE_DELAY = (1, 6)
+VOTER_STRIKE = 0.6  # chance the nemesis crashes one of a new candidate's voters
+ELECTION_STRIKE = 0.6  # chance the nemesis strikes a new leader (or one of its followers)
+COMMIT_STRIKE = 0.05  # chance the nemesis strikes a leader that just committed
 SLOW_MESSAGES = 0.03  # chance a message is held up for SLOW_DELAY more (fault phase only)
 SLOW_DELAY = (10, 80)
 # (max_append_bytes, max_inflight): one entry per append, a few, or many at a time
@@ -221,6 +225,60 @@ def _run(
                 if rng.random() < 0.6:
                     c.resume_later(nid, rng.randint(1, 4 * TICK))
 
+    faulting = True
+
+    def crash_soon(nid: NodeId) -> None:
+        """Crash `nid` (process or power) and bring it back quickly."""
+        if not faulting or c.nodes[nid].core is None:
+            return
+        down = sum(1 for n in ids if c.nodes[n].core is None or c.nodes[n].paused)
+        if down >= minority and rng.random() >= 0.2:
+            return
+        c.crash(nid, power=prof.power and (not prof.crashes or rng.random() < 0.5))
+        c.restart_later(nid, rng.randint(1, 2 * TICK))
+
+    def isolate_soon(nid: NodeId) -> None:
+        if not faulting or not prof.partitions:
+            return
+        rest = [x for x in ids if x != nid]
+        rng.shuffle(rest)
+        cut = rng.randrange(0, minority + 1)
+        c.partition([nid, *rest[:cut]], rest[cut:])
+
+    def soon() -> int:
+        """A delay from 1 to 60 time units, log-uniform: as often within one message's
+        flight as within a round trip and an fsync."""
+        return int(math.exp(rng.uniform(0.0, math.log(60))))
+
+    def on_role(nid: NodeId, role: Role) -> None:
+        """Strike at elections, where the subtle bugs live: a voter crashes while a
+        candidate collects votes; a new leader, or one of its followers, is cut off or
+        crashes before its term's first entries are everywhere."""
+        if not faulting:
+            return
+        if role is Role.CANDIDATE and can_crash and rng.random() < VOTER_STRIKE:
+            victim = rng.choice([x for x in ids if x != nid])
+            c.call_later(rng.randint(1, 2 * TICK), lambda: crash_soon(victim))
+        elif role is Role.LEADER and rng.random() < ELECTION_STRIKE:
+            victim = nid if rng.random() < 0.7 else rng.choice(ids)
+            if prof.partitions and (not can_crash or rng.random() < 0.5):
+                c.call_later(soon(), lambda: isolate_soon(victim))
+            elif can_crash:
+                c.call_later(soon(), lambda: crash_soon(victim))
+
+    def on_commit(nid: NodeId) -> None:
+        """Strike a leader just after it commits: whatever it counted had better be durable
+        on a majority, and committed for good."""
+        if faulting and rng.random() < COMMIT_STRIKE:
+            if prof.partitions and (not can_crash or rng.random() < 0.5):
+                c.call_later(soon(), lambda: isolate_soon(nid))
+            elif can_crash:
+                c.call_later(soon(), lambda: crash_soon(nid))
+
+    can_crash = prof.crashes or prof.power
+    c.on_role = on_role
+    c.on_commit = on_commit
+
     # ----- fault phase -----
     for _ in range(FAULT_TICKS):
         end = c.now + TICK
@@ -236,6 +294,7 @@ def _run(
             c.nodes[rng.choice(ids)].maybe_compact(keep=rng.randrange(0, 4))
 
     # ----- calm phase: heal everything, then demand liveness -----
+    faulting = False
     c.drop_rate = c.dup_rate = c.slow_rate = 0.0
     for node in c.nodes.values():
         node.fsync_stall = 0.0
