@@ -433,6 +433,7 @@ class RaftCore:
                 reject=True,
                 reject_hint=hint,
                 hint_term=self.log.term(hint) or Term(0),
+                context=m.context,  # the leader's probe id, so it can tell a stale rejection
             )
         )
 
@@ -488,13 +489,21 @@ class RaftCore:
         if m.hint_term > 0:
             hint = self.log.find_conflict_by_term(m.reject_hint, m.hint_term)
         if m.index <= pr.match:
-            # The follower refused an entry at or below its recorded match: it no longer holds
-            # entries it acknowledged. Storage syncs before it acks and the links are ordered,
-            # so this means a lost disk (or, in a network that duplicates, an old rejection,
-            # which makes this merely wasteful). etcd drops such a rejection as stale
-            # (MaybeDecrTo), and the follower then stalls forever at match+1; we log it and
-            # probe from what the follower has. The commit index never moves back; a lower
-            # match only makes commits wait for other followers.
+            if pr.state is ProgressState.SNAPSHOT:
+                return  # the snapshot under way settles where the follower is
+            if pr.state is ProgressState.REPLICATE:
+                # Probably stale (an old rejection duplicated or reordered), but a follower
+                # that lost its disk answers like this too: ask it once, at its match.
+                pr.become_probe()
+                self._needs_append.add(m.sender)
+                return
+            if m.index != pr.next - 1 or m.context == 0 or m.context != pr.probe_id:
+                return  # stale: not the answer to the probe outstanding
+            # Our probe at the follower's recorded match was refused: it no longer holds
+            # entries it acknowledged. Storage syncs before it acks, so this means a lost
+            # disk. etcd drops such a rejection as stale (MaybeDecrTo), and the follower then
+            # stalls forever at match+1; we log it and probe from what the follower has. The
+            # commit index never moves back; a lower match only makes commits wait for others.
             hint = LogIndex(min(hint, m.index - 1))
             logger.error(
                 "%s: follower %s refused entry %d, at or below its recorded match %d: it has "
@@ -566,6 +575,10 @@ class RaftCore:
         entries = self.log.slice(pr.next, self.log.last_index() + 1, self.config.max_append_bytes)
         if not entries and not send_if_empty:
             return False
+        probe = 0
+        if pr.state is ProgressState.PROBE:
+            pr.probe_id += 1  # echoed in the answer: a stale rejection cannot pass for it
+            probe = pr.probe_id
         self._send(
             Message(
                 MT.APPEND,
@@ -576,6 +589,7 @@ class RaftCore:
                 index=LogIndex(prev),
                 entries=tuple(entries),
                 commit=self.log.committed,
+                context=probe,
             )
         )
         pr.sent(entries[-1].index if entries else prev)

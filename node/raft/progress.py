@@ -24,6 +24,7 @@ class Progress:
         "max_inflight",
         "next",
         "pending_snapshot",
+        "probe_id",
         "probe_sent",
         "read_ack",
         "recent_active",
@@ -35,6 +36,7 @@ class Progress:
         self.next: LogIndex = LogIndex(next_index)  # next index to send; match < next
         self.state = ProgressState.PROBE
         self.probe_sent = False  # PROBE: an append is in flight, wait for its answer
+        self.probe_id = 0  # PROBE: the id of the last probe sent (its answer echoes it)
         self.pending_snapshot: LogIndex = LogIndex(0)  # SNAPSHOT: the index being installed
         self.inflight: deque[int] = deque()  # REPLICATE: last index of each unacked append
         self.max_inflight = max_inflight

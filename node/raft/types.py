@@ -95,6 +95,7 @@ class Message:
       reject, `reject_hint` / `hint_term` point the leader to the probable conflict (§5.3,
       fast backtracking).
     HEARTBEAT: `commit` is min(follower's match, leader commit); `context` is the ReadIndex round.
+    APPEND in probe state: `context` is the probe's id, which a rejection echoes.
     SNAPSHOT: `snapshot` names the snapshot; its bytes are attached by the driver.
     """
 
