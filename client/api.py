@@ -72,6 +72,7 @@ R = TypeVar("R")
 # What a node that cannot serve says (protos/chat.proto), compared case-insensitively.
 NO_MAJORITY_TEXT: Final = "no majority reachable"
 NOT_LEADER_TEXT: Final = "not the leader"
+SLOW_CONSUMER_REASON: Final = "slow-consumer"  # a Subscribe stream that fell too far behind
 
 DEFAULT_CALL_TIMEOUT_S: Final = 2.0
 DEFAULT_OVERALL_TIMEOUT_S: Final = 10.0
@@ -904,10 +905,7 @@ class ChatClient:
         details = error.details() or ""
         if code in DEFINITE_CODES:
             self._observe_success(node)
-            reason = next(
-                (str(v) for k, v in error.trailing_metadata() or () if k == REASON_KEY), None
-            )
-            raise server_error(code, details, reason)
+            raise server_error(code, details, _reason(error))
         hint = self._learn_leader(*_leader_metadata(error))
         lowered = details.lower()
         if code == grpc.StatusCode.UNAVAILABLE:
@@ -1073,6 +1071,11 @@ def _phrase(nodes: Sequence[_Node]) -> str:
     verb = "answers" if len(nodes) == 1 else "answer"
     hint = "" if node.hint is None else f" (leader: {node.hint.label()})"
     return f"{names} {verb} '{said}'{hint}"
+
+
+def _reason(error: grpc.aio.AioRpcError) -> str | None:
+    """The machine-readable reason in a refusal's trailing metadata, if any."""
+    return next((str(v) for k, v in error.trailing_metadata() or () if k == REASON_KEY), None)
 
 
 def _leader_metadata(error: grpc.aio.AioRpcError) -> tuple[str | None, str | None]:
@@ -1249,6 +1252,11 @@ class Subscription:
                 self._drop_call()
                 if self._closed:
                     raise StopAsyncIteration from None
+                if _reason(error) == SLOW_CONSUMER_REASON:
+                    # We fell behind and the node ended the stream (its buffer is bounded):
+                    # resume from the last acked id; what comes twice is dropped by id.
+                    logger.info("subscription: %s", error.details())
+                    continue
                 self._failed_on(node, client._observe_failure(node, error, "subscribe"))
                 continue
             except _StreamStalled:

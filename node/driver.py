@@ -279,6 +279,22 @@ class RaftDriver(Generic[R]):
             await self.clock.sleep(self._tick_s)
         return self.core.leader is not None
 
+    async def wait_caught_up(self, timeout_s: float) -> None:
+        """Return once this leader has committed an entry of its own term (so its commit index
+        covers everything committed before it) and applied through its commit index: its state
+        then answers "does this session exist?" truly. NoQuorumError if not within timeout_s;
+        NotLeaderError if it is not the leader."""
+        deadline = self.clock.monotonic() + timeout_s
+        while True:
+            self.require_leader()
+            log = self.core.log
+            committed = log.committed
+            if log.term(committed) == self.core.term and self.state.applied_index >= committed:
+                return
+            if self.clock.monotonic() >= deadline:
+                raise NoQuorumError()
+            await self.clock.sleep(self._tick_s)
+
     @property
     def election_timeout_s(self) -> float:
         return self.config.raft.election_timeout_ms[1] / 1000

@@ -44,7 +44,9 @@ class LogClock:
         if self._last_ms == 0:
             stamped = max(wall, 0)
         else:
-            elapsed_ms = int((now - self._at) * 1000)
+            # Round the two instants, not their difference: rounding each difference down
+            # would lose up to 1 ms a stamp, and log time would fall behind under load.
+            elapsed_ms = int(now * 1000) - int(self._at * 1000)
             stamped = max(self._last_ms, min(wall, self._last_ms + elapsed_ms))
         if stamped != self._last_ms:
             self._last_ms = stamped

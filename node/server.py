@@ -32,6 +32,7 @@ from node.chat.state import ChatState
 from node.config import ClusterConfig
 from node.driver import NoQuorumError, OutcomeUnknownError, RaftDriver
 from node.logclock import LogClock
+from node.login_limiter import LoginLimiter, ceil_s, peer_host
 from node.raft.errors import NotLeaderError
 from node.raft.types import NodeId
 from node.seams import ThreadExecutor
@@ -48,6 +49,14 @@ LEADER_ID_KEY = "x-chatbooth-leader-id"
 REASON_KEY = "x-chatbooth-reason"
 FORWARDED_KEY = "x-chatbooth-forwarded"
 TICK_IDLE_S = 1.0  # the leader proposes a Tick once log time has stood still this long
+SUBSCRIBER_BUFFER = 1024  # messages a Subscribe stream may hold unsent
+MAX_STREAMS_PER_SESSION = 4
+SLOW_CONSUMER_REASON = "slow-consumer"
+TOO_MANY_LOGINS_REASON = "too-many-failed-logins"
+RETRY_AFTER_KEY = "x-chatbooth-retry-after-s"
+# A follower forwarding a call says who the client is (trusted from members only: the peer
+# port's mutual TLS is what makes that true).
+CLIENT_PEER_KEY = "x-chatbooth-client-peer"
 DEFAULT_TIMEOUT_S = 10.0
 DEADLINE_MARGIN_S = 0.05  # answer a little before the client gives up
 
@@ -74,19 +83,53 @@ class _Abort(Exception):
         details: str,
         leader: NodeId | None = None,
         reason: str | None = None,
+        retry_after_s: int | None = None,
     ) -> None:
         super().__init__(details)
         self.code = code
         self.details = details
         self.leader = leader
         self.reason = reason
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(eq=False)
 class _Subscriber:
+    """One Subscribe stream. Its buffer is bounded: a consumer that falls SUBSCRIBER_BUFFER
+    messages behind is ended with RESOURCE_EXHAUSTED (reason slow-consumer) and resumes from
+    its last acked id, as etcd ends slow watchers."""
+
     username: str
     token: str
-    queue: asyncio.Queue[ChatMessage | _Abort] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[ChatMessage | _Abort] = field(
+        default_factory=lambda: asyncio.Queue(SUBSCRIBER_BUFFER + 1)
+    )
+    last: int = 0  # the last message id this stream delivered
+    ended: bool = False
+
+    def push(self, item: ChatMessage | _Abort) -> None:
+        if self.ended:
+            return
+        if isinstance(item, _Abort):
+            self.end(item)
+            return
+        if self.queue.qsize() >= SUBSCRIBER_BUFFER:
+            self.end(
+                _Abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"this stream fell {SUBSCRIBER_BUFFER} messages behind; resubscribe after "
+                    f"message {self.last} (the last one it delivered), or your last acked one",
+                    reason=SLOW_CONSUMER_REASON,
+                )
+            )
+            return
+        self.queue.put_nowait(item)
+
+    def end(self, reason: _Abort) -> None:
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(reason)
+        self.ended = True
 
 
 class ChatService(chat_pb2_grpc.ChatServicer):
@@ -105,6 +148,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         self._channels: dict[NodeId, grpc.aio.Channel] = {}
         self._subscribers: dict[str, set[_Subscriber]] = {}
         self._log_clock = LogClock(driver.clock)
+        self._logins = LoginLimiter()  # the leader's memory of failed logins
         self._hash_pool = ThreadExecutor(1, f"{driver.id}-scrypt")
         # What an unknown user's password is checked against (same cost as a real one).
         self._dummy_hash = hash_password("", config.scrypt, b"\0" * SALT_BYTES)
@@ -149,6 +193,8 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             ]
         if exc.reason is not None:
             metadata.append((REASON_KEY, exc.reason))
+        if exc.retry_after_s is not None:
+            metadata.append((RETRY_AFTER_KEY, str(exc.retry_after_s)))
         if metadata:
             context.set_trailing_metadata(tuple(metadata))
         await context.abort(exc.code, exc.details)
@@ -232,7 +278,9 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         stub = chat_pb2_grpc.ChatStub(channel)
         try:
             return await getattr(stub, method)(
-                request, timeout=self._timeout(context), metadata=((FORWARDED_KEY, "1"),)
+                request,
+                timeout=self._timeout(context),
+                metadata=((FORWARDED_KEY, "1"), (CLIENT_PEER_KEY, self._client_host(context))),
             )
         except grpc.aio.AioRpcError as err:
             details = err.details() or err.code().name
@@ -249,6 +297,25 @@ class ChatService(chat_pb2_grpc.ChatServicer):
     async def _propose(self, cmd: cmds.Command, context: Context) -> Any:
         result = await self._driver.propose(cmds.encode(cmd), self._timeout(context))
         return result.unwrap()
+
+    @staticmethod
+    def _client_host(context: Context) -> str:
+        """The client's host; for a call a follower forwarded, the host it named."""
+        for k, v in context.invocation_metadata() or ():
+            if k == CLIENT_PEER_KEY:
+                return str(v)
+        return peer_host(context.peer())
+
+    async def _require_session(self, rid: cmds.RequestId, token: str, context: Context) -> None:
+        """Refuse before the log (issue 11): a write that needs a session is proposed only if
+        this leader's state, caught up with everything committed, knows the session. A retry
+        that the dedup table already answered skips this: the log gives its first reply."""
+        if self._state.answered(rid):
+            return
+        wait_s = min(self._timeout(context), self._driver.election_timeout_s)
+        await self._driver.wait_caught_up(wait_s)
+        self._state.check_client(rid)  # an expired client hears so, not "no such session"
+        self._state.authenticate(token)
 
     def _times(self) -> tuple[int, int]:
         """(this node's wall clock, the log time it stamps) for a command it proposes."""
@@ -334,6 +401,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             name = validation.validate_username(request.username, self._limits)
             validation.validate_password(request.password)
             await self._leader_read(context)
+            self._state.check_client(rid)
             if self._state.answered(rid):  # a retry: the log gives the first reply
                 token = secrets.token_urlsafe(24)
                 cmd = cmds.Login(
@@ -346,10 +414,22 @@ class ChatService(chat_pb2_grpc.ChatServicer):
                 )
                 reply = await self._propose(cmd, context)
                 return chat_pb2.LoginReply(token=reply.token, username=reply.username)
+            user, host = name.lower(), self._client_host(context)
+            wait_s = self._logins.retry_after(user, host, self._driver.clock.monotonic())
+            if wait_s > 0:
+                raise _Abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"too many failed logins as {name} from {host}: try again in "
+                    f"{ceil_s(wait_s)} s",
+                    reason=TOO_MANY_LOGINS_REASON,
+                    retry_after_s=ceil_s(wait_s),
+                )
             stored = self._state.account_hash(name)
             ok = await self._check_password(request.password, stored)
             if not ok or stored is None:
+                self._logins.failed(user, host, self._driver.clock.monotonic())
                 raise _Abort(grpc.StatusCode.UNAUTHENTICATED, "wrong username or password")
+            self._logins.succeeded(user, host)
             token = secrets.token_urlsafe(24)
             cmd = cmds.Login(
                 timestamp_ms=ts,
@@ -371,6 +451,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             rid = self._request_id(request.request)
             ts, lt = self._times()
             token = validation.validate_token(request.token)
+            await self._require_session(rid, token, context)
             await self._propose(
                 cmds.Logout(timestamp_ms=ts, log_time_ms=lt, request=rid, token=token), context
             )
@@ -385,6 +466,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             token = validation.validate_token(request.token)
             recipient = validation.validate_username(request.recipient, self._limits)
             text = validation.validate_text(request.text, self._limits)
+            await self._require_session(rid, token, context)
             cmd = cmds.Send(
                 timestamp_ms=ts,
                 log_time_ms=lt,
@@ -404,6 +486,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             ts, lt = self._times()
             token = validation.validate_token(request.token)
             up_to = validation.validate_message_id(request.up_to_id)
+            await self._require_session(rid, token, context)
             await self._propose(
                 cmds.Ack(timestamp_ms=ts, log_time_ms=lt, request=rid, token=token, up_to_id=up_to),
                 context,
@@ -421,6 +504,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             token = validation.validate_token(request.token)
             validation.validate_password(request.password)
             await self._leader_read(context)
+            self._state.check_client(rid)
             if not self._state.answered(rid):  # a retry skips the checks: first reply wins
                 user = self._state.authenticate(token)
                 stored = self._state.account_hash(user)
@@ -499,19 +583,24 @@ class ChatService(chat_pb2_grpc.ChatServicer):
                 raise self._unavailable(exc) from None
             # Read the queue and register for live delivery at one applied index: no await
             # in between, so nothing applied meanwhile can be missed.
+            streams = self._subscribers.setdefault(user.lower(), set())
+            if sum(s.token == token for s in streams) >= MAX_STREAMS_PER_SESSION:
+                raise _Abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"a session may have at most {MAX_STREAMS_PER_SESSION} open streams",
+                )
             backlog = self._state.queue(user, request.after_id)
-            sub = _Subscriber(user.lower(), token)
-            self._subscribers.setdefault(sub.username, set()).add(sub)
-            last = request.after_id
+            sub = _Subscriber(user.lower(), token, last=request.after_id)
+            streams.add(sub)
             for m in backlog:
-                last = m.id
+                sub.last = m.id
                 yield _message_pb(m)
             while True:
                 item = await sub.queue.get()
                 if isinstance(item, _Abort):
                     raise item
-                if item.id > last:
-                    last = item.id
+                if item.id > sub.last:
+                    sub.last = item.id
                     yield _message_pb(item)
         except _Abort as exc:
             await self._abort(context, exc)
@@ -523,15 +612,13 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         self._log_clock.observe(self._state.log_time_ms)
         if result.message is not None:
             for sub in self._subscribers.get(result.message.recipient.lower(), ()):
-                sub.queue.put_nowait(result.message)
+                sub.push(result.message)
         if result.ended_tokens:
             ended = set(result.ended_tokens)
             for subs in self._subscribers.values():
                 for sub in subs:
                     if sub.token in ended:
-                        sub.queue.put_nowait(
-                            _Abort(grpc.StatusCode.UNAUTHENTICATED, "the session has ended")
-                        )
+                        sub.push(_Abort(grpc.StatusCode.UNAUTHENTICATED, "the session has ended"))
 
     def _on_leadership_lost(self) -> None:
         self._end_all(
@@ -544,4 +631,4 @@ class ChatService(chat_pb2_grpc.ChatServicer):
     def _end_all(self, reason: _Abort) -> None:
         for subs in self._subscribers.values():
             for sub in subs:
-                sub.queue.put_nowait(reason)
+                sub.push(reason)

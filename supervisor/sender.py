@@ -18,9 +18,11 @@ client's promises is what the history check needs (DESIGN.md, "Chat semantics"):
   the next node in turn, after a short pause;
 - every call has a deadline (TRAPS, "gRPC").
 
-Request ids are made in one place, `RequestIds`: the client id, the sequence number and
-first_outstanding. (Client ids are to be registered in the log, DESIGN.md "Security": that
-change belongs there.)
+Request ids are made in one place, `RequestIds`: the client id, which the cluster's log
+assigns (RegisterClient, before the first write; thesis §6.3), the sequence number and
+first_outstanding. If the cluster forgot the client session (reason "client-expired"), a write
+sent only once under it is sent again under a new one (nothing can have happened), and a write
+sent more than once raises `OutcomeUnknownError`.
 
 Imports grpc, protos and supervisor.errors only: never client, never node.
 """
@@ -28,8 +30,6 @@ Imports grpc, protos and supervisor.errors only: never client, never node.
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
@@ -47,6 +47,8 @@ R = TypeVar("R")
 # Trailing metadata of an UNAVAILABLE answer: the id of the leader, when the node knows it
 # (protos/chat.proto).
 LEADER_ID_KEY: Final = "x-chatbooth-leader-id"
+REASON_KEY: Final = "x-chatbooth-reason"
+CLIENT_EXPIRED_REASON: Final = "client-expired"
 
 # Answers that settle a request: the node looked at it and refused it, so it was not applied
 # and resending it would get the same answer. Anything else may mean "applied, answer lost".
@@ -89,10 +91,13 @@ class SenderError(SupervisorError):
 class RefusedError(SenderError):
     """A definite refusal (one of DEFINITE_CODES): the request was not applied."""
 
-    def __init__(self, what: str, code: grpc.StatusCode, details: str) -> None:
+    def __init__(
+        self, what: str, code: grpc.StatusCode, details: str, reason: str | None = None
+    ) -> None:
         super().__init__(f"{what}: refused: {code.name}: {details}")
         self.code = code
         self.details = details
+        self.reason = reason
 
 
 class OutcomeUnknownError(SenderError):
@@ -100,10 +105,7 @@ class OutcomeUnknownError(SenderError):
     at most: it always carried one request id), or not."""
 
     def __init__(self, what: str, seq: int, last_error: str) -> None:
-        super().__init__(
-            f"{what} (request {seq}): no answer before the deadline, outcome unknown; "
-            f"last: {last_error}"
-        )
+        super().__init__(f"{what} (request {seq}): outcome unknown; last: {last_error}")
         self.seq = seq
 
 
@@ -112,14 +114,13 @@ class NoAnswerError(SenderError):
 
 
 class RequestIds:
-    """The request ids of one client, made here and nowhere else: a client id of its own, a
-    sequence number one higher for each write, and the lowest sequence number still without an
-    answer (first_outstanding), so the cluster may forget the answers below it (thesis §6.3)."""
+    """The request ids of one client, made here and nowhere else: the client id the log gave
+    (None until registered), a sequence number one higher for each write, and the lowest
+    sequence number still without an answer (first_outstanding), so the cluster may forget the
+    answers below it (thesis §6.3)."""
 
-    _count = itertools.count(1)
-
-    def __init__(self, prefix: str = "supervisor") -> None:
-        self.client_id = f"{prefix}-{os.getpid()}-{next(self._count)}"
+    def __init__(self) -> None:
+        self.client_id: int | None = None
         self._next_seq = 1
         self._unanswered: set[int] = set()  # seqs begun and neither answered nor refused
 
@@ -133,6 +134,8 @@ class RequestIds:
     def request_id(self, seq: int) -> pb.RequestId:
         """The id of one attempt of write seq: the same (client id, seq) on every attempt;
         first_outstanding as of now."""
+        if self.client_id is None:
+            raise SenderError("no client id: register the client first")
         return pb.RequestId(
             client_id=self.client_id, seq=seq, first_outstanding=min(self._unanswered, default=seq)
         )
@@ -257,24 +260,45 @@ class Sender:
             seq = self.ids.begin()
             deadline = time.monotonic() + timeout_s
             last_error = "not sent"
+            attempts = 0  # under the current client id
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise OutcomeUnknownError(what, seq, last_error)
+                if self.ids.client_id is None:
+                    self.ids.client_id = await self._register_client(remaining)
+                    attempts = 0
+                    continue
                 attempt_s = min(self.call_timeout_s, remaining)
                 rid = self.ids.request_id(seq)
+                attempts += 1
                 try:
                     result = await call(self._stub(self.target), rid, attempt_s)
                 except grpc.aio.AioRpcError as error:
                     try:
                         last_error = self._settle_attempt(what, error)
-                    except RefusedError:
+                    except RefusedError as refused:
+                        if refused.reason == CLIENT_EXPIRED_REASON:
+                            self.ids.client_id = None
+                            if attempts == 1:
+                                continue  # never sent before: send it anew
+                            raise OutcomeUnknownError(what, seq, refused.details) from None
                         self.ids.answered(seq)
                         raise
                     await self._next_node(error)
                     continue
                 self.ids.answered(seq)
                 return result
+
+    async def _register_client(self, timeout_s: float) -> int:
+        """A client session from the log (not deduplicated: a lost answer costs one unused
+        session, which expires)."""
+
+        async def call(stub: Stub, timeout: float) -> pb.RegisterClientReply:
+            return await stub.RegisterClient(pb.RegisterClientRequest(), timeout=timeout)
+
+        reply = await self.read("register the client", call, timeout_s=timeout_s)
+        return reply.client_id
 
     async def read(self, what: str, call: ReadCall[R], *, timeout_s: float) -> R:
         """Make call, a read, on the leader, following it, until a node answers;
@@ -325,7 +349,10 @@ class Sender:
         """RefusedError for a definite answer; else what the attempt ended with, for people."""
         code = error.code()
         if code in DEFINITE_CODES:
-            raise RefusedError(what, code, error.details() or "")
+            reason = next(
+                (str(v) for k, v in error.trailing_metadata() or () if k == REASON_KEY), None
+            )
+            raise RefusedError(what, code, error.details() or "", reason)
         return f"{self.target}: {code.name}: {error.details() or ''}".rstrip(": ")
 
     async def _next_node(self, error: grpc.aio.AioRpcError) -> None:

@@ -473,6 +473,12 @@ class ChatState:
         client = self._clients.get(request.client_id)
         return client is not None and request.seq in client.replies
 
+    def check_client(self, request: RequestId) -> None:
+        """Raises the ChatError apply would give a request of an unknown client (expired, or
+        never registered). For a caller whose state is caught up with the commit index."""
+        if request.client_id not in self._clients:
+            raise self._unknown_client(request.client_id)
+
     def authenticate(self, token: str, now_ms: int | None = None) -> str:
         """The registered username of the live session `token`, judged at `now_ms` (default:
         log time). UNAUTHENTICATED for unknown, logged-out and idle-expired tokens."""

@@ -24,6 +24,7 @@ from supervisor.sender import (
     RefusedError,
     RequestIds,
     Sender,
+    SenderError,
 )
 from tests.client.fakechat import FakeCluster, Fault
 
@@ -53,14 +54,27 @@ def send_ids(cluster: FakeCluster) -> list[tuple[str, int, int]]:
 
 
 def test_request_ids_come_from_one_place() -> None:
-    ids = RequestIds("t")
+    ids = RequestIds()
     first, second = ids.begin(), ids.begin()
     assert (first, second) == (1, 2)
+    with pytest.raises(SenderError, match="register the client first"):
+        ids.request_id(first)  # the log assigns the client id (thesis §6.3)
+    ids.client_id = 7
     assert ids.request_id(second).first_outstanding == 1  # 1 still has no answer
     ids.answered(first)
     rid = ids.request_id(second)
-    assert (rid.client_id, rid.seq, rid.first_outstanding) == (ids.client_id, 2, 2)
-    assert RequestIds("t").client_id != ids.client_id  # a client id per RequestIds
+    assert (rid.client_id, rid.seq, rid.first_outstanding) == (7, 2, 2)
+
+
+async def test_the_first_write_registers_a_client_session() -> None:
+    async with FakeCluster() as cluster, sender_for(cluster) as sender:
+        assert sender.ids.client_id is None
+        await session(cluster, sender, "alice")
+        assert len(cluster.calls("RegisterClient")) == 1
+        assert sender.ids.client_id is not None
+        assert {r.request_id[0] for r in cluster.calls("Register") if r.request_id} == {
+            sender.ids.client_id
+        }
 
 
 @pytest.mark.parametrize("fault", UNKNOWN_OUTCOMES, ids=lambda f: f.name.lower())
@@ -110,7 +124,9 @@ async def test_writes_follow_the_leader_named_in_the_answer() -> None:
         cluster.set_leader("c")
         async with sender_for(cluster) as sender:
             token = await session(cluster, sender, "alice", "bob")
-            assert [r.node for r in cluster.calls("Register")] == ["a", "c", "c"]
+            # The first call (RegisterClient) asks a, which names the leader c.
+            assert [r.node for r in cluster.calls("RegisterClient")] == ["a", "c"]
+            assert [r.node for r in cluster.calls("Register")] == ["c", "c"]
             await sender.send(token, "bob", "to the leader", timeout_s=5)
             assert [r.node for r in cluster.calls("Send")] == ["c"]  # remembered
             cluster.set_leader("b")
@@ -166,3 +182,21 @@ async def test_a_drain_reads_every_message_once_across_a_broken_stream() -> None
         assert [m.text for m in received] == ["m0", "m1", "m2", "late"]
         assert {r.node for r in cluster.calls("Subscribe")} == {"a", "b"}
         assert cluster.queued("bob") == sent  # nothing acked
+
+
+async def test_a_write_whose_client_session_expired_is_sent_anew_or_reported_unknown() -> None:
+    """Thesis §6.3: an expired client session is refused, never applied as new. A write sent
+    once under it cannot have happened and is sent again under a new session; a write sent
+    twice may have happened: it is reported unknown, not resent."""
+    async with FakeCluster() as cluster, sender_for(cluster, call_timeout_s=0.3) as sender:
+        token = await session(cluster, sender, "alice", "bob")
+        cluster.client_expiry()  # the sender's client session is forgotten
+        await sender.send(token, "bob", "fresh", timeout_s=10)
+        assert len(cluster.calls("RegisterClient")) == 2
+        assert cluster.sent_texts("alice", "bob") == ["fresh"]
+        cluster.script("a", "Send", Fault.APPLY_THEN_SILENCE)
+        with pytest.raises(OutcomeUnknownError):
+            await sender.send(token, "bob", "maybe", timeout_s=10)
+        assert cluster.sent_texts("alice", "bob") == ["fresh", "maybe"]  # applied once
+        await sender.send(token, "bob", "after", timeout_s=10)
+        assert cluster.sent_texts("alice", "bob") == ["fresh", "maybe", "after"]
