@@ -279,9 +279,10 @@ class PendingWrite(Generic[R]):
     definite `ServerError`, or `ClientClosedError` if the client closes first (outcome unknown).
     """
 
-    def __init__(self, client: ChatClient, seq: int, what: str) -> None:
+    def __init__(self, client: ChatClient, seq: int, what: str, session: str | None) -> None:
         self._client = client
         self.seq = seq
+        self.session = session  # the token whose writes it is; None for Register, Login
         self.what = what  # "send to bob", for messages
         self.attempts = 0  # sent under the current client id
         self._future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
@@ -292,7 +293,7 @@ class PendingWrite(Generic[R]):
     def request_id(self) -> tuple[int | None, int]:
         """(client id, sequence number): the same on every attempt (client id None until the
         cluster assigned one)."""
-        return (self._client.client_id, self.seq)
+        return (self._client._client_ids.get(self.session or ""), self.seq)
 
     def done(self) -> bool:
         return self._future.done()
@@ -395,7 +396,9 @@ class ChatClient:
         self._last_round_end = float("-inf")
         self._round_waiters: list[asyncio.Future[None]] = []
 
-        self.client_id: int | None = None  # assigned by the log at the first write
+        # Client sessions the log assigned (thesis §6.3): "" -> the one for Register and Login,
+        # token -> the one bound to that chat session (another user's writes cannot use it).
+        self._client_ids: dict[str, int] = {}
         self._next_seq = 1
         self._unanswered: set[int] = set()  # seqs of writes without an answer
         self._pending: dict[int, PendingWrite[Any]] = {}
@@ -502,7 +505,7 @@ class ChatClient:
             self._end_session(token)
 
         # Not token=token: UNAUTHENTICATED here may just mean a wrong password.
-        await self._submit("delete account", invoke).wait()
+        await self._submit("delete account", invoke, session=token).wait()
 
     def start_send(self, recipient: str, text: str) -> PendingWrite[SendResult]:
         """Start sending; the PendingWrite resolves to (message id, timestamp) once committed."""
@@ -683,6 +686,7 @@ class ChatClient:
         if self._token == token:
             self._token = None
             self._username = None
+        self._client_ids.pop(token, None)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -691,13 +695,20 @@ class ChatClient:
     # --- writes --------------------------------------------------------------------------
 
     def _submit(
-        self, what: str, invoke: WriteInvoke[R], *, token: str | None = None
+        self,
+        what: str,
+        invoke: WriteInvoke[R],
+        *,
+        token: str | None = None,
+        session: str | None = None,
     ) -> PendingWrite[R]:
+        """token: end the session if the write is refused UNAUTHENTICATED; session: the
+        token the write is made with (default: token), which chooses its client id."""
         self._check_open()
         seq = self._next_seq
         self._next_seq += 1
         self._unanswered.add(seq)
-        pending: PendingWrite[R] = PendingWrite(self, seq, what)
+        pending: PendingWrite[R] = PendingWrite(self, seq, what, session or token)
         self._pending[seq] = pending
         task = asyncio.get_running_loop().create_task(self._run_write(pending, invoke, token))
         self._tasks.add(task)
@@ -710,26 +721,35 @@ class ChatClient:
             client_id=client_id, seq=seq, first_outstanding=min(self._unanswered)
         )
 
-    async def _register_client(self) -> int:
-        """A new client session from the log. Not deduplicated: a retry after a lost answer
-        registers another, and the unused one expires."""
+    @property
+    def client_id(self) -> int | None:
+        """The client id of the writes made without a session (Register, Login), once the
+        log assigned one."""
+        return self._client_ids.get("")
+
+    async def _register_client(self, session: str) -> int:
+        """A new client session from the log, bound to the chat session `session` (a token)
+        if given. Not deduplicated: a retry after a lost answer registers another, and the
+        unused one expires."""
 
         async def invoke(stub: ChatStub, timeout: float) -> int:
-            reply = await stub.RegisterClient(chat_pb2.RegisterClientRequest(), timeout=timeout)
+            request = chat_pb2.RegisterClientRequest(token=session)
+            reply = await stub.RegisterClient(request, timeout=timeout)
             return reply.client_id
 
         client_id = await self._call("register the client", invoke, deadline=None)
-        logger.info("registered as client %d", client_id)
+        logger.info("registered as client %d%s", client_id, " (session)" if session else "")
         return client_id
 
     async def _write(self, pending: PendingWrite[R], invoke: WriteInvoke[R]) -> R:
         """Send one write until it is answered, registering a client session when there is
         none (at the first write, or after the old one expired)."""
+        key = pending.session or ""
         while True:
-            if self.client_id is None:
-                self.client_id = await self._register_client()
+            if key not in self._client_ids:
+                self._client_ids[key] = await self._register_client(key)
                 pending.attempts = 0
-            client_id = self.client_id
+            client_id = self._client_ids[key]
 
             def attempt(stub: ChatStub, timeout: float, client_id: int = client_id) -> Awaitable[R]:
                 pending.attempts += 1
@@ -738,7 +758,8 @@ class ChatClient:
             try:
                 return await self._call(pending.what, attempt, deadline=None)
             except ClientExpiredError as error:
-                self.client_id = None
+                if self._client_ids.get(key) == client_id:
+                    del self._client_ids[key]
                 if pending.attempts > 1:
                     # An earlier attempt may have been applied; the cluster cannot say now.
                     raise OutcomeUnknownError(

@@ -343,10 +343,15 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         self, request: chat_pb2.RegisterClientRequest, context: Context
     ) -> chat_pb2.RegisterClientReply:
         async def local() -> chat_pb2.RegisterClientReply:
+            token = ""
+            if request.token:
+                token = validation.validate_token(request.token)
+                wait_s = min(self._timeout(context), self._driver.election_timeout_s)
+                await self._driver.wait_caught_up(wait_s)
+                self._state.authenticate(token)  # refused before the log, not at apply
             ts, lt = self._times()
-            reply = await self._propose(
-                cmds.RegisterClient(timestamp_ms=ts, log_time_ms=lt), context
-            )
+            cmd = cmds.RegisterClient(timestamp_ms=ts, log_time_ms=lt, token=token)
+            reply = await self._propose(cmd, context)
             return chat_pb2.RegisterClientReply(client_id=reply.client_id)
 
         return await self._call(context, "RegisterClient", request, local)
@@ -402,18 +407,8 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             validation.validate_password(request.password)
             await self._leader_read(context)
             self._state.check_client(rid)
-            if self._state.answered(rid):  # a retry: the log gives the first reply
-                token = secrets.token_urlsafe(24)
-                cmd = cmds.Login(
-                    timestamp_ms=ts,
-                    log_time_ms=lt,
-                    request=rid,
-                    username=name,
-                    token=token,
-                    verified_digest=b"",
-                )
-                reply = await self._propose(cmd, context)
-                return chat_pb2.LoginReply(token=reply.token, username=reply.username)
+            # A retry is answered from the dedup table, but only for the right password too:
+            # a replayed request id alone must not hand out the session (issue 11).
             user, host = name.lower(), self._client_host(context)
             wait_s = self._logins.retry_after(user, host, self._driver.clock.monotonic())
             if wait_s > 0:

@@ -120,7 +120,9 @@ class RequestIds:
     answers below it (thesis §6.3)."""
 
     def __init__(self) -> None:
-        self.client_id: int | None = None
+        # "" -> the client session for Register and Login; token -> the one bound to that chat
+        # session (the cluster refuses a session's writes under any other client id).
+        self.client_ids: dict[str, int] = {}
         self._next_seq = 1
         self._unanswered: set[int] = set()  # seqs begun and neither answered nor refused
 
@@ -131,13 +133,19 @@ class RequestIds:
         self._unanswered.add(seq)
         return seq
 
-    def request_id(self, seq: int) -> pb.RequestId:
-        """The id of one attempt of write seq: the same (client id, seq) on every attempt;
-        first_outstanding as of now."""
-        if self.client_id is None:
+    @property
+    def client_id(self) -> int | None:
+        """The client id of the writes made without a session."""
+        return self.client_ids.get("")
+
+    def request_id(self, seq: int, session: str = "") -> pb.RequestId:
+        """The id of one attempt of write seq made with `session` (a token, or "" for none):
+        the same (client id, seq) on every attempt; first_outstanding as of now."""
+        client_id = self.client_ids.get(session)
+        if client_id is None:
             raise SenderError("no client id: register the client first")
         return pb.RequestId(
-            client_id=self.client_id, seq=seq, first_outstanding=min(self._unanswered, default=seq)
+            client_id=client_id, seq=seq, first_outstanding=min(self._unanswered, default=seq)
         )
 
     def answered(self, seq: int) -> None:
@@ -205,7 +213,7 @@ class Sender:
             request = pb.SendRequest(request=rid, token=token, recipient=recipient, text=text)
             return await stub.Send(request, timeout=timeout)
 
-        return await self.write(f"send to {recipient}", call, timeout_s=timeout_s)
+        return await self.write(f"send to {recipient}", call, timeout_s=timeout_s, session=token)
 
     async def history(self, token: str, other: str, *, timeout_s: float) -> list[pb.ChatMessage]:
         """The messages between the session's user and other, oldest first."""
@@ -252,7 +260,9 @@ class Sender:
 
     # -- writes and reads ---------------------------------------------------------------------
 
-    async def write(self, what: str, call: WriteCall[R], *, timeout_s: float) -> R:
+    async def write(
+        self, what: str, call: WriteCall[R], *, timeout_s: float, session: str = ""
+    ) -> R:
         """Make call, a write, with a new request id; resend it with that id until a node
         answers, following the leader. RefusedError on a definite refusal; OutcomeUnknownError
         once timeout_s has passed without an answer."""
@@ -265,12 +275,12 @@ class Sender:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise OutcomeUnknownError(what, seq, last_error)
-                if self.ids.client_id is None:
-                    self.ids.client_id = await self._register_client(remaining)
+                if session not in self.ids.client_ids:
+                    self.ids.client_ids[session] = await self._register_client(session, remaining)
                     attempts = 0
                     continue
                 attempt_s = min(self.call_timeout_s, remaining)
-                rid = self.ids.request_id(seq)
+                rid = self.ids.request_id(seq, session)
                 attempts += 1
                 try:
                     result = await call(self._stub(self.target), rid, attempt_s)
@@ -279,7 +289,7 @@ class Sender:
                         last_error = self._settle_attempt(what, error)
                     except RefusedError as refused:
                         if refused.reason == CLIENT_EXPIRED_REASON:
-                            self.ids.client_id = None
+                            self.ids.client_ids.pop(session, None)
                             if attempts == 1:
                                 continue  # never sent before: send it anew
                             raise OutcomeUnknownError(what, seq, refused.details) from None
@@ -290,12 +300,13 @@ class Sender:
                 self.ids.answered(seq)
                 return result
 
-    async def _register_client(self, timeout_s: float) -> int:
-        """A client session from the log (not deduplicated: a lost answer costs one unused
-        session, which expires)."""
+    async def _register_client(self, session: str, timeout_s: float) -> int:
+        """A client session from the log, bound to the chat session `session` if given (not
+        deduplicated: a lost answer costs one unused client session, which expires)."""
 
         async def call(stub: Stub, timeout: float) -> pb.RegisterClientReply:
-            return await stub.RegisterClient(pb.RegisterClientRequest(), timeout=timeout)
+            request = pb.RegisterClientRequest(token=session)
+            return await stub.RegisterClient(request, timeout=timeout)
 
         reply = await self.read("register the client", call, timeout_s=timeout_s)
         return reply.client_id

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -121,12 +122,16 @@ class DeleteAccount:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RegisterClient:
-    """Opens a client session for deduplication; its log index becomes the client id."""
+    """Opens a client session for deduplication; its log index becomes the client id. With a
+    `token`, the client session is bound to that chat session: only writes made with it may
+    use the id, so another user can neither use the id nor move its first_outstanding. Without
+    one it serves the writes that need no session (Register, Login)."""
 
     KIND: ClassVar[CommandKind] = CommandKind.REGISTER_CLIENT
     timestamp_ms: int
     log_time_ms: int
     request: None = None
+    token: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -177,7 +182,9 @@ def _fields(cmd: Command) -> dict[str, Any]:
             "token": cmd.token,
             "verified_digest": _b64(cmd.verified_digest),
         }
-    if isinstance(cmd, RegisterClient | Tick):
+    if isinstance(cmd, RegisterClient):
+        return {"token": cmd.token}
+    if isinstance(cmd, Tick):
         return {}
     return {"token": cmd.token}  # Logout, DeleteAccount
 
@@ -341,7 +348,8 @@ def _decode_delete(o: _Fields, ts: int, lt: int, req: RequestId | None) -> Comma
 def _decode_register_client(o: _Fields, ts: int, lt: int, req: RequestId | None) -> Command:
     if req is not None:
         raise CommandDecodeError("register_client: carries no request id")
-    return RegisterClient(timestamp_ms=ts, log_time_ms=lt)
+    token = _get_str(o, "token", "register_client")
+    return RegisterClient(timestamp_ms=ts, log_time_ms=lt, token=token)
 
 
 def _decode_tick(o: _Fields, ts: int, lt: int, req: RequestId | None) -> Command:
@@ -361,7 +369,7 @@ _DECODERS: dict[object, tuple[frozenset[str], _Decoder]] = {
     CommandKind.SEND.value: (_COMMON_KEYS | {"token", "recipient", "text"}, _decode_send),
     CommandKind.ACK.value: (_COMMON_KEYS | {"token", "up_to_id"}, _decode_ack),
     CommandKind.DELETE_ACCOUNT.value: (_COMMON_KEYS | {"token"}, _decode_delete),
-    CommandKind.REGISTER_CLIENT.value: (_COMMON_KEYS, _decode_register_client),
+    CommandKind.REGISTER_CLIENT.value: (_COMMON_KEYS | {"token"}, _decode_register_client),
     CommandKind.TICK.value: (_COMMON_KEYS, _decode_tick),
 }
 
@@ -388,3 +396,25 @@ def decode(data: bytes) -> Command:
     ts = _get_int(fields, "timestamp_ms", "command", 0, MAX_INT64)
     lt = _get_int(fields, "log_time_ms", "command", 0, MAX_INT64)
     return decoder(fields, ts, lt, _decode_request(fields["request"]))
+
+
+def session_of(token: str) -> str:
+    """What the state keeps of a session token for binding: its SHA-256, in hex."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def request_digest(cmd: Command) -> str:
+    """A digest of what the client asked, to bind a request id to its content: only the fields
+    the client sent (the accepting node's timestamp, salt, hash and token differ on a retry
+    through another node), never a password, and a session token only as its hash."""
+    if isinstance(cmd, Register | Login):
+        fields: list[Any] = [cmd.username]
+    elif isinstance(cmd, Send):
+        fields = [session_of(cmd.token), cmd.recipient, cmd.text]
+    elif isinstance(cmd, Ack):
+        fields = [session_of(cmd.token), cmd.up_to_id]
+    elif isinstance(cmd, Logout | DeleteAccount):
+        fields = [session_of(cmd.token)]
+    else:
+        fields = []
+    return hashlib.sha256(canonical_json([cmd.KIND.value, *fields])).hexdigest()[:32]

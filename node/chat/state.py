@@ -48,6 +48,8 @@ from node.chat.commands import (
     decode,
     password_hash_from_json,
     password_hash_json,
+    request_digest,
+    session_of,
 )
 from node.chat.errors import (
     ChatError,
@@ -124,13 +126,14 @@ class _Session:
 class _Client:
     """A client session of the thesis, §6.3: the replies a retry must get back."""
 
-    __slots__ = ("first_outstanding", "last_used_ms", "replies")
+    __slots__ = ("first_outstanding", "last_used_ms", "replies", "session")
 
-    def __init__(self, first_outstanding: int, last_used_ms: int) -> None:
+    def __init__(self, first_outstanding: int, last_used_ms: int, session: str = "") -> None:
         self.first_outstanding = first_outstanding  # seqs below it are answered and forgotten
         self.last_used_ms = last_used_ms
-        # seq -> (kind, outcome); every seq >= first_outstanding that was applied
-        self.replies: dict[int, tuple[CommandKind, Outcome]] = {}
+        self.session = session  # session_of(token) it is bound to; "" for none
+        # seq -> (kind, request digest, outcome); every seq >= first_outstanding applied
+        self.replies: dict[int, tuple[CommandKind, str, Outcome]] = {}
 
 
 def _unauthenticated(message: str) -> ChatError:
@@ -238,7 +241,10 @@ class ChatState:
             if client is None:
                 refusal = self._unknown_client(request.client_id)
                 return ApplyResult(index, refusal, request, ended_tokens=tuple(ended))
-            early = self._answer_again(client, request, cmd.KIND, now)
+            foreign = self._foreign_client(client, request.client_id, cmd)
+            if foreign is not None:  # before anything of the client's is touched
+                return ApplyResult(index, foreign, request, ended_tokens=tuple(ended))
+            early = self._answer_again(client, request, cmd, now)
             if early is not None:
                 return ApplyResult(index, early[0], request, early[1], None, tuple(ended))
         message: ChatMessage | None = None
@@ -248,8 +254,25 @@ class ChatState:
         except ChatError as exc:
             outcome = exc.copy()  # no traceback kept alive by the dedup table
         if request is not None:
-            self._remember(request, cmd.KIND, outcome, now)
+            self._remember(request, cmd, outcome, now)
         return ApplyResult(index, outcome, request, False, message, tuple(ended))
+
+    @staticmethod
+    def _foreign_client(client: _Client, client_id: int, cmd: Command) -> ChatError | None:
+        """A client session bound to a chat session serves that session's writes only, and an
+        unbound one only the writes that need no session (issue 11: another user's writes
+        must neither use a client id nor move its first_outstanding)."""
+        token = getattr(cmd, "token", None) if not isinstance(cmd, Login) else None
+        wanted = "" if token is None else session_of(token)
+        if client.session == wanted:
+            return None
+        if not client.session:
+            why = "serves only Register and Login: register a client with the session token"
+        elif not wanted:
+            why = "is bound to a session: Register and Login need a client without one"
+        else:
+            why = "is bound to another session"
+        return ChatError(ErrorCode.INVALID_ARGUMENT, f"client {client_id} {why}")
 
     def _unknown_client(self, client_id: int) -> ChatError:
         if client_id <= self._highest_client_id:
@@ -263,15 +286,19 @@ class ChatState:
             f"client id {client_id} was never registered: call RegisterClient first",
         )
 
-    def _register_client(self, index: int, now: int) -> Reply:
-        self._clients[index] = _Client(0, now)
+    def _register_client(self, index: int, cmd: RegisterClient, now: int) -> Reply:
+        session = ""
+        if cmd.token:
+            self._use_session(cmd.token, now)  # UNAUTHENTICATED unless the session is live
+            session = session_of(cmd.token)
+        self._clients[index] = _Client(0, now, session)
         self._highest_client_id = index
         while len(self._clients) > MAX_CLIENTS:
             self._clients.popitem(last=False)
         return RegisterClientReply(index)
 
     def _answer_again(
-        self, client: _Client, request: RequestId, kind: CommandKind, now: int
+        self, client: _Client, request: RequestId, cmd: Command, now: int
     ) -> tuple[Outcome, bool] | None:
         """The outcome of a request that must not be applied again (thesis §6.3), or None."""
         if request.seq < client.first_outstanding:
@@ -289,13 +316,14 @@ class ChatState:
             return None
         client.last_used_ms = now
         self._clients.move_to_end(request.client_id)
-        stored_kind, outcome = stored
-        if stored_kind is not kind:
+        stored_kind, stored_digest, outcome = stored
+        if stored_kind is not cmd.KIND or stored_digest != request_digest(cmd):
+            # Thesis §6.3 answers a retry from the table; only the same request is a retry.
             return (
                 ChatError(
                     ErrorCode.INVALID_ARGUMENT,
-                    f"request {request.seq} of client {request.client_id} was a "
-                    f"{stored_kind.value}; its id cannot be reused for a {kind.value}",
+                    f"request id reused for a different request: request {request.seq} of "
+                    f"client {request.client_id} was a {stored_kind.value} with other content",
                 ),
                 False,
             )
@@ -303,14 +331,14 @@ class ChatState:
             outcome = outcome.copy()
         return outcome, True
 
-    def _remember(self, request: RequestId, kind: CommandKind, outcome: Outcome, now: int) -> None:
+    def _remember(self, request: RequestId, cmd: Command, outcome: Outcome, now: int) -> None:
         client = self._clients.get(request.client_id)
         if client is None:  # _apply refuses unknown clients before executing anything
             raise InvariantError(f"client {request.client_id} is not registered")
         client.last_used_ms = now
         self._clients.move_to_end(request.client_id)
         replies = client.replies
-        replies[request.seq] = (kind, outcome)
+        replies[request.seq] = (cmd.KIND, request_digest(cmd), outcome)
         if request.first_outstanding > client.first_outstanding:
             client.first_outstanding = request.first_outstanding
         if len(replies) > 1:
@@ -367,7 +395,7 @@ class ChatState:
         if isinstance(cmd, Tick):
             return TickReply(), None
         if isinstance(cmd, RegisterClient):
-            return self._register_client(index, now), None
+            return self._register_client(index, cmd, now), None
         if isinstance(cmd, Send):
             return self._send(cmd, now)
         if isinstance(cmd, Ack):
@@ -591,9 +619,17 @@ class ChatState:
             "clients": [
                 [
                     client_id,
+                    c.session,
                     c.first_outstanding,
                     c.last_used_ms,
-                    [[seq, *_outcome_json(*c.replies[seq])] for seq in sorted(c.replies)],
+                    [
+                        [
+                            seq,
+                            c.replies[seq][1],
+                            *_outcome_json(c.replies[seq][0], c.replies[seq][2]),
+                        ]
+                        for seq in sorted(c.replies)
+                    ],
                 ]
                 for client_id, c in self._clients.items()
             ],
@@ -826,7 +862,7 @@ def _load_snapshot(data: bytes, limits: ChatLimits) -> ChatState:
 
     last_used = 0
     for row in _list(doc["clients"], "clients"):
-        client_id, first_outstanding, used, replies = _list(row, "client", 4)
+        client_id, session, first_outstanding, used, replies = _list(row, "client", 5)
         client_id, used = _int(client_id, "client id"), _int(used, "client last_used_ms")
         if (
             client_id in state._clients
@@ -834,13 +870,15 @@ def _load_snapshot(data: bytes, limits: ChatLimits) -> ChatState:
             or not 0 < client_id <= state._highest_client_id
         ):
             _bad(f"client {client_id!r}: repeated or out of order")
-        client = _Client(_int(first_outstanding, "first_outstanding"), used)
+        first = _int(first_outstanding, "first_outstanding")
+        client = _Client(first, used, _str(session, "client session"))
         for reply in _list(replies, "client replies"):
             reply = _list(reply, "client reply")
             seq = _int(reply[0] if reply else None, "client reply seq")
-            if seq in client.replies or seq < client.first_outstanding:
-                _bad(f"client {client_id!r}: reply {seq} repeated or stale")
-            client.replies[seq] = _outcome_from_json(reply[1:])
+            if seq in client.replies or seq < client.first_outstanding or len(reply) < 2:
+                _bad(f"client {client_id!r}: reply {seq} repeated, stale or short")
+            kind, outcome = _outcome_from_json(reply[2:])
+            client.replies[seq] = (kind, _str(reply[1], "client reply digest"), outcome)
         state._clients[client_id] = client
         last_used = used
     return state

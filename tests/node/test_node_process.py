@@ -28,7 +28,8 @@ class Session:
     def __init__(self, address: str) -> None:
         self.channel = grpc.aio.insecure_channel(address)
         self.stub = pbg.ChatStub(self.channel)
-        self.client_id = 0
+        self.client_id = 0  # the client id writes use: bound to the session once logged in
+        self.anon_id = 0  # the one for Register and Login
         self.seq = 0
         self.token = ""
 
@@ -45,23 +46,33 @@ class Session:
                 if err.code() is not grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.1)
-        session.client_id = reply.client_id
+        session.client_id = session.anon_id = reply.client_id
         return session
 
-    def rid(self, seq: int | None = None) -> pb.RequestId:
+    def rid(self, seq: int | None = None, *, anon: bool = False) -> pb.RequestId:
+        """The next request id; `anon` for Register and Login, whose client id must not be
+        bound to a session."""
         if seq is None:
             self.seq += 1
             seq = self.seq
-        return pb.RequestId(client_id=self.client_id, seq=seq, first_outstanding=seq)
+        client_id = self.anon_id if anon else self.client_id
+        return pb.RequestId(client_id=client_id, seq=seq, first_outstanding=seq)
 
     async def register_and_login(self, name: str) -> None:
         await self.stub.Register(
-            pb.RegisterRequest(request=self.rid(), username=name, password="pw"), timeout=10
+            pb.RegisterRequest(request=self.rid(anon=True), username=name, password="pw"), timeout=10
         )
         reply = await self.stub.Login(
-            pb.LoginRequest(request=self.rid(), username=name, password="pw"), timeout=10
+            pb.LoginRequest(request=self.rid(anon=True), username=name, password="pw"), timeout=10
         )
-        self.token = reply.token
+        await self.bind(reply.token)
+
+    async def bind(self, token: str) -> None:
+        """From here on write as the session `token`: with a client id bound to it (issue 11:
+        a session's writes use a client id registered with its token)."""
+        self.token = token
+        reply = await self.stub.RegisterClient(pb.RegisterClientRequest(token=token), timeout=10)
+        self.client_id = reply.client_id
 
     async def send(self, to: str, text: str, seq: int | None = None) -> pb.SendReply:
         return await self.stub.Send(
@@ -147,7 +158,7 @@ def test_errors_are_status_codes_a_person_can_read(nodes: NodeProcesses) -> None
             (lambda: s.send("carol", "x" * 4097), grpc.StatusCode.INVALID_ARGUMENT, "4096"),
             (
                 lambda: s.stub.Register(
-                    pb.RegisterRequest(request=s.rid(), username="Carol", password="x"),
+                    pb.RegisterRequest(request=s.rid(anon=True), username="Carol", password="x"),
                     timeout=10,
                 ),
                 grpc.StatusCode.ALREADY_EXISTS,
@@ -155,7 +166,7 @@ def test_errors_are_status_codes_a_person_can_read(nodes: NodeProcesses) -> None
             ),
             (
                 lambda: s.stub.Login(
-                    pb.LoginRequest(request=s.rid(), username="carol", password="wrong"),
+                    pb.LoginRequest(request=s.rid(anon=True), username="carol", password="wrong"),
                     timeout=10,
                 ),
                 grpc.StatusCode.UNAUTHENTICATED,
@@ -171,7 +182,7 @@ def test_errors_are_status_codes_a_person_can_read(nodes: NodeProcesses) -> None
             ),
             (
                 lambda: s.stub.Register(
-                    pb.RegisterRequest(request=s.rid(), username="bad name!", password="x"),
+                    pb.RegisterRequest(request=s.rid(anon=True), username="bad name!", password="x"),
                     timeout=10,
                 ),
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -248,7 +259,7 @@ def test_full_stop_and_cold_restart_keeps_every_acknowledged_message(
         leader = await nodes.wait_leader()
         s = await Session.open(nodes.address(leader))
         reply = await s.stub.Login(
-            pb.LoginRequest(request=s.rid(), username="erin", password="pw"), timeout=10
+            pb.LoginRequest(request=s.rid(anon=True), username="erin", password="pw"), timeout=10
         )
         got = await _drain(nodes.address(leader), reply.token)
         assert [m.id for m in got] == acked
@@ -425,7 +436,7 @@ def test_retried_delete_account_and_login_get_their_first_answer(nodes: NodeProc
         leader = await nodes.wait_leader()
         s = await Session.open(nodes.address(leader))
         await s.register_and_login("jill")
-        login_rid = s.rid()
+        login_rid = s.rid(anon=True)
         first = await s.stub.Login(
             pb.LoginRequest(request=login_rid, username="jill", password="pw"), timeout=10
         )
@@ -439,7 +450,7 @@ def test_retried_delete_account_and_login_get_their_first_answer(nodes: NodeProc
         await s.stub.DeleteAccount(request, timeout=10)  # the retry: OK again, not refused
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await s.stub.Login(
-                pb.LoginRequest(request=s.rid(), username="jill", password="pw"), timeout=10
+                pb.LoginRequest(request=s.rid(anon=True), username="jill", password="pw"), timeout=10
             )
         assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
         await s.close()

@@ -70,11 +70,11 @@ def test_failed_logins_are_slowed_down_never_locked_out(nodes: NodeProcesses) ->
         await s.register_and_login("alice")
         wrong = pb.LoginRequest(username="alice", password="guess")
         for _ in range(5):
-            wrong.request.CopyFrom(s.rid())
+            wrong.request.CopyFrom(s.rid(anon=True))
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await s.stub.Login(wrong, timeout=5)
             assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
-        wrong.request.CopyFrom(s.rid())
+        wrong.request.CopyFrom(s.rid(anon=True))
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await s.stub.Login(wrong, timeout=5)
         assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -84,7 +84,7 @@ def test_failed_logins_are_slowed_down_never_locked_out(nodes: NodeProcesses) ->
         # Not a lock-out: after the wait the right password logs in.
         await asyncio.sleep(int(retry_after) + 0.2)
         ok = await s.stub.Login(
-            pb.LoginRequest(request=s.rid(), username="alice", password="pw"), timeout=5
+            pb.LoginRequest(request=s.rid(anon=True), username="alice", password="pw"), timeout=5
         )
         assert ok.token
         await s.close()

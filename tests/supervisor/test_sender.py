@@ -59,7 +59,7 @@ def test_request_ids_come_from_one_place() -> None:
     assert (first, second) == (1, 2)
     with pytest.raises(SenderError, match="register the client first"):
         ids.request_id(first)  # the log assigns the client id (thesis §6.3)
-    ids.client_id = 7
+    ids.client_ids[""] = 7
     assert ids.request_id(second).first_outstanding == 1  # 1 still has no answer
     ids.answered(first)
     rid = ids.request_id(second)
@@ -69,11 +69,17 @@ def test_request_ids_come_from_one_place() -> None:
 async def test_the_first_write_registers_a_client_session() -> None:
     async with FakeCluster() as cluster, sender_for(cluster) as sender:
         assert sender.ids.client_id is None
-        await session(cluster, sender, "alice")
+        token = await session(cluster, sender, "alice")
         assert len(cluster.calls("RegisterClient")) == 1
         assert sender.ids.client_id is not None
         assert {r.request_id[0] for r in cluster.calls("Register") if r.request_id} == {
             sender.ids.client_id
+        }
+        await sender.send(token, "alice", "hi", timeout_s=5)
+        # The session's writes use a client id bound to it, registered with its token.
+        assert [r.request.token for r in cluster.calls("RegisterClient")] == ["", token]
+        assert {r.request_id[0] for r in cluster.calls("Send") if r.request_id} == {
+            sender.ids.client_ids[token]
         }
 
 
@@ -192,7 +198,7 @@ async def test_a_write_whose_client_session_expired_is_sent_anew_or_reported_unk
         token = await session(cluster, sender, "alice", "bob")
         cluster.client_expiry()  # the sender's client session is forgotten
         await sender.send(token, "bob", "fresh", timeout_s=10)
-        assert len(cluster.calls("RegisterClient")) == 2
+        assert len(cluster.calls("RegisterClient")) == 3  # Register/Login's, then 2 bound
         assert cluster.sent_texts("alice", "bob") == ["fresh"]
         cluster.script("a", "Send", Fault.APPLY_THEN_SILENCE)
         with pytest.raises(OutcomeUnknownError):
