@@ -284,6 +284,7 @@ class SimCluster:
         # called with (node, role) whenever a node's role changes: lets a nemesis react
         self.on_role: Callable[[NodeId, Role], None] | None = None
         self.on_commit: Callable[[NodeId], None] | None = None  # a leader's commit moved
+        self.on_send: Callable[[Message], None] | None = None  # every message, as it is sent
         self.slow_rate = 0.0  # chance a message takes slow_delay more (the tail latency)
         self.slow_delay = (0, 0)
         self._link_free: dict[tuple[NodeId, NodeId], int] = {}  # FIFO: last delivery time
@@ -407,6 +408,8 @@ class SimCluster:
 
     def send(self, m: Message) -> None:
         self.messages_sent += 1
+        if self.on_send is not None:
+            self.on_send(m)
         payload: Any = m
         if m.type is MessageType.SNAPSHOT:
             sender = self.nodes[m.sender]

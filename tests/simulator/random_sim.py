@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from random import Random
 
-from node.raft.types import NodeId, Role
+from node.raft.types import Message, MessageType, NodeId, Role
 from tests.simulator.checker import SafetyViolation
 from tests.simulator.harness import TICK, SimCluster
 
@@ -31,7 +31,72 @@ class Profile:
     pauses: bool = False
     compaction: bool = False
     fault_rate: float = 0.25  # chance per tick of a fault decision
+    sizes: tuple[int, ...] | None = None  # cluster sizes of the default run (None: all)
+    election_ticks: tuple[int, int] = (10, 20)
+    message_delay: tuple[int, int] = (1, 6)  # a message takes this many time units
+    appends: tuple[tuple[int, int], ...] = ()  # (max_append_bytes, max_inflight) choices
+    election_strike: float = 0.6  # chance the nemesis strikes a new leader (or a follower)
+    commit_strike: float = 0.05  # chance the nemesis strikes a leader that just committed
+    vote_strike: float = 0.0  # chance a node that just granted a vote crashes at once
+    fast_restart: int = 2 * TICK  # the latest a struck node comes back
+    strike_delay: int = 60  # the latest a strike lands after its trigger
+    isolate: float = 0.5  # chance a strike cuts its victim off, rather than crashing it
+    isolate_alone: float = 0.0  # chance a cut-off victim is alone (else with a minority)
 
+
+# Aimed profiles: few faults of their own (a low fault_rate), but strikes at the moments the
+# subtle bugs need, on three nodes, where they need the fewest coincidences. None names a bug
+# or a seed; each is a kind of bad luck a real cluster meets.
+# - revote: a node crashes right after it grants a vote and is back within a tick, and a new
+#   leader is soon cut off alone; a node that was cut off kept a low term (PreVote does not
+#   raise it), so it may ask the restarted voter for a vote in a term that already has a
+#   leader (§5.2: the vote must survive the crash).
+# - figure8: a leader is cut off alone (or crashes) right after it takes over or commits,
+#   with one entry per append, so entries of several terms sit on minorities at one index
+#   and a leader cut off within one flight of its commit leaves only that commit behind
+#   (§5.4.2, Figure 8).
+# - powercut: the machine of a leader that just committed loses power within a flight or
+#   two, often before its own write is synced (thesis §10.2.1).
+AIMED = {
+    "revote": Profile(
+        dup=0.02,
+        partitions=True,
+        crashes=True,
+        fault_rate=0.1,
+        sizes=(3,),
+        election_ticks=(10, 13),
+        election_strike=0.9,
+        vote_strike=1.0,
+        fast_restart=TICK,
+        strike_delay=20,
+        isolate=0.9,
+        isolate_alone=0.8,
+    ),
+    "figure8": Profile(
+        dup=0.02,
+        partitions=True,
+        crashes=True,
+        power=True,
+        fault_rate=0.02,
+        sizes=(3,),
+        appends=((1, 8),),
+        election_strike=0.8,
+        commit_strike=0.9,
+        fast_restart=TICK,
+        strike_delay=20,
+        isolate=0.9,
+        isolate_alone=0.8,
+    ),
+    "powercut": Profile(
+        dup=0.02,
+        power=True,
+        fault_rate=0.05,
+        sizes=(3,),
+        commit_strike=0.9,
+        fast_restart=TICK,
+        strike_delay=10,
+    ),
+}
 
 PROFILES = {
     "calm": Profile(fault_rate=0.0),
@@ -52,19 +117,17 @@ PROFILES = {
         pauses=True,
         compaction=True,
     ),
+    **AIMED,
 }
 
 FAULT_TICKS = 200
 LIVENESS_TICKS = 400  # after faults stop: a leader and every proposal applied everywhere
 
-# Per-node disks: fsync latency ranges in time units (a message takes 1..MESSAGE_DELAY[1]).
+# Per-node disks: fsync latency ranges in time units (a message takes 1..6 by default).
 DISKS = ((1, 4), (2, 12), (5, 40))
 FSYNC_STALL = 0.03  # chance one fsync stalls for FSYNC_STALL_TIME more (fault phase only)
 FSYNC_STALL_TIME = (20, 120)
-MESSAGE_DELAY = (1, 6)
 VOTER_STRIKE = 0.6  # chance the nemesis crashes one of a new candidate's voters
-ELECTION_STRIKE = 0.6  # chance the nemesis strikes a new leader (or one of its followers)
-COMMIT_STRIKE = 0.05  # chance the nemesis strikes a leader that just committed
 SLOW_MESSAGES = 0.03  # chance a message is held up for SLOW_DELAY more (fault phase only)
 SLOW_DELAY = (10, 80)
 # (max_append_bytes, max_inflight): one entry per append, a few, or many at a time
@@ -129,7 +192,7 @@ def _run(
     patch, forget_vote = patch_for(broken)
     rng = Random(seed ^ 0x5EED)  # the nemesis and the client; the cluster has its own
     periods = [rng.randint(TICK * 3 // 4, TICK * 4 // 3) for _ in range(nodes)]
-    append_bytes, inflight = rng.choice(APPENDS)
+    append_bytes, inflight = rng.choice(prof.appends or APPENDS)
     c = SimCluster(
         nodes,
         seed,
@@ -141,9 +204,10 @@ def _run(
         tick_periods=periods,
         max_append_bytes=append_bytes,
         max_inflight=inflight,
+        election_ticks=prof.election_ticks,
     )
     c.drop_rate, c.dup_rate = prof.drop, prof.dup
-    c.delay = MESSAGE_DELAY
+    c.delay = prof.message_delay
     c.fifo = not prof.reorder
     c.slow_rate, c.slow_delay = SLOW_MESSAGES, SLOW_DELAY
     for node in c.nodes.values():
@@ -235,20 +299,20 @@ def _run(
         if down >= minority and rng.random() >= 0.2:
             return
         c.crash(nid, power=prof.power and (not prof.crashes or rng.random() < 0.5))
-        c.restart_later(nid, rng.randint(1, 2 * TICK))
+        c.restart_later(nid, rng.randint(1, prof.fast_restart))
 
     def isolate_soon(nid: NodeId) -> None:
         if not faulting or not prof.partitions:
             return
         rest = [x for x in ids if x != nid]
         rng.shuffle(rest)
-        cut = rng.randrange(0, minority + 1)
+        cut = 0 if rng.random() < prof.isolate_alone else rng.randrange(0, minority + 1)
         c.partition([nid, *rest[:cut]], rest[cut:])
 
     def soon() -> int:
-        """A delay from 1 to 60 time units, log-uniform: as often within one message's
-        flight as within a round trip and an fsync."""
-        return int(math.exp(rng.uniform(0.0, math.log(60))))
+        """A delay from 1 to prof.strike_delay (60) time units, log-uniform: as often within
+        one message's flight as within a round trip and an fsync."""
+        return int(math.exp(rng.uniform(0.0, math.log(prof.strike_delay))))
 
     def on_role(nid: NodeId, role: Role) -> None:
         """Strike at elections, where the subtle bugs live: a voter crashes while a
@@ -259,9 +323,9 @@ def _run(
         if role is Role.CANDIDATE and can_crash and rng.random() < VOTER_STRIKE:
             victim = rng.choice([x for x in ids if x != nid])
             c.call_later(rng.randint(1, 2 * TICK), lambda: crash_soon(victim))
-        elif role is Role.LEADER and rng.random() < ELECTION_STRIKE:
+        elif role is Role.LEADER and rng.random() < prof.election_strike:
             victim = nid if rng.random() < 0.7 else rng.choice(ids)
-            if prof.partitions and (not can_crash or rng.random() < 0.5):
+            if prof.partitions and (not can_crash or rng.random() < prof.isolate):
                 c.call_later(soon(), lambda: isolate_soon(victim))
             elif can_crash:
                 c.call_later(soon(), lambda: crash_soon(victim))
@@ -269,15 +333,24 @@ def _run(
     def on_commit(nid: NodeId) -> None:
         """Strike a leader just after it commits: whatever it counted had better be durable
         on a majority, and committed for good."""
-        if faulting and rng.random() < COMMIT_STRIKE:
-            if prof.partitions and (not can_crash or rng.random() < 0.5):
+        if faulting and rng.random() < prof.commit_strike:
+            if prof.partitions and (not can_crash or rng.random() < prof.isolate):
                 c.call_later(soon(), lambda: isolate_soon(nid))
             elif can_crash:
                 c.call_later(soon(), lambda: crash_soon(nid))
 
+    def on_send(m: Message) -> None:
+        """A node whose granted vote is on its way crashes (its vote is on disk: the core
+        sends a vote only once it is durable) and comes back before the election is over."""
+        vote = m.type is MessageType.VOTE_RESP and not m.reject
+        if faulting and vote and rng.random() < prof.vote_strike:
+            c.call_later(soon(), lambda: crash_soon(m.sender))
+
     can_crash = prof.crashes or prof.power
     c.on_role = on_role
     c.on_commit = on_commit
+    if prof.vote_strike:
+        c.on_send = on_send
 
     # ----- fault phase -----
     for _ in range(FAULT_TICKS):
