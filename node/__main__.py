@@ -218,6 +218,9 @@ async def _run(
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Nothing a node writes (log, snapshots, WAL, its own log file) is for other users: files
+    # 0600 and directories 0700 from the first one on, with no chmod race (issue 11).
+    os.umask(0o077)
     args = _parse_args(argv)
     _setup_logging(args.id, args.log_level, args.log_file)
     try:

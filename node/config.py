@@ -10,6 +10,7 @@ Bottom of the layer map: imports nothing from chatbooth (stdlib and PyYAML only)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import os
@@ -181,7 +182,17 @@ def load_config(path: str | Path) -> ClusterConfig:
         raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
     except OSError as error:
         raise ConfigError(f"{path}: cannot read: {error.strerror or error}") from None
-    return parse_config(text, path)
+    config = parse_config(text, path)
+    if config.cluster_key is not None:
+        with contextlib.suppress(OSError):
+            if path.stat().st_mode & 0o077:
+                warning = (
+                    f"{path}: cluster_key is inline in a file other users can read "
+                    f"(mode {path.stat().st_mode & 0o777:o}): chmod 600 it, or use "
+                    "cluster_key_file"
+                )
+                config = dataclasses.replace(config, warnings=(*config.warnings, warning))
+    return config
 
 
 def parse_config(text: str, path: Path) -> ClusterConfig:

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import os
 import signal
 import sys
 import threading
@@ -260,6 +261,7 @@ async def _front_end(cluster: Cluster, mode: Mode, script: list[str] | None) -> 
 
 
 if __name__ == "__main__":
+    os.umask(0o077)  # keys, data dirs and logs are the cluster owner's only (issue 11)
     try:
         sys.exit(main())
     except BrokenPipeError:

@@ -208,8 +208,9 @@ class NodeProcess:
 
     def _popen_with_log(self) -> subprocess.Popen[bytes]:
         """Spawn with output appended to the log, after a header line (caller holds _lock)."""
-        self.node_dir.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
+        self.node_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "ab") as log:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             log.write(
                 f"--- {stamp} supervisor: starting {self.node_id}: "

@@ -62,4 +62,5 @@ def write_cluster_yaml(
     text += f"nodes:\n{nodes}\n"
     path = directory / "cluster.yaml"
     path.write_text(text, encoding="utf-8")
+    path.chmod(0o600)  # it may hold the cluster key (an inline key readable by others: a warning)
     return path

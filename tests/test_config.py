@@ -106,6 +106,7 @@ def assert_names(message: str, path: Path, key: str, *problem: str) -> None:
 
 def test_full_file_round_trips_into_dataclasses(tmp_path: Path) -> None:
     path = write(tmp_path, FULL)
+    path.chmod(0o600)  # it holds an inline cluster key
     config = load_config(path)
     assert config == ClusterConfig(
         path=path,
@@ -145,6 +146,7 @@ def test_full_file_round_trips_into_dataclasses(tmp_path: Path) -> None:
 
 def test_parse_config_agrees_with_load_config(tmp_path: Path) -> None:
     path = write(tmp_path, FULL)
+    path.chmod(0o600)  # else load_config adds a warning about the inline key
     assert parse_config(FULL, path) == load_config(path)
 
 
@@ -554,3 +556,12 @@ def test_a_key_file_without_permission_is_named(tmp_path: Path) -> None:
     assert f"{tmp_path / 'k.key'}: cannot read the cluster key: Permission denied" in str(
         raised.value
     )
+
+
+def test_an_inline_cluster_key_in_a_file_others_can_read_gets_a_warning(tmp_path: Path) -> None:
+    """Issue 11: nothing secret rests where other users can read it."""
+    path = write(tmp_path, FULL)  # FULL has an inline cluster_key
+    path.chmod(0o644)
+    assert any("cluster_key is inline" in w for w in load_config(path).warnings)
+    path.chmod(0o600)
+    assert not any("cluster_key is inline" in w for w in load_config(path).warnings)

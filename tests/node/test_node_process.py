@@ -60,7 +60,8 @@ class Session:
 
     async def register_and_login(self, name: str) -> None:
         await self.stub.Register(
-            pb.RegisterRequest(request=self.rid(anon=True), username=name, password="pw"), timeout=10
+            pb.RegisterRequest(request=self.rid(anon=True), username=name, password="pw"),
+            timeout=10,
         )
         reply = await self.stub.Login(
             pb.LoginRequest(request=self.rid(anon=True), username=name, password="pw"), timeout=10
@@ -182,7 +183,9 @@ def test_errors_are_status_codes_a_person_can_read(nodes: NodeProcesses) -> None
             ),
             (
                 lambda: s.stub.Register(
-                    pb.RegisterRequest(request=s.rid(anon=True), username="bad name!", password="x"),
+                    pb.RegisterRequest(
+                        request=s.rid(anon=True), username="bad name!", password="x"
+                    ),
                     timeout=10,
                 ),
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -450,7 +453,8 @@ def test_retried_delete_account_and_login_get_their_first_answer(nodes: NodeProc
         await s.stub.DeleteAccount(request, timeout=10)  # the retry: OK again, not refused
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await s.stub.Login(
-                pb.LoginRequest(request=s.rid(anon=True), username="jill", password="pw"), timeout=10
+                pb.LoginRequest(request=s.rid(anon=True), username="jill", password="pw"),
+                timeout=10,
             )
         assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
         await s.close()

@@ -65,7 +65,9 @@ def test_replays_with_other_content_or_another_session_are_refused(nodes: NodePr
         for recipient, text in (("mallory", "changed"), ("victim", "hi")):
             err = await _refused(
                 victim.stub.Send(
-                    pb.SendRequest(request=sent, token=victim.token, recipient=recipient, text=text),
+                    pb.SendRequest(
+                        request=sent, token=victim.token, recipient=recipient, text=text
+                    ),
                     timeout=5,
                 )
             )
