@@ -57,7 +57,14 @@ from protos import chat_pb2, chat_pb2_grpc
 from supervisor.errors import SupervisorError
 from supervisor.links import Groups, LinkNetwork
 from supervisor.nodeconfig import STDIN_PATH, render
-from supervisor.processes import NodeExit, NodeProcess, ProcessState, ProcessTable, describe_exit
+from supervisor.processes import (
+    LOG_NAME,
+    NodeExit,
+    NodeProcess,
+    ProcessState,
+    ProcessTable,
+    describe_exit,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -544,7 +551,11 @@ class Cluster:
         argv = [*self.node_command, "--config", source, "--id", node_id]
         if self.network is not None:
             argv += self.network.peer_arguments(node_id)
-        argv.append("--exit-with-parent")
+        # The node writes its log itself, rotated by size, so that no client can fill the disk
+        # through it; the process's own stdout and stderr (Python's last words, if it dies)
+        # are appended to the same file.
+        log_file = self.config.node_dir(node_id) / LOG_NAME
+        argv += ["--log-file", str(log_file), "--exit-with-parent"]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         # The directory holding the `node` package: `python -m node` finds it there whatever
         # the supervisor's working directory (and a node called "node" cannot shadow it).
