@@ -321,18 +321,30 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         """(this node's wall clock, the log time it stamps) for a command it proposes."""
         return _now_ms(), self._log_clock.stamp()
 
-    async def _scrypt(self, fn: Callable[..., Resp], *args: Any) -> Resp:
+    async def _scrypt(self, context: Context, fn: Callable[..., Resp], *args: Any) -> Resp:
         """One hash at a time, in its own thread: at OWASP's cost each takes 128 MiB (TRAPS),
-        and a burst of logins must neither multiply that nor stall the event loop."""
-        return await self._hash_pool.run(fn, *args)
+        and a burst of logins must neither multiply that nor stall the event loop. A call
+        whose caller gave up while it waited for its turn is not hashed at all: its retry is
+        already queued, and hashing both would let a burst feed on itself."""
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
 
-    async def _check_password(self, password: str, stored: PasswordHash | None) -> bool:
+        def guarded() -> Resp:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise _Abort(grpc.StatusCode.DEADLINE_EXCEEDED, "gave up waiting for its turn")
+            return fn(*args)
+
+        return await self._hash_pool.run(guarded)
+
+    async def _check_password(
+        self, context: Context, password: str, stored: PasswordHash | None
+    ) -> bool:
         """Whether `password` matches; an unknown account costs one hash too (against a
         dummy), so timing does not tell which usernames exist."""
         if stored is None:
-            await self._scrypt(verify_password, password, self._dummy_hash)
+            await self._scrypt(context, verify_password, password, self._dummy_hash)
             return False
-        return await self._scrypt(verify_password, password, stored)
+        return await self._scrypt(context, verify_password, password, stored)
 
     async def _leader_read(self, context: Context) -> None:
         await self._driver.read_barrier(self._timeout(context))
@@ -384,7 +396,9 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             password = validation.validate_password(request.password)
             self._driver.require_leader()
             salt = os.urandom(SALT_BYTES)
-            pw_hash = await self._scrypt(hash_password, password, self._config.scrypt, salt)
+            pw_hash = await self._scrypt(
+                context, hash_password, password, self._config.scrypt, salt
+            )
             await self._propose(
                 cmds.Register(
                     timestamp_ms=ts,
@@ -420,7 +434,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
                     retry_after_s=ceil_s(wait_s),
                 )
             stored = self._state.account_hash(name)
-            ok = await self._check_password(request.password, stored)
+            ok = await self._check_password(context, request.password, stored)
             if not ok or stored is None:
                 self._logins.failed(user, host, self._driver.clock.monotonic())
                 raise _Abort(grpc.StatusCode.UNAUTHENTICATED, "wrong username or password")
@@ -503,7 +517,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             if not self._state.answered(rid):  # a retry skips the checks: first reply wins
                 user = self._state.authenticate(token)
                 stored = self._state.account_hash(user)
-                ok = await self._check_password(request.password, stored)
+                ok = await self._check_password(context, request.password, stored)
                 if not ok:
                     raise _Abort(grpc.StatusCode.UNAUTHENTICATED, "wrong password")
             await self._propose(
