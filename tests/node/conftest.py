@@ -14,9 +14,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from node.config import load_config
+from node.config import ClusterConfig, load_config
 from protos import chat_pb2, chat_pb2_grpc
 from supervisor.cluster import Cluster
+from supervisor.nodeconfig import STDIN_PATH, render
 from tests.conftest import write_cluster_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,17 +61,22 @@ class NodeProcesses:
             raise AssertionError("start_all first")
         self.cluster.start_node(n)
 
-    def spawn_raw(self, n: str, config: Path | None = None) -> subprocess.Popen[bytes]:
+    def spawn_raw(self, n: str, config: ClusterConfig | None = None) -> subprocess.Popen[bytes]:
         """`python -m node` outside the Cluster (a second process on a used port or data
-        directory); its output goes to raw-N.log."""
+        directory), given `config` (relocated, on stdin) or the cluster's file; its output
+        goes to raw-N.log."""
         out = open(self.tmp / f"raw-{n}.log", "ab")  # noqa: SIM115 (owned by the process)
+        source = STDIN_PATH if config is not None else str(self.config)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "node", "--config", str(config or self.config), "--id", n],
+            [sys.executable, "-m", "node", "--config", source, "--id", n],
             cwd=ROOT,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if config is None else subprocess.PIPE,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+        if config is not None and proc.stdin is not None:
+            proc.stdin.write(render(config).encode())
+            proc.stdin.close()
         out.close()
         self.raw.append(proc)
         return proc

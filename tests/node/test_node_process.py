@@ -5,12 +5,14 @@ election timeout); speed is the benchmark's business."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 
 import grpc
 import pytest
 
+from node.config import load_config
 from protos import chat_pb2 as pb
 from protos import chat_pb2_grpc as pbg
 from protos import raft_pb2, raft_pb2_grpc
@@ -326,8 +328,7 @@ def test_a_second_node_on_a_used_port_or_data_dir_refuses_to_start(nodes: NodePr
     assert second.wait(15) == 3  # the data directory lock is checked first
     assert "in use by another process" in nodes.raw_log("a")
     # a different data dir but the same port
-    other = Path(nodes.tmp / "other.yaml")
-    other.write_text(nodes.config.read_text().replace("data_dir: ./data", "data_dir: ./data2"))
+    other = dataclasses.replace(load_config(nodes.config), data_dir=nodes.tmp / "data2")
     third = nodes.spawn_raw("a", config=other)
     assert third.wait(15) == 4
     assert "cannot listen on" in nodes.raw_log("a")
