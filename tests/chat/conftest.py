@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Awaitable, Iterator
 from itertools import count
 
@@ -40,8 +41,11 @@ SMALL_LIMITS = ChatLimits(
 )
 
 
-# Refusals of a request id itself (malformed, stale) leave its client session untouched.
-_ID_REFUSAL = "request "  # "request id: ...", "request 3 of client 7 is stale ..."
+# Refusals of a request id itself (malformed, stale) leave its client session untouched, and
+# so does a write refused for using another session's client (issue 11: "client 7 is bound to
+# another session"); a request id reused for a different request found its seq in the table,
+# and refreshes the client as any answer does.
+_UNTOUCHED = re.compile(r"request id: |request \d+ of client \d+ is stale|client \d+ ")
 
 
 def fast_hash(password: str, salt: bytes = b"salt-salt") -> PasswordHash:
@@ -80,9 +84,12 @@ class Node:
 
     Client sessions are registered as a node registers them (thesis §6.3): the first request
     of a client name applies a RegisterClient entry, and the name maps to its id (that entry's
-    index). A name whose session the helper knows to have idled past client_idle_s is
-    registered again, as the client library does when a write it never sent meets an expired
-    session; a retry (a command built before) keeps its old id.
+    index). As the client library does (issue 11), a name keeps one client for the writes
+    without a session (Register, Login) and one per session token it writes with, bound to
+    that session (RegisterClient with the token) the first time it writes with it. A client
+    whose session the helper knows to have idled past client_idle_s is registered again, as
+    the client library does when a write it never sent meets an expired session; a retry (a
+    command built before) keeps its old id.
 
     Log time: by default a command's log_time_ms is the fake wall clock `now_ms` (so a test can
     stamp a low one, as a lagging clock would without the leader's clamp); with
@@ -97,8 +104,8 @@ class Node:
         self.log_clock = LogClock(self.clock) if log_clock else None
         self._salts = count(1)
         self._tokens = count(1)
-        self._seqs: dict[str, int] = {}
-        self._client_ids: dict[str, int] = {}  # client name -> its registered id
+        self._seqs: dict[tuple[str, str], int] = {}  # (client name, token) -> last seq
+        self._client_ids: dict[tuple[str, str], int] = {}  # (name, token "" or one) -> its id
         self._used_ms: dict[int, int] = {}  # client id -> log time it was last used at
         self.entries: list[tuple[int, bytes | None]] = []  # the log so far: (index, data)
         self.results: list[ApplyResult | None] = []  # what applying each entry gave
@@ -135,18 +142,30 @@ class Node:
             return self.now_ms
         return self.log_clock.stamp()
 
-    def register_client(self) -> int:
-        """Applies a RegisterClient entry; the new client id (its log index)."""
-        reply = self.ok(RegisterClient(timestamp_ms=self.now_ms, log_time_ms=self.log_time_ms()))
+    def register_client_cmd(self, token: str = "") -> RegisterClient:
+        return RegisterClient(timestamp_ms=self.now_ms, log_time_ms=self.log_time_ms(), token=token)
+
+    def register_client(self, token: str = "") -> int:
+        """Applies a RegisterClient entry (bound to the session `token` if given); the new
+        client id (its log index)."""
+        reply = self.ok(self.register_client_cmd(token))
         assert isinstance(reply, RegisterClientReply)
         assert reply.client_id == self.index
         return reply.client_id
 
-    def client_id(self, name: str = "client") -> int:
-        """The id of client `name`, registered (again) if it has none that is still live."""
-        client_id = self._client_ids.get(name)
+    def client_id(self, name: str = "client", token: str = "") -> int:
+        """The id of client `name` for the writes made with `token` ("" for Register and
+        Login), registered (again) if it has none that is still live. A RegisterClient that
+        the state refuses (a session no longer live) raises its ChatError, as the client
+        library's write fails with it: the write itself never reaches the log."""
+        client_id = self._client_ids.get((name, token))
         if client_id is None or self._expired(client_id):
-            client_id = self._client_ids[name] = self.register_client()
+            result = self.apply(self.register_client_cmd(token))
+            if isinstance(result.outcome, ChatError):
+                raise result.outcome
+            reply = result.unwrap()
+            assert isinstance(reply, RegisterClientReply) and reply.client_id == self.index
+            client_id = self._client_ids[(name, token)] = reply.client_id
         return client_id
 
     def _expired(self, client_id: int) -> bool:
@@ -155,15 +174,16 @@ class Node:
         idle_ms = max(self.state.log_time_ms, stamp) - self._used_ms.get(client_id, 0)
         return idle_ms > self.state.limits.client_idle_s * 1000
 
-    def rid(self, name: str, seq: int, first_outstanding: int) -> RequestId:
-        """A request id of client `name` with the given numbers."""
-        return RequestId(self.client_id(name), seq, first_outstanding)
+    def rid(self, name: str, seq: int, first_outstanding: int, token: str = "") -> RequestId:
+        """A request id of client `name`, for writes made with `token`, with these numbers."""
+        return RequestId(self.client_id(name, token), seq, first_outstanding)
 
-    def request(self, client: str = "client") -> RequestId:
-        """The next request id of `client`, which has an answer for everything before it."""
-        seq = self._seqs.get(client, 0) + 1
-        self._seqs[client] = seq
-        return self.rid(client, seq, seq)
+    def request(self, client: str = "client", token: str = "") -> RequestId:
+        """The next request id of `client` for writes made with `token` ("" for Register and
+        Login), which has an answer for everything before it."""
+        seq = self._seqs.get((client, token), 0) + 1
+        self._seqs[(client, token)] = seq
+        return self.rid(client, seq, seq, token)
 
     # applying
 
@@ -187,7 +207,7 @@ class Node:
         outcome = result.outcome
         if isinstance(outcome, ChatError) and outcome.reason is Reason.CLIENT_EXPIRED:
             del self._used_ms[client_id]
-        elif not (isinstance(outcome, ChatError) and outcome.message.startswith(_ID_REFUSAL)):
+        elif not (isinstance(outcome, ChatError) and _UNTOUCHED.match(outcome.message)):
             self._used_ms[client_id] = self.state.log_time_ms
 
     def tick(self) -> ApplyResult:
@@ -253,7 +273,7 @@ class Node:
     ) -> Send:
         return Send(
             timestamp_ms=self.now_ms,
-            request=request or self.request(),
+            request=request or self.request(token=token),
             log_time_ms=self.log_time_ms(),
             token=token,
             recipient=recipient,
@@ -271,7 +291,7 @@ class Node:
     def ack_cmd(self, token: str, up_to_id: int) -> Ack:
         return Ack(
             timestamp_ms=self.now_ms,
-            request=self.request(),
+            request=self.request(token=token),
             log_time_ms=self.log_time_ms(),
             token=token,
             up_to_id=up_to_id,
@@ -283,7 +303,7 @@ class Node:
     def logout_cmd(self, token: str) -> Logout:
         return Logout(
             timestamp_ms=self.now_ms,
-            request=self.request(),
+            request=self.request(token=token),
             log_time_ms=self.log_time_ms(),
             token=token,
         )
@@ -294,7 +314,7 @@ class Node:
     def delete_cmd(self, token: str) -> DeleteAccount:
         return DeleteAccount(
             timestamp_ms=self.now_ms,
-            request=self.request(),
+            request=self.request(token=token),
             log_time_ms=self.log_time_ms(),
             token=token,
         )

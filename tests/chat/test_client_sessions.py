@@ -87,7 +87,9 @@ def test_a_client_cut_off_past_client_idle_s_is_refused_as_expired_not_applied_a
     err = expired(node, retry(node, send))
     assert f"client {send.request.client_id}" in err.message
     assert texts(node, "alice") == ["hello"]  # the old code queued it a second time
-    assert node.state.client_count == clients - 1  # forgotten, and not brought back
+    # Both of alice's clients (Register and Login's, her session's) idled out: forgotten, and
+    # not brought back.
+    assert clients == 2 and node.state.client_count == 0
     expired(node, retry(node, send))  # the refusal is not remembered as an outcome: again
     assert texts(node, "alice") == ["hello"]
     # A new session (the client library registers one) works.
@@ -131,7 +133,8 @@ def test_a_tick_moves_log_time_so_a_quiet_cluster_expires_sessions() -> None:
     node.apply(send)
     accounts, queued = node.state.account_count, texts(node, "alice")
     node.advance(SMALL_LIMITS.session_idle_s + 1)  # past both idle times; nothing is written
-    assert node.state.client_count == 1 and node.state.session_count == 1
+    # alice's clients: the one of Register and Login, the one bound to her session
+    assert node.state.client_count == 2 and node.state.session_count == 1
     result = node.tick()
     assert result.outcome == TickReply() and result.request is None
     assert result.ended_tokens == (alice,)  # the session ended at the Tick's log time
@@ -148,12 +151,12 @@ def test_the_least_recently_used_client_expires_when_the_table_is_full(
     evicted client is refused as expired like an idle one."""
     monkeypatch.setattr(state_module, "MAX_CLIENTS", 3)
     node = Node()
-    alice = node.user("alice")  # client "client"
-    old = node.send_cmd(alice, "alice", "old", request=node.request("old"))
+    alice = node.user("alice")  # client "client", for Register and Login
+    old = node.send_cmd(alice, "alice", "old", request=node.request("old", alice))
     assert node.apply(old).ok
-    node.send(alice, "alice", "refresh")  # "client" used after "old"
-    node.client_id("b")
-    node.client_id("c")  # a fourth client: "old" is the least recently used
+    node.send(alice, "alice", "refresh")  # "client" for alice's session, used after "old"
+    node.client_id("b")  # a fourth client: "client" of Register and Login is evicted
+    node.client_id("c")  # a fifth: "old" is the least recently used
     assert node.state.client_count == 3
     expired(node, retry(node, old))
     assert texts(node, "alice") == ["old", "refresh"]

@@ -53,18 +53,18 @@ def test_a_request_id_reused_for_another_command_is_refused(node: Node) -> None:
     node.apply(send)
     reused = replace(node.ack_cmd(a, 10), request=send.request)
     err = node.refused(reused, ErrorCode.INVALID_ARGUMENT)
-    assert "cannot be reused" in err.message
+    assert "request id reused for a different request" in err.message
     assert len(node.state.queue("a")) == 1
 
 
 def test_a_request_below_first_outstanding_is_stale_and_not_applied(node: Node) -> None:
     a = node.user("a")
-    old = node.send_cmd(a, "a", request=node.rid("c", 1, 1))
+    old = node.send_cmd(a, "a", request=node.rid("c", 1, 1, a))
     assert node.apply(old).ok
-    node.apply(node.send_cmd(a, "a", request=node.rid("c", 3, 3)))  # c has answers below 3
+    node.apply(node.send_cmd(a, "a", request=node.rid("c", 3, 3, a)))  # c has answers below 3
     err = node.refused(old, ErrorCode.INVALID_ARGUMENT)
     assert "stale" in err.message
-    never_applied = node.send_cmd(a, "a", request=node.rid("c", 2, 2))
+    never_applied = node.send_cmd(a, "a", request=node.rid("c", 2, 2, a))
     node.refused(never_applied, ErrorCode.INVALID_ARGUMENT)
     assert [m.id for m in node.state.queue("a")] == [1, 2]
 
@@ -72,38 +72,38 @@ def test_a_request_below_first_outstanding_is_stale_and_not_applied(node: Node) 
 def test_outstanding_requests_get_their_own_replies_in_any_order(node: Node) -> None:
     """A client with several writes in flight: each retry gets its own first reply."""
     a = node.user("a")
-    five = node.send_cmd(a, "a", "five", request=node.rid("c", 5, 5))
-    six = node.send_cmd(a, "a", "six", request=node.rid("c", 6, 5))
+    five = node.send_cmd(a, "a", "five", request=node.rid("c", 5, 5, a))
+    six = node.send_cmd(a, "a", "six", request=node.rid("c", 6, 5, a))
     r6 = node.apply(six)  # applied out of order: fine, they were concurrent
     r5 = node.apply(five)
     assert node.apply(five).outcome == r5.outcome
     assert node.apply(six).outcome == r6.outcome
     assert [m.text for m in node.state.queue("a")] == ["six", "five"]
-    assert node.state.remembered_replies(node.client_id("c")) == 2
+    assert node.state.remembered_replies(node.client_id("c", a)) == 2
 
 
 def test_first_outstanding_trims_the_replies_kept(node: Node) -> None:
     a = node.user("a")
     for seq in range(1, 11):
-        node.apply(node.send_cmd(a, "a", request=node.rid("c", seq, 1)))
-    assert node.state.remembered_replies(node.client_id("c")) == 10
-    node.apply(node.send_cmd(a, "a", request=node.rid("c", 11, 8)))
-    assert node.state.remembered_replies(node.client_id("c")) == 4  # 8, 9, 10, 11
-    node.refused(node.send_cmd(a, "a", request=node.rid("c", 7, 7)), ErrorCode.INVALID_ARGUMENT)
-    node.apply(node.send_cmd(a, "a", request=node.rid("c", 12, 12)))
-    assert node.state.remembered_replies(node.client_id("c")) == 1
+        node.apply(node.send_cmd(a, "a", request=node.rid("c", seq, 1, a)))
+    assert node.state.remembered_replies(node.client_id("c", a)) == 10
+    node.apply(node.send_cmd(a, "a", request=node.rid("c", 11, 8, a)))
+    assert node.state.remembered_replies(node.client_id("c", a)) == 4  # 8, 9, 10, 11
+    node.refused(node.send_cmd(a, "a", request=node.rid("c", 7, 7, a)), ErrorCode.INVALID_ARGUMENT)
+    node.apply(node.send_cmd(a, "a", request=node.rid("c", 12, 12, a)))
+    assert node.state.remembered_replies(node.client_id("c", a)) == 1
 
 
 def test_a_client_that_never_says_it_has_answers_is_still_bounded(node: Node) -> None:
     a = node.user("a")
     total = MAX_REPLIES_PER_CLIENT + 20
     for seq in range(1, total + 1):
-        node.apply(node.send_cmd(a, "a", "m", request=node.rid("greedy", seq, 0)))
+        node.apply(node.send_cmd(a, "a", "m", request=node.rid("greedy", seq, 0, a)))
         node.ack(a, seq)
-    assert node.state.remembered_replies(node.client_id("greedy")) == MAX_REPLIES_PER_CLIENT
+    assert node.state.remembered_replies(node.client_id("greedy", a)) == MAX_REPLIES_PER_CLIENT
     # The forgotten ones are refused as stale, never applied twice.
     node.refused(
-        node.send_cmd(a, "a", request=node.rid("greedy", 1, 0)), ErrorCode.INVALID_ARGUMENT
+        node.send_cmd(a, "a", request=node.rid("greedy", 1, 0, a)), ErrorCode.INVALID_ARGUMENT
     )
     assert node.state.queue("a") == ()
 
@@ -113,12 +113,13 @@ def test_idle_clients_are_forgotten_so_the_table_stays_bounded(node: Node) -> No
     peak = 0
     for round_ in range(30):
         for k in range(10):  # ten new clients per round, each writing once
-            node.apply(node.send_cmd(a, "a", request=node.rid(f"c{round_}-{k}", 1, 1)))
+            node.apply(node.send_cmd(a, "a", request=node.rid(f"c{round_}-{k}", 1, 1, a)))
             node.ack(a, 10**9)
         peak = max(peak, node.state.client_count)
         node.advance(SMALL_LIMITS.client_idle_s / 4)
-    # 300 clients came and went; at most those of the last client_idle_s are remembered.
-    assert peak <= 10 * 5 + 1
+    # 300 clients came and went; at most those of the last client_idle_s are remembered
+    # (with the client of a's Register and Login, and the one of its session's acks).
+    assert peak <= 10 * 5 + 2
     node.advance(SMALL_LIMITS.client_idle_s + 1)
     node.register("b")  # any entry moves log time on
     assert node.state.client_count == 1  # the client of that register
@@ -126,18 +127,18 @@ def test_idle_clients_are_forgotten_so_the_table_stays_bounded(node: Node) -> No
 
 def test_an_active_client_is_not_forgotten(node: Node) -> None:
     a = node.user("a")
-    first = node.send_cmd(a, "a", request=node.rid("steady", 1, 1))
+    first = node.send_cmd(a, "a", request=node.rid("steady", 1, 1, a))
     node.apply(first)
     for seq in range(2, 8):
         node.advance(SMALL_LIMITS.client_idle_s * 0.8)
-        node.apply(node.send_cmd(a, "a", request=node.rid("steady", seq, 1)))
+        node.apply(node.send_cmd(a, "a", request=node.rid("steady", seq, 1, a)))
     assert node.apply(first).duplicate
 
 
 def test_commands_without_a_request_id_are_not_remembered(node: Node) -> None:
     a = node.user("a")
-    clients = node.state.client_count
     cmd = replace(node.send_cmd(a, "a"), request=None)
+    clients = node.state.client_count  # with the one send_cmd registered for a's session
     node.apply(cmd)
     node.apply(cmd)
     assert node.state.client_count == clients
@@ -152,6 +153,6 @@ def test_a_malformed_request_id_is_refused_and_not_remembered(node: Node) -> Non
     with pytest.raises(CommandDecodeError):
         node.state.apply(node.index + 1, no_client)
     assert node.state.digest() == before
-    node.refused(node.send_cmd(a, "a", request=node.rid("z", 1, 2)), ErrorCode.INVALID_ARGUMENT)
-    assert node.state.remembered_replies(node.client_id("z")) == 0
+    node.refused(node.send_cmd(a, "a", request=node.rid("z", 1, 2, a)), ErrorCode.INVALID_ARGUMENT)
+    assert node.state.remembered_replies(node.client_id("z", a)) == 0
     assert node.state.queue("a") == ()

@@ -2,7 +2,10 @@
 from a mid-way snapshot catches up to the same state, and no acknowledged message is lost or
 doubled along the way (checked against a plain model of every queue). The log carries client
 registrations (RegisterClient) and the leader's Ticks among the writes; client sessions
-expire, and a retry from an expired one is refused, never applied as new (thesis §6.3)."""
+expire, and a retry from an expired one is refused, never applied as new (thesis §6.3). As
+the client library does (issue 11), a client writes Register and Login under a client session
+without a chat session and each session's writes under one bound to it; now and then a write
+is made under another session's client id, and is refused without touching that client."""
 
 from __future__ import annotations
 
@@ -55,11 +58,13 @@ ARGUMENTS = {
     "noop": st.tuples(st.just(0)),
     "register_client": st.tuples(st.just(0)),  # the client starts a new session
     "tick": st.tuples(st.just(0)),  # the leader moves log time on a quiet cluster
+    # a send with one session's token under another's client id (which one, its seq ahead)
+    "foreign": st.tuples(st.integers(0, 7), st.integers(0, 20), st.integers(0, 5)),
 }
 # Sends and acks are the traffic; the rest is what disturbs it.
 KINDS = ["send"] * 8 + ["ack"] * 3 + ["register", "login"] * 2
 KINDS += ["logout", "delete", "advance", "advance", "retry", "retry", "noop"]
-KINDS += ["register_client", "tick", "late_retry"]
+KINDS += ["register_client", "tick", "late_retry", "foreign"]
 op = st.sampled_from(KINDS).flatmap(lambda k: ARGUMENTS[k].map(lambda args: (k, *args)))
 Op = tuple[tuple[object, ...], str, int, int]  # (operation, client, lag, clock skew)
 PRELUDE: list[Op] = [
@@ -103,6 +108,9 @@ class Model:
     last_id: int = 0
     first: dict[tuple[int, int], Outcome] = field(default_factory=dict)  # (client, seq) -> reply
     active_ms: dict[int, int] = field(default_factory=dict)  # live client id -> last use
+    bound: dict[int, str] = field(default_factory=dict)  # client id -> its token ("": none)
+    # client id -> the first_outstanding the state holds: below it, requests are stale
+    outstanding: dict[int, int] = field(default_factory=dict)
     highest_client_id: int = 0
 
     def expire(self, now: int) -> None:
@@ -118,8 +126,14 @@ class Model:
     def update(self, index: int, cmd: Command, result: ApplyResult, log_time_ms: int) -> None:
         if isinstance(cmd, RegisterClient):
             self.expire(log_time_ms)
+            if cmd.token and not result.ok:  # bound to a session no longer live: refused
+                assert isinstance(result.outcome, ChatError)
+                assert result.outcome.code is ErrorCode.UNAUTHENTICATED
+                return
             assert result.outcome == RegisterClientReply(index)  # the id is the log index
             self.active_ms[index] = log_time_ms
+            self.bound[index] = cmd.token
+            self.outstanding[index] = 0
             self.highest_client_id = index
             return
         self._check_once(cmd, result, log_time_ms)
@@ -157,17 +171,29 @@ class Model:
             assert result.outcome.code is ErrorCode.FAILED_PRECONDITION
             assert result.outcome.reason is Reason.CLIENT_EXPIRED
             assert not result.duplicate and result.message is None
+        elif self.bound[client] != _session_token(cmd):
+            # Issue 11: another session's client, refused before anything of it is touched
+            # (not refreshed, nothing remembered, first_outstanding where it was).
+            assert isinstance(result.outcome, ChatError), "a write used another's client"
+            assert result.outcome.code is ErrorCode.INVALID_ARGUMENT
+            assert result.outcome.message.startswith(f"client {client} ")
+            assert not result.duplicate and result.message is None
         elif result.duplicate:
             assert result.outcome == self.first[key]
             self.active_ms[client] = now
         elif key in self.first:
             assert isinstance(result.outcome, ChatError), "a remembered request applied twice"
             assert "stale" in result.outcome.message
-        elif isinstance(result.outcome, ChatError) and "stale" in result.outcome.message:
-            pass
+        elif seq < self.outstanding[client]:
+            assert isinstance(result.outcome, ChatError), "a stale request applied"
+            assert "stale" in result.outcome.message
         else:
+            assert not (isinstance(result.outcome, ChatError) and "stale" in str(result.outcome))
             self.first[key] = result.outcome
             self.active_ms[client] = now
+            fo = max(self.outstanding[client], cmd.request.first_outstanding)
+            self.outstanding[client] = fo
+            self.first = {k: v for k, v in self.first.items() if k[0] != client or k[1] >= fo}
 
     def check(self, state: ChatState) -> None:
         assert state.account_count == len(self.queues)
@@ -176,9 +202,21 @@ class Model:
             assert len(ids) <= LIMITS.queue_limit
 
 
+def _session_token(cmd: Command) -> str:
+    """The session a write is made with: its token, or "" for Register and Login."""
+    if isinstance(cmd, Register | Login):
+        return ""
+    return str(getattr(cmd, "token", ""))
+
+
 def _expired(result: ApplyResult) -> bool:
     outcome = result.outcome
     return isinstance(outcome, ChatError) and outcome.reason is Reason.CLIENT_EXPIRED
+
+
+def _foreign(result: ApplyResult) -> bool:
+    outcome = result.outcome
+    return isinstance(outcome, ChatError) and outcome.message.startswith("client ")
 
 
 def _is_live(state: ChatState, token: str) -> bool:
@@ -198,8 +236,9 @@ def build(ops: list[Op], cut: int) -> tuple[Log, list[ApplyResult | None], bytes
     model = Model()
     results: list[ApplyResult | None] = []
     tokens: list[str] = []
-    seqs = dict.fromkeys(CLIENTS, 0)
-    client_ids: dict[str, int] = {}  # client name -> the id of its current session
+    seqs: dict[tuple[str, str], int] = {}
+    # (client name, token or "" for Register and Login) -> the id of its current session
+    client_ids: dict[tuple[str, str], int] = {}
     now = 1_000
     snapshot_at_cut = leader.snapshot()
 
@@ -221,14 +260,22 @@ def build(ops: list[Op], cut: int) -> tuple[Log, list[ApplyResult | None], bytes
             snapshot_at_cut = leader.snapshot()
         return index
 
-    def next_request(client: str, ts: int, lag: int) -> RequestId:
-        """The client's next request id. Like the client library, it registers a client
-        session first at its first write, and when its session has expired."""
-        if not model.live(client_ids.get(client), max(ts, leader.log_time_ms)):
-            client_ids[client] = append(RegisterClient(timestamp_ms=ts, log_time_ms=ts))
-        seqs[client] += 1
-        seq = seqs[client]
-        return RequestId(client_ids[client], seq, max(0, seq - lag))
+    def next_request(client: str, ts: int, lag: int, token: str = "") -> RequestId | None:
+        """The client's next request id for writes made with `token`. Like the client
+        library, it registers a client session (bound to the session `token`, if any) at
+        its first such write, and when that one has expired; None if the cluster refused to
+        bind one (the session is no longer live), so the write is never made."""
+        key = (client, token)
+        if not model.live(client_ids.get(key), max(ts, leader.log_time_ms)):
+            cmd = RegisterClient(timestamp_ms=ts, log_time_ms=ts, token=token)
+            index = append(cmd)
+            result = results[-1]
+            if result is None or not result.ok:
+                client_ids.pop(key, None)
+                return None
+            client_ids[key] = index
+        seqs[key] = seq = seqs.get(key, 0) + 1
+        return RequestId(client_ids[key], seq, max(0, seq - lag))
 
     for step, (what, client, lag, skew) in enumerate(ops):
         kind = what[0]
@@ -241,12 +288,18 @@ def build(ops: list[Op], cut: int) -> tuple[Log, list[ApplyResult | None], bytes
             return pool[int(str(i)) % len(pool)] if pool else "none"
 
         cmd: Command | None = None
+        tok = token(what[1]) if kind in ("logout", "send", "ack", "delete", "foreign") else ""
+        rid: RequestId | None = None
+        if kind in ("register", "login", "logout", "send", "ack", "delete"):
+            rid = next_request(client, ts, lag, tok)
+            if rid is None:  # no client could be bound to that session: the write is not made
+                continue
         if kind == "register":
             name, which = str(what[1]), int(str(what[2]))
             cmd = Register(
                 timestamp_ms=ts,
                 log_time_ms=ts,
-                request=next_request(client, ts, lag),
+                request=rid,
                 username=name,
                 password_hash=HASHES[which],
             )
@@ -256,7 +309,7 @@ def build(ops: list[Op], cut: int) -> tuple[Log, list[ApplyResult | None], bytes
             cmd = Login(
                 timestamp_ms=ts,
                 log_time_ms=ts,
-                request=next_request(client, ts, lag),
+                request=rid,
                 username=str(what[1]),
                 token=f"tok{step}",
                 verified_digest=digest,
@@ -266,15 +319,15 @@ def build(ops: list[Op], cut: int) -> tuple[Log, list[ApplyResult | None], bytes
             cmd = Logout(
                 timestamp_ms=ts,
                 log_time_ms=ts,
-                request=next_request(client, ts, lag),
-                token=token(what[1]),
+                request=rid,
+                token=tok,
             )
         elif kind == "send":
             cmd = Send(
                 timestamp_ms=ts,
                 log_time_ms=ts,
-                request=next_request(client, ts, lag),
-                token=token(what[1]),
+                request=rid,
+                token=tok,
                 recipient=str(what[2]),
                 text=str(what[3]),
             )
@@ -282,16 +335,16 @@ def build(ops: list[Op], cut: int) -> tuple[Log, list[ApplyResult | None], bytes
             cmd = Ack(
                 timestamp_ms=ts,
                 log_time_ms=ts,
-                request=next_request(client, ts, lag),
-                token=token(what[1]),
+                request=rid,
+                token=tok,
                 up_to_id=int(str(what[2])),
             )
         elif kind == "delete":
             cmd = DeleteAccount(
                 timestamp_ms=ts,
                 log_time_ms=ts,
-                request=next_request(client, ts, lag),
-                token=token(what[1]),
+                request=rid,
+                token=tok,
             )
         elif kind == "advance":
             now += int(str(what[1]))
@@ -305,10 +358,25 @@ def build(ops: list[Op], cut: int) -> tuple[Log, list[ApplyResult | None], bytes
                 now += LIMITS.client_idle_s * 1000 + 1
                 cmd = replace(cmd, timestamp_ms=now, log_time_ms=now)
         elif kind == "register_client":  # a new session, whose answer may have been lost
-            client_ids[client] = append(RegisterClient(timestamp_ms=ts, log_time_ms=ts))
+            # (its client for Register and Login)
+            client_ids[(client, "")] = append(RegisterClient(timestamp_ms=ts, log_time_ms=ts))
             continue
         elif kind == "tick":
             cmd = Tick(timestamp_ms=ts, log_time_ms=ts)
+        elif kind == "foreign":  # issue 11: another session's client id, its seq ahead
+            others = [key for key in client_ids if key[1] != tok]
+            if not others:
+                continue
+            key = others[int(str(what[2])) % len(others)]
+            seq = seqs[key] + 1 + int(str(what[3]))
+            cmd = Send(
+                timestamp_ms=ts,
+                log_time_ms=ts,
+                request=RequestId(client_ids[key], seq, seq),  # would make the owner stale
+                token=tok,
+                recipient="ann",
+                text="foreign",
+            )
         append(cmd)
     return log, results, snapshot_at_cut
 
@@ -329,6 +397,7 @@ def test_replicas_fed_the_same_entries_end_identical(
         ("a stale request", any(not r.ok and "stale" in str(r.outcome) for r in applied)),
         ("an expired client refused", any(_expired(r) for r in applied)),
         ("a tick", any(isinstance(r.outcome, TickReply) for r in applied)),
+        ("another's client refused", any(_foreign(r) for r in applied)),
     ]:
         event(f"{what}: {happened}")
     follower = ChatState(LIMITS)
@@ -365,7 +434,8 @@ def test_replicas_agree_on_a_log_with_registrations_ticks_and_an_expired_retry()
     assert _expired(refused)
     node.sent(node.login("ann"), "ann", "again")  # under a newly registered client
     kinds = [decode(data).KIND.value for _, data in node.entries if data is not None]
-    assert kinds.count("register_client") == 2 and kinds.count("tick") == 2
+    # Register and Login's client and the session's, then both again after the expiry
+    assert kinds.count("register_client") == 4 and kinds.count("tick") == 2
 
     follower, late_replica = ChatState(LIMITS), ChatState(LIMITS)
     log = Log(list(node.entries))

@@ -47,8 +47,19 @@ def test_unknown_and_malformed_tokens_are_unauthenticated(node: Node) -> None:
     node.user("alice")
     unauthenticated(node, "never-issued")
     assert "no session token" in unauthenticated(node, "").message
-    node.refused(node.send_cmd("never-issued", "alice"), ErrorCode.UNAUTHENTICATED)
-    node.refused(node.send_cmd("", "alice"), ErrorCode.UNAUTHENTICATED)
+    # A write with a token needs a client bound to that session (issue 11), and binding one
+    # to a token never issued is refused, so the write never reaches the log.
+    before = node.index
+    with pytest.raises(ChatError) as info:
+        node.send_cmd("never-issued", "alice")
+    assert info.value.code is ErrorCode.UNAUTHENTICATED
+    assert node.index == before + 1 and node.state.queue("alice") == ()  # RegisterClient only
+    # Under a client without a session (Register and Login's) neither gets through.
+    for token in ("never-issued", ""):
+        send = node.send_cmd(token, "alice", request=node.request())
+        err = node.refused(send, ErrorCode.INVALID_ARGUMENT)
+        assert "serves only Register and Login" in err.message
+    assert node.state.queue("alice") == ()
 
 
 def test_a_session_expires_after_its_idle_time_in_log_time(node: Node) -> None:
@@ -75,9 +86,13 @@ def test_expiry_is_judged_by_log_time_when_applying() -> None:
     assert node.state.session_count == 0
 
 
-def test_log_time_not_a_clock_decides(node: Node) -> None:
+def test_log_time_not_a_clock_decides() -> None:
     """A command stamped by a node whose clock is behind does not move log time back."""
+    # Client sessions outlive the login session here, so that the send below is applied
+    # under the client bound to the session (not refused with a new client's RegisterClient).
+    node = Node(replace(SMALL_LIMITS, client_idle_s=SMALL_LIMITS.session_idle_s * 10))
     token = node.user("alice")
+    node.client_id("client", token)  # bound while the session lives
     node.advance(SMALL_LIMITS.session_idle_s * 2)
     node.register("bob")  # log time is now past the session's idle time
     node.now_ms -= SMALL_LIMITS.session_idle_s * 2 * 1000  # a node with a slow clock

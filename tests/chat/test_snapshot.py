@@ -129,7 +129,10 @@ def _set(path: list[object], value: object) -> object:
         _set(["accounts", 0, 2], [999]),  # queue refers to an unknown message
         _set(["accounts", 0, 1, "n"], 3),
         _set(["sessions", 0, 1], "ghost"),
-        _set(["clients", 0, 3, 0, 2], "nonsense"),
+        _set(["clients", 0, 4, 0, 3], "nonsense"),  # a reply's outcome
+        _set(["clients", 0, 1], 7),  # the session a client is bound to: a string
+        _set(["clients", 0, 4, 0, 1], 7),  # a reply's request digest: a string
+        _set(["clients", 0, 4, 0], [1]),  # a reply without digest and outcome
         _set(["clients", 0, 0], "client"),  # version 1's string ids
         _set(["clients", 0, 0], 0),
         _set(["highest_client_id"], 0),  # remembers clients above the highest ever issued
@@ -225,11 +228,13 @@ for step in range(3000):
     now += rng.randrange(0, 2000)
     roll = rng.random()
     client = f"c{rng.randrange(30)}"
-    if client not in clients:
+    tok = rng.choice(tokens or ["x"]) if roll >= 0.3 else ""
+    if (client, tok) not in clients:  # a Send's client is bound to its session (issue 11)
         index += 1
-        state.apply(index, encode(RegisterClient(timestamp_ms=now, log_time_ms=now)))
-        clients[client] = index
-    req = RequestId(clients[client], step, step)
+        cmd = RegisterClient(timestamp_ms=now, log_time_ms=now, token=tok)
+        if state.apply(index, encode(cmd)).ok:
+            clients[(client, tok)] = index
+    req = RequestId(clients.get((client, tok), index), step, step)
     if roll < 0.1:
         cmd = Register(timestamp_ms=now, log_time_ms=now, request=req,
                        username=rng.choice(names), password_hash=h)
@@ -240,11 +245,10 @@ for step in range(3000):
                     token=tok, verified_digest=h.digest)
     else:
         cmd = Send(timestamp_ms=now, log_time_ms=now, request=req,
-                   token=rng.choice(tokens or ["x"]), recipient=rng.choice(names),
-                   text=str(step))
+                   token=tok, recipient=rng.choice(names), text=str(step))
     index += 1
     state.apply(index, encode(cmd))
-print(state.digest(), state.session_count, state.client_count)
+print(state.digest(), state.session_count, state.client_count, len(state.queue("user1")))
 """
 
 
@@ -265,3 +269,4 @@ def test_apply_does_not_depend_on_the_hash_seed() -> None:
         outputs.append(done.stdout)
     assert outputs[0] == outputs[1]
     assert outputs[0].split()[1] != "0"  # the script did build sessions
+    assert outputs[0].split()[3] != "0"  # ... and sent messages under them

@@ -491,8 +491,10 @@ class FakeNode(chat_pb2_grpc.ChatServicer):
         self, request: chat_pb2.RegisterClientRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> chat_pb2.RegisterClientReply:
         def make() -> Command:
+            if request.token:  # a node refuses a dead session before proposing
+                self.cluster.state.authenticate(request.token)
             ts, lt = self.cluster.stamps()
-            return RegisterClient(timestamp_ms=ts, log_time_ms=lt)
+            return RegisterClient(timestamp_ms=ts, log_time_ms=lt, token=request.token)
 
         reply = await self._write("RegisterClient", request, context, make)
         if not isinstance(reply, RegisterClientReply):

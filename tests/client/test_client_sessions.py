@@ -5,6 +5,8 @@ the fake cluster, whose state machine is the real one:
   have happened: it is sent again under a newly registered id;
 - a write sent more than once before its session expired may or may not have been applied:
   it fails with OutcomeUnknownError and is never sent again; later writes go on.
+Issue 11 ("Request ids bound to what they asked"): a chat session's writes go under a client
+session bound to it (RegisterClient with the token), Register and Login under an unbound one.
 """
 
 from __future__ import annotations
@@ -75,15 +77,19 @@ async def test_an_expired_session_met_by_a_first_attempt_is_sent_again_under_a_n
     async with FakeCluster() as cluster:
         alice = await logged_in(cluster, "alice")
         try:
-            old_id = alice.client_id
-            assert old_id is not None
+            first = await alice.send("alice", "first")  # registers the session's client
+            [old_id] = client_ids(cluster, "Send")
+            assert old_id != alice.client_id  # not the one of Register and Login (issue 11)
             cluster.client_expiry()  # alice was idle longer than client_idle_s
-            result = await alice.send("alice", "hello")
-            assert client_ids(cluster, "Send") == [old_id, alice.client_id]
-            assert alice.client_id is not None and alice.client_id > old_id
-            assert len(cluster.calls("RegisterClient")) == 2
-            assert cluster.queued("alice") == [result.message_id]  # applied once
-            assert [m.text for m in cluster.state.queue("alice")] == ["hello"]
+            pending = alice.start_send("alice", "hello")
+            result = await pending.wait()
+            new_id = pending.request_id[0]
+            assert client_ids(cluster, "Send") == [old_id, old_id, new_id]
+            assert new_id is not None and new_id > old_id
+            # Register and Login's client, the session's, the session's again after expiry.
+            assert len(cluster.calls("RegisterClient")) == 3
+            assert cluster.queued("alice") == [first.message_id, result.message_id]
+            assert [m.text for m in cluster.state.queue("alice")] == ["first", "hello"]  # once
             assert alice.pending_writes == []
         finally:
             await alice.close()
@@ -105,13 +111,16 @@ async def test_a_write_sent_twice_before_its_session_expired_fails_as_outcome_un
     async with FakeCluster() as cluster:
         alice = await logged_in(cluster, "alice", call_timeout_s=0.3)
         try:
-            old_id = alice.client_id
             cluster.script("a", "Send", fault)
             with pytest.raises(OutcomeUnknownError, match="may or may not have been applied"):
                 await alice.send("alice", "maybe")
             sends = cluster.calls("Send")
             assert {r.request_id for r in sends} == {sends[0].request_id}  # one id throughout
-            assert client_ids(cluster, "Send")[0] == old_id
+            old_id = client_ids(cluster, "Send")[0]
+            # ... the id of the client bound to alice's session (issue 11), not the login's
+            assert old_id != alice.client_id
+            registered = cluster.calls("RegisterClient")
+            assert [r.request.token for r in registered] == ["", sends[0].request.token]
             assert len([r for r in sends if r.node == "a"]) == 2  # first attempt, then refused
             applied = ["maybe"] if fault is Fault.APPLY_THEN_SILENCE else []
             assert [m.text for m in cluster.state.queue("alice")] == applied  # never twice
@@ -122,8 +131,48 @@ async def test_a_write_sent_twice_before_its_session_expired_fails_as_outcome_un
             later = cluster.calls("Send")[len(sends) :]
             assert [r.request.text for r in later] == ["after"]
             assert later[0].request_id is not None and later[0].request_id[0] != old_id
-            assert len(cluster.calls("RegisterClient")) == 2
+            assert len(cluster.calls("RegisterClient")) == 3  # a new one for the session
             assert cluster.queued("alice")[-1] == after.message_id
             assert [m.text for m in cluster.state.queue("alice")] == [*applied, "after"]
         finally:
             await alice.close()
+
+
+async def test_session_writes_use_a_client_bound_to_it_register_and_login_the_unbound_one() -> None:
+    """Issue 11, item 3: 'Request ids bound to what they asked': the client registers a client
+    session bound to its chat session (RegisterClientRequest with the token) before that
+    session's first write and sends, acks and logs out under it; Register and Login go under
+    the unbound client, and a new login gets a newly bound client."""
+    async with FakeCluster() as cluster:
+        client = make_client(cluster)
+        try:
+            await client.register("erin", "pw")
+            await client.login("erin", "pw")
+            unbound = client.client_id
+            assert unbound is not None
+            assert [r.request.token for r in cluster.calls("RegisterClient")] == [""]
+
+            pending = client.start_send("erin", "hi")
+            sent = await pending.wait()
+            await client.ack(sent.message_id)
+            [send] = cluster.calls("Send")
+            token = send.request.token
+            bound = pending.request_id[0]
+            assert [r.request.token for r in cluster.calls("RegisterClient")] == ["", token]
+            assert bound is not None and bound != unbound
+            assert send.request_id is not None and send.request_id[:2] == pending.request_id
+            assert client_ids(cluster, "Ack") == [bound]
+
+            await client.logout()
+            await client.login("erin", "pw")
+            await client.send("erin", "again")
+            assert client_ids(cluster, "Logout") == [bound]
+            assert client_ids(cluster, "Register") == [unbound]
+            assert client_ids(cluster, "Login") == [unbound, unbound]
+            second = cluster.calls("Send")[-1]
+            assert second.request.token != token
+            registered = cluster.calls("RegisterClient")
+            assert [r.request.token for r in registered] == ["", token, second.request.token]
+            assert client_ids(cluster, "Send")[-1] not in (unbound, bound)
+        finally:
+            await client.close()

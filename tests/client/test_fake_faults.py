@@ -48,13 +48,14 @@ async def test_a_send_with_unknown_outcome_is_resent_with_its_id_and_applied_onc
         bob = await logged_in(cluster, "bob")
         try:
             cluster.script("a", "Send", fault)
-            result = await alice.send("bob", "exactly once")
+            pending = alice.start_send("bob", "exactly once")
+            result = await pending.wait()
 
             sends = cluster.calls("Send")
             assert len(sends) >= 2  # the first attempt's answer was lost
             ids = {(r.request_id[0], r.request_id[1]) for r in sends if r.request_id}
             assert len(ids) == 1  # every attempt carried the same request id
-            assert ids == {(alice.client_id, sends[0].request_id[1] if sends[0].request_id else 0)}
+            assert ids == {pending.request_id}  # the id of alice's session's client
             assert cluster.queued("bob") == [result.message_id]  # applied once
             history = await bob.history("alice")
             assert [(m.id, m.text) for m in history] == [(result.message_id, "exactly once")]
@@ -122,19 +123,23 @@ async def test_request_ids_count_up_and_name_the_first_outstanding_write() -> No
             assert login_seq is not None
             cluster.script("a", "Send", Fault.APPLY_THEN_UNKNOWN)
             pendings = [alice.start_send("alice", f"m{i}") for i in range(3)]
-            assert [p.request_id for p in pendings] == [
-                (alice.client_id, login_seq[1] + 1 + i) for i in range(3)
-            ]
+            assert [p.request_id[1] for p in pendings] == [login_seq[1] + 1 + i for i in range(3)]
             results = [await p.wait() for p in pendings]
+            # The sends go under the client id of alice's session, not the login's (issue 11).
+            session_client = pendings[0].request_id[0]
+            assert session_client is not None and session_client != login_seq[0]
+            assert [p.request_id for p in pendings] == [
+                (session_client, login_seq[1] + 1 + i) for i in range(3)
+            ]
             seen = [r.request_id for r in cluster.calls("Send")]
             first = login_seq[1] + 1
             # Writes go one at a time, in order; the first is resent after its lost answer;
             # each names itself as the lowest without an answer.
-            assert seen[0] == seen[1] == (alice.client_id, first, first)
+            assert seen[0] == seen[1] == (session_client, first, first)
             assert [rid for i, rid in enumerate(seen) if i == 0 or rid != seen[i - 1]] == [
-                (alice.client_id, first, first),
-                (alice.client_id, first + 1, first + 1),
-                (alice.client_id, first + 2, first + 2),
+                (session_client, first, first),
+                (session_client, first + 1, first + 1),
+                (session_client, first + 2, first + 2),
             ]
             assert [m.text for m in await alice.history("alice")] == ["m0", "m1", "m2"]
             assert [r.message_id for r in results] == sorted(r.message_id for r in results)
