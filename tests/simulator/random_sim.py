@@ -44,9 +44,9 @@ class Profile:
     isolate_alone: float = 0.0  # chance a cut-off victim is alone (else with a minority)
 
 
-# Aimed profiles: few faults of their own (a low fault_rate), but strikes at the moments the
-# subtle bugs need, on three nodes, where they need the fewest coincidences. None names a bug
-# or a seed; each is a kind of bad luck a real cluster meets.
+# Aimed profiles: few or no random faults of their own (a low fault_rate), but strikes at the
+# moments the subtle bugs need, on three nodes, where they need the fewest coincidences. None
+# names a bug or a seed; each is a kind of bad luck a real cluster meets.
 # - revote: a node crashes right after it grants a vote and is back within a tick, and a new
 #   leader is soon cut off alone; a node that was cut off kept a low term (PreVote does not
 #   raise it), so it may ask the restarted voter for a vote in a term that already has a
@@ -77,10 +77,10 @@ AIMED = {
         partitions=True,
         crashes=True,
         power=True,
-        fault_rate=0.02,
+        fault_rate=0.0,
         sizes=(3,),
         appends=((1, 8),),
-        election_strike=0.8,
+        election_strike=0.6,
         commit_strike=0.9,
         fast_restart=TICK,
         strike_delay=20,
