@@ -71,7 +71,7 @@ def test_random_seeds_keep_every_safety_property_and_recover() -> None:
     _run_seeds(int(os.environ.get("CHATBOOTH_SIM_SEEDS", DEFAULT_SEEDS)))
 
 
-@pytest.mark.slow
+@pytest.mark.soak  # about 40 minutes on 2 cores: by hand, not in CI (`python -m pytest -m soak`)
 @pytest.mark.timeout(6 * 3600)
 def test_100000_random_seeds() -> None:
     _run_seeds(int(os.environ.get("CHATBOOTH_SIM_SEEDS", SLOW_SEEDS)))
