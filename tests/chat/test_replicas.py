@@ -368,7 +368,7 @@ def build(ops: list[Op], cut: int) -> tuple[Log, list[ApplyResult | None], bytes
             if not others:
                 continue
             key = others[int(str(what[2])) % len(others)]
-            seq = seqs[key] + 1 + int(str(what[3]))
+            seq = seqs.get(key, 0) + 1 + int(str(what[3]))
             cmd = Send(
                 timestamp_ms=ts,
                 log_time_ms=ts,
