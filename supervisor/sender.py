@@ -276,7 +276,12 @@ class Sender:
                 if remaining <= 0:
                     raise OutcomeUnknownError(what, seq, last_error)
                 if session not in self.ids.client_ids:
-                    self.ids.client_ids[session] = await self._register_client(session, remaining)
+                    try:
+                        client_id = await self._register_client(session, remaining)
+                    except NoAnswerError as error:
+                        # Nothing of this write was sent; "unknown" is the safe side of that.
+                        raise OutcomeUnknownError(what, seq, str(error)) from None
+                    self.ids.client_ids[session] = client_id
                     attempts = 0
                     continue
                 attempt_s = min(self.call_timeout_s, remaining)

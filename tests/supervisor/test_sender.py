@@ -91,7 +91,7 @@ async def test_an_unknown_outcome_is_resent_with_its_id_and_applied_once(fault: 
         reply = await sender.send(token, "bob", "exactly once", timeout_s=10)
         attempts = send_ids(cluster)
         assert len(attempts) >= 2  # the first attempt's answer was lost
-        assert {(c, s) for c, s, _ in attempts} == {(sender.ids.client_id, attempts[0][1])}
+        assert {(c, s) for c, s, _ in attempts} == {(sender.ids.client_ids[token], attempts[0][1])}
         assert cluster.queued("bob") == [reply.message_id]  # applied once
         assert cluster.sent_texts("alice", "bob") == ["exactly once"]
 
@@ -112,11 +112,12 @@ async def test_a_definite_refusal_is_sent_once_and_answered() -> None:
 async def test_a_write_never_answered_is_unknown_and_stays_outstanding() -> None:
     async with FakeCluster() as cluster, sender_for(cluster, call_timeout_s=0.2) as sender:
         token = await session(cluster, sender, "alice", "bob")
+        await sender.send(token, "bob", "first", timeout_s=5)  # the session's client exists
         for name in cluster.names:
             cluster.pause(name)  # every node takes calls and answers none
         with pytest.raises(OutcomeUnknownError, match="outcome unknown") as unknown:
             await sender.send(token, "bob", "lost in the fog", timeout_s=1.0)
-        attempts = send_ids(cluster)
+        attempts = send_ids(cluster)[1:]  # after the first send
         assert len(attempts) >= 2 and {s for _, s, _ in attempts} == {unknown.value.seq}
         for name in cluster.names:
             cluster.resume(name)
@@ -196,13 +197,15 @@ async def test_a_write_whose_client_session_expired_is_sent_anew_or_reported_unk
     twice may have happened: it is reported unknown, not resent."""
     async with FakeCluster() as cluster, sender_for(cluster, call_timeout_s=0.3) as sender:
         token = await session(cluster, sender, "alice", "bob")
-        cluster.client_expiry()  # the sender's client session is forgotten
+        await sender.send(token, "bob", "first", timeout_s=10)
+        cluster.client_expiry()  # the sender's client sessions are forgotten
         await sender.send(token, "bob", "fresh", timeout_s=10)
-        assert len(cluster.calls("RegisterClient")) == 3  # Register/Login's, then 2 bound
-        assert cluster.sent_texts("alice", "bob") == ["fresh"]
+        # Register/Login's client, the session's, and the session's again after the expiry.
+        assert len(cluster.calls("RegisterClient")) == 3
+        assert cluster.sent_texts("alice", "bob") == ["first", "fresh"]
         cluster.script("a", "Send", Fault.APPLY_THEN_SILENCE)
         with pytest.raises(OutcomeUnknownError):
             await sender.send(token, "bob", "maybe", timeout_s=10)
-        assert cluster.sent_texts("alice", "bob") == ["fresh", "maybe"]  # applied once
+        assert cluster.sent_texts("alice", "bob") == ["first", "fresh", "maybe"]  # once
         await sender.send(token, "bob", "after", timeout_s=10)
-        assert cluster.sent_texts("alice", "bob") == ["fresh", "maybe", "after"]
+        assert cluster.sent_texts("alice", "bob") == ["first", "fresh", "maybe", "after"]
