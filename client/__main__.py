@@ -1,8 +1,11 @@
 """`python -m client`: the chat REPL, in a terminal or fed by a pipe.
 
     python -m client --cluster cluster.yaml        # every node of the cluster, with failover
-    python -m client --servers host:port,host:port # the same, from a list
-    python -m client --server host:port            # pinned to one node: no failover
+    python -m client --servers host:port,host:port --ca ca.pem  # the same, from a list
+    python -m client --server host:port --ca ca.pem             # pinned to one node
+
+With --cluster the client trusts the CA cluster.yaml names (data_dir/tls/ca.pem by default);
+with --servers or --server it needs --ca FILE, or --plaintext for a `tls: plaintext` cluster.
 
 The mode is chosen here, before any prompt_toolkit object exists: interactive when stdin and
 stdout are terminals, piped otherwise. The only module of the client that configures logging.
@@ -56,6 +59,17 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--server", metavar="HOST:PORT", help="talk to this node only, never fail over"
     )
+    trust = parser.add_mutually_exclusive_group()
+    trust.add_argument(
+        "--ca",
+        metavar="FILE",
+        help="the cluster's CA certificate (PEM), with --servers or --server",
+    )
+    trust.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="no TLS, with --servers or --server (a cluster with `tls: plaintext`)",
+    )
     parser.add_argument(
         "--password-file",
         metavar="FILE",
@@ -91,12 +105,27 @@ def _client(args: argparse.Namespace) -> ChatClient:
     """The ChatClient the arguments ask for; ConfigError or AddressError if they are wrong."""
     call_timeout_s: float = args.call_timeout
     overall_timeout_s: float = args.timeout
+    ca: bytes | None = None
+    if args.server or args.servers:
+        if args.ca is None and not args.plaintext:
+            raise AddressError(
+                "--servers and --server need --ca FILE (the cluster's CA, data_dir/tls/ca.pem "
+                "by default) or --plaintext for a cluster with `tls: plaintext`"
+            )
+        if args.ca is not None:
+            ca = _read_ca(args.ca)
+    elif args.ca is not None or args.plaintext:
+        raise AddressError(
+            "--ca and --plaintext go with --servers or --server; --cluster "
+            "takes the CA from cluster.yaml"
+        )
     if args.server:
         return ChatClient(
             [parse_address(args.server)],
             pinned=True,
             call_timeout_s=call_timeout_s,
             overall_timeout_s=overall_timeout_s,
+            ca=ca,
         )
     servers = parse_servers(args.servers) if args.servers else None
     if servers is None:
@@ -112,7 +141,19 @@ def _client(args: argparse.Namespace) -> ChatClient:
         load_config(path) if servers is None else servers,
         call_timeout_s=call_timeout_s,
         overall_timeout_s=overall_timeout_s,
+        ca=ca,
     )
+
+
+def _read_ca(path: str) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            pem = file.read()
+    except OSError as error:
+        raise AddressError(f"--ca {path}: {error.strerror or error}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise AddressError(f"--ca {path}: not a PEM certificate")
+    return pem
 
 
 def _read_password_file(path: str) -> str:

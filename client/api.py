@@ -62,7 +62,7 @@ from client.errors import (
     server_error,
 )
 from client.stub import LEADER_ADDRESS_KEY, LEADER_ID_KEY, REASON_KEY, ChatStub, open_channel
-from node.config import ClusterConfig
+from node.config import ClusterConfig, ConfigError
 from protos import chat_pb2
 
 logger = logging.getLogger(__name__)
@@ -205,6 +205,21 @@ def parse_address(text: str) -> str:
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise AddressError(f"{text!r}: the port must be a number from 1 to 65535")
     return address
+
+
+def cluster_ca(config: ClusterConfig) -> bytes | None:
+    """The PEM of the CA a cluster's clients trust (its `tls` directory's ca.pem, by default
+    data_dir/tls/ca.pem); None with `tls: plaintext`. ConfigError if it cannot be read."""
+    files = config.tls
+    if files is None:
+        return None
+    try:
+        return files.ca.read_bytes()
+    except OSError as error:
+        raise ConfigError(
+            f"{config.path}: tls: cannot read the cluster's CA {files.ca}: "
+            f"{error.strerror or error} (`python -m supervisor up` makes it)"
+        ) from None
 
 
 def parse_servers(text: str) -> list[str]:
@@ -350,6 +365,9 @@ class ChatClient:
     no_majority_grace_s: a caller stops waiting once every node has said this long that it
         knows no leader (or, pinned, that its node cannot serve).
     watch_interval_s: how often a quiet subscription asks its node whether it is alive.
+    ca: the PEM of the CA the nodes' certificates are checked against; given a ClusterConfig
+        and no ca, the CA its `tls` names (data_dir/tls/ca.pem by default, none with `tls:
+        plaintext`). Addresses without a ca: plaintext (fakes and `tls: plaintext` clusters).
     """
 
     def __init__(
@@ -361,9 +379,12 @@ class ChatClient:
         overall_timeout_s: float = DEFAULT_OVERALL_TIMEOUT_S,
         no_majority_grace_s: float = DEFAULT_NO_MAJORITY_GRACE_S,
         watch_interval_s: float = DEFAULT_WATCH_INTERVAL_S,
+        ca: bytes | None = None,
     ) -> None:
         if isinstance(servers, ClusterConfig):
             nodes = [_Node(node.id, node.address) for node in servers.nodes]
+            if ca is None:
+                ca = cluster_ca(servers)
         elif isinstance(servers, Mapping):
             nodes = [_Node(name, parse_address(address)) for name, address in servers.items()]
         else:
@@ -381,6 +402,7 @@ class ChatClient:
         ):
             if not value > 0:
                 raise ValueError(f"{name} must be positive, got {value}")
+        self._ca = ca  # None: plaintext
         self._nodes = nodes  # candidates, in configured order; leaders we learn are appended
         self._pinned = pinned
         self._call_timeout_s = call_timeout_s
@@ -885,7 +907,7 @@ class ChatClient:
 
     def _stub(self, node: _Node) -> ChatStub:
         if node.stub is None:
-            node.channel = open_channel(node.address)
+            node.channel = open_channel(node.address, self._ca)
             node.stub = ChatStub(node.channel)
         return node.stub
 

@@ -122,7 +122,11 @@ class ChatStub:
         )
 
 
-def open_channel(address: str) -> grpc.aio.Channel:
-    """An insecure channel to one node, with CHANNEL_OPTIONS. Call from the event loop that
-    will use it."""
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+def open_channel(address: str, ca: bytes | None = None) -> grpc.aio.Channel:
+    """A channel to one node's client port, with CHANNEL_OPTIONS: TLS checked against the CA
+    `ca` (PEM), or plaintext when it is None (`tls: plaintext`, fakes). Call from the event
+    loop that will use it."""
+    if ca is None:
+        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca)
+    return grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)

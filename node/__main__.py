@@ -1,7 +1,13 @@
 """`python -m node --config cluster.yaml --id a [--peer b=HOST:PORT ...]`: run one node.
 
-Exit codes: 0 after SIGTERM (or SIGINT), 2 bad usage or configuration, 3 storage error
-(corrupt, locked or failing data directory), 4 address in use, 1 anything else.
+Two gRPC servers: the client port (`port`: Chat, Health, reflection; server TLS) and the peer
+port (`peer_port`: Raft, forwarded Chat calls, digests; mutual TLS with the cluster's CA).
+grpcio cannot ask for an optional client certificate, hence two ports. The node reads its
+certificate from the `tls` directory of cluster.yaml (data_dir/tls by default).
+
+Exit codes: 0 after SIGTERM (or SIGINT), 2 bad usage or configuration (missing credentials
+included), 3 storage error (corrupt, locked or failing data directory), 4 address in use,
+1 anything else.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -30,7 +37,7 @@ from node.server import ChatService
 from node.storage import Storage
 from node.storage.errors import StorageError
 from node.transport import SERVER_OPTIONS, ClusterKeyInterceptor, GrpcTransport, RaftService
-from protos import chat_pb2, chat_pb2_grpc, raft_pb2, raft_pb2_grpc
+from protos import chat_pb2, chat_pb2_grpc, raft_pb2_grpc
 
 logger = logging.getLogger("node")
 
@@ -113,8 +120,45 @@ def _setup_logging(node_id: str, level: str, log_file: str | None) -> None:
         root.addHandler(handler)
 
 
+@dataclass(frozen=True, slots=True)
+class NodeCredentials:
+    """This node's TLS credentials: for its client port, its peer port and its peer channels."""
+
+    client_port: grpc.ServerCredentials
+    peer_port: grpc.ServerCredentials
+    channels: grpc.ChannelCredentials
+
+
+def _read_credentials(config: ClusterConfig, node_id: str) -> NodeCredentials | None:
+    """None with `tls: plaintext`; StartupError naming a file that cannot be read."""
+    files = config.tls
+    if files is None:
+        return None
+    pem: list[bytes] = []
+    for path in (files.ca, files.cert(node_id), files.key(node_id)):
+        try:
+            pem.append(path.read_bytes())
+        except OSError as error:
+            problem = error.strerror or str(error)
+            raise StartupError(
+                EXIT_USAGE,
+                f"{node_id}: cannot read {path}: {problem} (`python -m supervisor up` makes "
+                "the cluster's certificates; `python -m supervisor cert` issues one)",
+            ) from None
+    ca, cert, key = pem
+    return NodeCredentials(
+        client_port=grpc.ssl_server_credentials([(key, cert)], require_client_auth=False),
+        peer_port=grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=ca, require_client_auth=True
+        ),
+        channels=grpc.ssl_channel_credentials(
+            root_certificates=ca, private_key=key, certificate_chain=cert
+        ),
+    )
+
+
 def _peer_addresses(config: ClusterConfig, me: str, overrides: list[str]) -> dict[NodeId, str]:
-    peers = {NodeId(n.id): n.address for n in config.nodes if n.id != me}
+    peers = {NodeId(n.id): n.peer_address for n in config.nodes if n.id != me}
     for spec in overrides:
         peer, sep, address = spec.partition("=")
         if not sep or ":" not in address:
@@ -136,34 +180,70 @@ async def serve(args: argparse.Namespace) -> int:
     peers = _peer_addresses(config, me.id, args.peer)
     for warning in config.warnings:
         logger.warning("%s", warning)
+    credentials = _read_credentials(config, me.id)
     try:
         storage = Storage.open(Path(config.node_dir(me.id)))
     except StorageError as exc:
         raise StartupError(EXIT_STORAGE, f"{me.id}: {exc}") from None
     try:
-        return await _run(config, me.id, peers, key, storage)
+        return await _run(config, me.id, peers, key, credentials, storage)
     finally:
         storage.close()
 
 
+def _listen(
+    server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None
+) -> None:
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise StartupError(EXIT_ADDRESS, f"cannot listen on {address}: in use?")
+
+
 async def _run(
-    config: ClusterConfig, node_id: str, peers: dict[NodeId, str], key: bytes, storage: Storage
+    config: ClusterConfig,
+    node_id: str,
+    peers: dict[NodeId, str],
+    key: bytes,
+    credentials: NodeCredentials | None,
+    storage: Storage,
 ) -> int:
     me = config.node(node_id)
     state = ChatState(config.chat)
+    channel_credentials = credentials.channels if credentials is not None else None
     transport = GrpcTransport(
-        node_id=NodeId(node_id), peer_addresses=peers, cluster=config.cluster, key=key
+        node_id=NodeId(node_id),
+        peer_addresses=peers,
+        cluster=config.cluster,
+        key=key,
+        credentials=channel_credentials,
     )
     driver = RaftDriver(
         node_id=NodeId(node_id), config=config, storage=storage, state=state, transport=transport
     )
     LOG_CONTEXT.term = lambda: driver.core.term
-    server = grpc.aio.server(
+    # The client port: Chat, Health and reflection, server TLS.
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[UndecodableRequestGuard()])
+    # The peer port: Raft and forwarded Chat calls, a client certificate of the cluster's CA
+    # required; the cluster key is a second check on Raft.
+    peer_server = grpc.aio.server(
         options=SERVER_OPTIONS,
         interceptors=[UndecodableRequestGuard(), ClusterKeyInterceptor(key)],
     )
-    chat = ChatService(driver=driver, state=state, config=config, forward_addresses=peers)
+    chat = ChatService(
+        driver=driver,
+        state=state,
+        config=config,
+        forward_addresses=peers,
+        peer_credentials=channel_credentials,
+    )
     chat_pb2_grpc.add_ChatServicer_to_server(chat, server)
+    chat_pb2_grpc.add_ChatServicer_to_server(chat, peer_server)
     raft_pb2_grpc.add_RaftServicer_to_server(
         RaftService(
             NodeId(node_id),
@@ -171,31 +251,37 @@ async def _run(
             driver.step,
             driver.receive_snapshot,
             members=lambda: driver.core.voters,
+            certificates=credentials is not None,
         ),
-        server,
+        peer_server,
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, peer_server)
     reflection.enable_server_reflection(
         (
             chat_pb2.DESCRIPTOR.services_by_name["Chat"].full_name,
-            raft_pb2.DESCRIPTOR.services_by_name["Raft"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),
         server,
     )
-    try:
-        port = server.add_insecure_port(me.address)
-    except RuntimeError:
-        port = 0
-    if port == 0:
-        raise StartupError(EXIT_ADDRESS, f"{node_id}: cannot listen on {me.address}: in use?")
+    _listen(server, me.address, credentials.client_port if credentials else None)
+    _listen(peer_server, me.peer_address, credentials.peer_port if credentials else None)
     await server.start()
+    await peer_server.start()
     driver.start()
     chat.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    logger.info("%s serving on %s (pid %d)", node_id, me.address, os.getpid())
+    security = "TLS" if credentials is not None else "PLAINTEXT (tls: plaintext)"
+    logger.info(
+        "%s serving clients on %s and peers on %s, %s (pid %d)",
+        node_id,
+        me.address,
+        me.peer_address,
+        security,
+        os.getpid(),
+    )
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -210,7 +296,7 @@ async def _run(
     logger.info("%s shutting down", node_id)
     await health_servicer.enter_graceful_shutdown()
     await chat.close()
-    await server.stop(grace=1.0)
+    await asyncio.gather(server.stop(grace=1.0), peer_server.stop(grace=1.0))
     await driver.stop()
     if driver.fatal is not None:
         return EXIT_STORAGE if isinstance(driver.fatal, StorageError) else 1

@@ -5,6 +5,9 @@ file, the key (`nodes.b.port`) and what is wrong; YAML syntax errors carry their
 Only the cluster key is read lazily (`read_cluster_key`), because `supervisor up` may create it
 after the configuration is loaded.
 
+The `tls` section names where certificates are (or `tls: plaintext`); the files are read by
+whoever serves or dials, never here.
+
 Bottom of the layer map: imports nothing from chatbooth (stdlib and PyYAML only).
 """
 
@@ -74,20 +77,61 @@ NODE_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,32}")
 MAX_APPEND_BYTES_LIMIT = 3 * 2**20
 
 
+def _host_port(host: str, port: int) -> str:
+    """`host:port`, as gRPC takes it (an IPv6 host is bracketed)."""
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
 @dataclass(frozen=True, slots=True)
 class NodeAddress:
-    """Where one node serves gRPC (Chat, Raft and Health alike)."""
+    """Where one node serves gRPC: `port` for clients (Chat, Health, reflection; server TLS),
+    `peer_port` for members and tools (Raft, forwarded writes, digests; mutual TLS). Two ports
+    because grpcio cannot ask for an optional client certificate."""
 
     id: str
     host: str
     port: int
+    peer_port: int
 
     @property
     def address(self) -> str:
-        """`host:port`, as gRPC takes it (an IPv6 host is bracketed)."""
-        if ":" in self.host and not self.host.startswith("["):
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
+        """The client port's `host:port`, as gRPC takes it (an IPv6 host is bracketed)."""
+        return _host_port(self.host, self.port)
+
+    @property
+    def peer_address(self) -> str:
+        """The peer port's `host:port`."""
+        return _host_port(self.host, self.peer_port)
+
+
+CERT_DOMAIN = "chatbooth"
+TOOL_NAME = "tool"  # the supervisor's and tools' client certificate; no node may be called so
+
+
+def certificate_name(name: str, cluster: str) -> str:
+    """The DNS name a certificate of the cluster carries for member (or tool) `name`:
+    `<name>.<cluster>.chatbooth`. Peers are checked by it, never by address (TRAPS)."""
+    return f"{name}.{cluster}.{CERT_DOMAIN}"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """Where the cluster's TLS credentials are: one directory holding `ca.pem`, and
+    `<name>.pem` with `<name>.key` for every node and for the `tool` certificate."""
+
+    directory: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.directory / "ca.pem"
+
+    def cert(self, name: str) -> Path:
+        return self.directory / f"{name}.pem"
+
+    def key(self, name: str) -> Path:
+        return self.directory / f"{name}.key"
 
 
 def _ticks(ms: int, tick_ms: int) -> int:
@@ -145,6 +189,9 @@ class ClusterConfig:
     cluster_key: str | None  # at most one of cluster_key and cluster_key_file is set
     cluster_key_file: Path | None
     warnings: tuple[str, ...]  # allowed but unwise choices, for the caller to show
+    # `tls: {dir: PATH}`; None: data_dir/tls, which `supervisor up` fills when it is empty
+    tls_dir: Path | None = None
+    plaintext: bool = False  # `tls: plaintext`: no TLS anywhere (an explicit opt-out)
 
     @property
     def node_ids(self) -> tuple[str, ...]:
@@ -161,6 +208,19 @@ class ClusterConfig:
     def node_dir(self, node_id: str) -> Path:
         """Where node node_id keeps its log and its output."""
         return self.data_dir / self.node(node_id).id
+
+    @property
+    def tls(self) -> TlsFiles | None:
+        """The TLS credentials' directory; None with `tls: plaintext`."""
+        if self.plaintext:
+            return None
+        return TlsFiles(self.tls_dir if self.tls_dir is not None else self.data_dir / "tls")
+
+    @property
+    def tls_generated(self) -> bool:
+        """Whether the credentials are the ones `supervisor up` makes (cluster.yaml names
+        none), under data_dir/tls, never under a node's own directory."""
+        return not self.plaintext and self.tls_dir is None
 
     @property
     def default_key_file(self) -> Path:
@@ -293,6 +353,7 @@ _TOP_KEYS = (
     "raft",
     "snapshot",
     "chat",
+    "tls",
     "nodes",
 )
 _REQUIRED_TOP_KEYS = ("cluster", "data_dir", "nodes")
@@ -301,7 +362,11 @@ _SNAPSHOT_KEYS = tuple(f.name for f in dataclasses.fields(SnapshotPolicy))
 _CHAT_LIMIT_KEYS = tuple(f.name for f in dataclasses.fields(ChatLimits))
 _CHAT_KEYS = (*_CHAT_LIMIT_KEYS, "scrypt")
 _SCRYPT_KEYS = tuple(f.name for f in dataclasses.fields(ScryptCost))
-_NODE_KEYS = ("host", "port")
+_NODE_KEYS = ("host", "port", "peer_port")
+_TLS_KEYS = ("dir",)
+PLAINTEXT = "plaintext"
+# A cluster name is part of every certificate's DNS name: labels of letters, digits, '-'.
+CLUSTER_NAME_PATTERN = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
 class _Validator:
@@ -383,6 +448,13 @@ class _Validator:
             self.fail("top level", f"the file is empty; it must be a mapping with {required}")
         top = self.mapping(document, "top level", _TOP_KEYS, _REQUIRED_TOP_KEYS)
         cluster = self.string(top["cluster"], "cluster")
+        tls_dir, plaintext = self.tls(top.get("tls"), "tls" in top)
+        if not plaintext and not CLUSTER_NAME_PATTERN.fullmatch(cluster):
+            self.fail(
+                "cluster",
+                "names certificates (<id>.<cluster>.chatbooth), so it must be 1 to 63 letters, "
+                f"digits and '-' (not first or last), got {cluster!r}",
+            )
         data_dir = self.file_path(top["data_dir"], "data_dir")
 
         cluster_key: str | None = None
@@ -405,6 +477,12 @@ class _Validator:
                 self.fail("leader", f"must name a node ({', '.join(ids)}), got {leader!r}")
 
         chat, scrypt = self.chat(top.get("chat"))
+        if plaintext:
+            warnings = (
+                *warnings,
+                f"{self.label}: tls: plaintext: nothing is encrypted or authenticated; anyone "
+                "who can reach a port can read the traffic and act as a member",
+            )
         if scrypt.n * scrypt.r < OWASP_SCRYPT[0] * OWASP_SCRYPT[1]:
             warnings = (
                 *warnings,
@@ -424,18 +502,33 @@ class _Validator:
             cluster_key=cluster_key,
             cluster_key_file=cluster_key_file,
             warnings=warnings,
+            tls_dir=tls_dir,
+            plaintext=plaintext,
         )
+
+    def tls(self, value: object, present: bool) -> tuple[Path | None, bool]:
+        """(tls_dir, plaintext) of the `tls` key: absent, `plaintext`, or `{dir: PATH}`."""
+        if not present:
+            return None, False
+        if value == PLAINTEXT:
+            return None, True
+        if isinstance(value, str):
+            self.fail("tls", f"must be {PLAINTEXT!r} or a mapping {{dir: PATH}}, got {value!r}")
+        if value is None:
+            self.fail("tls", f"has no value: give {{dir: PATH}} or {PLAINTEXT!r}, or remove it")
+        section = self.mapping(value, "tls", _TLS_KEYS, _TLS_KEYS)
+        return self.file_path(section["dir"], "tls.dir"), False
 
     def nodes(self, value: object) -> tuple[tuple[NodeAddress, ...], tuple[str, ...]]:
         if not isinstance(value, dict):
-            problem = "must be a mapping of node id to {host, port}"
+            problem = "must be a mapping of node id to {host, port, peer_port}"
             self.fail("nodes", f"{problem}, got {_show(value)}")
         count = len(value)
         if not MIN_NODES <= count <= MAX_NODES:
             self.fail("nodes", f"must list {MIN_NODES} to {MAX_NODES} nodes, got {count}")
         nodes: list[NodeAddress] = []
         by_folded_id: dict[str, str] = {}
-        by_address: dict[tuple[str, int], str] = {}
+        by_address: dict[tuple[str, int], str] = {}  # (host, port) -> "node 'a'"
         for node_id, spec in value.items():
             key = f"nodes.{node_id}"
             if not isinstance(node_id, str):
@@ -449,18 +542,27 @@ class _Validator:
                     f"same id as node {other!r} but for case (their data directories would be "
                     "one on a case-insensitive file system)",
                 )
+            if node_id.casefold() == TOOL_NAME:
+                self.fail(key, f"{TOOL_NAME!r} names the tools' certificate; choose another id")
             by_folded_id[node_id.casefold()] = node_id
             fields = self.mapping(spec, key, _NODE_KEYS, _NODE_KEYS)
             host = self.string(fields["host"], f"{key}.host")
             if any(c.isspace() for c in host):
                 self.fail(f"{key}.host", f"must be a host name or address, got {host!r}")
             port = self.integer(fields["port"], f"{key}.port", 1, 65535)
-            where = (host.lower(), port)
-            if where in by_address:
-                other = by_address[where]
-                self.fail(f"{key}.port", f"node {other!r} already uses {host}:{port}")
-            by_address[where] = node_id
-            nodes.append(NodeAddress(node_id, host, port))
+            peer_port = self.integer(fields["peer_port"], f"{key}.peer_port", 1, 65535)
+            if peer_port == port:
+                self.fail(
+                    f"{key}.peer_port",
+                    f"must differ from port ({port}): clients and peers need a port each",
+                )
+            for name, number in (("port", port), ("peer_port", peer_port)):
+                where = (host.lower(), number)
+                if where in by_address:
+                    other = by_address[where]
+                    self.fail(f"{key}.{name}", f"{other} already uses {host}:{number}")
+                by_address[where] = f"node {node_id!r}"
+            nodes.append(NodeAddress(node_id, host, port, peer_port))
 
         warnings: list[str] = []
         if count == 1:

@@ -17,7 +17,7 @@ import heapq
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from random import Random
 from typing import Generic, Protocol, TypeVar
 
@@ -183,6 +183,7 @@ class RaftDriver(Generic[R]):
         self._state_lock = asyncio.Lock()
         self._backlog: deque[Entry] = deque()  # committed, held while a snapshot is taken
         self._snapshotting = False
+        self._digesting = False  # applies wait while a digest is computed off the loop
         self._applied_bytes_since_snapshot = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -251,6 +252,21 @@ class RaftDriver(Generic[R]):
             last_index=c.log.last_index(),
             digest=self.state.digest() if with_digest else "",
         )
+
+    async def status_with_digest(self) -> NodeStatus:
+        """status() with the state's digest at its applied index, computed on cpu_pool (TRAPS:
+        serializing a big state on the event loop stalls heartbeats into an election). Applies
+        are held meanwhile, as for a snapshot, so the digest is that of the index reported."""
+        async with self._state_lock:
+            self._digesting = True
+            try:
+                status = self.status(with_digest=False)
+                digest = await self.cpu_pool.run(self.state.digest)
+            finally:
+                self._digesting = False
+                self._apply([])
+                self._wake.set()
+        return replace(status, digest=digest)
 
     def add_apply_listener(self, listener: Callable[[R], None]) -> None:
         self._apply_listeners.append(listener)
@@ -493,9 +509,10 @@ class RaftDriver(Generic[R]):
     # ------------------------------------------------------------------ applying
 
     def _apply(self, entries: Sequence[Entry]) -> None:
-        if self._snapshotting or self._backlog:
+        held = self._snapshotting or self._digesting
+        if held or self._backlog:
             self._backlog.extend(entries)
-            if self._snapshotting:
+            if held:
                 return
             entries, self._backlog = list(self._backlog), deque()
         for e in entries:

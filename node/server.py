@@ -2,9 +2,12 @@
 a command (with the timestamp, salt, hash and token made here), proposes it through the
 driver, and maps every outcome to a gRPC status a person can read.
 
-A follower forwards a unary write to the leader through its peer address (and so through the
+A follower forwards a unary write to the leader's peer port (mutual TLS, through the
 supervisor's link proxies); a node that knows no leader answers UNAVAILABLE ("no majority
-reachable"). The leader's client address travels in trailing metadata.
+reachable"). The leader's client address travels in trailing metadata. The service is served
+on both ports; the metadata of a forwarded call (FORWARDED_KEY, CLIENT_PEER_KEY) is honoured
+only from a caller whose certificate names a current member, which only the peer port asks for.
+The state digest of Status is for member and tool certificates too (the peer port).
 
 Imports the driver, the chat layer, config and protos; nothing of the supervisor or client.
 """
@@ -29,14 +32,14 @@ from node.chat.errors import ChatError
 from node.chat.passwords import SALT_BYTES, PasswordHash, hash_password, verify_password
 from node.chat.replies import ApplyResult, ChatMessage
 from node.chat.state import ChatState
-from node.config import ClusterConfig
+from node.config import TOOL_NAME, ClusterConfig, certificate_name
 from node.driver import NoQuorumError, OutcomeUnknownError, RaftDriver
 from node.logclock import LogClock
 from node.login_limiter import LoginLimiter, ceil_s, peer_host
 from node.raft.errors import NotLeaderError
 from node.raft.types import NodeId
 from node.seams import ThreadExecutor
-from node.transport import CHANNEL_OPTIONS
+from node.transport import CHANNEL_OPTIONS, certificate_names, certified_member, peer_channel
 from protos import chat_pb2, chat_pb2_grpc
 
 if TYPE_CHECKING:
@@ -140,8 +143,10 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         state: ChatState,
         config: ClusterConfig,
         forward_addresses: dict[NodeId, str],
+        peer_credentials: grpc.ChannelCredentials | None,
     ) -> None:
         self._driver = driver
+        self._peer_credentials = peer_credentials  # None: `tls: plaintext`
         self._state = state  # read only here: every change goes through the log
         self._config = config
         self._forward_addresses = forward_addresses
@@ -251,7 +256,9 @@ class ChatService(chat_pb2_grpc.ChatServicer):
                         raise
                     return await local()
             except NotLeaderError as exc:
-                forwarded = any(k == FORWARDED_KEY for k, _ in context.invocation_metadata() or ())
+                forwarded = self._from_member(context) and any(
+                    k == FORWARDED_KEY for k, _ in context.invocation_metadata() or ()
+                )
                 if exc.leader_hint is None or forwarded:
                     raise
                 result: Resp = await self._forward(
@@ -273,7 +280,9 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             raise _Abort(grpc.StatusCode.UNAVAILABLE, f"no address for leader {leader}", leader)
         channel = self._channels.get(leader)
         if channel is None:
-            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            channel = peer_channel(
+                address, leader, self._config.cluster, self._peer_credentials, CHANNEL_OPTIONS
+            )
             self._channels[leader] = channel
         stub = chat_pb2_grpc.ChatStub(channel)
         try:
@@ -298,13 +307,28 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         result = await self._driver.propose(cmds.encode(cmd), self._timeout(context))
         return result.unwrap()
 
-    @staticmethod
-    def _client_host(context: Context) -> str:
-        """The client's host; for a call a follower forwarded, the host it named."""
-        for k, v in context.invocation_metadata() or ():
-            if k == CLIENT_PEER_KEY:
-                return str(v)
+    def _from_member(self, context: Context) -> bool:
+        """Whether the caller may speak for a client it forwards: a current member, by its
+        certificate (only the peer port asks for one); anyone under `tls: plaintext`."""
+        if self._peer_credentials is None:
+            return True
+        voters = self._driver.core.voters
+        return certified_member(context, self._config.cluster, voters) is not None
+
+    def _client_host(self, context: Context) -> str:
+        """The client's host; for a call a member forwarded, the host it named."""
+        if self._from_member(context):
+            for k, v in context.invocation_metadata() or ():
+                if k == CLIENT_PEER_KEY:
+                    return str(v)
         return peer_host(context.peer())
+
+    def _may_read_digest(self, context: Context) -> bool:
+        """The state digest is for members and tools, by certificate (the peer port)."""
+        if self._peer_credentials is None:
+            return True
+        tool = certificate_name(TOOL_NAME, self._config.cluster)
+        return tool in certificate_names(context) or self._from_member(context)
 
     async def _require_session(self, rid: cmds.RequestId, token: str, context: Context) -> None:
         """Refuse before the log (issue 11): a write that needs a session is proposed only if
@@ -561,7 +585,18 @@ class ChatService(chat_pb2_grpc.ChatServicer):
     async def Status(
         self, request: chat_pb2.StatusRequest, context: Context
     ) -> chat_pb2.StatusReply:
-        s = self._driver.status(with_digest=request.with_digest)
+        if not request.with_digest:
+            s = self._driver.status(with_digest=False)
+        elif self._may_read_digest(context):
+            s = await self._driver.status_with_digest()
+        else:
+            peer_port = self._config.node(self._driver.id).peer_port
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the state digest is served on the peer port ({peer_port}) to a member or "
+                "tool certificate of the cluster",
+            )
+            raise AssertionError("unreachable")
         return chat_pb2.StatusReply(
             node_id=s.node_id,
             role=s.role.value,

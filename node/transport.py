@@ -6,6 +6,11 @@ message batches into it, bounded in bytes; a broken stream is reopened with back
 core is told the peer is unreachable. InstallSnapshot streams the snapshot file in chunks. The
 server side (RaftService) hands every valid message to the driver.
 
+With TLS the links dial the peers' peer ports (mutual TLS) through the proxies on 127.0.0.1, so
+each channel checks the peer's certificate against its member name
+(`grpc.ssl_target_name_override`), and RaftService accepts a message only if the caller's
+certificate names its sender (TRAPS: an address says nothing about who is on the other end).
+
 Imports grpc, asyncio, node.wire, node.raft.types and protos; nothing of the chat layers.
 """
 
@@ -20,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from node.config import certificate_name
 from node.raft.types import Message, MessageType, NodeId
 from node.seams import SnapshotInvalidError, TransportEvents
 from node.wire import WireError, message_from_pb, message_to_pb
@@ -67,6 +73,40 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
+SAN_PROPERTY = "x509_subject_alternative_name"
+
+
+def certificate_names(context: Context) -> frozenset[str]:
+    """The subject alternative names of the caller's certificate (empty without one: a
+    plaintext call, or a call on the client port, which never asks for one)."""
+    values = context.auth_context().get(SAN_PROPERTY, ())
+    return frozenset(v.decode("ascii", "replace") if isinstance(v, bytes) else v for v in values)
+
+
+def certified_member(context: Context, cluster: str, members: Collection[NodeId]) -> NodeId | None:
+    """The member of the current configuration that the caller's certificate names, if one."""
+    names = certificate_names(context)
+    for member in members:
+        if certificate_name(member, cluster) in names:
+            return member
+    return None
+
+
+def peer_channel(
+    address: str,
+    peer: str,
+    cluster: str,
+    credentials: grpc.ChannelCredentials | None,
+    options: list[tuple[str, Any]],
+) -> grpc.aio.Channel:
+    """A channel to a peer's peer port: mutual TLS checked against the peer's member name
+    (it is dialled at a proxy's 127.0.0.1 port), or plaintext when credentials is None."""
+    if credentials is None:
+        return grpc.aio.insecure_channel(address, options=options)
+    name = ("grpc.ssl_target_name_override", certificate_name(peer, cluster))
+    return grpc.aio.secure_channel(address, credentials, options=[*options, name])
+
+
 class ClusterKeyInterceptor(grpc.aio.ServerInterceptor):
     """Only cluster members may call the Raft service: they present the cluster key."""
 
@@ -101,12 +141,19 @@ class GrpcTransport:
     """The Transport of node.seams over gRPC: one PeerLink per peer."""
 
     def __init__(
-        self, *, node_id: NodeId, peer_addresses: dict[NodeId, str], cluster: str, key: bytes
+        self,
+        *,
+        node_id: NodeId,
+        peer_addresses: dict[NodeId, str],
+        cluster: str,
+        key: bytes,
+        credentials: grpc.ChannelCredentials | None,
     ) -> None:
         self._node_id = node_id
         self._addresses = dict(peer_addresses)
         self._cluster = cluster
         self._key = key
+        self._credentials = credentials  # None: plaintext (`tls: plaintext`)
         self._links: dict[NodeId, PeerLink] = {}
 
     def start(self, events: TransportEvents) -> None:
@@ -118,6 +165,7 @@ class GrpcTransport:
                 cluster=self._cluster,
                 key=self._key,
                 events=events,
+                credentials=self._credentials,
             )
             self._links[peer] = link
             link.start()
@@ -144,6 +192,7 @@ class PeerLink:
         cluster: str,
         key: bytes,
         events: TransportEvents,
+        credentials: grpc.ChannelCredentials | None,
     ) -> None:
         self.node_id = node_id
         self.peer = peer
@@ -153,7 +202,7 @@ class PeerLink:
         self._events = events
         self._queue: deque[Message] = deque()
         self._ready = asyncio.Event()
-        self._channel = grpc.aio.insecure_channel(address, options=PEER_CHANNEL_OPTIONS)
+        self._channel = peer_channel(address, peer, cluster, credentials, PEER_CHANNEL_OPTIONS)
         self._stub = raft_pb2_grpc.RaftStub(self._channel)
         self._tasks: list[asyncio.Task[None]] = []
         self._snapshot_task: asyncio.Task[None] | None = None
@@ -270,6 +319,7 @@ class RaftService(raft_pb2_grpc.RaftServicer):
 
     A stream carries the messages of one sender: the first message names it, it must be a
     member other than this node, and every later message on that stream must name it too.
+    With `certificates`, the caller's certificate must name the sender as well.
     """
 
     def __init__(
@@ -279,7 +329,10 @@ class RaftService(raft_pb2_grpc.RaftServicer):
         deliver: Callable[[Message], None],
         deliver_snapshot: Callable[[Message, bytes], Awaitable[None]],
         members: Callable[[], Collection[NodeId]],
+        *,
+        certificates: bool,
     ) -> None:
+        self._certificates = certificates
         self._id = node_id
         self._cluster = cluster
         self._deliver = deliver
@@ -373,4 +426,12 @@ class RaftService(raft_pb2_grpc.RaftServicer):
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"a message from {m.sender!r}, which is not a peer of {self._id}",
             )
+        if self._certificates:
+            names = certificate_names(context)
+            if certificate_name(m.sender, self._cluster) not in names:
+                shown = ", ".join(sorted(names)) or "no name"
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"a message from {m.sender!r} over a certificate for {shown}",
+                )
         return m

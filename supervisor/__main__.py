@@ -1,6 +1,8 @@
 """`python -m supervisor up cluster.yaml [--fresh] [--no-repl] [--script FILE]`: run a whole
-cluster on this machine and break it on purpose. (`check` and `bench` run their own copy of the
-cluster, data in a temporary directory: supervisor/check.py, supervisor/bench.py.)
+cluster on this machine and break it on purpose. `python -m supervisor cert ID --host H`
+issues a certificate of the cluster's CA for a node on another machine. (`check` and `bench`
+run their own copy of the cluster, data in a temporary directory: supervisor/check.py,
+supervisor/bench.py.)
 
 - In a terminal: the fault REPL (supervisor/repl.py) with completion, history and a live
   toolbar.
@@ -33,9 +35,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 
-from node.config import ConfigError
+from node.config import NODE_ID_PATTERN, TOOL_NAME, ConfigError, certificate_name, load_config
 from supervisor import bench as bench_command
 from supervisor import check as check_command
+from supervisor.certs import issue
 from supervisor.cluster import Cluster, PortInUseError
 from supervisor.errors import SupervisorError
 from supervisor.processes import NodeExit
@@ -94,7 +97,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_command.add_arguments(bench)
     bench.set_defaults(run=_bench)
+    cert = commands.add_parser(
+        "cert",
+        help="issue a certificate of the cluster's CA for a node (on another machine)",
+        description="Issue a certificate for node ID signed by the cluster's CA (made by "
+        "`supervisor up` under data_dir/tls, or the one cluster.yaml's tls.dir holds): DNS "
+        "names ID.CLUSTER.chatbooth and each --host. Writes ID.pem and ID.key (mode 0600) and "
+        "ca.pem to --out; copy them to the node's tls directory.",
+    )
+    cert.add_argument("id", help="the node's id (its member name)")
+    cert.add_argument(
+        "--host",
+        action="append",
+        required=True,
+        metavar="H",
+        help="an address or DNS name clients reach the node at (repeat for several)",
+    )
+    cert.add_argument(
+        "--config", type=Path, default=Path("cluster.yaml"), help="default ./cluster.yaml"
+    )
+    cert.add_argument(
+        "--out", type=Path, metavar="DIR", help="default: the cluster's tls directory"
+    )
+    cert.set_defaults(run=_cert)
     return parser
+
+
+def _cert(args: argparse.Namespace, node_command: Sequence[str] | None) -> int:
+    try:
+        config = load_config(args.config)
+        if not NODE_ID_PATTERN.fullmatch(args.id) or args.id.casefold() == TOOL_NAME:
+            raise ConfigError(f"{args.id!r} is not a valid node id")
+        files = config.tls
+        if files is None:
+            raise ConfigError(f"{config.path}: tls: plaintext: there is no CA to sign with")
+        out = args.out if args.out is not None else files.directory
+        path = issue(config, args.id, args.host, out)
+    except (ConfigError, SupervisorError) as error:
+        _say(f"error: {error}")
+        return EXIT_USAGE
+    names = ", ".join([certificate_name(args.id, config.cluster), *args.host])
+    print(f"{path} and {path.with_suffix('.key')} (for {names}), CA {path.parent / 'ca.pem'}")
+    return EXIT_OK
 
 
 def _bench(args: argparse.Namespace, node_command: Sequence[str] | None) -> int:
@@ -204,6 +248,12 @@ def _run_up(args: argparse.Namespace, node_command: Sequence[str] | None, mode: 
         pids = ", ".join(f"{n} pid {p}" for n, p in cluster.pids().items())
         leader = cluster.leader()
         _say(f"cluster {cluster.config.cluster} is up: {pids}; leader {leader or 'unknown'}")
+        files = cluster.config.tls
+        if files is not None and cluster.ca_expiry is not None:
+            _say(
+                f"TLS: cluster CA {files.ca}, valid until {cluster.ca_expiry:%Y-%m-%d}; "
+                f"clients: python -m client --cluster {cluster.config.path}"
+            )
         if mode is Mode.NO_REPL:
             _say("running until Ctrl-C or SIGTERM")
             _wait_for_signal()

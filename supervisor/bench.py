@@ -48,6 +48,7 @@ import grpc.aio
 from node.config import ClusterConfig, ConfigError, load_config
 from protos import chat_pb2 as pb
 from protos import chat_pb2_grpc as pbg
+from supervisor.certs import Credentials, channel_credentials
 from supervisor.cluster import Cluster, NodeStatus, PortInUseError
 from supervisor.errors import SupervisorError
 from supervisor.ports import free_port
@@ -109,6 +110,7 @@ class BenchSettings:
     failovers: int = 20
     stability_s: float = 60.0
     links: bool = False  # node-to-node traffic through the supervisor's link proxies
+    plaintext: bool = False  # `tls: plaintext`: measure what TLS costs
     quick: bool = False
 
 
@@ -183,9 +185,16 @@ async def throughput(
 # -- talking to the cluster -------------------------------------------------------------------
 
 
-def new_sender(addresses: dict[str, str], leader: str) -> Sender:
+def aio_channel(address: str, tls: Credentials | None) -> grpc.aio.Channel:
+    """A channel to a node's client port: TLS with the cluster's CA, unless plaintext."""
+    if tls is None:
+        return grpc.aio.insecure_channel(address)
+    return grpc.aio.secure_channel(address, channel_credentials(tls))
+
+
+def new_sender(addresses: dict[str, str], leader: str, tls: Credentials | None) -> Sender:
     """One sending client (a client id of its own), asking the leader first."""
-    return Sender(addresses, leader=leader, call_timeout_s=SEND_TIMEOUT_S)
+    return Sender(addresses, leader=leader, call_timeout_s=SEND_TIMEOUT_S, tls=tls)
 
 
 async def send(client: Sender, token: str, text: str = "x" * 100) -> None:
@@ -193,9 +202,9 @@ async def send(client: Sender, token: str, text: str = "x" * 100) -> None:
     await client.send(token, "sink", text, timeout_s=SEND_GIVE_UP_S)
 
 
-async def login(addresses: dict[str, str], leader: str, name: str) -> str:
+async def login(addresses: dict[str, str], leader: str, tls: Credentials | None, name: str) -> str:
     """Register `name` and log in; the session token."""
-    async with new_sender(addresses, leader) as client:
+    async with new_sender(addresses, leader, tls) as client:
         await client.register(name, PASSWORD, timeout_s=10)
         return await client.login(name, PASSWORD, timeout_s=10)
 
@@ -217,13 +226,16 @@ async def _caught_up(cluster: Cluster, timeout_s: float = 30.0) -> None:
 
 
 async def _watch_election(
-    addresses: dict[str, str], survivors: Sequence[str], old_leader: str
+    addresses: dict[str, str],
+    tls: Credentials | None,
+    survivors: Sequence[str],
+    old_leader: str,
 ) -> tuple[float, float]:
     """When a survivor first stops naming the old leader, and when a new leader answers."""
     t_detect: float | None = None
     while True:
         for node_id in survivors:
-            async with grpc.aio.insecure_channel(addresses[node_id]) as channel:
+            async with aio_channel(addresses[node_id], tls) as channel:
                 try:
                     st = await pbg.ChatStub(channel).Status(pb.StatusRequest(), timeout=0.2)
                 except grpc.aio.AioRpcError:
@@ -237,7 +249,11 @@ async def _watch_election(
 
 
 async def failover(
-    cluster: Cluster, addresses: dict[str, str], token: str, rounds: int
+    cluster: Cluster,
+    addresses: dict[str, str],
+    tls: Credentials | None,
+    token: str,
+    rounds: int,
 ) -> dict[str, Any]:
     """SIGKILL the leader `rounds` times; from each kill until the next send commits. Kills and
     restarts are made here, on the main thread (spawning needs it: TRAPS, PR_SET_PDEATHSIG)."""
@@ -246,12 +262,12 @@ async def failover(
     elect: list[float] = []
     for _ in range(rounds):
         leader = cluster.wait_leader(LEADER_TIMEOUT_S)
-        client = new_sender(addresses, leader)
+        client = new_sender(addresses, leader, tls)
         await send(client, token)  # warm: a connection to the leader
         survivors = [n for n in addresses if n != leader]
         t_kill = time.perf_counter()
         cluster.kill(leader)
-        watcher = asyncio.create_task(_watch_election(addresses, survivors, leader))
+        watcher = asyncio.create_task(_watch_election(addresses, tls, survivors, leader))
         await send(client, token)
         t_commit = time.perf_counter()
         try:
@@ -278,9 +294,10 @@ async def failover(
 async def cluster_figures(cluster: Cluster, settings: BenchSettings) -> dict[str, Any]:
     addresses = {n: cluster.address(n) for n in cluster.node_ids}
     leader = cluster.wait_leader(LEADER_TIMEOUT_S)
-    token = await login(addresses, leader, "bench")
-    await login(addresses, leader, "sink")
-    one = new_sender(addresses, leader)
+    tls = cluster.credentials
+    token = await login(addresses, leader, tls, "bench")
+    await login(addresses, leader, tls, "sink")
+    one = new_sender(addresses, leader, tls)
 
     def sending(client: Sender) -> Callable[[], Awaitable[None]]:
         return lambda: send(client, token)
@@ -288,7 +305,7 @@ async def cluster_figures(cluster: Cluster, settings: BenchSettings) -> dict[str
     for _ in range(WARMUP_SENDS):
         await send(one, token)
     lat = await latency(sending(one), settings.count)
-    senders = [new_sender(addresses, leader) for _ in range(settings.inflight)]
+    senders = [new_sender(addresses, leader, tls) for _ in range(settings.inflight)]
     tput = await throughput(lambda k: sending(senders[k]), settings.inflight, settings.seconds)
     result: dict[str, Any] = {
         "sends_per_s_1_sender": round(lat.calls_per_s),
@@ -310,7 +327,7 @@ async def cluster_figures(cluster: Cluster, settings: BenchSettings) -> dict[str
         await client.close()
     rounds = settings.failovers if cluster.size >= 3 else 0  # a kill must leave a majority
     if rounds > 0:
-        result |= await failover(cluster, addresses, token, rounds)
+        result |= await failover(cluster, addresses, tls, token, rounds)
     else:
         result |= {
             "failover_rounds": 0,
@@ -380,12 +397,15 @@ def run_benchmark(config: ClusterConfig, settings: BenchSettings) -> dict[str, A
         "nodes": len(config.nodes),
         "fsync": True,
         "links": "proxied" if settings.links else "direct",
+        "tls": "plaintext" if settings.plaintext or config.plaintext else "on",
         "cpus": os.cpu_count(),
         "quick": settings.quick,
     }
     with tempfile.TemporaryDirectory(prefix="chatbooth-bench-") as tmp:
         scratch = bench_config(config, Path(tmp))
-        echo_port = free_port({n.port for n in config.nodes})
+        if settings.plaintext:
+            scratch = replace(scratch, plaintext=True, tls_dir=None)
+        echo_port = free_port({p for n in config.nodes for p in (n.port, n.peer_port)})
         echo = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.echo_server", str(echo_port)],
             cwd=ROOT,
@@ -430,7 +450,7 @@ def render_table(result: dict[str, Any]) -> str:
     """The result for people."""
     head = (
         f"chatbooth cluster benchmark: {result['nodes']} nodes, {result['links']} links, "
-        f"fsync on; Python {result['python']}, {result['cpus']} CPUs"
+        f"TLS {result.get('tls', 'on')}, fsync on; Python {result['python']}, {result['cpus']} CPUs"
         + (" (--quick: small counts)" if result.get("quick") else "")
     )
     inflight = result.get("inflight", 64)
@@ -536,12 +556,17 @@ def add_arguments(parser: argparse.ArgumentParser, *, config: bool = True) -> No
         help=f"seconds of load counting leader changes (default {defaults.stability_s:g})",
     )
     parser.add_argument("--links", action="store_true", help="node traffic through the proxies")
+    parser.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="run the cluster with `tls: plaintext` (to measure what TLS costs)",
+    )
 
 
 def settings_from(args: argparse.Namespace) -> BenchSettings:
     """BenchSettings from parsed options; ValueError for a count out of range."""
     base = QUICK if args.quick else BenchSettings()
-    chosen: dict[str, Any] = {"links": bool(args.links)}
+    chosen: dict[str, Any] = {"links": bool(args.links), "plaintext": bool(args.plaintext)}
     for name in ("count", "inflight", "seconds", "failovers", "stability_s"):
         value = getattr(args, name)
         if value is not None:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Final
 
 from node.config import ClusterConfig, load_config
+from supervisor.certs import Credentials
 from supervisor.cluster import Cluster
 from supervisor.history import Delivery, Outcome, ReadRecord, SendRecord, check, render
 from supervisor.sender import OutcomeUnknownError, RefusedError, Sender, SenderError
@@ -76,7 +77,13 @@ def addresses(config: ClusterConfig) -> dict[str, str]:
 
 
 async def sender(
-    run: Run, config: ClusterConfig, user: str, users: list[str], until: float, seed: int
+    run: Run,
+    config: ClusterConfig,
+    tls: Credentials | None,
+    user: str,
+    users: list[str],
+    until: float,
+    seed: int,
 ) -> None:
     """Numbered sends to random others until `until` (run time), one at a time, and a read of
     the history with one partner every tenth send. A send is resent with its one request id
@@ -85,7 +92,7 @@ async def sender(
     rng = random.Random(seed)
     others = [u for u in users if u != user] or [user]
     partner = others[0]
-    async with Sender(addresses(config), retry_pause_s=RETRY_PAUSE_S) as client:
+    async with Sender(addresses(config), retry_pause_s=RETRY_PAUSE_S, tls=tls) as client:
         token = await client.login(user, PASSWORD, timeout_s=SETUP_TIMEOUT_S)
         n = 0
         while run.now() < until:
@@ -111,9 +118,11 @@ async def sender(
                     run.reads.append(ReadRecord(user, start, run.now(), newest))
 
 
-async def drain(run: Run, config: ClusterConfig, user: str, idle_s: float = 2.0) -> None:
+async def drain(
+    run: Run, config: ClusterConfig, tls: Credentials | None, user: str, idle_s: float = 2.0
+) -> None:
     """Every message queued for user, read once (nothing acked)."""
-    async with Sender(addresses(config), retry_pause_s=RETRY_PAUSE_S) as client:
+    async with Sender(addresses(config), retry_pause_s=RETRY_PAUSE_S, tls=tls) as client:
         token = await client.login(user, PASSWORD, timeout_s=SETUP_TIMEOUT_S)
         for m in await client.messages(token, idle_s=idle_s, timeout_s=60.0):
             run.deliveries.append(Delivery(m.recipient, m.id, m.sender, m.text))
@@ -175,12 +184,13 @@ async def run_check(args: argparse.Namespace) -> int:
             scratch = cluster.config
             run.event(f"cluster up, leader {cluster.wait_leader(30)}")
             users = [f"user{i}" for i in range(args.clients)]
-            async with Sender(addresses(scratch), retry_pause_s=RETRY_PAUSE_S) as setup:
+            tls = cluster.credentials
+            async with Sender(addresses(scratch), retry_pause_s=RETRY_PAUSE_S, tls=tls) as setup:
                 for u in users:
                     await setup.register(u, PASSWORD, timeout_s=SETUP_TIMEOUT_S)
             until = run.now() + args.duration
             tasks = [
-                asyncio.create_task(sender(run, scratch, u, users, until, seed + i))
+                asyncio.create_task(sender(run, scratch, tls, u, users, until, seed + i))
                 for i, u in enumerate(users)
             ]
             faulted: dict[str, str] = {}
@@ -194,7 +204,7 @@ async def run_check(args: argparse.Namespace) -> int:
             await asyncio.gather(*tasks)
             run.event("senders done; draining every inbox")
             for u in users:
-                await drain(run, scratch, u)
+                await drain(run, scratch, tls, u)
             digests_equal = await _digests_agree(cluster, run)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -14,6 +14,11 @@ benchmarks and the REPL start, break and stop.
 Given a path, the nodes read that file. Given a ClusterConfig, they read the configuration
 itself, as cluster.yaml text on their stdin (supervisor/nodeconfig.py): nothing is written.
 
+Every connection is TLS unless cluster.yaml says `tls: plaintext`: start() makes the cluster's
+CA and certificates under data_dir/tls when cluster.yaml names none (supervisor/certs.py); the
+cluster's channels trust that CA, and Status with the digest goes to the peer port with the
+`tool` certificate. The link proxies front the peer ports and forward the TLS bytes untouched.
+
 Faults are only what a machine or a network does: processes are killed, stopped, paused and
 resumed by signal (supervisor/processes.py) and links are cut or slowed by proxies between the
 nodes (supervisor/links.py). The cluster never reaches into a node to fake a fault; it asks
@@ -24,7 +29,7 @@ Spawning happens on the main thread only (TRAPS: PR_SET_PDEATHSIG); every other 
 called from any thread.
 
 Imports node.config (the one loader of cluster.yaml), protos, grpc, and the supervisor library
-modules under it (errors, links, processes, nodeconfig); never node internals, client or the
+modules under it (errors, links, processes, nodeconfig, certs); never node internals, client or the
 tools (repl, check, bench).
 """
 
@@ -33,6 +38,7 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import datetime
 import errno
 import logging
 import os
@@ -52,8 +58,21 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import node as node_package
-from node.config import ClusterConfig, ConfigError, load_config, read_cluster_key
+from node.config import (
+    TOOL_NAME,
+    ClusterConfig,
+    ConfigError,
+    certificate_name,
+    load_config,
+    read_cluster_key,
+)
 from protos import chat_pb2, chat_pb2_grpc
+from supervisor.certs import (
+    Credentials,
+    ensure_cluster_credentials,
+    read_credentials,
+    secure_channel,
+)
 from supervisor.errors import SupervisorError
 from supervisor.links import Groups, LinkNetwork
 from supervisor.nodeconfig import STDIN_PATH, render
@@ -172,28 +191,35 @@ def check_addresses_free(config: ClusterConfig, node_ids: Iterable[str] | None =
     that a port in TIME_WAIT from a node that just exited counts as free."""
     for node_id in node_ids if node_ids is not None else config.node_ids:
         node = config.node(node_id)
-        where = f"{config.path}: nodes.{node.id}"
+        for key, port, shown in (
+            ("port", node.port, node.address),
+            ("peer_port", node.peer_port, node.peer_address),
+        ):
+            _check_free(f"{config.path}: nodes.{node.id}", node.host, key, port, shown)
+
+
+def _check_free(where: str, host: str, key: str, port: int, shown: str) -> None:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise ClusterError(f"{where}.host: cannot resolve {host!r}: {error}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            infos = socket.getaddrinfo(node.host, node.port, type=socket.SOCK_STREAM)
-        except socket.gaierror as error:
-            raise ClusterError(f"{where}.host: cannot resolve {node.host!r}: {error}") from None
-        family, kind, proto, _, address = infos[0]
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(address)
-            except OSError as error:
-                if error.errno == errno.EADDRINUSE:
-                    raise PortInUseError(
-                        f"{where}.port: {node.address} is already in use (a node of a cluster "
-                        "still running, or another program, listens there)"
-                    ) from None
-                if error.errno == errno.EADDRNOTAVAIL:
-                    raise ClusterError(
-                        f"{where}.host: {node.host} is not an address of this machine; the "
-                        "supervisor runs every node here"
-                    ) from None
-                raise ClusterError(f"{where}: cannot listen on {node.address}: {error}") from None
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise PortInUseError(
+                    f"{where}.{key}: {shown} is already in use (a node of a cluster "
+                    "still running, or another program, listens there)"
+                ) from None
+            if error.errno == errno.EADDRNOTAVAIL:
+                raise ClusterError(
+                    f"{where}.host: {host} is not an address of this machine; the "
+                    "supervisor runs every node here"
+                ) from None
+            raise ClusterError(f"{where}: cannot listen on {shown}: {error}") from None
 
 
 _open_clusters: weakref.WeakSet[Cluster] = weakref.WeakSet()
@@ -248,6 +274,10 @@ class Cluster:
         self._listeners: list[Callable[[NodeExit], None]] = []
         self._table: ProcessTable | None = None
         self._channels: dict[str, grpc.Channel] = {}
+        self._peer_channels: dict[str, grpc.Channel] = {}  # with the tool certificate
+        self.credentials: Credentials | None = None  # the CA (None: plaintext), after start()
+        self.tool_credentials: Credentials | None = None  # the CA and the tool certificate
+        self.ca_expiry: datetime.datetime | None = None
         self._last_contact: dict[str, float] = {}
         self._lock = threading.RLock()
         self._closing = threading.Event()
@@ -324,9 +354,13 @@ class Cluster:
                 self._wipe()
             self._ensure_key()
             read_cluster_key(self.config)  # ConfigError now rather than a node exiting with 2
+            self._ensure_tls()
             if self.use_links:
-                self.network = LinkNetwork({n.id: (n.host, n.port) for n in self.config.nodes})
-                self.network.start(avoid_ports={n.port for n in self.config.nodes})
+                # The proxies front the peer ports: Raft and forwarded writes, TLS untouched.
+                self.network = LinkNetwork({n.id: (n.host, n.peer_port) for n in self.config.nodes})
+                self.network.start(
+                    avoid_ports={p for n in self.config.nodes for p in (n.port, n.peer_port)}
+                )
             self._table = ProcessTable(
                 {node_id: self._make_process(node_id) for node_id in self.node_ids},
                 on_exit=self._node_exited,
@@ -359,8 +393,9 @@ class Cluster:
             if self.network is not None:
                 self.network.close()
             with self._lock:
-                channels = list(self._channels.values())
+                channels = [*self._channels.values(), *self._peer_channels.values()]
                 self._channels.clear()
+                self._peer_channels.clear()
             for channel in channels:
                 channel.close()
             _open_clusters.discard(self)
@@ -474,7 +509,9 @@ class Cluster:
         for node_id in self.node_ids:
             states[node_id] = self.process_state(node_id)
             if states[node_id] is ProcessState.UP and not self.closed:
-                stub = chat_pb2_grpc.ChatStub(self._channel(node_id))
+                # The digest is served on the peer port, to the tool certificate.
+                channel = self._peer_channel(node_id) if digest else self._channel(node_id)
+                stub = chat_pb2_grpc.ChatStub(channel)
                 pending[node_id] = stub.Status.future(
                     chat_pb2.StatusRequest(with_digest=digest), timeout=timeout_s
                 )
@@ -584,15 +621,32 @@ class Cluster:
             self._check_open()
             channel = self._channels.get(node_id)
             if channel is None:
-                channel = grpc.insecure_channel(self.address(node_id), options=CHANNEL_OPTIONS)
+                channel = secure_channel(self.address(node_id), self.credentials, CHANNEL_OPTIONS)
                 self._channels[node_id] = channel
+            return channel
+
+    def _peer_channel(self, node_id: str) -> grpc.Channel:
+        """A channel to the node's peer port (directly, not through a proxy) with the tool
+        certificate, checked against the node's member name."""
+        with self._lock:
+            self._check_open()
+            channel = self._peer_channels.get(node_id)
+            if channel is None:
+                channel = secure_channel(
+                    self.config.node(node_id).peer_address,
+                    self.tool_credentials,
+                    CHANNEL_OPTIONS,
+                    target_name=certificate_name(node_id, self.config.cluster),
+                )
+                self._peer_channels[node_id] = channel
             return channel
 
     def _drop_channel(self, node_id: str) -> None:
         with self._lock:
-            channel = self._channels.pop(node_id, None)
-        if channel is not None:
-            channel.close()
+            channels = [self._channels.pop(node_id, None), self._peer_channels.pop(node_id, None)]
+        for channel in channels:
+            if channel is not None:
+                channel.close()
 
     def _node_status(
         self,
@@ -641,6 +695,26 @@ class Cluster:
         except OSError as error:
             raise ClusterError(f"--fresh: cannot wipe {error.filename}: {error.strerror}") from None
         logger.info("wiped the data of %s under %s", ", ".join(self.node_ids), self.data_dir)
+
+    def _ensure_tls(self) -> None:
+        """Make the cluster's CA and certificates under data_dir/tls when cluster.yaml names
+        none (kept by --fresh: wiping the nodes keeps their credentials); read the CA and the
+        tool certificate for the cluster's own channels."""
+        if self.config.plaintext:
+            logger.warning(
+                "tls: plaintext in %s: every connection is unencrypted and unauthenticated",
+                self.config.path,
+            )
+            return
+        self.ca_expiry = ensure_cluster_credentials(self.config)
+        self.credentials = read_credentials(self.config)
+        self.tool_credentials = read_credentials(self.config, TOOL_NAME)
+        files = self.config.tls
+        logger.info(
+            "TLS: cluster CA %s, valid until %s",
+            files.ca if files is not None else "-",
+            f"{self.ca_expiry:%Y-%m-%d}" if self.ca_expiry is not None else "?",
+        )
 
     def _ensure_key(self) -> None:
         """Write data_dir/cluster.key (random, mode 0600) when the file names no key."""

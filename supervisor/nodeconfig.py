@@ -64,7 +64,14 @@ def document(config: ClusterConfig) -> dict[str, Any]:
         **_plain(dataclasses.asdict(config.chat)),
         "scrypt": _plain(dataclasses.asdict(config.scrypt)),
     }
-    result["nodes"] = {node.id: {"host": node.host, "port": node.port} for node in config.nodes}
+    if config.plaintext:
+        result["tls"] = "plaintext"
+    elif config.tls_dir is not None:
+        result["tls"] = {"dir": str(config.tls_dir)}
+    result["nodes"] = {
+        node.id: {"host": node.host, "port": node.port, "peer_port": node.peer_port}
+        for node in config.nodes
+    }
     return result
 
 

@@ -24,7 +24,8 @@ first_outstanding. If the cluster forgot the client session (reason "client-expi
 sent only once under it is sent again under a new one (nothing can have happened), and a write
 sent more than once raises `OutcomeUnknownError`.
 
-Imports grpc, protos and supervisor.errors only: never client, never node.
+Imports grpc, protos, supervisor.certs (channel credentials) and supervisor.errors only: never
+client, never node.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import grpc.aio
 
 from protos import chat_pb2 as pb
 from protos import chat_pb2_grpc as pbg
+from supervisor.certs import Credentials, channel_credentials
 from supervisor.errors import SupervisorError
 
 R = TypeVar("R")
@@ -170,7 +172,9 @@ class Sender:
         call_timeout_s: float = CALL_TIMEOUT_S,
         retry_pause_s: float = RETRY_PAUSE_S,
         ids: RequestIds | None = None,
+        tls: Credentials | None,
     ) -> None:
+        """tls: the cluster's CA (Cluster.credentials); None only for a plaintext cluster."""
         if not addresses:
             raise SenderError("no node addresses given")
         if leader is not None and leader not in addresses:
@@ -181,6 +185,7 @@ class Sender:
         self.ids = ids or RequestIds()
         self.call_timeout_s = call_timeout_s
         self.retry_pause_s = retry_pause_s
+        self._tls = tls
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, Stub] = {}
         self._write_lock = asyncio.Lock()
@@ -356,7 +361,12 @@ class Sender:
     def _stub(self, node_id: str) -> Stub:
         stub = self._stubs.get(node_id)
         if stub is None:
-            channel = grpc.aio.insecure_channel(self.addresses[node_id], options=CHANNEL_OPTIONS)
+            address = self.addresses[node_id]
+            if self._tls is None:
+                channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            else:
+                credentials = channel_credentials(self._tls)
+                channel = grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
             self._channels[node_id] = channel
             stub = self._stubs[node_id] = pbg.ChatStub(channel)
         return stub

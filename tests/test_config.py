@@ -32,9 +32,9 @@ BASE: dict[str, Any] = {
     "data_dir": "./data",
     "raft": {"heartbeat_ms": 50, "election_timeout_ms": [300, 600]},
     "nodes": {
-        "a": {"host": "127.0.0.1", "port": 8001},
-        "b": {"host": "127.0.0.1", "port": 8002},
-        "c": {"host": "127.0.0.1", "port": 8003},
+        "a": {"host": "127.0.0.1", "port": 8001, "peer_port": 9001},
+        "b": {"host": "127.0.0.1", "port": 8002, "peer_port": 9002},
+        "c": {"host": "127.0.0.1", "port": 8003, "peer_port": 9003},
     },
 }
 
@@ -58,9 +58,9 @@ chat:
   page_size: 10
   scrypt: {n: 1024, r: 4, p: 2}
 nodes:
-  x: {host: 10.0.0.1, port: 9001}
-  b: {host: "::1", port: 9002}
-  a: {host: node-a.example, port: 9003}
+  x: {host: 10.0.0.1, port: 9001, peer_port: 9101}
+  b: {host: "::1", port: 9002, peer_port: 9102}
+  a: {host: node-a.example, port: 9003, peer_port: 9103}
 """
 
 DELETE = object()  # as a value in `mutated`: remove the key
@@ -124,9 +124,9 @@ def test_full_file_round_trips_into_dataclasses(tmp_path: Path) -> None:
         chat=ChatLimits(queue_limit=77, session_idle_s=60, page_size=10),
         scrypt=ScryptCost(n=1024, r=4, p=2),
         nodes=(
-            NodeAddress("x", "10.0.0.1", 9001),
-            NodeAddress("b", "::1", 9002),
-            NodeAddress("a", "node-a.example", 9003),
+            NodeAddress("x", "10.0.0.1", 9001, 9101),
+            NodeAddress("b", "::1", 9002, 9102),
+            NodeAddress("a", "node-a.example", 9003, 9103),
         ),
         cluster_key="s3cret",
         cluster_key_file=None,
@@ -138,6 +138,9 @@ def test_full_file_round_trips_into_dataclasses(tmp_path: Path) -> None:
     assert config.node_ids == ("x", "b", "a")  # file order, not sorted
     assert config.node("a").address == "node-a.example:9003"
     assert config.node("b").address == "[::1]:9002"
+    assert config.node("b").peer_address == "[::1]:9102"
+    assert config.tls is not None and config.tls.directory == Path("/srv/chatbooth/tls")
+    assert config.tls_generated
     assert config.node_dir("x") == Path("/srv/chatbooth/x")
     assert config.default_key_file == Path("/srv/chatbooth/cluster.key")
     assert (config.raft.heartbeat_ticks, config.raft.election_ticks_min) == (2, 10)
@@ -220,7 +223,10 @@ def test_absolute_data_dir_is_kept(tmp_path: Path) -> None:
 def test_a_single_node_or_an_even_count_is_allowed_with_a_warning(
     tmp_path: Path, ids: list[str], warning: str
 ) -> None:
-    nodes = {node_id: {"host": "127.0.0.1", "port": 8001 + i} for i, node_id in enumerate(ids)}
+    nodes = {
+        node_id: {"host": "127.0.0.1", "port": 8001 + i, "peer_port": 9001 + i}
+        for i, node_id in enumerate(ids)
+    }
     path = write(tmp_path, mutated({"nodes": nodes}))
     config = load_config(path)
     assert config.node_ids == tuple(ids)
@@ -231,7 +237,10 @@ def test_a_single_node_or_an_even_count_is_allowed_with_a_warning(
 
 @pytest.mark.parametrize("count", [3, 5, 7])
 def test_an_odd_count_of_nodes_gives_no_warning(tmp_path: Path, count: int) -> None:
-    nodes = {f"n{i}": {"host": "127.0.0.1", "port": 8001 + i} for i in range(count)}
+    nodes = {
+        f"n{i}": {"host": "127.0.0.1", "port": 8001 + i, "peer_port": 9001 + i}
+        for i in range(count)
+    }
     config = load_config(write(tmp_path, mutated({"nodes": nodes, "leader": "n0"})))
     assert len(config.nodes) == count
     assert config.warnings == ()
@@ -262,13 +271,19 @@ def test_an_unknown_node_id_names_the_known_ones(tmp_path: Path) -> None:
 
 # -- every kind of mistake ---------------------------------------------------------------------
 
-EIGHT_NODES = {f"n{i}": {"host": "127.0.0.1", "port": 8001 + i} for i in range(8)}
+EIGHT_NODES = {
+    f"n{i}": {"host": "127.0.0.1", "port": 8001 + i, "peer_port": 9001 + i} for i in range(8)
+}
 
 MISTAKES = [
     # unknown keys, with the valid ones listed
     ({"leeder": "a"}, "leeder", ["unknown key", "did you mean 'leader'?", "cluster, "]),
     ({"raft.heartbeat": 50}, "raft.heartbeat", ["unknown key", "heartbeat_ms, election"]),
-    ({"nodes.b.hots": "x"}, "nodes.b.hots", ["unknown key", "valid keys in nodes.b: host, port"]),
+    (
+        {"nodes.b.hots": "x"},
+        "nodes.b.hots",
+        ["unknown key", "valid keys in nodes.b: host, port, peer_port"],
+    ),
     ({"snapshot.entires": 5}, "snapshot.entires", ["unknown key", "entries, bytes"]),
     ({"chat.queue": 5}, "chat.queue", ["unknown key", "queue_limit", "scrypt"]),
     ({"chat.scrypt.q": 5}, "chat.scrypt.q", ["unknown key", "n, r, p"]),
@@ -294,12 +309,32 @@ MISTAKES = [
     ({"data_dir": None}, "data_dir", ["required key has no value"]),
     ({"nodes.b.host": DELETE}, "nodes.b.host", ["required key is missing"]),
     ({"nodes.b.port": DELETE}, "nodes.b.port", ["required key is missing"]),
+    ({"nodes.b.peer_port": DELETE}, "nodes.b.peer_port", ["required key is missing"]),
+    ({"nodes.b.peer_port": 0}, "nodes.b.peer_port", ["from 1 to 65535, got 0"]),
+    ({"nodes.b.peer_port": 8002}, "nodes.b.peer_port", ["must differ from port (8002)"]),
+    ({"nodes.c.peer_port": 9001}, "nodes.c.peer_port", ["node 'a' already uses 127.0.0.1:9001"]),
+    ({"nodes.c.peer_port": 8001}, "nodes.c.peer_port", ["node 'a' already uses 127.0.0.1:8001"]),
+    ({"nodes.c.port": 9002}, "nodes.c.port", ["node 'b' already uses 127.0.0.1:9002"]),
+    ({"nodes.tool": {"host": "h", "port": 9, "peer_port": 10}}, "nodes.tool", ["tools'"]),
+    ({"tls": "plain"}, "tls", ["must be 'plaintext' or a mapping {dir: PATH}, got 'plain'"]),
+    ({"tls": None}, "tls", ["has no value"]),
+    ({"tls": {}}, "tls.dir", ["required key is missing"]),
+    ({"tls": {"ca": "x"}}, "tls.ca", ["unknown key", "valid keys in tls: dir"]),
+    ({"cluster": "my_booth"}, "cluster", ["names certificates", "got 'my_booth'"]),
     # node count, ids and addresses
     ({"nodes": {}}, "nodes", ["must list 1 to 7 nodes, got 0"]),
     ({"nodes": EIGHT_NODES}, "nodes", ["must list 1 to 7 nodes, got 8"]),
     ({"nodes": None}, "nodes", ["required key has no value"]),
-    ({"nodes.a b": {"host": "h", "port": 9}}, "nodes.a b", ["node ids are 1 to 32 characters"]),
-    ({"nodes.B": {"host": "h", "port": 9}}, "nodes.B", ["same id as node 'b' but for case"]),
+    (
+        {"nodes.a b": {"host": "h", "port": 9, "peer_port": 10}},
+        "nodes.a b",
+        ["node ids are 1 to 32 characters"],
+    ),
+    (
+        {"nodes.B": {"host": "h", "port": 9, "peer_port": 10}},
+        "nodes.B",
+        ["same id as node 'b' but for case"],
+    ),
     ({"nodes.b.port": 0}, "nodes.b.port", ["from 1 to 65535, got 0"]),
     ({"nodes.b.port": 65536}, "nodes.b.port", ["from 1 to 65535, got 65536"]),
     ({"nodes.c.port": 8001}, "nodes.c.port", ["node 'a' already uses 127.0.0.1:8001"]),
@@ -395,7 +430,7 @@ def test_a_mistake_names_the_file_the_key_and_the_problem(
 )
 def test_a_node_id_must_match_the_pattern(tmp_path: Path, node_id: str, shown: str) -> None:
     document = mutated({})
-    document["nodes"][node_id] = {"host": "127.0.0.1", "port": 8009}
+    document["nodes"][node_id] = {"host": "127.0.0.1", "port": 8009, "peer_port": 9009}
     path = write(tmp_path, document)
     assert_names(error_of(path), path, shown, "1 to 32 characters of A-Z, a-z, 0-9, '_' and '-'")
 
@@ -409,7 +444,7 @@ def test_a_node_id_that_yaml_reads_as_another_type_must_be_quoted(tmp_path: Path
 def test_a_node_id_of_32_characters_is_allowed(tmp_path: Path) -> None:
     node_id = "A-z_9" + "x" * 27
     document = mutated({"nodes.c": DELETE})
-    document["nodes"][node_id] = {"host": "127.0.0.1", "port": 8003}
+    document["nodes"][node_id] = {"host": "127.0.0.1", "port": 8003, "peer_port": 9003}
     assert load_config(write(tmp_path, document)).node_ids == ("a", "b", node_id)
 
 
@@ -440,7 +475,10 @@ def test_a_tab_indent_is_a_yaml_error_with_its_position(tmp_path: Path) -> None:
 
 
 def test_a_key_given_twice_is_an_error_not_a_silent_override(tmp_path: Path) -> None:
-    text = yaml.safe_dump(BASE, sort_keys=False) + "  b: {host: 127.0.0.1, port: 8009}\n"
+    text = (
+        yaml.safe_dump(BASE, sort_keys=False)
+        + "  b: {host: 127.0.0.1, port: 8009, peer_port: 9009}\n"
+    )
     path = write(tmp_path, text)
     line = text.splitlines().index("  b:") + 1
     last = len(text.splitlines())
@@ -565,3 +603,17 @@ def test_an_inline_cluster_key_in_a_file_others_can_read_gets_a_warning(tmp_path
     assert any("cluster_key is inline" in w for w in load_config(path).warnings)
     path.chmod(0o600)
     assert not any("cluster_key is inline" in w for w in load_config(path).warnings)
+
+
+def test_tls_dir_is_relative_to_the_file_and_plaintext_warns(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, mutated({"tls": {"dir": "certs"}})))
+    assert config.tls is not None and config.tls.directory == tmp_path / "certs"
+    assert config.tls.cert("a") == tmp_path / "certs" / "a.pem"
+    assert config.tls.key("a") == tmp_path / "certs" / "a.key"
+    assert config.tls.ca == tmp_path / "certs" / "ca.pem"
+    assert not config.tls_generated
+    plain = load_config(write(tmp_path, mutated({"tls": "plaintext"}), "plain.yaml"))
+    assert plain.tls is None and plain.plaintext
+    assert any("tls: plaintext" in w for w in plain.warnings)
+    # A plaintext cluster names no certificate, so its name need not be a DNS label.
+    load_config(write(tmp_path, mutated({"tls": "plaintext", "cluster": "a_b"}), "p2.yaml"))

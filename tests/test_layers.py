@@ -92,6 +92,7 @@ SUPERVISOR_LIBRARY = (
     "links",
     "processes",
     "nodeconfig",
+    "certs",
     "history",
     "sender",
     "cluster",
@@ -188,7 +189,7 @@ RULES: dict[str, Rule] = {
             may=(*_library_below(name), "node.config", "protos"),
             external=_forbid("prompt_toolkit"),
         )
-        for name in ("nodeconfig", "sender", "chaos")
+        for name in ("nodeconfig", "certs", "sender", "chaos")
     },
     **{
         f"supervisor.{name}": Rule(

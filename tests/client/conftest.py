@@ -178,11 +178,12 @@ class FakeServers:
         return answer
 
     def cluster_yaml(self, directory: Path) -> Path:
-        """A cluster.yaml naming these nodes, for --cluster."""
-        lines = ["cluster: fake", f"data_dir: {directory / 'data'}", "nodes:"]
+        """A cluster.yaml naming these nodes, for --cluster. The fakes serve plaintext, and
+        no peer port (none is dialled: the fakes do not forward)."""
+        lines = ["cluster: fake", f"data_dir: {directory / 'data'}", "tls: plaintext", "nodes:"]
         for name, address in self.addresses.items():
             host, port = address.rsplit(":", 1)
-            lines.append(f"  {name}: {{host: {host}, port: {port}}}")
+            lines.append(f"  {name}: {{host: {host}, port: {port}, peer_port: {int(port) + 1}}}")
         path = directory / "cluster.yaml"
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         return path

@@ -239,7 +239,10 @@ nodes:
 
 
 def cluster_config(ids: Sequence[str], leader: str | None, snapshot_entries: int) -> ClusterConfig:
-    nodes = "\n".join(f"  {n}: {{host: 127.0.0.1, port: {i + 1}}}" for i, n in enumerate(ids))
+    nodes = "\n".join(
+        f"  {n}: {{host: 127.0.0.1, port: {i + 1}, peer_port: {i + 101}}}"
+        for i, n in enumerate(ids)
+    )
     text = YAML.format(
         leader=leader if leader is not None else "null",
         root=DATA_ROOT,

@@ -42,7 +42,10 @@ ROOT = Path("/units")
 
 
 def config(ids: str = "abc", snapshot_entries: int = 1000) -> ClusterConfig:
-    nodes = "".join(f"  {n}: {{host: 127.0.0.1, port: {i + 1}}}\n" for i, n in enumerate(ids))
+    nodes = "".join(
+        f"  {n}: {{host: 127.0.0.1, port: {i + 1}, peer_port: {i + 101}}}\n"
+        for i, n in enumerate(ids)
+    )
     text = (
         f"cluster: units\ndata_dir: {ROOT}\nsnapshot: {{entries: {snapshot_entries}}}\n"
         f"nodes:\n{nodes}"

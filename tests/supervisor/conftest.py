@@ -131,6 +131,7 @@ class Supervisor:
         stdin: int | None = subprocess.PIPE,
     ) -> None:
         module = "supervisor" if real else "tests.supervisor.fake_supervisor"
+        self.config = config
         self.prompt = prompt(load_config(config).cluster)  # what each echoed command follows
         self.proc = subprocess.Popen(
             [sys.executable, "-m", module, "up", str(config), *args],

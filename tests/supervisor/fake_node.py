@@ -1,6 +1,7 @@
 """A stand-in for `python -m node` that starts in a fraction of the time, for the supervisor's
 fast tests: same command line, same exit codes, gRPC Health and a Chat.Status on the
-configured address, PR_SET_PDEATHSIG with --exit-with-parent, exit 0 on SIGTERM.
+configured address (server TLS with the cluster's certificates, as a node), Health on the peer
+port (mutual TLS), PR_SET_PDEATHSIG with --exit-with-parent, exit 0 on SIGTERM.
 
 Its "Raft" is a toy that still needs the network: every 50 ms it checks each peer's health
 at the address --peer gives (through the supervisor's proxies), and a node that reaches a
@@ -27,7 +28,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from node.config import ConfigError, load_config, read_cluster_key
+from node.config import ConfigError, certificate_name, load_config, read_cluster_key
 from protos import chat_pb2, chat_pb2_grpc
 
 PR_SET_PDEATHSIG = 1
@@ -109,7 +110,16 @@ def main() -> int:
     except ConfigError as error:
         log(args.id, str(error))
         return 2
-    peers = {n.id: n.address for n in config.nodes if n.id != me.id}
+    peers = {n.id: n.peer_address for n in config.nodes if n.id != me.id}
+    files = config.tls
+    client_creds = peer_creds = channel_creds = None
+    if files is not None:
+        ca, cert, key = (p.read_bytes() for p in (files.ca, files.cert(me.id), files.key(me.id)))
+        client_creds = grpc.ssl_server_credentials([(key, cert)])
+        peer_creds = grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=ca, require_client_auth=True
+        )
+        channel_creds = grpc.ssl_channel_credentials(ca, key, cert)
     for spec in args.peer:
         peer, _, address = spec.partition("=")
         peers[peer] = address
@@ -121,20 +131,33 @@ def main() -> int:
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     chat_pb2_grpc.add_ChatServicer_to_server(Chat(state), server)
+    peer_server = grpc.server(futures.ThreadPoolExecutor(4), options=[("grpc.so_reuseport", 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, peer_server)
     try:
-        port = server.add_insecure_port(me.address)
+        if client_creds is None or peer_creds is None:
+            port = server.add_insecure_port(me.address)
+            port = port and peer_server.add_insecure_port(me.peer_address)
+        else:
+            port = server.add_secure_port(me.address, client_creds)
+            port = port and peer_server.add_secure_port(me.peer_address, peer_creds)
     except RuntimeError:
         port = 0
     if port == 0:
         log(me.id, f"cannot listen on {me.address}: address in use")
         return 4
     server.start()
+    peer_server.start()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     log(me.id, f"serving on {me.address} (pid {os.getpid()})")
 
+    def channel(peer: str, address: str) -> grpc.Channel:
+        if channel_creds is None:
+            return grpc.insecure_channel(address, options=OPTIONS)
+        name = ("grpc.ssl_target_name_override", certificate_name(peer, config.cluster))
+        return grpc.secure_channel(address, channel_creds, options=[*OPTIONS, name])
+
     stubs = {
-        peer: health_pb2_grpc.HealthStub(grpc.insecure_channel(address, options=OPTIONS))
-        for peer, address in peers.items()
+        peer: health_pb2_grpc.HealthStub(channel(peer, address)) for peer, address in peers.items()
     }
     crash_file = config.node_dir(me.id) / "CRASH"
     while not stop.wait(0.05):
@@ -156,6 +179,7 @@ def main() -> int:
         state.update(reachable)
     log(me.id, "SIGTERM: stopping")
     server.stop(0.2).wait()
+    peer_server.stop(0.2).wait()
     return 0
 
 

@@ -26,7 +26,10 @@ from tests.supervisor.conftest import (
     write_config,
 )
 
-GOOD_NODES = "nodes:\n  a: {host: 127.0.0.1, port: 23001}\n  b: {host: 127.0.0.1, port: 23002}\n"
+GOOD_NODES = (
+    "nodes:\n  a: {host: 127.0.0.1, port: 23001, peer_port: 24001}\n"
+    "  b: {host: 127.0.0.1, port: 23002, peer_port: 24002}\n"
+)
 
 
 @pytest.mark.parametrize(
@@ -36,14 +39,16 @@ GOOD_NODES = "nodes:\n  a: {host: 127.0.0.1, port: 23001}\n  b: {host: 127.0.0.1
         ("data_dir: d\n" + GOOD_NODES, "cluster", "required key is missing"),
         ("cluster: x\ndata_dir: d\ncolour: red\n" + GOOD_NODES, "colour", "unknown key"),
         (
-            "cluster: x\ndata_dir: d\nnodes:\n  a: {host: 127.0.0.1, port: 70000}\n",
+            "cluster: x\ndata_dir: d\nnodes:\n"
+            "  a: {host: 127.0.0.1, port: 70000, peer_port: 24001}\n",
             "nodes.a.port",
             "from 1 to 65535",
         ),
         ("cluster: x\ndata_dir: d\nleader: z\n" + GOOD_NODES, "leader", "must name a node"),
         (
-            "cluster: x\ndata_dir: d\nnodes:\n  a: {host: 127.0.0.1, port: 23001}\n"
-            "  b: {host: 127.0.0.1, port: 23001}\n",
+            "cluster: x\ndata_dir: d\nnodes:\n"
+            "  a: {host: 127.0.0.1, port: 23001, peer_port: 24001}\n"
+            "  b: {host: 127.0.0.1, port: 23001, peer_port: 24002}\n",
             "nodes.b.port",
             "already uses",
         ),
@@ -86,7 +91,9 @@ def test_an_address_in_use_is_refused_with_the_key_named(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = write_config(tmp_path)
-    port = int(re.findall(r"b: \{host: 127.0.0.1, port: (\d+)\}", config.read_text())[0])
+    port = int(
+        re.findall(r"b: \{host: 127.0.0.1, port: (\d+), peer_port: \d+\}", config.read_text())[0]
+    )
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", port))
         squatter.listen()

@@ -18,13 +18,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from node.config import load_config
 from supervisor.repl import prompt
+from tests.conftest import peer_channel_sync
 from tests.supervisor.conftest import (
     ROOT,
     Supervisor,
@@ -69,8 +69,9 @@ def session(tmp_path: Path, supervisors: Callable[..., Supervisor]) -> Iterator[
     yield Session(supervisors(write_config(tmp_path), real=True))
 
 
-def health_rtt_s(address: str) -> float:
-    with grpc.insecure_channel(address, options=[("grpc.enable_http_proxy", 0)]) as channel:
+def health_rtt_s(config: Path, node_id: str, address: str) -> float:
+    """Median health round trip to node_id's peer port at address (a link proxy's)."""
+    with peer_channel_sync(config, node_id, address=address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
         samples = []
@@ -151,12 +152,14 @@ def test_network_commands_and_their_effects(session: Session) -> None:
     assert not line.startswith(f"leader: {leader} ")
     session.run("heal", "^healed")
 
-    plain = health_rtt_s(proxy_a_to_b)
+    plain = health_rtt_s(session.supervisor.config, "b", proxy_a_to_b)
     session.run("slow b 100", r"^b: \+100 ms each way")
-    assert health_rtt_s(proxy_a_to_b) - plain >= 0.19  # 100 ms each way
+    assert (
+        health_rtt_s(session.supervisor.config, "b", proxy_a_to_b) - plain >= 0.19
+    )  # 100 ms each way
     assert session.node("b")["slow_ms"] == 100
     session.run("slow b 0", r"^b: no added latency")
-    assert health_rtt_s(proxy_a_to_b) < 0.1
+    assert health_rtt_s(session.supervisor.config, "b", proxy_a_to_b) < 0.1
     session.run("partition a,x | b", r"^error: no node 'x'")
     session.supervisor.close_stdin()  # EOF ends the session like quit
     assert session.supervisor.wait() == 1

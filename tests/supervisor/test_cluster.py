@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -29,6 +28,7 @@ from supervisor.cluster import (
     majority_leader,
 )
 from supervisor.processes import NodeExit, ProcessState
+from tests.conftest import node_channel_sync, peer_channel_sync
 from tests.supervisor.conftest import (
     FAKE_NODE,
     REAL_NODE_EXISTS,
@@ -108,9 +108,17 @@ def wait_for(cluster: Cluster, check: object, timeout_s: float = 15.0, what: str
     poll(lambda: check(cluster.status(timeout_s=0.5)), timeout_s, what)  # type: ignore[operator]
 
 
-def health_rtt_s(address: str, rounds: int = 3) -> float:
-    """Median round trip of a gRPC health check to address."""
-    with grpc.insecure_channel(address, options=[("grpc.enable_http_proxy", 0)]) as channel:
+def health_rtt_s(
+    cluster: Cluster, node_id: str, address: str, *, peer: bool, rounds: int = 3
+) -> float:
+    """Median round trip of a gRPC health check to node_id at address (TLS): its peer port
+    (through a link proxy, say) with the tool certificate, or its client port."""
+    channel = (
+        peer_channel_sync(cluster.config, node_id, address=address)
+        if peer
+        else node_channel_sync(cluster.config, address, [("grpc.enable_http_proxy", 0)])
+    )
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         stub.Check(health_pb2.HealthCheckRequest(), timeout=5)  # connect first
         samples = []
@@ -295,15 +303,15 @@ def test_isolate_cuts_one_node_off(cluster: Cluster) -> None:
 def test_slow_raises_the_round_trip_through_the_nodes_links(cluster: Cluster) -> None:
     assert cluster.network is not None
     through_proxy = cluster.network.address("a", "b")  # a's way to b
-    plain = health_rtt_s(through_proxy)
+    plain = health_rtt_s(cluster, "b", through_proxy, peer=True)
     cluster.slow("b", 80)
-    slowed = health_rtt_s(through_proxy)
+    slowed = health_rtt_s(cluster, "b", through_proxy, peer=True)
     assert slowed - plain >= 0.15  # 80 ms each way
     assert {s.id: s.slow_ms for s in cluster.status()} == {"a": 0, "b": 80, "c": 0}
-    direct = health_rtt_s(cluster.address("b"))  # clients are never slowed
+    direct = health_rtt_s(cluster, "b", cluster.address("b"), peer=False)  # clients never are
     assert direct < 0.1
     cluster.heal()
-    assert health_rtt_s(through_proxy) < 0.1
+    assert health_rtt_s(cluster, "b", through_proxy, peer=True) < 0.1
 
 
 def test_unknown_nodes_are_named(tmp_path: Path) -> None:

@@ -89,6 +89,10 @@ def test_every_setting_comes_back_the_same(tmp_path: Path) -> None:
         config, cluster_key=None, cluster_key_file=tmp_path / "secret" / "key"
     )
     assert settings(round_trip(keyed)) == settings(keyed)
+    certified = dataclasses.replace(config, tls_dir=tmp_path / "certs")
+    assert settings(round_trip(certified)) == settings(certified)
+    plain = dataclasses.replace(config, plaintext=True)
+    assert settings(round_trip(plain)) == settings(plain)
 
 
 def test_a_relocated_configuration_comes_back_relocated(tmp_path: Path) -> None:
@@ -168,7 +172,8 @@ async def test_real_nodes_run_on_a_relocated_config(tmp_path: Path) -> None:
     with Cluster(moved, stop_grace_s=3) as cluster:
         assert (tmp_path / "scratch" / "a").is_dir()
         addresses = {n: cluster.address(n) for n in cluster.node_ids}
-        async with Sender(addresses, leader=cluster.wait_leader(15)) as client:
+        leader = cluster.wait_leader(15)
+        async with Sender(addresses, leader=leader, tls=cluster.credentials) as client:
             for name in ("ann", "bob"):
                 await client.register(name, "pw", timeout_s=10)
             token = await client.login("ann", "pw", timeout_s=10)

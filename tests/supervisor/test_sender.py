@@ -39,7 +39,9 @@ UNKNOWN_OUTCOMES = [
 
 def sender_for(cluster: FakeCluster, **options: float) -> Sender:
     addresses = {name: cluster.address(name) for name in cluster.names}
-    return Sender(addresses, call_timeout_s=options.pop("call_timeout_s", 0.5), **options)
+    # The fake chat cluster serves plaintext (a node's TLS is tested against real nodes).
+    timeout_s = options.pop("call_timeout_s", 0.5)
+    return Sender(addresses, call_timeout_s=timeout_s, tls=None, **options)
 
 
 async def session(cluster: FakeCluster, sender: Sender, *names: str) -> str:
