@@ -33,6 +33,7 @@ import pytest
 
 from client.api import ChatClient
 from tests.client.fakechat import ChatCluster, FakeCluster
+from tests.conftest import cluster_ca
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_KINDS = ["fake", pytest.param("real", marks=pytest.mark.cluster)]
@@ -89,6 +90,11 @@ class RealCluster:
         return self._cluster.address(name)
 
     @property
+    def ca(self) -> bytes:
+        """The PEM of the cluster's CA (its nodes serve TLS)."""
+        return cluster_ca(self._cluster.config)
+
+    @property
     def addresses(self) -> list[str]:
         return [self.address(n) for n in self._names]
 
@@ -122,7 +128,8 @@ def make_client(
     }
     settings.update(options)
     names = cluster.names if servers is None else servers
-    return ChatClient({name: cluster.address(name) for name in names}, **settings)
+    ca = cluster.ca if isinstance(cluster, RealCluster) else None  # the fake serves plaintext
+    return ChatClient({name: cluster.address(name) for name in names}, ca=ca, **settings)
 
 
 async def logged_in(cluster: ChatCluster, username: str, **options: Any) -> ChatClient:

@@ -27,7 +27,7 @@ def lines(text: str) -> list[str]:
 
 
 def test_every_command_and_its_errors(fake_servers: FakeServers) -> None:
-    servers = ["--servers", fake_servers.servers]
+    servers = ["--servers", fake_servers.servers, "--plaintext"]  # the fakes: no TLS
     alice = run_client(
         servers,
         "\n".join(
@@ -191,7 +191,9 @@ def test_a_pinned_client_reports_its_node_and_does_not_fail_over(
 ) -> None:
     b = fake_servers.addresses["b"]
     a = fake_servers.addresses["a"]
-    result = run_client(["--server", b, "--timeout", "0.6"], "register yves\npw\nwhoami\n")
+    result = run_client(
+        ["--server", b, "--plaintext", "--timeout", "0.6"], "register yves\npw\nwhoami\n"
+    )
     assert result.returncode == 1, result
     err = lines(result.stderr)
     assert err[0].startswith(
@@ -206,11 +208,19 @@ CALL_TIMEOUT = ["--call-timeout", "0.8"]
 
 def test_a_slow_send_shows_pending_then_sent(fake_servers: FakeServers) -> None:
     setup = run_client(
-        ["--servers", fake_servers.servers], "register pat\npw\nregister quinn\npw\n"
+        ["--servers", fake_servers.servers, "--plaintext"], "register pat\npw\nregister quinn\npw\n"
     )
     assert setup.returncode == 0, setup
     process = subprocess.Popen(
-        [sys.executable, "-m", "client", "--servers", fake_servers.servers, *CALL_TIMEOUT],
+        [
+            sys.executable,
+            "-m",
+            "client",
+            "--servers",
+            fake_servers.servers,
+            "--plaintext",
+            *CALL_TIMEOUT,
+        ],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -240,6 +250,6 @@ def test_bad_arguments_exit_2_with_a_readable_message(tmp_path: Path) -> None:
     missing = run_client(["--cluster", str(tmp_path / "nope.yaml")], "")
     assert missing.returncode == 2
     assert missing.stderr.startswith("chatbooth: ") and "no such file" in missing.stderr
-    bad = run_client(["--servers", "localhost"], "")
+    bad = run_client(["--servers", "localhost", "--plaintext"], "")
     assert bad.returncode == 2
     assert bad.stderr == "chatbooth: 'localhost' is not host:port\n"

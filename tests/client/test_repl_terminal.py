@@ -99,12 +99,23 @@ def test_a_message_appears_above_the_half_typed_line_which_survives(
     fake_servers: FakeServers, tmp_path: Path
 ) -> None:
     servers = fake_servers.servers
-    setup = run_client(["--servers", servers], "register alice\npw\nregister bob\nhunter2\n")
+    setup = run_client(
+        ["--servers", servers, "--plaintext"], "register alice\npw\nregister bob\nhunter2\n"
+    )
     assert setup.returncode == 0, setup
     history = tmp_path / "history"
     env = dict(os.environ, PROMPT_TOOLKIT_NO_CPR="1", TERM="xterm", HOME=str(tmp_path))
     terminal = Terminal(
-        [sys.executable, "-m", "client", "--servers", servers, "--history-file", str(history)],
+        [
+            sys.executable,
+            "-m",
+            "client",
+            "--servers",
+            servers,
+            "--plaintext",
+            "--history-file",
+            str(history),
+        ],
         env,
     )
     try:
@@ -118,7 +129,9 @@ def test_a_message_appears_above_the_half_typed_line_which_survives(
         terminal.send("send al")
         terminal.expect("send al")
 
-        sender = run_client(["--servers", servers], "login alice\npw\nsend bob hello from alice\n")
+        sender = run_client(
+            ["--servers", servers, "--plaintext"], "login alice\npw\nsend bob hello from alice\n"
+        )
         assert sender.returncode == 0, sender
         terminal.expect(r"\[\d\d:\d\d:\d\d\] alice: hello from alice\n")
         terminal.expect(r"chatbooth>\s*send al")  # redrawn under the message, unbroken

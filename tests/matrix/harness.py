@@ -32,7 +32,7 @@ from client.api import ChatClient, PendingWrite, SendResult
 from client.errors import ChatClientError, NoMajorityError, ServerError, UnavailableError
 from supervisor.cluster import Cluster, NodeStatus, majority_leader
 from supervisor.history import Delivery, Outcome, SendRecord, check, render
-from tests.conftest import write_cluster_yaml
+from tests.conftest import cluster_ca, write_cluster_yaml
 
 T = TypeVar("T")
 
@@ -163,7 +163,8 @@ def make_client(cluster: Cluster, **options: float) -> ChatClient:
         "watch_interval_s": 0.5,
     }
     settings.update(options)
-    return ChatClient({n: cluster.address(n) for n in cluster.node_ids}, **settings)  # type: ignore[arg-type]
+    addresses = {n: cluster.address(n) for n in cluster.node_ids}
+    return ChatClient(addresses, ca=cluster_ca(cluster.config), **settings)  # type: ignore[arg-type]
 
 
 def pinned_client(cluster: Cluster, node_id: str, *, overall_timeout_s: float) -> ChatClient:
@@ -174,6 +175,7 @@ def pinned_client(cluster: Cluster, node_id: str, *, overall_timeout_s: float) -
         call_timeout_s=0.5,
         overall_timeout_s=overall_timeout_s,
         no_majority_grace_s=1.0,
+        ca=cluster_ca(cluster.config),
     )
 
 

@@ -8,8 +8,9 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -18,7 +19,7 @@ from node.config import ClusterConfig, load_config
 from protos import chat_pb2, chat_pb2_grpc
 from supervisor.cluster import Cluster
 from supervisor.nodeconfig import STDIN_PATH, render
-from tests.conftest import write_cluster_yaml
+from tests.conftest import node_channel, peer_channel, write_cluster_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,7 +37,20 @@ class NodeProcesses:
         self.raw: list[subprocess.Popen[bytes]] = []  # all stopped at close
 
     def address(self, n: str) -> str:
+        """Node n's client port (server TLS with the cluster's CA)."""
         return f"127.0.0.1:{self.ports[n]}"
+
+    @property
+    def ca_path(self) -> Path:
+        """The test cluster's CA, made under data/tls when the cluster starts."""
+        files = load_config(self.config).tls
+        if files is None:
+            raise AssertionError("a plaintext cluster has no CA")
+        return files.ca
+
+    def channel(self, n: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+        """An aio channel to node n's client port, TLS with the cluster's CA."""
+        return node_channel(self.config, self.address(n), options)
 
     def log(self, n: str) -> str:
         path = self.tmp / "data" / n / "node.log"
@@ -103,7 +117,8 @@ class NodeProcesses:
             proc.wait(10)
 
     async def status(self, n: str, *, digest: bool = False) -> chat_pb2.StatusReply | None:
-        async with grpc.aio.insecure_channel(self.address(n)) as ch:
+        # The digest is served on the peer port, to the tool certificate.
+        async with peer_channel(self.config, n) if digest else self.channel(n) as ch:
             try:
                 return await chat_pb2_grpc.ChatStub(ch).Status(
                     chat_pb2.StatusRequest(with_digest=digest), timeout=1

@@ -58,7 +58,7 @@ def test_sessions_expire_on_time_on_a_cluster_with_no_writes(
     nodes.start_all()
 
     async def scenario() -> None:
-        s = await Session.open(nodes.address(await nodes.wait_leader()))
+        s = await Session.open(nodes.channel(await nodes.wait_leader()))
         await s.register_and_login("quiet")
         logged_in = time.monotonic()
         reply = await s.stub.History(pb.HistoryRequest(token=s.token, other="quiet"), timeout=5)
@@ -91,9 +91,9 @@ def test_a_client_cut_off_past_client_idle_s_is_refused_not_applied_twice(
 
     async def scenario() -> None:
         leader = await nodes.wait_leader()
-        writer = await Session.open(nodes.address(leader))
+        writer = await Session.open(nodes.channel(leader))
         await writer.register_and_login("writer")
-        reader = await Session.open(nodes.address(leader))
+        reader = await Session.open(nodes.channel(leader))
         await reader.register_and_login("reader")
         first = await writer.send("reader", "hello")
         # A retry while the client is remembered is answered from the table.
@@ -109,7 +109,7 @@ def test_a_client_cut_off_past_client_idle_s_is_refused_not_applied_twice(
         assert "client session expired" in (refusal.details() or "")
         reasons = [v for k, v in refusal.trailing_metadata() or () if k == "x-chatbooth-reason"]
         assert reasons == ["client-expired"]
-        got = await _drain(nodes.address(await nodes.wait_leader()), reader.token)
+        got = await _drain(nodes.channel(await nodes.wait_leader()), reader.token)
         assert [m.text for m in got] == ["hello"]
         await writer.close()
         await reader.close()

@@ -17,6 +17,7 @@ from protos import chat_pb2 as pb
 from protos import chat_pb2_grpc as pbg
 from protos import raft_pb2, raft_pb2_grpc
 from supervisor.cluster import NodeExitedError
+from tests.conftest import peer_channel
 from tests.node.conftest import NodeProcesses
 
 pytestmark = pytest.mark.cluster
@@ -27,8 +28,8 @@ ELECTION_BOUND_S = 5 * 0.4  # 5x the default maximum election timeout
 class Session:
     """A bare client with a request-id counter (the real client library is client/api.py)."""
 
-    def __init__(self, address: str) -> None:
-        self.channel = grpc.aio.insecure_channel(address)
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel  # to a node's client port (NodeProcesses.channel: TLS)
         self.stub = pbg.ChatStub(self.channel)
         self.client_id = 0  # the client id writes use: bound to the session once logged in
         self.anon_id = 0  # the one for Register and Login
@@ -36,9 +37,9 @@ class Session:
         self.token = ""
 
     @classmethod
-    async def open(cls, address: str) -> Session:
+    async def open(cls, channel: grpc.aio.Channel) -> Session:
         """A session with a client id registered in the log (thesis §6.3)."""
-        session = cls(address)
+        session = cls(channel)
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -88,9 +89,9 @@ class Session:
 
 
 async def _drain(
-    address: str, token: str, after: int = 0, wait_s: float = 1.0
+    channel: grpc.aio.Channel, token: str, after: int = 0, wait_s: float = 1.0
 ) -> list[pb.ChatMessage]:
-    async with grpc.aio.insecure_channel(address) as ch:
+    async with channel as ch:
         call = pbg.ChatStub(ch).Subscribe(
             pb.SubscribeRequest(token=token, after_id=after), timeout=wait_s
         )
@@ -110,23 +111,23 @@ def test_register_login_send_subscribe_ack(nodes: NodeProcesses) -> None:
         leader = await nodes.wait_leader()
         follower = next(n for n in nodes.ids if n != leader)
         alice, bob = (
-            await Session.open(nodes.address(follower)),
-            await Session.open(nodes.address(leader)),
+            await Session.open(nodes.channel(follower)),
+            await Session.open(nodes.channel(leader)),
         )
         await alice.register_and_login("alice")  # through a follower: forwarded
         await bob.register_and_login("bob")
         ids = [(await alice.send("bob", f"m{i}")).message_id for i in range(5)]
         assert ids == sorted(ids) and len(set(ids)) == 5
-        got = await _drain(nodes.address(leader), bob.token)
+        got = await _drain(nodes.channel(leader), bob.token)
         assert [m.text for m in got] == [f"m{i}" for i in range(5)]
         assert all(m.sender == "alice" for m in got)
         await bob.stub.Ack(
             pb.AckRequest(request=bob.rid(), token=bob.token, up_to_id=ids[2]), timeout=10
         )
-        got = await _drain(nodes.address(leader), bob.token)
+        got = await _drain(nodes.channel(leader), bob.token)
         assert [m.text for m in got] == ["m3", "m4"]
         # live delivery: a stream open before the send gets it at once
-        async with grpc.aio.insecure_channel(nodes.address(leader)) as ch:
+        async with nodes.channel(leader) as ch:
             call = pbg.ChatStub(ch).Subscribe(
                 pb.SubscribeRequest(token=bob.token, after_id=ids[-1]), timeout=10
             )
@@ -153,7 +154,7 @@ def test_errors_are_status_codes_a_person_can_read(nodes: NodeProcesses) -> None
     async def scenario() -> None:
         nodes.start_all()
         leader = await nodes.wait_leader()
-        s = await Session.open(nodes.address(leader))
+        s = await Session.open(nodes.channel(leader))
         await s.register_and_login("carol")
         cases = [
             (lambda: s.send("nobody", "hi"), grpc.StatusCode.NOT_FOUND, "nobody"),
@@ -211,7 +212,7 @@ def test_leader_sigkill_then_retry_with_the_same_request_id_applies_once(
         nodes.start_all()
         leader = await nodes.wait_leader()
         others = [n for n in nodes.ids if n != leader]
-        a = await Session.open(nodes.address(others[0]))
+        a = await Session.open(nodes.channel(others[0]))
         await a.register_and_login("dave")
         first = await a.send("dave", "once")
         nodes.kill(leader)
@@ -220,7 +221,7 @@ def test_leader_sigkill_then_retry_with_the_same_request_id_applies_once(
         assert time.monotonic() - started < ELECTION_BOUND_S
         # The same request id, retried on whichever node leads now (leadership may move
         # again on a loaded machine: UNAVAILABLE means "try again", never "failed").
-        retry = await Session.open(nodes.address(new_leader))
+        retry = await Session.open(nodes.channel(new_leader))
         retry.client_id, retry.token = a.client_id, a.token
         deadline = time.monotonic() + 10
         while True:
@@ -231,11 +232,11 @@ def test_leader_sigkill_then_retry_with_the_same_request_id_applies_once(
                 assert err.code() is grpc.StatusCode.UNAVAILABLE, err.details()
                 assert time.monotonic() < deadline
                 await retry.close()
-                retry = await Session.open(nodes.address(await nodes.wait_leader(among=others)))
+                retry = await Session.open(nodes.channel(await nodes.wait_leader(among=others)))
                 retry.client_id, retry.token = a.client_id, a.token
         assert again.message_id == first.message_id
         leader_now = await nodes.wait_leader(among=others)
-        got = await _drain(nodes.address(leader_now), a.token)
+        got = await _drain(nodes.channel(leader_now), a.token)
         assert [m.text for m in got] == ["once"]
         await a.close()
         await retry.close()
@@ -249,7 +250,7 @@ def test_full_stop_and_cold_restart_keeps_every_acknowledged_message(
     async def scenario() -> list[int]:
         nodes.start_all()
         leader = await nodes.wait_leader()
-        s = await Session.open(nodes.address(leader))
+        s = await Session.open(nodes.channel(leader))
         await s.register_and_login("erin")
         acked = [(await s.send("erin", f"keep {i}")).message_id for i in range(20)]
         await s.close()
@@ -262,11 +263,11 @@ def test_full_stop_and_cold_restart_keeps_every_acknowledged_message(
     async def after() -> None:
         nodes.start_all()
         leader = await nodes.wait_leader()
-        s = await Session.open(nodes.address(leader))
+        s = await Session.open(nodes.channel(leader))
         reply = await s.stub.Login(
             pb.LoginRequest(request=s.rid(anon=True), username="erin", password="pw"), timeout=10
         )
-        got = await _drain(nodes.address(leader), reply.token)
+        got = await _drain(nodes.channel(leader), reply.token)
         assert [m.id for m in got] == acked
         deadline = time.monotonic() + 10
         while True:
@@ -286,7 +287,7 @@ def test_no_majority_answers_unavailable_within_an_election_timeout(nodes: NodeP
     async def scenario() -> None:
         nodes.start_all()
         leader = await nodes.wait_leader()
-        s = await Session.open(nodes.address(leader))
+        s = await Session.open(nodes.channel(leader))
         await s.register_and_login("fred")
         for n in nodes.ids:
             if n != leader:
@@ -309,7 +310,8 @@ def test_raft_rpcs_without_the_cluster_key_are_refused(nodes: NodeProcesses) -> 
     async def scenario() -> None:
         nodes.start_all()
         await nodes.wait_serving("a")
-        async with grpc.aio.insecure_channel(nodes.address("a")) as ch:
+        # On the peer port with b's own certificate: the key is a second check.
+        async with peer_channel(nodes.config, "a", certificate="b") as ch:
             stub = raft_pb2_grpc.RaftStub(ch)
 
             async def batches():  # type: ignore[no-untyped-def]
@@ -328,7 +330,11 @@ def test_a_second_node_on_a_used_port_or_data_dir_refuses_to_start(nodes: NodePr
     assert second.wait(15) == 3  # the data directory lock is checked first
     assert "in use by another process" in nodes.raw_log("a")
     # a different data dir but the same port
-    other = dataclasses.replace(load_config(nodes.config), data_dir=nodes.tmp / "data2")
+    other = dataclasses.replace(
+        load_config(nodes.config),
+        data_dir=nodes.tmp / "data2",
+        tls_dir=nodes.tmp / "data" / "tls",  # the same certificates
+    )
     third = nodes.spawn_raw("a", config=other)
     assert third.wait(15) == 4
     assert "cannot listen on" in nodes.raw_log("a")
@@ -338,7 +344,7 @@ def test_a_corrupted_log_stops_its_node_with_a_clear_error(nodes: NodeProcesses)
     async def scenario() -> None:
         nodes.start_all()
         leader = await nodes.wait_leader()
-        s = await Session.open(nodes.address(leader))
+        s = await Session.open(nodes.channel(leader))
         await s.register_and_login("gina")
         for i in range(10):
             await s.send("gina", f"m{i}")
@@ -369,7 +375,7 @@ def test_a_follower_behind_the_compacted_log_is_restored_by_install_snapshot(
         leader = await nodes.wait_leader()
         lagging = next(n for n in nodes.ids if n != leader)
         nodes.kill(lagging)
-        s = await Session.open(nodes.address(leader))
+        s = await Session.open(nodes.channel(leader))
         await s.register_and_login("hank")
         for i in range(60):
             await s.send("hank", f"m{i}")
@@ -400,9 +406,9 @@ def test_subscription_ends_with_unavailable_when_the_leader_steps_down(
     async def scenario() -> None:
         nodes.start_all()
         leader = await nodes.wait_leader()
-        s = await Session.open(nodes.address(leader))
+        s = await Session.open(nodes.channel(leader))
         await s.register_and_login("ivy")
-        async with grpc.aio.insecure_channel(nodes.address(leader)) as ch:
+        async with nodes.channel(leader) as ch:
             call = pbg.ChatStub(ch).Subscribe(pb.SubscribeRequest(token=s.token), timeout=20)
             await s.send("ivy", "the stream is live")  # once it arrives, the stream is open
             first = await asyncio.wait_for(call.read(), 10)
@@ -438,7 +444,7 @@ def test_retried_delete_account_and_login_get_their_first_answer(nodes: NodeProc
     async def scenario() -> None:
         nodes.start_all()
         leader = await nodes.wait_leader()
-        s = await Session.open(nodes.address(leader))
+        s = await Session.open(nodes.channel(leader))
         await s.register_and_login("jill")
         login_rid = s.rid(anon=True)
         first = await s.stub.Login(

@@ -40,8 +40,15 @@ class Server:
         self.channel: grpc.aio.Channel | None = None
 
     async def __aenter__(self) -> raft_pb2_grpc.RaftAsyncStub:
+        # No TLS here: these tests are about the stream's rules; the certificate check is
+        # tested against real nodes (tests/security/test_tls.py).
         service = RaftService(
-            ME, CLUSTER, self.inbox.deliver, self.inbox.deliver_snapshot, lambda: MEMBERS
+            ME,
+            CLUSTER,
+            self.inbox.deliver,
+            self.inbox.deliver_snapshot,
+            lambda: MEMBERS,
+            certificates=False,
         )
         for _ in range(20):  # free_port races with other binders: retry a failed bind
             server = grpc.aio.server(options=SERVER_OPTIONS)

@@ -32,7 +32,7 @@ def test_an_undecodable_request_is_invalid_argument(nodes: NodeProcesses) -> Non
 
     async def scenario() -> None:
         leader = await nodes.wait_leader()
-        async with grpc.aio.insecure_channel(nodes.address(leader)) as ch:
+        async with nodes.channel(leader) as ch:
             for method in ("Login", "Send", "Status"):
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
                     await _raw(ch, method)(GARBAGE, timeout=5)
@@ -50,7 +50,7 @@ def test_ten_thousand_undecodable_requests_leave_the_log_under_a_megabyte(
     async def scenario() -> None:
         leader = await nodes.wait_leader()
         before = len(nodes.log(leader).encode())
-        async with grpc.aio.insecure_channel(nodes.address(leader)) as ch:
+        async with nodes.channel(leader) as ch:
             call = _raw(ch, "Login")
 
             async def one() -> grpc.StatusCode:

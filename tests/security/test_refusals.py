@@ -32,7 +32,7 @@ def test_writes_with_unknown_sessions_never_reach_the_log(nodes: NodeProcesses) 
 
     async def scenario() -> None:
         leader = await nodes.wait_leader()
-        s = await Session.open(nodes.address(leader))
+        s = await Session.open(nodes.channel(leader))
         await s.register_and_login("victim")
         before = await nodes.status(leader)
         assert before is not None
@@ -66,7 +66,7 @@ def test_failed_logins_are_slowed_down_never_locked_out(nodes: NodeProcesses) ->
 
     async def scenario() -> None:
         leader = await nodes.wait_leader()
-        s = await Session.open(nodes.address(leader))
+        s = await Session.open(nodes.channel(leader))
         await s.register_and_login("alice")
         wrong = pb.LoginRequest(username="alice", password="guess")
         for _ in range(5):
@@ -97,7 +97,7 @@ def test_a_session_may_hold_only_a_few_streams(nodes: NodeProcesses) -> None:
 
     async def scenario() -> None:
         leader = await nodes.wait_leader()
-        s = await Session.open(nodes.address(leader))
+        s = await Session.open(nodes.channel(leader))
         await s.register_and_login("streamer")
         streams = [s.stub.Subscribe(pb.SubscribeRequest(token=s.token)) for _ in range(4)]
         await s.send("streamer", "hello")
@@ -124,13 +124,11 @@ def test_a_subscriber_that_does_not_read_is_ended_and_the_client_resumes(
 
     async def scenario() -> None:
         leader = await nodes.wait_leader()
-        s = await Session.open(nodes.address(leader))
+        s = await Session.open(nodes.channel(leader))
         await s.register_and_login("slow")
         # Its own channel with a fixed flow-control window (no BDP probing), so that what the
         # node cannot send really waits on the node, as with a slow reader far away.
-        channel = grpc.aio.insecure_channel(
-            nodes.address(leader), options=[("grpc.http2.bdp_probe", 0)]
-        )
+        channel = nodes.channel(leader, options=[("grpc.http2.bdp_probe", 0)])
         stalled = pbg.ChatStub(channel).Subscribe(pb.SubscribeRequest(token=s.token))
         await s.send("slow", "0 opening")
         first = await stalled.read()  # the stream is open; from here on nobody reads it
@@ -148,7 +146,8 @@ def test_a_subscriber_that_does_not_read_is_ended_and_the_client_resumes(
         assert _metadata(caught.value, "x-chatbooth-reason") == ["slow-consumer"]
         assert got < count  # it was cut off, not handed everything
         # The library's subscription resumes by itself and delivers each message once.
-        async with ChatClient([nodes.address(n) for n in nodes.ids]) as client:
+        ca = nodes.ca_path.read_bytes()
+        async with ChatClient([nodes.address(n) for n in nodes.ids], ca=ca) as client:
             await client.login("slow", "pw")
             seen: list[int] = []
             async for m in client.subscribe():

@@ -45,18 +45,21 @@ def test_the_piped_client_prints_a_hostile_message_visibly(nodes: NodeProcesses)
     nodes.start_all()
 
     async def setup() -> str:
-        leader = nodes.address(await nodes.wait_leader())
-        mallory = await Session.open(leader)
+        leader = await nodes.wait_leader()
+        mallory = await Session.open(nodes.channel(leader))
         await mallory.register_and_login("mallory")
-        bob = await Session.open(leader)
+        bob = await Session.open(nodes.channel(leader))
         await bob.register_and_login("bob")
         await mallory.send("bob", HOSTILE)
         await mallory.close()
         await bob.close()
-        return leader
+        return nodes.address(leader)
 
     leader = asyncio.run(setup())
-    run = run_client(["--servers", leader], "login bob\npw\nhistory mallory\nsleep 1\n")
+    run = run_client(
+        ["--servers", leader, "--ca", str(nodes.ca_path)],
+        "login bob\npw\nhistory mallory\nsleep 1\n",
+    )
     out = run.stdout
     assert "mallory: hi\\n[09:00:00] admin: your account is locked\\x1b]0;pwned\\x07" in out
     assert RAW_CONTROL.search(out) is None, repr(out)
