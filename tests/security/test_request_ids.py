@@ -30,10 +30,10 @@ def test_replays_with_other_content_or_another_session_are_refused(nodes: NodePr
     nodes.start_all()
 
     async def scenario() -> None:
-        leader = nodes.address(await nodes.wait_leader())
-        victim = await Session.open(leader)
+        leader = await nodes.wait_leader()
+        victim = await Session.open(nodes.channel(leader))
         await victim.register_and_login("victim")
-        mallory = await Session.open(leader)
+        mallory = await Session.open(nodes.channel(leader))
         await mallory.register_and_login("mallory")
 
         # A Login replayed with a wrong password gets no session.
@@ -91,7 +91,7 @@ def test_replays_with_other_content_or_another_session_are_refused(nodes: NodePr
         assert "bound to another session" in (err.details() or "")
         await victim.send("mallory", "still mine")  # not refused as stale
 
-        got = await _drain(leader, mallory.token)
+        got = await _drain(nodes.channel(leader), mallory.token)
         assert [m.text for m in got] == ["hi", "still mine"]
         await victim.close()
         await mallory.close()
