@@ -90,7 +90,8 @@ def write_private(path: Path, data: bytes) -> None:
 
 
 def _write_public(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    # 0600 too: it is in a 0700 directory anyway, and nothing under data_dir is for others.
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     with os.fdopen(fd, "wb") as file:
         file.write(data)
         file.flush()

@@ -37,7 +37,7 @@ print("\\n".join(readable))
 
 def _write_some_state(nodes: NodeProcesses) -> None:
     async def scenario() -> None:
-        s = await Session.open(nodes.address(await nodes.wait_leader()))
+        s = await Session.open(nodes.channel(await nodes.wait_leader()))
         await s.register_and_login("owner")
         for i in range(20):
             await s.send("owner", f"secret {i}")
