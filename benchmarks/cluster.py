@@ -29,7 +29,7 @@ def bench_cluster(directory: Path, nodes: int = 3) -> ClusterConfig:
     127.0.0.1 ports, data in directory/data, the first node the leader hint."""
     ids = [chr(ord("a") + i) for i in range(nodes)]
     ports: list[int] = []
-    for _ in ids:
+    for _ in range(2 * len(ids)):  # a client port and a peer port each
         ports.append(free_port(avoid=ports))
     return dataclasses.replace(
         load_config(ROOT / "cluster.yaml"),
@@ -39,7 +39,9 @@ def bench_cluster(directory: Path, nodes: int = 3) -> ClusterConfig:
         cluster_key=None,
         cluster_key_file=None,
         scrypt=BENCH_SCRYPT,
-        nodes=tuple(NodeAddress(n, "127.0.0.1", p) for n, p in zip(ids, ports, strict=True)),
+        nodes=tuple(
+            NodeAddress(n, "127.0.0.1", ports[2 * i], ports[2 * i + 1]) for i, n in enumerate(ids)
+        ),
         warnings=(),
     )
 
