@@ -38,6 +38,7 @@ def run(users: int, cost: ScryptCost) -> dict[str, object]:
         with Cluster(config, links=False) as cluster:
             leader = cluster.wait_leader()
             addresses = {n: cluster.address(n) for n in cluster.node_ids}
+            tls = cluster.credentials
             process = psutil.Process(cluster.pid(leader))
             peak = [process.memory_info().rss]
             base_rss = peak[0]
@@ -48,12 +49,12 @@ def run(users: int, cost: ScryptCost) -> dict[str, object]:
                     peak[0] = max(peak[0], process.memory_info().rss)
 
             async def scenario() -> tuple[list[float], float, int]:
-                async with Sender(addresses, leader=leader, call_timeout_s=120) as setup:
+                async with Sender(addresses, leader=leader, call_timeout_s=120, tls=tls) as setup:
                     for i in range(users):
                         await setup.register(f"user{i}", "pw", timeout_s=120)
 
                 async def one(i: int) -> float:
-                    async with Sender(addresses, leader=leader, call_timeout_s=300) as s:
+                    async with Sender(addresses, leader=leader, call_timeout_s=300, tls=tls) as s:
                         started = time.monotonic()
                         await s.login(f"user{i}", "pw", timeout_s=300)
                         return time.monotonic() - started

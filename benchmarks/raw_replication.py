@@ -71,7 +71,11 @@ async def run_node(config_path: str, node_id: str, entries: int, inflight: int) 
     storage = Storage.open(config.node_dir(node_id))
     peers = {NodeId(n.id): n.address for n in config.nodes if n.id != node_id}
     transport = GrpcTransport(
-        node_id=NodeId(node_id), peer_addresses=peers, cluster=config.cluster, key=key
+        node_id=NodeId(node_id),
+        peer_addresses=peers,
+        cluster=config.cluster,
+        key=key,
+        credentials=None,
     )
     driver: RaftDriver[int] = RaftDriver(
         node_id=NodeId(node_id),
@@ -89,6 +93,7 @@ async def run_node(config_path: str, node_id: str, entries: int, inflight: int) 
             driver.step,
             driver.receive_snapshot,
             members=lambda: driver.core.voters,
+            certificates=False,
         ),
         server,
     )
@@ -129,7 +134,10 @@ def main() -> None:
         asyncio.run(run_node(args.node[0], args.node[1], args.entries, args.inflight))
         return
     with tempfile.TemporaryDirectory(prefix="chatbooth-raw-") as tmp:
-        config = dataclasses.replace(bench_cluster(Path(tmp)), cluster_key="raw-benchmark-key")
+        # Plaintext: this measures replication itself (bench measures TLS, --plaintext beside)
+        config = dataclasses.replace(
+            bench_cluster(Path(tmp)), cluster_key="raw-benchmark-key", plaintext=True
+        )
         text = render(config)
         cmd = [sys.executable, "-m", "benchmarks.raw_replication", "--entries", str(args.entries)]
         cmd += ["--inflight", str(args.inflight), "--node", STDIN_PATH]
