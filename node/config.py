@@ -245,11 +245,11 @@ def load_config(path: str | Path) -> ClusterConfig:
     config = parse_config(text, path)
     if config.cluster_key is not None:
         with contextlib.suppress(OSError):
-            if path.stat().st_mode & 0o077:
+            mode = path.stat().st_mode & 0o777
+            if mode & 0o077:
                 warning = (
                     f"{path}: cluster_key is inline in a file other users can read "
-                    f"(mode {path.stat().st_mode & 0o777:o}): chmod 600 it, or use "
-                    "cluster_key_file"
+                    f"(mode {mode:o}): chmod 600 it, or use cluster_key_file"
                 )
                 config = dataclasses.replace(config, warnings=(*config.warnings, warning))
     return config

@@ -64,11 +64,10 @@ def _safe(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
 
 
 async def _refuse(method: str, context: Any, bad: _Undecodable) -> None:
-    peer = context.peer() if hasattr(context, "peer") else "?"
     BAD_REQUESTS.warning(
         "refused an undecodable %s request from %s: %s",
         method,
-        peer,
+        context.peer(),
         type(bad.error).__name__,
     )
     await context.abort(

@@ -63,6 +63,7 @@ CLIENT_PEER_KEY = "x-chatbooth-client-peer"
 DEFAULT_TIMEOUT_S = 10.0
 DEADLINE_MARGIN_S = 0.05  # answer a little before the client gives up
 
+_NO_SALT = b"\0" * SALT_BYTES  # for the hash an unknown user's login costs
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
@@ -155,8 +156,6 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         self._log_clock = LogClock(driver.clock)
         self._logins = LoginLimiter()  # the leader's memory of failed logins
         self._hash_pool = ThreadExecutor(1, f"{driver.id}-scrypt")
-        # What an unknown user's password is checked against (same cost as a real one).
-        self._dummy_hash = hash_password("", config.scrypt, b"\0" * SALT_BYTES)
         self._log_clock.observe(state.log_time_ms)
         self._tasks: list[asyncio.Task[None]] = []
         driver.add_apply_listener(self._on_apply)
@@ -363,10 +362,10 @@ class ChatService(chat_pb2_grpc.ChatServicer):
     async def _check_password(
         self, context: Context, password: str, stored: PasswordHash | None
     ) -> bool:
-        """Whether `password` matches; an unknown account costs one hash too (against a
-        dummy), so timing does not tell which usernames exist."""
+        """Whether `password` matches. An unknown account costs one hash at the configured
+        cost too, as a real account's check does, so timing does not tell which exist."""
         if stored is None:
-            await self._scrypt(context, verify_password, password, self._dummy_hash)
+            await self._scrypt(context, hash_password, password, self._config.scrypt, _NO_SALT)
             return False
         return await self._scrypt(context, verify_password, password, stored)
 
@@ -650,7 +649,11 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             await self._abort(context, exc)
         finally:
             if sub is not None:
-                self._subscribers.get(sub.username, set()).discard(sub)
+                open_streams = self._subscribers.get(sub.username)
+                if open_streams is not None:
+                    open_streams.discard(sub)
+                    if not open_streams:  # one entry per user with a stream open, no more
+                        del self._subscribers[sub.username]
 
     def _on_apply(self, result: ApplyResult) -> None:
         self._log_clock.observe(self._state.log_time_ms)

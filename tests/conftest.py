@@ -114,16 +114,10 @@ def node_channel_sync(
     return grpc.secure_channel(address, credentials, options=list(options))
 
 
-def peer_channel(
-    config: ClusterConfig | Path | str,
-    node_id: str,
-    *,
-    certificate: str = TOOL_NAME,
-    address: str | None = None,
-) -> grpc.aio.Channel:
-    """An aio channel to node_id's peer port (mutual TLS) presenting the test cluster's
-    certificate of `certificate` (a node id, or the tools' certificate), checked against
-    node_id's member name."""
+def _peer_credentials(
+    config: ClusterConfig | Path | str, node_id: str, certificate: str, address: str | None
+) -> tuple[grpc.ChannelCredentials, str, str]:
+    """(credentials presenting `certificate`, node_id's member name, the address to dial)."""
     loaded = _config(config)
     files = loaded.tls
     if files is None:
@@ -134,10 +128,22 @@ def peer_channel(
         certificate_chain=files.cert(certificate).read_bytes(),
     )
     name = certificate_name(node_id, loaded.cluster)
+    return credentials, name, address or loaded.node(node_id).peer_address
+
+
+def peer_channel(
+    config: ClusterConfig | Path | str,
+    node_id: str,
+    *,
+    certificate: str = TOOL_NAME,
+    address: str | None = None,
+) -> grpc.aio.Channel:
+    """An aio channel to node_id's peer port (mutual TLS) presenting the test cluster's
+    certificate of `certificate` (a node id, or the tools' certificate), checked against
+    node_id's member name."""
+    credentials, name, target = _peer_credentials(config, node_id, certificate, address)
     return grpc.aio.secure_channel(
-        address or loaded.node(node_id).peer_address,
-        credentials,
-        options=[("grpc.ssl_target_name_override", name)],
+        target, credentials, options=[("grpc.ssl_target_name_override", name)]
     )
 
 
@@ -149,18 +155,9 @@ def peer_channel_sync(
     address: str | None = None,
 ) -> grpc.Channel:
     """peer_channel, blocking (address: a link proxy's, say)."""
-    loaded = _config(config)
-    files = loaded.tls
-    if files is None:
-        raise AssertionError("a `tls: plaintext` cluster has no certificates")
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=files.ca.read_bytes(),
-        private_key=files.key(certificate).read_bytes(),
-        certificate_chain=files.cert(certificate).read_bytes(),
-    )
-    name = certificate_name(node_id, loaded.cluster)
+    credentials, name, target = _peer_credentials(config, node_id, certificate, address)
     return grpc.secure_channel(
-        address or loaded.node(node_id).peer_address,
+        target,
         credentials,
         options=[("grpc.ssl_target_name_override", name), ("grpc.enable_http_proxy", 0)],
     )

@@ -403,18 +403,24 @@ def session_of(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+def session_token(cmd: Command) -> str | None:
+    """The session token a command is made with; None for those that need no session (a
+    Login's token is the new session it opens, not one it is made with)."""
+    if isinstance(cmd, Send | Ack | Logout | DeleteAccount):
+        return cmd.token
+    return None
+
+
 def request_digest(cmd: Command) -> str:
     """A digest of what the client asked, to bind a request id to its content: only the fields
     the client sent (the accepting node's timestamp, salt, hash and token differ on a retry
     through another node), never a password, and a session token only as its hash."""
+    token = session_token(cmd)
+    fields: list[Any] = [] if token is None else [session_of(token)]
     if isinstance(cmd, Register | Login):
-        fields: list[Any] = [cmd.username]
+        fields.append(cmd.username)
     elif isinstance(cmd, Send):
-        fields = [session_of(cmd.token), cmd.recipient, cmd.text]
+        fields += [cmd.recipient, cmd.text]
     elif isinstance(cmd, Ack):
-        fields = [session_of(cmd.token), cmd.up_to_id]
-    elif isinstance(cmd, Logout | DeleteAccount):
-        fields = [session_of(cmd.token)]
-    else:
-        fields = []
+        fields.append(cmd.up_to_id)
     return hashlib.sha256(canonical_json([cmd.KIND.value, *fields])).hexdigest()[:32]

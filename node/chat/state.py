@@ -50,6 +50,7 @@ from node.chat.commands import (
     password_hash_json,
     request_digest,
     session_of,
+    session_token,
 )
 from node.chat.errors import (
     ChatError,
@@ -262,7 +263,7 @@ class ChatState:
         """A client session bound to a chat session serves that session's writes only, and an
         unbound one only the writes that need no session (issue 11: another user's writes
         must neither use a client id nor move its first_outstanding)."""
-        token = getattr(cmd, "token", None) if not isinstance(cmd, Login) else None
+        token = session_token(cmd)
         wanted = "" if token is None else session_of(token)
         if client.session == wanted:
             return None
