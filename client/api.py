@@ -64,6 +64,7 @@ from client.errors import (
 from client.stub import LEADER_ADDRESS_KEY, LEADER_ID_KEY, REASON_KEY, ChatStub, open_channel
 from node.config import ClusterConfig, ConfigError
 from protos import chat_pb2
+from protos.vocabulary import new_session_token
 
 logger = logging.getLogger(__name__)
 
@@ -498,12 +499,17 @@ class ChatClient:
         await self._submit(f"register {username}", invoke).wait()
 
     async def login(self, username: str, password: str) -> str:
-        """Log in and keep the session token; returns the username as registered."""
+        """Log in with a session token drawn here (the cluster keeps only its hash); returns
+        the username as registered. Every retry sends the same token with the same request
+        id, so a Login retried through a new leader opens the one session."""
+        token = new_session_token()
 
         async def invoke(stub: ChatStub, rid: chat_pb2.RequestId, timeout: float) -> str:
-            request = chat_pb2.LoginRequest(request=rid, username=username, password=password)
+            request = chat_pb2.LoginRequest(
+                request=rid, username=username, password=password, token=token
+            )
             reply = await stub.Login(request, timeout=timeout)
-            return self._start_session(reply.token, reply.username or username)
+            return self._start_session(token, reply.username or username)
 
         return await self._submit(f"login as {username}", invoke).wait()
 

@@ -1,5 +1,5 @@
 """The Chat gRPC service: validates a request before anything reaches the log, turns it into
-a command (with the timestamp, salt, hash and token made here), proposes it through the
+a command (with the timestamp, salt and hash made here), proposes it through the
 driver, and maps every outcome to a gRPC status a person can read.
 
 A follower forwards a unary write to the leader's peer port (mutual TLS, through the
@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -72,6 +71,12 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _session_key(token: str) -> str:
+    """The hash that stands for a session token everywhere past the request: the token itself
+    is never proposed, stored or kept (issue 11)."""
+    return cmds.session_of(validation.validate_token(token))
+
+
 def _message_pb(m: ChatMessage) -> chat_pb2.ChatMessage:
     return chat_pb2.ChatMessage(
         id=m.id, sender=m.sender, recipient=m.recipient, text=m.text, timestamp_ms=m.timestamp_ms
@@ -104,7 +109,7 @@ class _Subscriber:
     its last acked id, as etcd ends slow watchers."""
 
     username: str
-    token: str
+    session: str  # the hash of the token it was opened with
     queue: asyncio.Queue[ChatMessage | _Abort] = field(
         default_factory=lambda: asyncio.Queue(SUBSCRIBER_BUFFER + 1)
     )
@@ -329,7 +334,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         tool = certificate_name(TOOL_NAME, self._config.cluster)
         return tool in certificate_names(context) or self._from_member(context)
 
-    async def _require_session(self, rid: cmds.RequestId, token: str, context: Context) -> None:
+    async def _require_session(self, rid: cmds.RequestId, session: str, context: Context) -> None:
         """Refuse before the log (issue 11): a write that needs a session is proposed only if
         this leader's state, caught up with everything committed, knows the session. A retry
         that the dedup table already answered skips this: the log gives its first reply."""
@@ -338,7 +343,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         wait_s = min(self._timeout(context), self._driver.election_timeout_s)
         await self._driver.wait_caught_up(wait_s)
         self._state.check_client(rid)  # an expired client hears so, not "no such session"
-        self._state.authenticate(token)
+        self._state.authenticate(session)
 
     def _times(self) -> tuple[int, int]:
         """(this node's wall clock, the log time it stamps) for a command it proposes."""
@@ -378,14 +383,14 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         self, request: chat_pb2.RegisterClientRequest, context: Context
     ) -> chat_pb2.RegisterClientReply:
         async def local() -> chat_pb2.RegisterClientReply:
-            token = ""
+            session = ""
             if request.token:
-                token = validation.validate_token(request.token)
+                session = _session_key(request.token)
                 wait_s = min(self._timeout(context), self._driver.election_timeout_s)
                 await self._driver.wait_caught_up(wait_s)
-                self._state.authenticate(token)  # refused before the log, not at apply
+                self._state.authenticate(session)  # refused before the log, not at apply
             ts, lt = self._times()
-            cmd = cmds.RegisterClient(timestamp_ms=ts, log_time_ms=lt, token=token)
+            cmd = cmds.RegisterClient(timestamp_ms=ts, log_time_ms=lt, session=session)
             reply = await self._propose(cmd, context)
             return chat_pb2.RegisterClientReply(client_id=reply.client_id)
 
@@ -442,6 +447,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             ts, lt = self._times()
             name = validation.validate_username(request.username, self._limits)
             validation.validate_password(request.password)
+            token = validation.validate_new_token(request.token)
             await self._leader_read(context)
             self._state.check_client(rid)
             # A retry is answered from the dedup table, but only for the right password too:
@@ -462,17 +468,16 @@ class ChatService(chat_pb2_grpc.ChatServicer):
                 self._logins.failed(user, host, self._driver.clock.monotonic())
                 raise _Abort(grpc.StatusCode.UNAUTHENTICATED, "wrong username or password")
             self._logins.succeeded(user, host)
-            token = secrets.token_urlsafe(24)
             cmd = cmds.Login(
                 timestamp_ms=ts,
                 log_time_ms=lt,
                 request=rid,
                 username=name,
-                token=token,
+                session=cmds.session_of(token),
                 verified_digest=stored.digest,
             )
             reply = await self._propose(cmd, context)
-            return chat_pb2.LoginReply(token=reply.token, username=reply.username)
+            return chat_pb2.LoginReply(username=reply.username)
 
         return await self._call(context, "Login", request, local)
 
@@ -482,10 +487,10 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         async def local() -> chat_pb2.LogoutReply:
             rid = self._request_id(request.request)
             ts, lt = self._times()
-            token = validation.validate_token(request.token)
-            await self._require_session(rid, token, context)
+            session = _session_key(request.token)
+            await self._require_session(rid, session, context)
             await self._propose(
-                cmds.Logout(timestamp_ms=ts, log_time_ms=lt, request=rid, token=token), context
+                cmds.Logout(timestamp_ms=ts, log_time_ms=lt, request=rid, session=session), context
             )
             return chat_pb2.LogoutReply()
 
@@ -495,15 +500,15 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         async def local() -> chat_pb2.SendReply:
             rid = self._request_id(request.request)
             ts, lt = self._times()
-            token = validation.validate_token(request.token)
+            session = _session_key(request.token)
             recipient = validation.validate_username(request.recipient, self._limits)
             text = validation.validate_text(request.text, self._limits)
-            await self._require_session(rid, token, context)
+            await self._require_session(rid, session, context)
             cmd = cmds.Send(
                 timestamp_ms=ts,
                 log_time_ms=lt,
                 request=rid,
-                token=token,
+                session=session,
                 recipient=recipient,
                 text=text,
             )
@@ -516,11 +521,13 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         async def local() -> chat_pb2.AckReply:
             rid = self._request_id(request.request)
             ts, lt = self._times()
-            token = validation.validate_token(request.token)
+            session = _session_key(request.token)
             up_to = validation.validate_message_id(request.up_to_id)
-            await self._require_session(rid, token, context)
+            await self._require_session(rid, session, context)
             await self._propose(
-                cmds.Ack(timestamp_ms=ts, log_time_ms=lt, request=rid, token=token, up_to_id=up_to),
+                cmds.Ack(
+                    timestamp_ms=ts, log_time_ms=lt, request=rid, session=session, up_to_id=up_to
+                ),
                 context,
             )
             return chat_pb2.AckReply()
@@ -533,18 +540,18 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         async def local() -> chat_pb2.DeleteAccountReply:
             rid = self._request_id(request.request)
             ts, lt = self._times()
-            token = validation.validate_token(request.token)
+            session = _session_key(request.token)
             validation.validate_password(request.password)
             await self._leader_read(context)
             self._state.check_client(rid)
             if not self._state.answered(rid):  # a retry skips the checks: first reply wins
-                user = self._state.authenticate(token)
+                user = self._state.authenticate(session)
                 stored = self._state.account_hash(user)
                 ok = await self._check_password(context, request.password, stored)
                 if not ok:
                     raise _Abort(grpc.StatusCode.UNAUTHENTICATED, "wrong password")
             await self._propose(
-                cmds.DeleteAccount(timestamp_ms=ts, log_time_ms=lt, request=rid, token=token),
+                cmds.DeleteAccount(timestamp_ms=ts, log_time_ms=lt, request=rid, session=session),
                 context,
             )
             return chat_pb2.DeleteAccountReply()
@@ -557,11 +564,11 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         self, request: chat_pb2.ListAccountsRequest, context: Context
     ) -> chat_pb2.ListAccountsReply:
         async def local() -> chat_pb2.ListAccountsReply:
-            token = validation.validate_token(request.token)
+            session = _session_key(request.token)
             pattern = validation.validate_pattern(request.pattern)
             size = validation.validate_page_size(request.page_size, self._limits)
             await self._leader_read(context)
-            self._state.authenticate(token)
+            self._state.authenticate(session)
             names, next_token = self._state.list_accounts(pattern, request.page_token, size)
             return chat_pb2.ListAccountsReply(usernames=names, next_page_token=next_token)
 
@@ -571,11 +578,11 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         self, request: chat_pb2.HistoryRequest, context: Context
     ) -> chat_pb2.HistoryReply:
         async def local() -> chat_pb2.HistoryReply:
-            token = validation.validate_token(request.token)
+            session = _session_key(request.token)
             other = validation.validate_username(request.other, self._limits)
             limit = validation.validate_history_limit(request.limit, self._limits)
             await self._leader_read(context)
-            user = self._state.authenticate(token)
+            user = self._state.authenticate(session)
             messages = self._state.history(user, other, limit)
             return chat_pb2.HistoryReply(messages=[_message_pb(m) for m in messages])
 
@@ -617,9 +624,9 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         sub: _Subscriber | None = None
         try:
             try:
-                token = validation.validate_token(request.token)
+                session = _session_key(request.token)
                 await self._driver.read_barrier(DEFAULT_TIMEOUT_S)
-                user = self._state.authenticate(token)
+                user = self._state.authenticate(session)
             except ChatError as err:
                 raise self._chat_error(err) from None
             except (NoQuorumError, NotLeaderError) as exc:
@@ -627,13 +634,13 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             # Read the queue and register for live delivery at one applied index: no await
             # in between, so nothing applied meanwhile can be missed.
             streams = self._subscribers.setdefault(user.lower(), set())
-            if sum(s.token == token for s in streams) >= MAX_STREAMS_PER_SESSION:
+            if sum(s.session == session for s in streams) >= MAX_STREAMS_PER_SESSION:
                 raise _Abort(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"a session may have at most {MAX_STREAMS_PER_SESSION} open streams",
                 )
             backlog = self._state.queue(user, request.after_id)
-            sub = _Subscriber(user.lower(), token, last=request.after_id)
+            sub = _Subscriber(user.lower(), session, last=request.after_id)
             streams.add(sub)
             for m in backlog:
                 sub.last = m.id
@@ -660,11 +667,11 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         if result.message is not None:
             for sub in self._subscribers.get(result.message.recipient.lower(), ()):
                 sub.push(result.message)
-        if result.ended_tokens:
-            ended = set(result.ended_tokens)
+        if result.ended_sessions:
+            ended = set(result.ended_sessions)
             for subs in self._subscribers.values():
                 for sub in subs:
-                    if sub.token in ended:
+                    if sub.session in ended:
                         sub.push(_Abort(grpc.StatusCode.UNAUTHENTICATED, "the session has ended"))
 
     def _on_leadership_lost(self) -> None:

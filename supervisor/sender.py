@@ -41,6 +41,7 @@ import grpc.aio
 
 from protos import chat_pb2 as pb
 from protos import chat_pb2_grpc as pbg
+from protos.vocabulary import new_session_token
 from supervisor.certs import Credentials, channel_credentials
 from supervisor.errors import SupervisorError
 
@@ -201,11 +202,15 @@ class Sender:
         await self.write(f"register {username}", call, timeout_s=timeout_s)
 
     async def login(self, username: str, password: str, *, timeout_s: float) -> str:
-        """The session token."""
+        """The session token (drawn here; the cluster keeps only its hash)."""
+        token = new_session_token()
 
         async def call(stub: Stub, rid: pb.RequestId, timeout: float) -> str:
-            request = pb.LoginRequest(request=rid, username=username, password=password)
-            return (await stub.Login(request, timeout=timeout)).token
+            request = pb.LoginRequest(
+                request=rid, username=username, password=password, token=token
+            )
+            await stub.Login(request, timeout=timeout)
+            return token
 
         return await self.write(f"login as {username}", call, timeout_s=timeout_s)
 

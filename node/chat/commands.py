@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 from node.chat.errors import CommandDecodeError
 from node.chat.passwords import PasswordHash
 
-COMMAND_FORMAT_VERSION = 2  # 2: log_time_ms, registered client ids, RegisterClient, Tick
+COMMAND_FORMAT_VERSION = 3  # 2: log time, client ids, RegisterClient, Tick; 3: session hashes
 MAX_UINT64 = 2**64 - 1
 MAX_INT64 = 2**63 - 1
 
@@ -75,7 +75,7 @@ class Login:
     log_time_ms: int
     request: RequestId | None
     username: str
-    token: str  # drawn by the accepting node
+    session: str  # SHA-256 (hex) of the token the client chose for the new session
     verified_digest: bytes  # PasswordHash.digest the password was verified against
 
 
@@ -85,7 +85,7 @@ class Logout:
     timestamp_ms: int
     log_time_ms: int
     request: RequestId | None
-    token: str
+    session: str  # SHA-256 (hex) of the session token; the token never enters the log
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,7 +94,7 @@ class Send:
     timestamp_ms: int
     log_time_ms: int
     request: RequestId | None
-    token: str
+    session: str  # SHA-256 (hex) of the session token; the token never enters the log
     recipient: str
     text: str
 
@@ -105,25 +105,25 @@ class Ack:
     timestamp_ms: int
     log_time_ms: int
     request: RequestId | None
-    token: str
+    session: str  # SHA-256 (hex) of the session token; the token never enters the log
     up_to_id: int  # cumulative: every queued message with id <= up_to_id leaves the queue
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeleteAccount:
-    """Deletes the token's own account; the accepting node checked the password first."""
+    """Deletes the session's own account; the accepting node checked the password first."""
 
     KIND: ClassVar[CommandKind] = CommandKind.DELETE_ACCOUNT
     timestamp_ms: int
     log_time_ms: int
     request: RequestId | None
-    token: str
+    session: str  # SHA-256 (hex) of the session token; the token never enters the log
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RegisterClient:
     """Opens a client session for deduplication; its log index becomes the client id. With a
-    `token`, the client session is bound to that chat session: only writes made with it may
+    `session`, the client session is bound to that chat session: only writes made with it may
     use the id, so another user can neither use the id nor move its first_outstanding. Without
     one it serves the writes that need no session (Register, Login)."""
 
@@ -131,7 +131,7 @@ class RegisterClient:
     timestamp_ms: int
     log_time_ms: int
     request: None = None
-    token: str = ""
+    session: str = ""  # SHA-256 (hex) of the session token, or "" for none
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -171,22 +171,22 @@ def password_hash_json(h: PasswordHash) -> dict[str, Any]:
 
 def _fields(cmd: Command) -> dict[str, Any]:
     if isinstance(cmd, Send):
-        return {"token": cmd.token, "recipient": cmd.recipient, "text": cmd.text}
+        return {"session": cmd.session, "recipient": cmd.recipient, "text": cmd.text}
     if isinstance(cmd, Ack):
-        return {"token": cmd.token, "up_to_id": cmd.up_to_id}
+        return {"session": cmd.session, "up_to_id": cmd.up_to_id}
     if isinstance(cmd, Register):
         return {"username": cmd.username, "password_hash": password_hash_json(cmd.password_hash)}
     if isinstance(cmd, Login):
         return {
             "username": cmd.username,
-            "token": cmd.token,
+            "session": cmd.session,
             "verified_digest": _b64(cmd.verified_digest),
         }
     if isinstance(cmd, RegisterClient):
-        return {"token": cmd.token}
+        return {"session": cmd.session}
     if isinstance(cmd, Tick):
         return {}
-    return {"token": cmd.token}  # Logout, DeleteAccount
+    return {"session": cmd.session}  # Logout, DeleteAccount
 
 
 def canonical_json(value: object) -> bytes:
@@ -308,14 +308,14 @@ def _decode_login(o: _Fields, ts: int, lt: int, req: RequestId | None) -> Comman
         log_time_ms=lt,
         request=req,
         username=_get_str(o, "username", "login"),
-        token=_get_str(o, "token", "login"),
+        session=_get_str(o, "session", "login"),
         verified_digest=_get_bytes(o, "verified_digest", "login"),
     )
 
 
 def _decode_logout(o: _Fields, ts: int, lt: int, req: RequestId | None) -> Command:
     return Logout(
-        timestamp_ms=ts, log_time_ms=lt, request=req, token=_get_str(o, "token", "logout")
+        timestamp_ms=ts, log_time_ms=lt, request=req, session=_get_str(o, "session", "logout")
     )
 
 
@@ -324,7 +324,7 @@ def _decode_send(o: _Fields, ts: int, lt: int, req: RequestId | None) -> Command
         timestamp_ms=ts,
         log_time_ms=lt,
         request=req,
-        token=_get_str(o, "token", "send"),
+        session=_get_str(o, "session", "send"),
         recipient=_get_str(o, "recipient", "send"),
         text=_get_str(o, "text", "send"),
     )
@@ -335,21 +335,21 @@ def _decode_ack(o: _Fields, ts: int, lt: int, req: RequestId | None) -> Command:
         timestamp_ms=ts,
         log_time_ms=lt,
         request=req,
-        token=_get_str(o, "token", "ack"),
+        session=_get_str(o, "session", "ack"),
         up_to_id=_get_int(o, "up_to_id", "ack"),
     )
 
 
 def _decode_delete(o: _Fields, ts: int, lt: int, req: RequestId | None) -> Command:
-    token = _get_str(o, "token", "delete_account")
-    return DeleteAccount(timestamp_ms=ts, log_time_ms=lt, request=req, token=token)
+    session = _get_str(o, "session", "delete_account")
+    return DeleteAccount(timestamp_ms=ts, log_time_ms=lt, request=req, session=session)
 
 
 def _decode_register_client(o: _Fields, ts: int, lt: int, req: RequestId | None) -> Command:
     if req is not None:
         raise CommandDecodeError("register_client: carries no request id")
-    token = _get_str(o, "token", "register_client")
-    return RegisterClient(timestamp_ms=ts, log_time_ms=lt, token=token)
+    session = _get_str(o, "session", "register_client")
+    return RegisterClient(timestamp_ms=ts, log_time_ms=lt, session=session)
 
 
 def _decode_tick(o: _Fields, ts: int, lt: int, req: RequestId | None) -> Command:
@@ -362,14 +362,14 @@ _Decoder = Callable[[_Fields, int, int, RequestId | None], Command]
 _DECODERS: dict[object, tuple[frozenset[str], _Decoder]] = {
     CommandKind.REGISTER.value: (_COMMON_KEYS | {"username", "password_hash"}, _decode_register),
     CommandKind.LOGIN.value: (
-        _COMMON_KEYS | {"username", "token", "verified_digest"},
+        _COMMON_KEYS | {"username", "session", "verified_digest"},
         _decode_login,
     ),
-    CommandKind.LOGOUT.value: (_COMMON_KEYS | {"token"}, _decode_logout),
-    CommandKind.SEND.value: (_COMMON_KEYS | {"token", "recipient", "text"}, _decode_send),
-    CommandKind.ACK.value: (_COMMON_KEYS | {"token", "up_to_id"}, _decode_ack),
-    CommandKind.DELETE_ACCOUNT.value: (_COMMON_KEYS | {"token"}, _decode_delete),
-    CommandKind.REGISTER_CLIENT.value: (_COMMON_KEYS | {"token"}, _decode_register_client),
+    CommandKind.LOGOUT.value: (_COMMON_KEYS | {"session"}, _decode_logout),
+    CommandKind.SEND.value: (_COMMON_KEYS | {"session", "recipient", "text"}, _decode_send),
+    CommandKind.ACK.value: (_COMMON_KEYS | {"session", "up_to_id"}, _decode_ack),
+    CommandKind.DELETE_ACCOUNT.value: (_COMMON_KEYS | {"session"}, _decode_delete),
+    CommandKind.REGISTER_CLIENT.value: (_COMMON_KEYS | {"session"}, _decode_register_client),
     CommandKind.TICK.value: (_COMMON_KEYS, _decode_tick),
 }
 
@@ -399,26 +399,29 @@ def decode(data: bytes) -> Command:
 
 
 def session_of(token: str) -> str:
-    """What the state keeps of a session token for binding: its SHA-256, in hex."""
+    """All that the cluster keeps of a session token: its SHA-256, in hex. The token is
+    chosen by the client at Login and never stored, logged or sent back (issue 11)."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def session_token(cmd: Command) -> str | None:
-    """The session token a command is made with; None for those that need no session (a
-    Login's token is the new session it opens, not one it is made with)."""
+def session_used(cmd: Command) -> str | None:
+    """The session (hash) a command is made with; None for those that need no session (a
+    Login's session is the new one it opens, not one it is made with)."""
     if isinstance(cmd, Send | Ack | Logout | DeleteAccount):
-        return cmd.token
+        return cmd.session
     return None
 
 
 def request_digest(cmd: Command) -> str:
     """A digest of what the client asked, to bind a request id to its content: only the fields
-    the client sent (the accepting node's timestamp, salt, hash and token differ on a retry
-    through another node), never a password, and a session token only as its hash."""
-    token = session_token(cmd)
-    fields: list[Any] = [] if token is None else [session_of(token)]
-    if isinstance(cmd, Register | Login):
+    the client sent (the accepting node's timestamp, salt and hash differ on a retry through
+    another node), never a password, and a session token only as its hash."""
+    session = session_used(cmd)
+    fields: list[Any] = [] if session is None else [session]
+    if isinstance(cmd, Register):
         fields.append(cmd.username)
+    elif isinstance(cmd, Login):
+        fields += [cmd.username, cmd.session]
     elif isinstance(cmd, Send):
         fields += [cmd.recipient, cmd.text]
     elif isinstance(cmd, Ack):

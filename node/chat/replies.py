@@ -27,7 +27,8 @@ class RegisterReply:
 
 @dataclass(frozen=True, slots=True)
 class LoginReply:
-    token: str
+    """Carries no token: the client chose it and the cluster only knows its hash."""
+
     username: str  # as registered (usernames are unique ignoring case)
 
 
@@ -87,7 +88,7 @@ class ApplyResult:
     request: RequestId | None = None
     duplicate: bool = False  # outcome is the stored one of an earlier entry with this request id
     message: ChatMessage | None = None  # newly queued by this entry: push it to subscribers
-    ended_tokens: tuple[str, ...] = ()  # sessions this entry ended: close their streams
+    ended_sessions: tuple[str, ...] = ()  # session hashes this entry ended: close their streams
 
     @property
     def ok(self) -> bool:

@@ -49,8 +49,7 @@ from node.chat.commands import (
     password_hash_from_json,
     password_hash_json,
     request_digest,
-    session_of,
-    session_token,
+    session_used,
 )
 from node.chat.errors import (
     ChatError,
@@ -77,6 +76,7 @@ from node.chat.replies import (
 )
 from node.chat.validation import (
     check_request_id,
+    is_session,
     show,
     username_key,
     validate_history_limit,
@@ -84,12 +84,11 @@ from node.chat.validation import (
     validate_page_size,
     validate_pattern,
     validate_text,
-    validate_token,
     validate_username,
 )
 from node.config import ChatLimits
 
-SNAPSHOT_FORMAT_VERSION = 2  # 2: registered client ids
+SNAPSHOT_FORMAT_VERSION = 3  # 2: registered client ids; 3: sessions by hash only
 # Bounds that keep one misbehaving client or user from growing the state without limit.
 MAX_SESSIONS_PER_ACCOUNT = 64  # a login beyond it ends that account's least recently used one
 MAX_REPLIES_PER_CLIENT = 256  # outstanding requests remembered per client (thesis §6.3)
@@ -102,7 +101,7 @@ _WILDCARDS = "*?["
 class _Account:
     """One account and everything that is its own."""
 
-    __slots__ = ("history", "password_hash", "queue", "tokens", "username")
+    __slots__ = ("history", "password_hash", "queue", "sessions", "username")
 
     def __init__(self, username: str, password_hash: PasswordHash) -> None:
         self.username = username  # as registered
@@ -112,8 +111,8 @@ class _Account:
         # key of the other party -> the most recent messages between the two, oldest first
         # (this account's own view: deleting it leaves the other party's view alone)
         self.history: dict[str, deque[ChatMessage]] = {}
-        # this account's live session tokens, least recently used first (as in _sessions)
-        self.tokens: dict[str, None] = {}
+        # this account's live sessions (hashes), least recently used first (as in _sessions)
+        self.sessions: dict[str, None] = {}
 
 
 class _Session:
@@ -132,7 +131,7 @@ class _Client:
     def __init__(self, first_outstanding: int, last_used_ms: int, session: str = "") -> None:
         self.first_outstanding = first_outstanding  # seqs below it are answered and forgotten
         self.last_used_ms = last_used_ms
-        self.session = session  # session_of(token) it is bound to; "" for none
+        self.session = session  # the session (hash) it is bound to; "" for none
         # seq -> (kind, request digest, outcome); every seq >= first_outstanding applied
         self.replies: dict[int, tuple[CommandKind, str, Outcome]] = {}
 
@@ -157,7 +156,7 @@ class ChatState:
         self._next_message_id = 1
         self._accounts: dict[str, _Account] = {}  # username_key -> account
         self._names: list[str] = []  # sorted keys of _accounts
-        # token -> session, least recently used first (log time never decreases, so
+        # session hash -> session, least recently used first (log time never decreases, so
         # last_used_ms is non-decreasing along this order and expiry pops from the front)
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         # client id -> client session, least recently active first (same argument)
@@ -237,14 +236,14 @@ class ChatState:
             try:
                 check_request_id(request.client_id, request.seq, request.first_outstanding)
             except ChatError as exc:
-                return ApplyResult(index, exc.copy(), request, ended_tokens=tuple(ended))
+                return ApplyResult(index, exc.copy(), request, ended_sessions=tuple(ended))
             client = self._clients.get(request.client_id)
             if client is None:
                 refusal = self._unknown_client(request.client_id)
-                return ApplyResult(index, refusal, request, ended_tokens=tuple(ended))
+                return ApplyResult(index, refusal, request, ended_sessions=tuple(ended))
             foreign = self._foreign_client(client, request.client_id, cmd)
             if foreign is not None:  # before anything of the client's is touched
-                return ApplyResult(index, foreign, request, ended_tokens=tuple(ended))
+                return ApplyResult(index, foreign, request, ended_sessions=tuple(ended))
             early = self._answer_again(client, request, cmd, now)
             if early is not None:
                 return ApplyResult(index, early[0], request, early[1], None, tuple(ended))
@@ -263,9 +262,8 @@ class ChatState:
         """A client session bound to a chat session serves that session's writes only, and an
         unbound one only the writes that need no session (issue 11: another user's writes
         must neither use a client id nor move its first_outstanding)."""
-        token = session_token(cmd)
-        wanted = "" if token is None else session_of(token)
-        if client.session == wanted:
+        wanted = session_used(cmd)
+        if client.session == (wanted or "") and (wanted is None or wanted):
             return None
         if not client.session:
             why = "serves only Register and Login: register a client with the session token"
@@ -289,9 +287,9 @@ class ChatState:
 
     def _register_client(self, index: int, cmd: RegisterClient, now: int) -> Reply:
         session = ""
-        if cmd.token:
-            self._use_session(cmd.token, now)  # UNAUTHENTICATED unless the session is live
-            session = session_of(cmd.token)
+        if cmd.session:
+            self._use_session(cmd.session, now)  # UNAUTHENTICATED unless the session is live
+            session = cmd.session
         self._clients[index] = _Client(0, now, session)
         self._highest_client_id = index
         while len(self._clients) > MAX_CLIENTS:
@@ -356,31 +354,31 @@ class ChatState:
         horizon = now - self._session_idle_ms
         sessions = self._sessions
         while sessions:
-            token, session = next(iter(sessions.items()))
+            key, session = next(iter(sessions.items()))
             if session.last_used_ms >= horizon:
                 break
-            self._end_session(token, ended)
+            self._end_session(key, ended)
         horizon = now - self._client_idle_ms
         clients = self._clients
         while clients and next(iter(clients.values())).last_used_ms < horizon:
             clients.popitem(last=False)
 
-    def _end_session(self, token: str, ended: list[str]) -> None:
-        session = self._sessions.pop(token)
-        del self._accounts[session.user_key].tokens[token]
-        ended.append(token)
+    def _end_session(self, key: str, ended: list[str]) -> None:
+        session = self._sessions.pop(key)
+        del self._accounts[session.user_key].sessions[key]
+        ended.append(key)
 
-    def _use_session(self, token: str, now: int) -> _Account:
-        """The account of a live session, whose use (an applied command) refreshes it."""
-        validate_token(token)
-        session = self._sessions.get(token)
+    def _use_session(self, key: str, now: int) -> _Account:
+        """The account of the live session `key` (a hash), whose use (an applied command)
+        refreshes it."""
+        session = self._sessions.get(key)
         if session is None:  # expired sessions were ended by _expire at this log time
             raise _unauthenticated(_UNKNOWN_SESSION)
         session.last_used_ms = now
-        self._sessions.move_to_end(token)
+        self._sessions.move_to_end(key)
         account = self._accounts[session.user_key]
-        del account.tokens[token]
-        account.tokens[token] = None
+        del account.sessions[key]
+        account.sessions[key] = None
         return account
 
     def _account_named(self, username: str) -> _Account:
@@ -425,7 +423,9 @@ class ChatState:
 
     def _login(self, cmd: Login, now: int, ended: list[str]) -> Reply:
         validate_username(cmd.username, self._limits)
-        token = validate_token(cmd.token)
+        key = cmd.session
+        if not is_session(key):
+            raise ChatError(ErrorCode.INVALID_ARGUMENT, "login: malformed session hash")
         account = self._accounts.get(username_key(cmd.username))
         # The accepting node verified the password against the hash it read; if the account
         # is gone, or was deleted and registered again, that check no longer holds.
@@ -433,21 +433,21 @@ class ChatState:
             account.password_hash.digest, cmd.verified_digest
         ):
             raise _unauthenticated(_WRONG_LOGIN)
-        if token in self._sessions:
+        if key in self._sessions:
             raise ChatError(ErrorCode.ALREADY_EXISTS, "session token already in use")
-        self._sessions[token] = _Session(username_key(account.username), now)
-        account.tokens[token] = None
-        if len(account.tokens) > MAX_SESSIONS_PER_ACCOUNT:
-            self._end_session(next(iter(account.tokens)), ended)
-        return LoginReply(token, account.username)
+        self._sessions[key] = _Session(username_key(account.username), now)
+        account.sessions[key] = None
+        if len(account.sessions) > MAX_SESSIONS_PER_ACCOUNT:
+            self._end_session(next(iter(account.sessions)), ended)
+        return LoginReply(account.username)
 
     def _logout(self, cmd: Logout, now: int, ended: list[str]) -> Reply:
-        account = self._use_session(cmd.token, now)
-        self._end_session(cmd.token, ended)
+        account = self._use_session(cmd.session, now)
+        self._end_session(cmd.session, ended)
         return LogoutReply(account.username)
 
     def _send(self, cmd: Send, now: int) -> tuple[Reply, ChatMessage]:
-        sender = self._use_session(cmd.token, now)
+        sender = self._use_session(cmd.session, now)
         validate_text(cmd.text, self._limits)
         recipient = self._account_named(cmd.recipient)
         if len(recipient.queue) >= self._limits.queue_limit:
@@ -473,7 +473,7 @@ class ChatState:
         return history
 
     def _ack(self, cmd: Ack, now: int) -> Reply:
-        account = self._use_session(cmd.token, now)
+        account = self._use_session(cmd.session, now)
         up_to_id = validate_message_id(cmd.up_to_id, "ack up_to_id")
         queue = account.queue
         removed = 0
@@ -483,9 +483,9 @@ class ChatState:
         return AckReply(removed)
 
     def _delete_account(self, cmd: DeleteAccount, now: int, ended: list[str]) -> Reply:
-        account = self._use_session(cmd.token, now)
-        for token in list(account.tokens):
-            self._end_session(token, ended)
+        account = self._use_session(cmd.session, now)
+        for key in list(account.sessions):
+            self._end_session(key, ended)
         key = username_key(account.username)
         del self._accounts[key]
         del self._names[bisect.bisect_left(self._names, key)]
@@ -508,11 +508,11 @@ class ChatState:
         if request.client_id not in self._clients:
             raise self._unknown_client(request.client_id)
 
-    def authenticate(self, token: str, now_ms: int | None = None) -> str:
-        """The registered username of the live session `token`, judged at `now_ms` (default:
-        log time). UNAUTHENTICATED for unknown, logged-out and idle-expired tokens."""
-        validate_token(token)
-        session = self._sessions.get(token)
+    def authenticate(self, session_key: str, now_ms: int | None = None) -> str:
+        """The registered username of the live session `session_key` (a token's hash,
+        commands.session_of), judged at `now_ms` (default: log time). UNAUTHENTICATED for
+        unknown, logged-out and idle-expired sessions."""
+        session = self._sessions.get(session_key)
         if session is None:
             raise _unauthenticated(_UNKNOWN_SESSION)
         now = self._log_time_ms if now_ms is None else now_ms
@@ -706,7 +706,7 @@ def _outcome_json(kind: CommandKind, outcome: Outcome) -> list[Any]:
     if isinstance(outcome, AckReply):
         return [kind.value, "ack", outcome.removed]
     if isinstance(outcome, LoginReply):
-        return [kind.value, "login", outcome.token, outcome.username]
+        return [kind.value, "login", outcome.username]
     if isinstance(outcome, RegisterReply):
         return [kind.value, "register", outcome.username]
     if isinstance(outcome, LogoutReply):
@@ -743,7 +743,7 @@ _REPLY_DECODERS: dict[str, tuple[int, Callable[[list[Any]], Outcome]]] = {
     "error": (2, lambda a: ChatError(ErrorCode(_str(a[0], "code")), _str(a[1], "message"))),
     "send": (2, lambda a: SendReply(_int(a[0], "message id"), _int(a[1], "timestamp"))),
     "ack": (1, lambda a: AckReply(_int(a[0], "removed"))),
-    "login": (2, lambda a: LoginReply(_str(a[0], "token"), _str(a[1], "username"))),
+    "login": (1, lambda a: LoginReply(_str(a[0], "username"))),
     "register": (1, lambda a: RegisterReply(_str(a[0], "username"))),
     "logout": (1, lambda a: LogoutReply(_str(a[0], "username"))),
     "delete_account": (1, lambda a: DeleteAccountReply(_str(a[0], "username"))),
@@ -852,13 +852,13 @@ def _load_snapshot(data: bytes, limits: ChatLimits) -> ChatState:
 
     last_used = 0
     for row in _list(doc["sessions"], "sessions"):
-        token, user_key, used = _list(row, "session", 3)
-        token, used = _str(token, "token"), _int(used, "session last_used_ms")
+        key, user_key, used = _list(row, "session", 3)
+        key, used = _str(key, "session hash"), _int(used, "session last_used_ms")
         owner = state._accounts.get(_str(user_key, "session user"))
-        if owner is None or token in state._sessions or used < last_used:
-            _bad(f"session of {user_key!r}: unknown user, repeated token or out of order")
-        state._sessions[token] = _Session(user_key, used)
-        owner.tokens[token] = None
+        if owner is None or key in state._sessions or used < last_used or not is_session(key):
+            _bad(f"session of {user_key!r}: unknown user, bad or repeated hash, or out of order")
+        state._sessions[key] = _Session(user_key, used)
+        owner.sessions[key] = None
         last_used = used
 
     last_used = 0

@@ -17,11 +17,12 @@ from node.config import ChatLimits
 
 MAX_PASSWORD_CHARS = 1024
 MAX_PATTERN_CHARS = 128
-MAX_TOKEN_CHARS = 128
+# protos.vocabulary.TOKEN_BYTES, which node/chat may not import (a test ties the two)
+TOKEN_BYTES = 32
 
 _USERNAME_CHAR = re.compile(r"[A-Za-z0-9_.\-]")
 _USERNAME = re.compile(r"[A-Za-z0-9_.\-]+")
-_TOKEN = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces
+_HEX64 = re.compile(r"[0-9a-f]{64}")  # a session token, and its SHA-256
 _SHOWN_CHARS = 40
 
 
@@ -132,12 +133,28 @@ def validate_message_id(message_id: int, what: str = "message id") -> int:
 
 
 def validate_token(token: str) -> str:
-    """A session token's shape; whether it is live is `ChatState.authenticate`'s question."""
+    """A session token's shape (64 lowercase hex digits, 32 bytes the client drew); whether it
+    is live is `ChatState.authenticate`'s question, asked of its hash."""
     if not token:
         raise ChatError(ErrorCode.UNAUTHENTICATED, "no session token given: log in first")
-    if len(token) > MAX_TOKEN_CHARS or _TOKEN.fullmatch(token) is None:
+    if _HEX64.fullmatch(token) is None:
         raise ChatError(ErrorCode.UNAUTHENTICATED, "malformed session token: log in again")
     return token
+
+
+def validate_new_token(token: str) -> str:
+    """The token a Login opens a session with: INVALID_ARGUMENT unless it has a token's shape."""
+    if _HEX64.fullmatch(token) is None:
+        raise _invalid(
+            f"login: the session token must be {TOKEN_BYTES} random bytes as "
+            f"{2 * TOKEN_BYTES} lowercase hex digits (got {len(token)} characters)"
+        )
+    return token
+
+
+def is_session(session: str) -> bool:
+    """Whether `session` has the shape of a session hash (SHA-256, 64 lowercase hex digits)."""
+    return _HEX64.fullmatch(session) is not None
 
 
 def check_request_id(client_id: int, seq: int, first_outstanding: int) -> None:

@@ -39,7 +39,9 @@ from dataclasses import dataclass
 from node.raft.types import Entry, EntryKind, HardState, LogIndex, NodeId, Term
 
 SEGMENT_MAGIC = b"\x89CBWAL\r\n"  # the \r\n catches a file mangled by newline translation
-FORMAT_VERSION = 2
+# 2: batch framing (BATCH_END); 3: sessions kept as hashes only (a version 2 data dir may
+# hold plaintext session tokens in its Login entries and snapshots)
+FORMAT_VERSION = 3
 
 _SEGMENT_HEADER = struct.Struct("<8sIQQ")
 _CRC = struct.Struct("<I")

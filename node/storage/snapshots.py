@@ -36,13 +36,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.raft.types import ConfState, LogIndex, NodeId, SnapshotMeta, Term
-from node.storage.errors import StorageCorruptedError, StorageIOError, StorageMisuseError
+from node.storage.errors import (
+    StorageCorruptedError,
+    StorageFormatError,
+    StorageIOError,
+    StorageMisuseError,
+)
 from node.storage.files import FileSystem
 
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_MAGIC = b"\x89CBSNP\r\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the chat state keeps sessions as hashes only
 KEEP = 2  # the current snapshot and the one before it
 
 _HEAD = struct.Struct("<8sIIQQI")  # magic, version, flags, index, term, voter count
@@ -285,9 +290,7 @@ def decode_snapshot(path: Path, buf: bytes) -> tuple[SnapshotMeta, bool, bytes]:
     if magic != SNAPSHOT_MAGIC:
         raise StorageCorruptedError(path, 0, f"bad magic number {magic!r} (not a snapshot)")
     if version != FORMAT_VERSION:
-        raise StorageCorruptedError(
-            path, 8, f"unsupported format version {version} (this build reads {FORMAT_VERSION})"
-        )
+        raise StorageFormatError(path, version, FORMAT_VERSION)
     body_end = len(buf) - _CRC.size
     (crc,) = _CRC.unpack_from(buf, body_end)
     if zlib.crc32(buf[:body_end]) != crc:

@@ -29,7 +29,8 @@ suffix when the log is replayed.
 - Replayed is not synced: after a SIGKILL the newest segment may hold records that only reached
   the page cache, and the node counts all it replays as stable. open() therefore fsyncs the
   newest segment and the directory before it returns.
-- A segment of another format version (version 1 had no batches) raises StorageFormatError:
+- A segment of another format version (1 had no batches, 2 kept session tokens) raises
+  StorageFormatError:
   an older data directory is refused, never converted.
 
 Not thread-safe: one caller at a time. Standard library only; must not import anything from

@@ -21,6 +21,7 @@ from node.chat.commands import (
     Send,
     Tick,
     encode,
+    session_of,
 )
 from node.chat.errors import ChatError, ErrorCode, Reason
 from node.chat.passwords import PasswordHash, hash_password, verify_password
@@ -80,13 +81,14 @@ class FakeClock:
 
 class Node:
     """Plays the accepting node and the driver: draws timestamps from a fake clock, salts and
-    tokens from counters, encodes each command and applies it at the next log index.
+    session tokens from counters (a test holds a session by its hash, as the state does),
+    encodes each command and applies it at the next log index.
 
     Client sessions are registered as a node registers them (thesis §6.3): the first request
     of a client name applies a RegisterClient entry, and the name maps to its id (that entry's
     index). As the client library does (issue 11), a name keeps one client for the writes
-    without a session (Register, Login) and one per session token it writes with, bound to
-    that session (RegisterClient with the token) the first time it writes with it. A client
+    without a session (Register, Login) and one per session it writes with, bound to
+    that session (RegisterClient with the session) the first time it writes with it. A client
     whose session the helper knows to have idled past client_idle_s is registered again, as
     the client library does when a write it never sent meets an expired session; a retry (a
     command built before) keeps its old id.
@@ -103,9 +105,9 @@ class Node:
         self.clock = FakeClock()
         self.log_clock = LogClock(self.clock) if log_clock else None
         self._salts = count(1)
-        self._tokens = count(1)
-        self._seqs: dict[tuple[str, str], int] = {}  # (client name, token) -> last seq
-        self._client_ids: dict[tuple[str, str], int] = {}  # (name, token "" or one) -> its id
+        self._token_numbers = count(1)
+        self._seqs: dict[tuple[str, str], int] = {}  # (client name, session) -> last seq
+        self._client_ids: dict[tuple[str, str], int] = {}  # (name, session "" or one) -> its id
         self._used_ms: dict[int, int] = {}  # client id -> log time it was last used at
         self.entries: list[tuple[int, bytes | None]] = []  # the log so far: (index, data)
         self.results: list[ApplyResult | None] = []  # what applying each entry gave
@@ -142,30 +144,32 @@ class Node:
             return self.now_ms
         return self.log_clock.stamp()
 
-    def register_client_cmd(self, token: str = "") -> RegisterClient:
-        return RegisterClient(timestamp_ms=self.now_ms, log_time_ms=self.log_time_ms(), token=token)
+    def register_client_cmd(self, session: str = "") -> RegisterClient:
+        return RegisterClient(
+            timestamp_ms=self.now_ms, log_time_ms=self.log_time_ms(), session=session
+        )
 
-    def register_client(self, token: str = "") -> int:
-        """Applies a RegisterClient entry (bound to the session `token` if given); the new
+    def register_client(self, session: str = "") -> int:
+        """Applies a RegisterClient entry (bound to the session `session` if given); the new
         client id (its log index)."""
-        reply = self.ok(self.register_client_cmd(token))
+        reply = self.ok(self.register_client_cmd(session))
         assert isinstance(reply, RegisterClientReply)
         assert reply.client_id == self.index
         return reply.client_id
 
-    def client_id(self, name: str = "client", token: str = "") -> int:
-        """The id of client `name` for the writes made with `token` ("" for Register and
+    def client_id(self, name: str = "client", session: str = "") -> int:
+        """The id of client `name` for the writes made with `session` ("" for Register and
         Login), registered (again) if it has none that is still live. A RegisterClient that
         the state refuses (a session no longer live) raises its ChatError, as the client
         library's write fails with it: the write itself never reaches the log."""
-        client_id = self._client_ids.get((name, token))
+        client_id = self._client_ids.get((name, session))
         if client_id is None or self._expired(client_id):
-            result = self.apply(self.register_client_cmd(token))
+            result = self.apply(self.register_client_cmd(session))
             if isinstance(result.outcome, ChatError):
                 raise result.outcome
             reply = result.unwrap()
             assert isinstance(reply, RegisterClientReply) and reply.client_id == self.index
-            client_id = self._client_ids[(name, token)] = reply.client_id
+            client_id = self._client_ids[(name, session)] = reply.client_id
         return client_id
 
     def _expired(self, client_id: int) -> bool:
@@ -174,16 +178,16 @@ class Node:
         idle_ms = max(self.state.log_time_ms, stamp) - self._used_ms.get(client_id, 0)
         return idle_ms > self.state.limits.client_idle_s * 1000
 
-    def rid(self, name: str, seq: int, first_outstanding: int, token: str = "") -> RequestId:
-        """A request id of client `name`, for writes made with `token`, with these numbers."""
-        return RequestId(self.client_id(name, token), seq, first_outstanding)
+    def rid(self, name: str, seq: int, first_outstanding: int, session: str = "") -> RequestId:
+        """A request id of client `name`, for writes made with `session`, with these numbers."""
+        return RequestId(self.client_id(name, session), seq, first_outstanding)
 
-    def request(self, client: str = "client", token: str = "") -> RequestId:
-        """The next request id of `client` for writes made with `token` ("" for Register and
+    def request(self, client: str = "client", session: str = "") -> RequestId:
+        """The next request id of `client` for writes made with `session` ("" for Register and
         Login), which has an answer for everything before it."""
-        seq = self._seqs.get((client, token), 0) + 1
-        self._seqs[(client, token)] = seq
-        return self.rid(client, seq, seq, token)
+        seq = self._seqs.get((client, session), 0) + 1
+        self._seqs[(client, session)] = seq
+        return self.rid(client, seq, seq, session)
 
     # applying
 
@@ -254,73 +258,74 @@ class Node:
             request=request or self.request(),
             log_time_ms=self.log_time_ms(),
             username=username,
-            token=f"token-{next(self._tokens)}",
+            session=session_of(f"token-{next(self._token_numbers)}"),
             verified_digest=stored.digest,
         )
 
     def login(self, username: str, password: str = "secret") -> str:
-        reply = self.ok(self.login_cmd(username, password))
+        cmd = self.login_cmd(username, password)
+        reply = self.ok(cmd)
         assert isinstance(reply, LoginReply)
-        return reply.token
+        return cmd.session
 
     def user(self, username: str, password: str = "secret") -> str:
-        """Register and log in; returns the token."""
+        """Register and log in; returns the session."""
         assert self.register(username, password).ok
         return self.login(username, password)
 
     def send_cmd(
-        self, token: str, recipient: str, text: str = "hi", request: RequestId | None = None
+        self, session: str, recipient: str, text: str = "hi", request: RequestId | None = None
     ) -> Send:
         return Send(
             timestamp_ms=self.now_ms,
-            request=request or self.request(token=token),
+            request=request or self.request(session=session),
             log_time_ms=self.log_time_ms(),
-            token=token,
+            session=session,
             recipient=recipient,
             text=text,
         )
 
-    def send(self, token: str, recipient: str, text: str = "hi") -> ApplyResult:
-        return self.apply(self.send_cmd(token, recipient, text))
+    def send(self, session: str, recipient: str, text: str = "hi") -> ApplyResult:
+        return self.apply(self.send_cmd(session, recipient, text))
 
-    def sent(self, token: str, recipient: str, text: str = "hi") -> ChatMessage:
-        result = self.send(token, recipient, text)
+    def sent(self, session: str, recipient: str, text: str = "hi") -> ChatMessage:
+        result = self.send(session, recipient, text)
         assert result.ok and result.message is not None, result.outcome
         return result.message
 
-    def ack_cmd(self, token: str, up_to_id: int) -> Ack:
+    def ack_cmd(self, session: str, up_to_id: int) -> Ack:
         return Ack(
             timestamp_ms=self.now_ms,
-            request=self.request(token=token),
+            request=self.request(session=session),
             log_time_ms=self.log_time_ms(),
-            token=token,
+            session=session,
             up_to_id=up_to_id,
         )
 
-    def ack(self, token: str, up_to_id: int) -> ApplyResult:
-        return self.apply(self.ack_cmd(token, up_to_id))
+    def ack(self, session: str, up_to_id: int) -> ApplyResult:
+        return self.apply(self.ack_cmd(session, up_to_id))
 
-    def logout_cmd(self, token: str) -> Logout:
+    def logout_cmd(self, session: str) -> Logout:
         return Logout(
             timestamp_ms=self.now_ms,
-            request=self.request(token=token),
+            request=self.request(session=session),
             log_time_ms=self.log_time_ms(),
-            token=token,
+            session=session,
         )
 
-    def logout(self, token: str) -> ApplyResult:
-        return self.apply(self.logout_cmd(token))
+    def logout(self, session: str) -> ApplyResult:
+        return self.apply(self.logout_cmd(session))
 
-    def delete_cmd(self, token: str) -> DeleteAccount:
+    def delete_cmd(self, session: str) -> DeleteAccount:
         return DeleteAccount(
             timestamp_ms=self.now_ms,
-            request=self.request(token=token),
+            request=self.request(session=session),
             log_time_ms=self.log_time_ms(),
-            token=token,
+            session=session,
         )
 
-    def delete(self, token: str) -> ApplyResult:
-        return self.apply(self.delete_cmd(token))
+    def delete(self, session: str) -> ApplyResult:
+        return self.apply(self.delete_cmd(session))
 
 
 @pytest.fixture

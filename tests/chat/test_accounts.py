@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from node.chat.commands import Login, Register
+from node.chat.commands import Login, Register, session_of
 from node.chat.errors import ChatError, ErrorCode
 from node.chat.passwords import verify_password
 from node.chat.replies import DeleteAccountReply, LoginReply, RegisterReply
@@ -45,12 +45,15 @@ def test_register_applies_the_name_rules_again(node: Node) -> None:
     assert node.state.account_count == 1
 
 
-def test_login_returns_a_token_and_the_registered_spelling(node: Node) -> None:
+def test_login_opens_the_session_it_names_and_returns_the_registered_spelling(
+    node: Node,
+) -> None:
+    """The reply carries no token (issue 11): the client chose it, the log holds its hash."""
     node.register("Alice", "pw")
-    reply = node.ok(node.login_cmd("alice", "pw"))
-    assert isinstance(reply, LoginReply)
-    assert reply.username == "Alice"
-    assert node.state.authenticate(reply.token) == "Alice"
+    cmd = node.login_cmd("alice", "pw")
+    reply = node.ok(cmd)
+    assert reply == LoginReply("Alice")
+    assert node.state.authenticate(cmd.session) == "Alice"
 
 
 def test_a_wrong_password_fails_verification_before_proposing(node: Node) -> None:
@@ -93,7 +96,7 @@ def test_login_with_unknown_account_is_refused(node: Node) -> None:
             request=node.request(),
             log_time_ms=node.log_time_ms(),
             username="ghost",
-            token="t",
+            session=session_of("t"),
             verified_digest=b"x" * 32,
         ),
         ErrorCode.UNAUTHENTICATED,
@@ -109,7 +112,7 @@ def test_a_token_already_in_use_is_refused(node: Node) -> None:
         request=node.request(),
         log_time_ms=node.log_time_ms(),
         username="alice",
-        token=token,
+        session=token,
         verified_digest=stored.digest,
     )
     node.refused(login, ErrorCode.ALREADY_EXISTS)
@@ -122,7 +125,7 @@ def test_delete_account_frees_the_name_ends_sessions_and_discards_the_queue(node
     node.sent(alice, "bob", "for old bob")
     result = node.delete(bob)
     assert result.outcome == DeleteAccountReply("bob")
-    assert set(result.ended_tokens) == {bob, bob2}
+    assert set(result.ended_sessions) == {bob, bob2}
     for token in (bob, bob2):
         try:
             node.state.authenticate(token)

@@ -137,7 +137,7 @@ def test_a_tick_moves_log_time_so_a_quiet_cluster_expires_sessions() -> None:
     assert node.state.client_count == 2 and node.state.session_count == 1
     result = node.tick()
     assert result.outcome == TickReply() and result.request is None
-    assert result.ended_tokens == (alice,)  # the session ended at the Tick's log time
+    assert result.ended_sessions == (alice,)  # the session ended at the Tick's log time
     assert node.state.client_count == 0 and node.state.session_count == 0
     assert node.state.log_time_ms == node.clock.wall  # moved on with the leader's clocks
     assert (node.state.account_count, texts(node, "alice")) == (accounts, queued)

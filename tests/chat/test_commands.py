@@ -42,20 +42,20 @@ EXAMPLES: list[Command] = [
         log_time_ms=12,
         request=REQ,
         username="alice",
-        token="t0k",
+        session="t0k",
         verified_digest=b"\x00" * 32,
     ),
-    Logout(timestamp_ms=3, log_time_ms=13, request=None, token="t0k"),
+    Logout(timestamp_ms=3, log_time_ms=13, request=None, session="t0k"),
     Send(
         timestamp_ms=4,
         log_time_ms=14,
         request=REQ,
-        token="t0k",
+        session="t0k",
         recipient="bob",
         text='héllo\n"😀"\x00',
     ),
-    Ack(timestamp_ms=5, log_time_ms=15, request=REQ, token="t0k", up_to_id=2**64 - 1),
-    DeleteAccount(timestamp_ms=6, log_time_ms=16, request=REQ, token="t0k"),
+    Ack(timestamp_ms=5, log_time_ms=15, request=REQ, session="t0k", up_to_id=2**64 - 1),
+    DeleteAccount(timestamp_ms=6, log_time_ms=16, request=REQ, session="t0k"),
     RegisterClient(timestamp_ms=7, log_time_ms=17),
     Tick(timestamp_ms=8, log_time_ms=2**63 - 1),
 ]
@@ -88,14 +88,14 @@ def test_equal_commands_give_equal_bytes() -> None:
         timestamp_ms=4,
         log_time_ms=3,
         request=RequestId(1, 1, 1),
-        token="t",
+        session="t",
         recipient="b",
         text="x",
     )
     b = Send(
         text="x",
         recipient="b",
-        token="t",
+        session="t",
         request=RequestId(1, 1, 1),
         log_time_ms=3,
         timestamp_ms=4,
@@ -117,7 +117,7 @@ def test_any_text_and_numbers_round_trip(
         timestamp_ms=ts,
         log_time_ms=lt,
         request=RequestId(client, seq, seq),
-        token="t",
+        session="t",
         recipient="r",
         text=text,
     )
@@ -173,7 +173,7 @@ BAD = {
     "tick with a request id": _tamper(
         TICK, request={"client_id": 7, "seq": 1, "first_outstanding": 0}
     ),
-    "tick with a field": _tamper(TICK, token="t0k"),
+    "tick with a field": _tamper(TICK, session="t0k"),
     "version 1": bytes([1]) + encode(SEND)[1:],
     "bad base64": _tamper(EXAMPLES[1], verified_digest="***"),
     "n not a power of two": _tamper(

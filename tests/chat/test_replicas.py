@@ -27,6 +27,7 @@ from node.chat.commands import (
     Tick,
     decode,
     encode,
+    session_of,
 )
 from node.chat.errors import ChatError, ErrorCode, Reason
 from node.chat.replies import ApplyResult, Outcome, RegisterClientReply, TickReply
@@ -126,13 +127,13 @@ class Model:
     def update(self, index: int, cmd: Command, result: ApplyResult, log_time_ms: int) -> None:
         if isinstance(cmd, RegisterClient):
             self.expire(log_time_ms)
-            if cmd.token and not result.ok:  # bound to a session no longer live: refused
+            if cmd.session and not result.ok:  # bound to a session no longer live: refused
                 assert isinstance(result.outcome, ChatError)
                 assert result.outcome.code is ErrorCode.UNAUTHENTICATED
                 return
             assert result.outcome == RegisterClientReply(index)  # the id is the log index
             self.active_ms[index] = log_time_ms
-            self.bound[index] = cmd.token
+            self.bound[index] = cmd.session
             self.outstanding[index] = 0
             self.highest_client_id = index
             return
@@ -142,7 +143,7 @@ class Model:
         if isinstance(cmd, Register):
             self.queues[cmd.username.lower()] = []
         elif isinstance(cmd, Login):
-            self.owners[cmd.token] = cmd.username.lower()
+            self.owners[cmd.session] = cmd.username.lower()
         elif isinstance(cmd, Send):
             assert result.message is not None
             assert result.message.id > self.last_id  # ids only grow
@@ -150,10 +151,10 @@ class Model:
             self.last_id = result.message.id
             self.queues[cmd.recipient.lower()].append(result.message.id)
         elif isinstance(cmd, Ack):
-            user = self.owners[cmd.token]
+            user = self.owners[cmd.session]
             self.queues[user] = [i for i in self.queues[user] if i > cmd.up_to_id]
         elif isinstance(cmd, DeleteAccount):
-            del self.queues[self.owners[cmd.token]]
+            del self.queues[self.owners[cmd.session]]
 
     def _check_once(self, cmd: Command, result: ApplyResult, now: int) -> None:
         """§6.3: a request already applied is answered with its first reply (or, once the
@@ -171,7 +172,7 @@ class Model:
             assert result.outcome.code is ErrorCode.FAILED_PRECONDITION
             assert result.outcome.reason is Reason.CLIENT_EXPIRED
             assert not result.duplicate and result.message is None
-        elif self.bound[client] != _session_token(cmd):
+        elif self.bound[client] != _session_used(cmd):
             # Issue 11: another session's client, refused before anything of it is touched
             # (not refreshed, nothing remembered, first_outstanding where it was).
             assert isinstance(result.outcome, ChatError), "a write used another's client"
@@ -202,11 +203,11 @@ class Model:
             assert len(ids) <= LIMITS.queue_limit
 
 
-def _session_token(cmd: Command) -> str:
-    """The session a write is made with: its token, or "" for Register and Login."""
+def _session_used(cmd: Command) -> str:
+    """The session a write is made with: its hash, or "" for Register and Login."""
     if isinstance(cmd, Register | Login):
         return ""
-    return str(getattr(cmd, "token", ""))
+    return str(getattr(cmd, "session", ""))
 
 
 def _expired(result: ApplyResult) -> bool:
@@ -267,7 +268,7 @@ def build(ops: list[Op], cut: int) -> tuple[Log, list[ApplyResult | None], bytes
         bind one (the session is no longer live), so the write is never made."""
         key = (client, token)
         if not model.live(client_ids.get(key), max(ts, leader.log_time_ms)):
-            cmd = RegisterClient(timestamp_ms=ts, log_time_ms=ts, token=token)
+            cmd = RegisterClient(timestamp_ms=ts, log_time_ms=ts, session=token)
             index = append(cmd)
             result = results[-1]
             if result is None or not result.ok:
@@ -285,7 +286,7 @@ def build(ops: list[Op], cut: int) -> tuple[Log, list[ApplyResult | None], bytes
             """Mostly a live session's token (0-5), sometimes any token ever issued."""
             live = [t for t in tokens if _is_live(leader, t)]
             pool = live if int(str(i)) < 6 and live else tokens
-            return pool[int(str(i)) % len(pool)] if pool else "none"
+            return pool[int(str(i)) % len(pool)] if pool else session_of("none")
 
         cmd: Command | None = None
         tok = token(what[1]) if kind in ("logout", "send", "ack", "delete", "foreign") else ""
@@ -311,23 +312,23 @@ def build(ops: list[Op], cut: int) -> tuple[Log, list[ApplyResult | None], bytes
                 log_time_ms=ts,
                 request=rid,
                 username=str(what[1]),
-                token=f"tok{step}",
+                session=session_of(f"tok{step}"),
                 verified_digest=digest,
             )
-            tokens.append(cmd.token)
+            tokens.append(cmd.session)
         elif kind == "logout":
             cmd = Logout(
                 timestamp_ms=ts,
                 log_time_ms=ts,
                 request=rid,
-                token=tok,
+                session=tok,
             )
         elif kind == "send":
             cmd = Send(
                 timestamp_ms=ts,
                 log_time_ms=ts,
                 request=rid,
-                token=tok,
+                session=tok,
                 recipient=str(what[2]),
                 text=str(what[3]),
             )
@@ -336,7 +337,7 @@ def build(ops: list[Op], cut: int) -> tuple[Log, list[ApplyResult | None], bytes
                 timestamp_ms=ts,
                 log_time_ms=ts,
                 request=rid,
-                token=tok,
+                session=tok,
                 up_to_id=int(str(what[2])),
             )
         elif kind == "delete":
@@ -344,7 +345,7 @@ def build(ops: list[Op], cut: int) -> tuple[Log, list[ApplyResult | None], bytes
                 timestamp_ms=ts,
                 log_time_ms=ts,
                 request=rid,
-                token=tok,
+                session=tok,
             )
         elif kind == "advance":
             now += int(str(what[1]))
@@ -373,7 +374,7 @@ def build(ops: list[Op], cut: int) -> tuple[Log, list[ApplyResult | None], bytes
                 timestamp_ms=ts,
                 log_time_ms=ts,
                 request=RequestId(client_ids[key], seq, seq),  # would make the owner stale
-                token=tok,
+                session=tok,
                 recipient="ann",
                 text="foreign",
             )
@@ -392,7 +393,7 @@ def test_replicas_fed_the_same_entries_end_identical(
     event(f"messages: {min(4, sum(r.message is not None for r in applied))}+")
     for what, happened in [
         ("a duplicate answered", any(r.duplicate for r in applied)),
-        ("a session ended", any(r.ended_tokens for r in applied)),
+        ("a session ended", any(r.ended_sessions for r in applied)),
         ("a queue full", any(not r.ok and "undelivered" in str(r.outcome) for r in applied)),
         ("a stale request", any(not r.ok and "stale" in str(r.outcome) for r in applied)),
         ("an expired client refused", any(_expired(r) for r in applied)),

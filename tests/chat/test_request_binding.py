@@ -57,7 +57,7 @@ OTHER_CONTENT: dict[str, Callable[[Node, Send], Command]] = {
     "other text": lambda node, send: replace(restamped(node, send), text="transfer 1000"),
     "another recipient": lambda node, send: replace(restamped(node, send), recipient="bob"),
     "another kind (an Ack)": lambda node, send: replace(
-        node.ack_cmd(send.token, 1), request=send.request
+        node.ack_cmd(send.session, 1), request=send.request
     ),
 }
 
@@ -90,7 +90,7 @@ def test_a_retry_under_another_session_is_refused(node: Node) -> None:
     alice, mallory = node.user("alice"), node.user("mallory")
     send = node.send_cmd(alice, "alice", "hello")
     first = node.apply(send)
-    err = node.refused(replace(restamped(node, send), token=mallory), ErrorCode.INVALID_ARGUMENT)
+    err = node.refused(replace(restamped(node, send), session=mallory), ErrorCode.INVALID_ARGUMENT)
     assert "is bound to another session" in err.message
     assert node.state.queue("mallory") == () and node.state.queue("alice") != ()
     assert node.apply(restamped(node, send)).outcome == first.outcome
@@ -115,12 +115,13 @@ def test_the_digest_is_of_the_clients_fields_and_never_of_a_password(node: Node)
         log_time_ms=1,
         request=rid,
         username="alice",
-        token="t1",
+        session="t1",
         verified_digest=b"\x01" * 32,
     )
-    retried = replace(login, token="t2", verified_digest=b"\x02" * 32)
+    retried = replace(login, timestamp_ms=2, verified_digest=b"\x02" * 32)
     assert request_digest(login) == request_digest(retried)
     assert request_digest(replace(login, username="bob")) != request_digest(login)
+    assert request_digest(replace(login, session="t2")) != request_digest(login)
 
 
 def test_a_register_retried_with_another_password_is_the_same_request(node: Node) -> None:
@@ -143,16 +144,17 @@ def test_a_register_retried_with_another_password_is_the_same_request(node: Node
 def test_a_login_retry_is_judged_by_username_only_the_server_checks_the_password(
     node: Node,
 ) -> None:
-    """At the state machine a Login's content is its username: the token and the verified
-    hash digest are the accepting node's, and the password was checked there (node/server.py
-    checks it on retries too). A Login retried as another user is another request: issue 11,
-    'or as another user with no password, returned the original user's token'."""
+    """At the state machine a Login's content is its username and the session it opens (the
+    client chose the token); the verified hash digest is the accepting node's, and the
+    password was checked there (node/server.py checks it on retries too). A Login retried as
+    another user is another request: issue 11, 'or as another user with no password,
+    returned the original user's token'."""
     node.register("alice")
     node.register("bob")
     login = node.login_cmd("alice")
     first = node.apply(login)
     assert isinstance(first.outcome, LoginReply)
-    retry = replace(restamped(node, login), token="another-nodes-token", verified_digest=b"")
+    retry = replace(restamped(node, login), verified_digest=b"")
     again = node.apply(retry)
     assert again.duplicate and again.outcome == first.outcome  # the first session, no new one
     assert node.state.session_count == 1
@@ -161,9 +163,9 @@ def test_a_login_retry_is_judged_by_username_only_the_server_checks_the_password
     as_bob = replace(retry, username="bob", verified_digest=bob_hash.digest)
     err = node.refused(as_bob, ErrorCode.INVALID_ARGUMENT)
     assert err.message.startswith(REUSED)
+    other_session = replace(retry, session=session_of("another token"))
+    assert node.refused(other_session, ErrorCode.INVALID_ARGUMENT).message.startswith(REUSED)
     assert node.state.session_count == 1
-    with pytest.raises(ChatError):
-        node.state.authenticate("another-nodes-token")
 
 
 # --- client sessions bound to a chat session -----------------------------------------------
@@ -281,18 +283,19 @@ def bound_node() -> Node:
 def script(node: Node) -> list[Command]:
     """Entries to apply to a state and its copy: a retry, a reuse, another's client, a new
     binding, a binding to a dead token."""
-    alice_client = node.client_id("client", "token-1")
-    bob_client = node.client_id("client", "token-2")
+    alice, bob = session_of("token-1"), session_of("token-2")
+    alice_client = node.client_id("client", alice)
+    bob_client = node.client_id("client", bob)
     # alice's latest write (seq 1 is below her first_outstanding now): refused NOT_FOUND
-    latest = node.send_cmd("token-1", "nobody", "hi", request=RequestId(alice_client, 2, 2))
+    latest = node.send_cmd(alice, "nobody", "hi", request=RequestId(alice_client, 2, 2))
     return [
         restamped(node, latest),  # answered from the table
         replace(restamped(node, latest), text="other"),  # reused for other content
-        replace(restamped(node, latest), token="token-2"),  # another session
-        node.send_cmd("token-2", "alice", "p", request=RequestId(alice_client, HUGE, HUGE)),
-        node.send_cmd("token-1", "bob", "two", request=RequestId(alice_client, 3, 3)),
-        node.send_cmd("token-2", "alice", "b2", request=RequestId(bob_client, 3, 3)),
-        node.register_client_cmd("token-2"),
+        replace(restamped(node, latest), session=bob),  # another session
+        node.send_cmd(bob, "alice", "p", request=RequestId(alice_client, HUGE, HUGE)),
+        node.send_cmd(alice, "bob", "two", request=RequestId(alice_client, 3, 3)),
+        node.send_cmd(bob, "alice", "b2", request=RequestId(bob_client, 3, 3)),
+        node.register_client_cmd(bob),
         node.register_client_cmd("never-issued"),
         node.register_cmd("carol", request=RequestId(alice_client, 4, 4)),
     ]
@@ -306,7 +309,7 @@ def test_a_snapshot_keeps_bindings_and_digests() -> None:
     twin = ChatState(SMALL_LIMITS)
     twin.restore(data)
     assert twin.snapshot() == data
-    alice_client = node.client_id("client", "token-1")
+    alice_client = node.client_id("client", session_of("token-1"))
     session, _, _, replies = client_row(twin, alice_client)[1:]
     assert session == session_of("token-1")  # the binding keeps the token's hash only
     assert isinstance(replies, list) and all(isinstance(r[1], str) for r in replies)
@@ -353,6 +356,6 @@ def test_replicas_with_bound_clients_agree_and_the_digest_covers_the_binding() -
     for twin in (bound_one, unbound_one):
         twin.user("alice")
     assert bound_one.state.digest() == unbound_one.state.digest()
-    bound_one.register_client("token-1")
+    bound_one.register_client(session_of("token-1"))
     unbound_one.register_client()
     assert bound_one.state.digest() != unbound_one.state.digest()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from node.chat.commands import COMMAND_FORMAT_VERSION, Command, encode
+from node.chat.commands import COMMAND_FORMAT_VERSION, Command, encode, session_of
 from node.chat.errors import CommandDecodeError, InvariantError, SnapshotDecodeError
 from node.chat.state import SNAPSHOT_FORMAT_VERSION, ChatState
 from node.config import ChatLimits
@@ -57,7 +57,7 @@ def test_a_restored_state_goes_on_exactly_like_the_original() -> None:
     node = busy_node()
     twin = ChatState(SMALL_LIMITS)
     twin.restore(node.state.snapshot())
-    bob = "token-2"  # bob's first login in busy_node
+    bob = session_of("token-2")  # bob's first login in busy_node
     node.advance(1)
     commands: list[Callable[[], Command]] = [
         lambda: node.send_cmd(bob, "alice", "after"),
@@ -215,6 +215,7 @@ def test_a_large_state_round_trips() -> None:
 _SCRIPT = """
 import random
 from node.chat.commands import Login, Register, RegisterClient, RequestId, Send, encode
+from node.chat.commands import session_of
 from node.chat.passwords import hash_password
 from node.chat.state import ChatState
 from node.config import ChatLimits, ScryptCost
@@ -231,7 +232,7 @@ for step in range(3000):
     tok = rng.choice(tokens or ["x"]) if roll >= 0.3 else ""
     if (client, tok) not in clients:  # a Send's client is bound to its session (issue 11)
         index += 1
-        cmd = RegisterClient(timestamp_ms=now, log_time_ms=now, token=tok)
+        cmd = RegisterClient(timestamp_ms=now, log_time_ms=now, session=tok)
         if state.apply(index, encode(cmd)).ok:
             clients[(client, tok)] = index
     req = RequestId(clients.get((client, tok), index), step, step)
@@ -239,13 +240,13 @@ for step in range(3000):
         cmd = Register(timestamp_ms=now, log_time_ms=now, request=req,
                        username=rng.choice(names), password_hash=h)
     elif roll < 0.3:
-        tok = f"t{step}"
+        tok = session_of(f"t{step}")
         tokens.append(tok)
         cmd = Login(timestamp_ms=now, log_time_ms=now, request=req, username=rng.choice(names),
-                    token=tok, verified_digest=h.digest)
+                    session=tok, verified_digest=h.digest)
     else:
         cmd = Send(timestamp_ms=now, log_time_ms=now, request=req,
-                   token=tok, recipient=rng.choice(names), text=str(step))
+                   session=tok, recipient=rng.choice(names), text=str(step))
     index += 1
     state.apply(index, encode(cmd))
 print(state.digest(), state.session_count, state.client_count, len(state.queue("user1")))

@@ -9,9 +9,11 @@ from node.chat.errors import ChatError, ErrorCode
 from node.chat.validation import (
     MAX_PASSWORD_CHARS,
     MAX_PATTERN_CHARS,
+    TOKEN_BYTES,
     show,
     validate_history_limit,
     validate_message_id,
+    validate_new_token,
     validate_page_size,
     validate_password,
     validate_pattern,
@@ -21,6 +23,7 @@ from node.chat.validation import (
     validate_username,
 )
 from node.config import ChatLimits
+from protos import vocabulary
 
 LIMITS = ChatLimits()
 
@@ -141,11 +144,32 @@ def test_message_ids_are_uint64() -> None:
     invalid(validate_message_id, MAX_UINT64 + 1)
 
 
-@pytest.mark.parametrize("token", ["", "has space", "x" * 129, "tök"])
+MALFORMED_TOKENS = ["", "has space", "x" * 129, "tök", "ab" * 31, "AB" * 32, "ab" * 33]
+
+
+@pytest.mark.parametrize("token", MALFORMED_TOKENS)
 def test_missing_or_malformed_tokens_are_unauthenticated(token: str) -> None:
     with pytest.raises(ChatError) as info:
         validate_token(token)
     assert info.value.code is ErrorCode.UNAUTHENTICATED
+    assert "log in" in info.value.message
+
+
+@pytest.mark.parametrize("token", MALFORMED_TOKENS)
+def test_a_login_must_bring_a_well_formed_new_token(token: str) -> None:
+    """Issue 11: the session secret is chosen by the client, 32 random bytes."""
+    err = invalid(validate_new_token, token)
+    assert "32 random bytes as 64 lowercase hex digits" in err.message
+
+
+def test_the_clients_tokens_have_the_shape_the_node_checks() -> None:
+    """protos.vocabulary draws the tokens; node/chat may not import it, so the two sizes are
+    tied here."""
+    assert TOKEN_BYTES == vocabulary.TOKEN_BYTES
+    tokens = {vocabulary.new_session_token() for _ in range(64)}
+    assert len(tokens) == 64
+    for token in tokens:
+        assert validate_token(token) == token == validate_new_token(token)
 
 
 def test_request_ids() -> None:

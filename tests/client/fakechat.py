@@ -62,6 +62,7 @@ from node.chat.commands import (
     RequestId,
     Send,
     encode,
+    session_of,
 )
 from node.chat.errors import ChatError, ErrorCode
 from node.chat.passwords import hash_password, verify_password
@@ -149,7 +150,7 @@ class _End:
 class _Stream:
     node: str
     user_key: str
-    token: str
+    session: str  # the hash of its token
     queue: asyncio.Queue[ChatMessage | _End] = field(default_factory=asyncio.Queue)
 
 
@@ -343,9 +344,9 @@ class FakeCluster:
             for stream in list(self.streams):
                 if stream.user_key == key:
                     stream.queue.put_nowait(result.message)
-        for token in result.ended_tokens:
+        for session in result.ended_sessions:
             for stream in list(self.streams):
-                if stream.token == token:
+                if stream.session == session:
                     stream.queue.put_nowait(
                         _End(grpc.StatusCode.UNAUTHENTICATED, "session ended: log in again")
                     )
@@ -491,10 +492,11 @@ class FakeNode(chat_pb2_grpc.ChatServicer):
         self, request: chat_pb2.RegisterClientRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> chat_pb2.RegisterClientReply:
         def make() -> Command:
-            if request.token:  # a node refuses a dead session before proposing
-                self.cluster.state.authenticate(request.token)
+            session = session_of(request.token) if request.token else ""
+            if session:  # a node refuses a dead session before proposing
+                self.cluster.state.authenticate(session)
             ts, lt = self.cluster.stamps()
-            return RegisterClient(timestamp_ms=ts, log_time_ms=lt, token=request.token)
+            return RegisterClient(timestamp_ms=ts, log_time_ms=lt, session=session)
 
         reply = await self._write("RegisterClient", request, context, make)
         if not isinstance(reply, RegisterClientReply):
@@ -533,14 +535,14 @@ class FakeNode(chat_pb2_grpc.ChatServicer):
                 log_time_ms=lt,
                 request=_request_id(request.request),
                 username=request.username,
-                token=secrets.token_urlsafe(18),
+                session=session_of(request.token),
                 verified_digest=stored.digest,
             )
 
         reply = await self._write("Login", request, context, make)
         if not isinstance(reply, LoginReply):
             raise TypeError(reply)
-        return chat_pb2.LoginReply(token=reply.token, username=reply.username)
+        return chat_pb2.LoginReply(username=reply.username)
 
     async def Logout(
         self, request: chat_pb2.LogoutRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -551,7 +553,7 @@ class FakeNode(chat_pb2_grpc.ChatServicer):
                 timestamp_ms=ts,
                 log_time_ms=lt,
                 request=_request_id(request.request),
-                token=request.token,
+                session=session_of(request.token),
             )
 
         await self._write("Logout", request, context, make)
@@ -566,7 +568,7 @@ class FakeNode(chat_pb2_grpc.ChatServicer):
                 timestamp_ms=ts,
                 log_time_ms=lt,
                 request=_request_id(request.request),
-                token=request.token,
+                session=session_of(request.token),
                 recipient=request.recipient,
                 text=request.text,
             )
@@ -585,7 +587,7 @@ class FakeNode(chat_pb2_grpc.ChatServicer):
                 timestamp_ms=ts,
                 log_time_ms=lt,
                 request=_request_id(request.request),
-                token=request.token,
+                session=session_of(request.token),
                 up_to_id=request.up_to_id,
             )
 
@@ -602,7 +604,7 @@ class FakeNode(chat_pb2_grpc.ChatServicer):
             # log, where the client session table answers it with the first reply (a node
             # that refused it here would report a done delete as failed).
             try:
-                username: str | None = state.authenticate(request.token)
+                username: str | None = state.authenticate(session_of(request.token))
             except ChatError:
                 username = None
             stored = None if username is None else state.account_hash(username)
@@ -613,7 +615,7 @@ class FakeNode(chat_pb2_grpc.ChatServicer):
                 timestamp_ms=ts,
                 log_time_ms=lt,
                 request=_request_id(request.request),
-                token=request.token,
+                session=session_of(request.token),
             )
 
         await self._write("DeleteAccount", request, context, make)
@@ -625,7 +627,7 @@ class FakeNode(chat_pb2_grpc.ChatServicer):
         await self._enter("ListAccounts", request, context)
         state = self.cluster.state
         try:
-            state.authenticate(request.token)
+            state.authenticate(session_of(request.token))
             names, next_token = state.list_accounts(
                 request.pattern, request.page_token, request.page_size
             )
@@ -639,7 +641,7 @@ class FakeNode(chat_pb2_grpc.ChatServicer):
         await self._enter("History", request, context)
         state = self.cluster.state
         try:
-            username = state.authenticate(request.token)
+            username = state.authenticate(session_of(request.token))
             messages = state.history(username, request.other, request.limit)
         except ChatError as error:
             await self._refuse(error, context)
@@ -651,12 +653,12 @@ class FakeNode(chat_pb2_grpc.ChatServicer):
         await self._enter("Subscribe", request, context)
         state = self.cluster.state
         try:
-            username = state.authenticate(request.token)
+            username = state.authenticate(session_of(request.token))
         except ChatError as error:
             await self._refuse(error, context)
         # Registered and read in one step, as a node reads the queue at the applied index at
         # which it registers the stream: nothing falls between.
-        stream = _Stream(self.name, username.lower(), request.token)
+        stream = _Stream(self.name, username.lower(), session_of(request.token))
         backlog = state.queue(username, request.after_id)
         self.cluster.streams.add(stream)
         copies = 2 if self.cluster.duplicate_deliveries else 1

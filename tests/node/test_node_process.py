@@ -16,6 +16,7 @@ from node.config import load_config
 from protos import chat_pb2 as pb
 from protos import chat_pb2_grpc as pbg
 from protos import raft_pb2, raft_pb2_grpc
+from protos.vocabulary import new_session_token
 from supervisor.cluster import NodeExitedError
 from tests.conftest import peer_channel
 from tests.node.conftest import NodeProcesses
@@ -66,10 +67,12 @@ class Session:
             pb.RegisterRequest(request=self.rid(anon=True), username=name, password="pw"),
             timeout=10,
         )
-        reply = await self.stub.Login(
-            pb.LoginRequest(request=self.rid(anon=True), username=name, password="pw"), timeout=10
+        token = new_session_token()
+        await self.stub.Login(
+            pb.LoginRequest(request=self.rid(anon=True), username=name, password="pw", token=token),
+            timeout=10,
         )
-        await self.bind(reply.token)
+        await self.bind(token)
 
     async def bind(self, token: str) -> None:
         """From here on write as the session `token`: with a client id bound to it (issue 11:
@@ -170,7 +173,12 @@ def test_errors_are_status_codes_a_person_can_read(nodes: NodeProcesses) -> None
             ),
             (
                 lambda: s.stub.Login(
-                    pb.LoginRequest(request=s.rid(anon=True), username="carol", password="wrong"),
+                    pb.LoginRequest(
+                        request=s.rid(anon=True),
+                        username="carol",
+                        password="wrong",
+                        token=new_session_token(),
+                    ),
                     timeout=10,
                 ),
                 grpc.StatusCode.UNAUTHENTICATED,
@@ -264,10 +272,12 @@ def test_full_stop_and_cold_restart_keeps_every_acknowledged_message(
         nodes.start_all()
         leader = await nodes.wait_leader()
         s = await Session.open(nodes.channel(leader))
-        reply = await s.stub.Login(
-            pb.LoginRequest(request=s.rid(anon=True), username="erin", password="pw"), timeout=10
+        token = new_session_token()
+        await s.stub.Login(
+            pb.LoginRequest(request=s.rid(anon=True), username="erin", password="pw", token=token),
+            timeout=10,
         )
-        got = await _drain(nodes.channel(leader), reply.token)
+        got = await _drain(nodes.channel(leader), token)
         assert [m.id for m in got] == acked
         deadline = time.monotonic() + 10
         while True:
@@ -446,21 +456,24 @@ def test_retried_delete_account_and_login_get_their_first_answer(nodes: NodeProc
         leader = await nodes.wait_leader()
         s = await Session.open(nodes.channel(leader))
         await s.register_and_login("jill")
-        login_rid = s.rid(anon=True)
-        first = await s.stub.Login(
-            pb.LoginRequest(request=login_rid, username="jill", password="pw"), timeout=10
+        login = pb.LoginRequest(
+            request=s.rid(anon=True), username="jill", password="pw", token=new_session_token()
         )
-        again = await s.stub.Login(
-            pb.LoginRequest(request=login_rid, username="jill", password="pw"), timeout=10
-        )
-        assert again.token == first.token
+        first = await s.stub.Login(login, timeout=10)
+        again = await s.stub.Login(login, timeout=10)  # the retry opens the same one session
+        assert again == first
         rid = s.rid()
         request = pb.DeleteAccountRequest(request=rid, token=s.token, password="pw")
         await s.stub.DeleteAccount(request, timeout=10)
         await s.stub.DeleteAccount(request, timeout=10)  # the retry: OK again, not refused
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await s.stub.Login(
-                pb.LoginRequest(request=s.rid(anon=True), username="jill", password="pw"),
+                pb.LoginRequest(
+                    request=s.rid(anon=True),
+                    username="jill",
+                    password="pw",
+                    token=new_session_token(),
+                ),
                 timeout=10,
             )
         assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED

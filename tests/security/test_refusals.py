@@ -17,6 +17,7 @@ import pytest
 from client.api import ChatClient
 from protos import chat_pb2 as pb
 from protos import chat_pb2_grpc as pbg
+from protos.vocabulary import new_session_token
 from tests.node.conftest import NodeProcesses
 from tests.node.test_node_process import Session
 
@@ -38,7 +39,7 @@ def test_writes_with_unknown_sessions_never_reach_the_log(nodes: NodeProcesses) 
         assert before is not None
         refused = 0
         for i in range(300):
-            token = secrets.token_urlsafe(24)
+            token = secrets.token_hex(32)  # well formed, never issued
             calls = [
                 s.stub.Logout(pb.LogoutRequest(request=s.rid(), token=token), timeout=5),
                 s.stub.Send(
@@ -68,7 +69,7 @@ def test_failed_logins_are_slowed_down_never_locked_out(nodes: NodeProcesses) ->
         leader = await nodes.wait_leader()
         s = await Session.open(nodes.channel(leader))
         await s.register_and_login("alice")
-        wrong = pb.LoginRequest(username="alice", password="guess")
+        wrong = pb.LoginRequest(username="alice", password="guess", token=new_session_token())
         for _ in range(5):
             wrong.request.CopyFrom(s.rid(anon=True))
             with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -83,10 +84,11 @@ def test_failed_logins_are_slowed_down_never_locked_out(nodes: NodeProcesses) ->
         assert 1 <= int(retry_after) <= 60
         # Not a lock-out: after the wait the right password logs in.
         await asyncio.sleep(int(retry_after) + 0.2)
-        ok = await s.stub.Login(
-            pb.LoginRequest(request=s.rid(anon=True), username="alice", password="pw"), timeout=5
+        login = pb.LoginRequest(
+            request=s.rid(anon=True), username="alice", password="pw", token=new_session_token()
         )
-        assert ok.token
+        ok = await s.stub.Login(login, timeout=5)
+        assert ok.username == "alice"
         await s.close()
 
     asyncio.run(scenario())

@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from protos import chat_pb2 as pb
+from protos.vocabulary import new_session_token
 from tests.node.conftest import NodeProcesses
 from tests.node.test_node_process import Session, _drain
 
@@ -38,23 +39,24 @@ def test_replays_with_other_content_or_another_session_are_refused(nodes: NodePr
 
         # A Login replayed with a wrong password gets no session.
         login_rid = victim.rid(anon=True)
-        await victim.stub.Login(
-            pb.LoginRequest(request=login_rid, username="victim", password="pw"), timeout=5
+        victims = pb.LoginRequest(
+            request=login_rid, username="victim", password="pw", token=new_session_token()
         )
-        err = await _refused(
-            mallory.stub.Login(
-                pb.LoginRequest(request=login_rid, username="victim", password="guess"), timeout=5
-            )
-        )
+        first = await victim.stub.Login(victims, timeout=5)
+        assert first == pb.LoginReply(username="victim")  # a reply holds no secret to steal
+        guess = pb.LoginRequest()
+        guess.CopyFrom(victims)
+        guess.password, guess.token = "guess", new_session_token()
+        err = await _refused(mallory.stub.Login(guess, timeout=5))
         assert err.code() is grpc.StatusCode.UNAUTHENTICATED
-        # ... nor replayed as another user.
-        err = await _refused(
-            mallory.stub.Login(
-                pb.LoginRequest(request=login_rid, username="mallory", password="pw"), timeout=5
+        # ... nor replayed as another user, nor for another session of the same user.
+        for username, password in (("mallory", "pw"), ("victim", "pw")):
+            replay = pb.LoginRequest(
+                request=login_rid, username=username, password=password, token=new_session_token()
             )
-        )
-        assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
-        assert "request id reused for a different request" in (err.details() or "")
+            err = await _refused(mallory.stub.Login(replay, timeout=5))
+            assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
+            assert "request id reused for a different request" in (err.details() or "")
 
         # A Send replayed with other text or another recipient is refused, not dropped.
         sent = victim.rid()
