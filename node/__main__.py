@@ -241,6 +241,7 @@ async def _run(
         config=config,
         forward_addresses=peers,
         peer_credentials=channel_credentials,
+        cluster_key=key,
     )
     chat_pb2_grpc.add_ChatServicer_to_server(chat, server)
     chat_pb2_grpc.add_ChatServicer_to_server(chat, peer_server)

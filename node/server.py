@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
 import time
@@ -38,7 +39,13 @@ from node.login_limiter import LoginLimiter, ceil_s, peer_host
 from node.raft.errors import NotLeaderError
 from node.raft.types import NodeId
 from node.seams import ThreadExecutor
-from node.transport import CHANNEL_OPTIONS, certificate_names, certified_member, peer_channel
+from node.transport import (
+    CHANNEL_OPTIONS,
+    KEY_METADATA,
+    certificate_names,
+    certified_member,
+    peer_channel,
+)
 from protos import chat_pb2, chat_pb2_grpc
 
 if TYPE_CHECKING:
@@ -150,9 +157,11 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         config: ClusterConfig,
         forward_addresses: dict[NodeId, str],
         peer_credentials: grpc.ChannelCredentials | None,
+        cluster_key: bytes,
     ) -> None:
         self._driver = driver
         self._peer_credentials = peer_credentials  # None: `tls: plaintext`
+        self._cluster_key = cluster_key  # what a member forwarding under plaintext presents
         self._state = state  # read only here: every change goes through the log
         self._config = config
         self._forward_addresses = forward_addresses
@@ -293,7 +302,11 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             return await getattr(stub, method)(
                 request,
                 timeout=self._timeout(context),
-                metadata=((FORWARDED_KEY, "1"), (CLIENT_PEER_KEY, self._client_host(context))),
+                metadata=(
+                    (FORWARDED_KEY, "1"),
+                    (CLIENT_PEER_KEY, self._client_host(context)),
+                    (KEY_METADATA, self._cluster_key.decode()),
+                ),
             )
         except grpc.aio.AioRpcError as err:
             details = err.details() or err.code().name
@@ -313,9 +326,15 @@ class ChatService(chat_pb2_grpc.ChatServicer):
 
     def _from_member(self, context: Context) -> bool:
         """Whether the caller may speak for a client it forwards: a current member, by its
-        certificate (only the peer port asks for one); anyone under `tls: plaintext`."""
+        certificate (only the peer port asks for one); under `tls: plaintext`, a caller that
+        presents the cluster key, as Raft's callers do (a client could otherwise name any
+        host for itself and dodge the failed-login limit)."""
         if self._peer_credentials is None:
-            return True
+            presented = next(
+                (v for k, v in context.invocation_metadata() or () if k == KEY_METADATA), ""
+            )
+            raw = presented.encode() if isinstance(presented, str) else presented
+            return hmac.compare_digest(raw, self._cluster_key)
         voters = self._driver.core.voters
         return certified_member(context, self._config.cluster, voters) is not None
 

@@ -701,9 +701,10 @@ class Cluster:
         none (kept by --fresh: wiping the nodes keeps their credentials); read the CA and the
         tool certificate for the cluster's own channels."""
         if self.config.plaintext:
+            # Not "in cluster.yaml": `bench --plaintext` turns TLS off for its own run.
             logger.warning(
-                "tls: plaintext in %s: every connection is unencrypted and unauthenticated",
-                self.config.path,
+                "TLS is off for cluster %s: every connection is unencrypted and unauthenticated",
+                self.config.cluster,
             )
             return
         self.ca_expiry = ensure_cluster_credentials(self.config)

@@ -101,7 +101,9 @@ def node_channel(
     config: ClusterConfig | Path | str, address: str, options: Sequence[tuple[str, Any]] = ()
 ) -> grpc.aio.Channel:
     """An aio channel to a node's client port, TLS with the test cluster's CA (what every
-    test that talks to a node uses)."""
+    test that talks to a node uses); plaintext to a `tls: plaintext` cluster."""
+    if _config(config).tls is None:
+        return grpc.aio.insecure_channel(address, options=list(options))
     credentials = grpc.ssl_channel_credentials(root_certificates=cluster_ca(config))
     return grpc.aio.secure_channel(address, credentials, options=list(options))
 

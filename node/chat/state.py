@@ -91,8 +91,14 @@ from node.config import ChatLimits
 SNAPSHOT_FORMAT_VERSION = 3  # 2: registered client ids; 3: sessions by hash only
 # Bounds that keep one misbehaving client or user from growing the state without limit.
 MAX_SESSIONS_PER_ACCOUNT = 64  # a login beyond it ends that account's least recently used one
-MAX_REPLIES_PER_CLIENT = 256  # outstanding requests remembered per client (thesis §6.3)
-MAX_CLIENTS = 65_536  # client sessions; registering one more expires the least recently used
+# The dedup table (thesis §6.3) is bounded in total and per session; past a bound the least
+# recently used client session goes (in log order, so alike on every replica), and its next
+# request is refused as expired (client-expired) rather than applied twice.
+MAX_REPLIES_PER_CLIENT = 256  # outstanding requests remembered per client
+MAX_REPLIES = 262_144  # replies remembered in all
+MAX_CLIENTS = 65_536  # client sessions in all
+MAX_CLIENTS_PER_SESSION = 16  # client sessions bound to one chat session
+MAX_UNBOUND_CLIENTS = 4_096  # client sessions for Register and Login, which anyone may open
 CLIENT_EXPIRED_TEXT = "client session expired: the outcome of earlier requests is unknown"
 
 _WILDCARDS = "*?["
@@ -161,6 +167,9 @@ class ChatState:
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         # client id -> client session, least recently active first (same argument)
         self._clients: OrderedDict[int, _Client] = OrderedDict()
+        # chat session hash ("" for none) -> ids of the clients bound to it, in _clients order
+        self._clients_of: dict[str, dict[int, None]] = {}
+        self._reply_count = 0  # replies held by all clients together
         self._highest_client_id = 0  # every id at or below it was issued or never existed
         self._digest: str | None = None  # cache of digest(); None when stale
 
@@ -290,11 +299,36 @@ class ChatState:
         if cmd.session:
             self._use_session(cmd.session, now)  # UNAUTHENTICATED unless the session is live
             session = cmd.session
-        self._clients[index] = _Client(0, now, session)
         self._highest_client_id = index
-        while len(self._clients) > MAX_CLIENTS:
-            self._clients.popitem(last=False)
+        self._add_client(index, _Client(0, now, session))
         return RegisterClientReply(index)
+
+    # The dedup table's bookkeeping: _clients, _clients_of and _reply_count change together.
+
+    def _add_client(self, client_id: int, client: _Client) -> None:
+        self._clients[client_id] = client
+        same = self._clients_of.setdefault(client.session, {})
+        same[client_id] = None
+        bound = MAX_CLIENTS_PER_SESSION if client.session else MAX_UNBOUND_CLIENTS
+        if len(same) > bound:
+            self._drop_client(next(iter(same)))
+        while len(self._clients) > MAX_CLIENTS:
+            self._drop_client(next(iter(self._clients)))
+
+    def _touch_client(self, client_id: int, client: _Client, now: int) -> None:
+        client.last_used_ms = now
+        self._clients.move_to_end(client_id)
+        same = self._clients_of[client.session]
+        del same[client_id]
+        same[client_id] = None
+
+    def _drop_client(self, client_id: int) -> None:
+        client = self._clients.pop(client_id)
+        self._reply_count -= len(client.replies)
+        same = self._clients_of[client.session]
+        del same[client_id]
+        if not same:
+            del self._clients_of[client.session]
 
     def _answer_again(
         self, client: _Client, request: RequestId, cmd: Command, now: int
@@ -313,8 +347,7 @@ class ChatState:
         stored = client.replies.get(request.seq)
         if stored is None:
             return None
-        client.last_used_ms = now
-        self._clients.move_to_end(request.client_id)
+        self._touch_client(request.client_id, client, now)
         stored_kind, stored_digest, outcome = stored
         if stored_kind is not cmd.KIND or stored_digest != request_digest(cmd):
             # Thesis §6.3 answers a retry from the table; only the same request is a retry.
@@ -334,9 +367,9 @@ class ChatState:
         client = self._clients.get(request.client_id)
         if client is None:  # _apply refuses unknown clients before executing anything
             raise InvariantError(f"client {request.client_id} is not registered")
-        client.last_used_ms = now
-        self._clients.move_to_end(request.client_id)
+        self._touch_client(request.client_id, client, now)
         replies = client.replies
+        held = len(replies)
         replies[request.seq] = (cmd.KIND, request_digest(cmd), outcome)
         if request.first_outstanding > client.first_outstanding:
             client.first_outstanding = request.first_outstanding
@@ -348,6 +381,9 @@ class ChatState:
             oldest = min(replies)
             del replies[oldest]
             client.first_outstanding = max(client.first_outstanding, oldest + 1)
+        self._reply_count += len(replies) - held
+        while self._reply_count > MAX_REPLIES:  # this client is the most recent: never itself
+            self._drop_client(next(iter(self._clients)))
 
     def _expire(self, now: int, ended: list[str]) -> None:
         """End sessions idle past session_idle_s and forget clients idle past client_idle_s."""
@@ -361,7 +397,7 @@ class ChatState:
         horizon = now - self._client_idle_ms
         clients = self._clients
         while clients and next(iter(clients.values())).last_used_ms < horizon:
-            clients.popitem(last=False)
+            self._drop_client(next(iter(clients)))
 
     def _end_session(self, key: str, ended: list[str]) -> None:
         session = self._sessions.pop(key)
@@ -670,6 +706,8 @@ _STATE_FIELDS = (
     "_names",
     "_sessions",
     "_clients",
+    "_clients_of",
+    "_reply_count",
 )
 
 
@@ -880,6 +918,11 @@ def _load_snapshot(data: bytes, limits: ChatLimits) -> ChatState:
                 _bad(f"client {client_id!r}: reply {seq} repeated, stale or short")
             kind, outcome = _outcome_from_json(reply[2:])
             client.replies[seq] = (kind, _str(reply[1], "client reply digest"), outcome)
-        state._clients[client_id] = client
+        if len(client.replies) > MAX_REPLIES_PER_CLIENT:
+            _bad(f"client {client_id!r}: more than {MAX_REPLIES_PER_CLIENT} replies")
+        state._add_client(client_id, client)
+        state._reply_count += len(client.replies)
         last_used = used
+    if len(state._clients) != len(doc["clients"]) or state._reply_count > MAX_REPLIES:
+        _bad("the dedup table is over its bounds")  # _add_client dropped one, or too many replies
     return state

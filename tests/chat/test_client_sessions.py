@@ -162,6 +162,90 @@ def test_the_least_recently_used_client_expires_when_the_table_is_full(
     assert texts(node, "alice") == ["old", "refresh"]
 
 
+def test_a_session_holds_a_bounded_number_of_clients_and_its_own_lru_one_goes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 11: 'The dedup table has a total bound and a per-session bound, and evicts the
+    least recently used entry.' A session registering clients without end pushes out only its
+    own, never another user's."""
+    monkeypatch.setattr(state_module, "MAX_CLIENTS_PER_SESSION", 3)
+    node = Node()
+    alice, bob = node.user("alice"), node.user("bob")
+    bobs = node.send_cmd(bob, "bob", "bob's", request=node.request("bob", bob))
+    assert node.apply(bobs).ok
+    first = node.send_cmd(alice, "alice", "first", request=node.request("a0", alice))
+    assert node.apply(first).ok
+    for name in ("a1", "a2", "a3"):  # three more of alice's: a0 is her least recently used
+        node.client_id(name, alice)
+    expired(node, retry(node, first))
+    again = node.apply(retry(node, bobs))
+    assert again.duplicate and again.ok  # bob's client is untouched
+    assert node.state.client_count == 1 + 3 + 1  # unbound "client", alice's 3, bob's 1
+
+
+def test_a_flood_of_clients_without_a_session_evicts_only_its_own_kind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Anyone may register a client for Register and Login: those are bounded apart, so a
+    flood of them cannot expire a logged-in user's client."""
+    monkeypatch.setattr(state_module, "MAX_UNBOUND_CLIENTS", 4)
+    node = Node()
+    alice = node.user("alice")
+    send = node.send_cmd(alice, "alice", "kept", request=node.request("alice", alice))
+    assert node.apply(send).ok
+    for _ in range(50):
+        node.register_client()
+    assert node.state.client_count == 4 + 1
+    again = node.apply(retry(node, send))
+    assert again.duplicate and again.ok
+
+
+def test_the_replies_held_in_all_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The total bound: past MAX_REPLIES the least recently used client goes with its
+    replies, and its retry is refused as expired, never applied as new."""
+    monkeypatch.setattr(state_module, "MAX_REPLIES", 6)
+    node = Node(replace(SMALL_LIMITS, queue_limit=100))
+    alice = node.user("alice")
+    sends = []
+    for client in ("c1", "c2", "c3"):
+        rid = node.client_id(client, alice)
+        for seq in (1, 2, 3):  # first_outstanding 1: every reply is kept
+            cmd = node.send_cmd(alice, "alice", f"{client}-{seq}", request=RequestId(rid, seq, 1))
+            assert node.apply(cmd).ok
+            sends.append(cmd)
+    assert sum(node.state.remembered_replies(c) for c in range(1, node.index + 1)) <= 6
+    expired(node, retry(node, sends[0]))  # c1 went first
+    assert node.apply(retry(node, sends[-1])).duplicate  # c3's replies are still held
+    assert texts(node, "alice").count("c1-1") == 1
+
+
+def test_evictions_are_alike_on_every_replica_and_survive_a_snapshot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(state_module, "MAX_CLIENTS_PER_SESSION", 2)
+    monkeypatch.setattr(state_module, "MAX_REPLIES", 5)
+    node = Node()
+    alice = node.user("alice")
+    for i in range(24):
+        node.apply(node.send_cmd(alice, "alice", f"m{i}", request=node.request(f"c{i % 4}", alice)))
+    twin = ChatState(SMALL_LIMITS)
+    twin.restore(node.state.snapshot())
+    replica = ChatState(SMALL_LIMITS)
+    for index, data in node.entries:
+        assert data is not None
+        replica.apply(index, data)
+    assert twin.snapshot() == replica.snapshot() == node.state.snapshot()
+    # ... and they go on alike: a new client pushes out another of alice's
+    node.apply(node.send_cmd(alice, "alice", "more", request=node.request("c9", alice)))
+    for state in (twin, replica):
+        for index, data in node.entries:
+            if index > state.applied_index:
+                assert data is not None
+                state.apply(index, data)
+    assert twin.snapshot() == replica.snapshot() == node.state.snapshot()
+    assert node.state.client_count == 1 + 2  # unbound "client", and alice's bound 2
+
+
 def test_log_time_is_the_largest_applied_and_the_shown_time_the_proposers() -> None:
     """Issue 9: 'The state machine's log time is the max of applied log_time_ms, and all
     expiry uses it. The timestamp shown with a message ... is now the command's

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from pathlib import Path
 
 import grpc
 import pytest
@@ -92,6 +93,49 @@ def test_failed_logins_are_slowed_down_never_locked_out(nodes: NodeProcesses) ->
         await s.close()
 
     asyncio.run(scenario())
+
+
+def test_a_client_cannot_name_its_own_host_to_dodge_the_login_limit(tmp_path: Path) -> None:
+    """A follower forwarding a Login names the client's host in metadata; under `tls:
+    plaintext` there is no certificate to tell a member from a client, so only a caller that
+    presents the cluster key is believed. A client naming a new host each time is still
+    limited as the host it is."""
+    nodes = NodeProcesses(tmp_path, extra_yaml="tls: plaintext\n")
+    try:
+        nodes.start_all()
+
+        async def scenario() -> None:
+            leader = await nodes.wait_leader()
+            s = await Session.open(nodes.channel(leader))  # plaintext
+            await s.register_and_login("alice")
+            codes = []
+            for i in range(7):
+                wrong = pb.LoginRequest(
+                    request=s.rid(anon=True),
+                    username="alice",
+                    password="guess",
+                    token=new_session_token(),
+                )
+                forged = (
+                    ("x-chatbooth-forwarded", "1"),
+                    ("x-chatbooth-client-peer", f"10.9.8.{i}"),
+                )
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await s.stub.Login(wrong, timeout=5, metadata=forged)
+                codes.append(caught.value.code())
+            assert codes[:5] == [grpc.StatusCode.UNAUTHENTICATED] * 5
+            assert codes[5:] == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 2
+            await s.close()
+            # A member's forwarding, which presents the key, still works.
+            follower = next(n for n in nodes.ids if n != leader)
+            via = await Session.open(nodes.channel(follower))
+            await via.register_and_login("bob")
+            assert (await via.send("bob", "forwarded")).message_id > 0
+            await via.close()
+
+        asyncio.run(scenario())
+    finally:
+        nodes.close()
 
 
 def test_a_session_may_hold_only_a_few_streams(nodes: NodeProcesses) -> None:
