@@ -27,7 +27,7 @@ import hashlib
 import hmac
 import json
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from fnmatch import fnmatchcase
 from itertools import islice, pairwise
 from typing import Any, NoReturn
@@ -625,58 +625,70 @@ class ChatState:
         Not safe to run while another thread applies: take it on the applying thread, or
         hold applies until it returns.
         """
-        messages: dict[int, ChatMessage] = {}
-        accounts: list[list[Any]] = []
-        for key in self._names:
-            account = self._accounts[key]
-            queue_ids = []
+        return b"".join(self._snapshot_chunks())
+
+    def _snapshot_chunks(self) -> Iterator[bytes]:
+        """snapshot() in pieces: canonical JSON with sorted keys, written row by row, each row
+        encoded by one short json.dumps and dropped at once. Nothing as big as the state is
+        built, so a thread taking a large snapshot or digest neither holds the GIL in one long
+        C call nor promotes a state's worth of new objects into a full garbage collection,
+        either of which stalls the event loop's heartbeats (TRAPS: "off the event loop" is not
+        "off the GIL"). The rows are those `_load_snapshot` reads."""
+        yield bytes((SNAPSHOT_FORMAT_VERSION,))
+        messages: dict[int, ChatMessage] = {}  # referenced by a queue or a history
+
+        def account_row(account: _Account) -> list[Any]:
             for m in account.queue:
                 messages[m.id] = m
-                queue_ids.append(m.id)
-            history: dict[str, list[int]] = {}
-            for other, kept in account.history.items():
-                ids = history[other] = []
+            for kept in account.history.values():
                 for m in kept:
                     messages[m.id] = m
-                    ids.append(m.id)
-            accounts.append(
-                [account.username, password_hash_json(account.password_hash), queue_ids, history]
-            )
-        doc = {
-            "applied_index": self._applied_index,
-            "log_time_ms": self._log_time_ms,
-            "highest_client_id": self._highest_client_id,
-            "next_message_id": self._next_message_id,
-            "messages": [
-                [m.id, m.sender, m.recipient, m.text, m.timestamp_ms]
-                for m in (messages[i] for i in sorted(messages))
-            ],
-            "accounts": accounts,
-            "sessions": [[t, s.user_key, s.last_used_ms] for t, s in self._sessions.items()],
-            "clients": [
-                [
-                    client_id,
-                    c.session,
-                    c.first_outstanding,
-                    c.last_used_ms,
-                    [
-                        [
-                            seq,
-                            c.replies[seq][1],
-                            *_outcome_json(c.replies[seq][0], c.replies[seq][2]),
-                        ]
-                        for seq in sorted(c.replies)
-                    ],
-                ]
-                for client_id, c in self._clients.items()
-            ],
-        }
-        return bytes((SNAPSHOT_FORMAT_VERSION,)) + canonical_json(doc)
+            return [
+                account.username,
+                password_hash_json(account.password_hash),
+                [m.id for m in account.queue],
+                {other: [m.id for m in kept] for other, kept in account.history.items()},
+            ]
+
+        def client_row(client_id: int, c: _Client) -> list[Any]:
+            replies = [
+                [seq, c.replies[seq][1], *_outcome_json(c.replies[seq][0], c.replies[seq][2])]
+                for seq in sorted(c.replies)
+            ]
+            return [client_id, c.session, c.first_outstanding, c.last_used_ms, replies]
+
+        # Keys in sorted order, as canonical_json writes them.
+        yield b'{"accounts":'
+        yield from _json_rows(account_row(self._accounts[key]) for key in self._names)
+        yield b',"applied_index":' + canonical_json(self._applied_index)
+        yield b',"clients":'
+        yield from _json_rows(client_row(i, c) for i, c in self._clients.items())
+        yield b',"highest_client_id":' + canonical_json(self._highest_client_id)
+        yield b',"log_time_ms":' + canonical_json(self._log_time_ms)
+        yield b',"messages":'
+        yield from _json_rows(
+            [m.id, m.sender, m.recipient, m.text, m.timestamp_ms]
+            for m in (messages[i] for i in sorted(messages))
+        )
+        yield b',"next_message_id":' + canonical_json(self._next_message_id)
+        yield b',"sessions":'
+        yield from _json_rows([k, v.user_key, v.last_used_ms] for k, v in self._sessions.items())
+        yield b"}"
 
     def digest(self) -> str:
         """sha256 (hex) of snapshot(): equal on replicas that applied the same entries."""
         if self._digest is None:
-            self._digest = hashlib.sha256(self.snapshot()).hexdigest()
+            hasher = hashlib.sha256()
+            pending: list[bytes] = []
+            size = 0
+            for chunk in self._snapshot_chunks():
+                pending.append(chunk)
+                size += len(chunk)
+                if size >= 1 << 16:
+                    hasher.update(b"".join(pending))
+                    pending, size = [], 0
+            hasher.update(b"".join(pending))
+            self._digest = hasher.hexdigest()
         return self._digest
 
     def validate_snapshot(self, data: bytes) -> None:
@@ -709,6 +721,21 @@ _STATE_FIELDS = (
     "_clients_of",
     "_reply_count",
 )
+
+
+def _json_rows(rows: Iterable[object], batch: int = 256) -> Iterator[bytes]:
+    """A JSON list of `rows`, canonical, each row encoded alone, `batch` rows to a piece."""
+    pending: list[bytes] = []
+    first = True
+    yield b"["
+    for row in rows:
+        pending.append(canonical_json(row))
+        if len(pending) == batch:
+            yield (b"" if first else b",") + b",".join(pending)
+            pending, first = [], False
+    if pending:
+        yield (b"" if first else b",") + b",".join(pending)
+    yield b"]"
 
 
 def _message_id(message: ChatMessage) -> int:
