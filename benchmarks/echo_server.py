@@ -33,7 +33,7 @@ class Echo:
     async def Status(
         self, request: chat_pb2.StatusRequest, context: Context
     ) -> chat_pb2.StatusReply:
-        return chat_pb2.StatusReply(node_id="echo", role="leader")
+        return chat_pb2.StatusReply(node_id="echo", role=chat_pb2.LEADER)
 
     def handler(self) -> grpc.GenericRpcHandler:
         service = chat_pb2.DESCRIPTOR.services_by_name["Chat"].full_name

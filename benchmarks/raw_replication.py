@@ -30,8 +30,9 @@ from node.config import load_config, read_cluster_key
 from node.driver import RaftDriver
 from node.raft.types import NodeId
 from node.storage import Storage
-from node.transport import SERVER_OPTIONS, ClusterKeyInterceptor, GrpcTransport, RaftService
+from node.transport import ClusterKeyInterceptor, GrpcTransport, RaftService
 from protos import raft_pb2_grpc
+from protos.vocabulary import SERVER_OPTIONS
 from supervisor.nodeconfig import STDIN_PATH, render
 
 

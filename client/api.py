@@ -61,19 +61,22 @@ from client.errors import (
     UnavailableError,
     server_error,
 )
-from client.stub import LEADER_ADDRESS_KEY, LEADER_ID_KEY, REASON_KEY, ChatStub, open_channel
+from client.stub import ChatStub, open_channel
 from node.config import ClusterConfig, ConfigError
 from protos import chat_pb2
-from protos.vocabulary import new_session_token
+from protos.vocabulary import (
+    LEADER_ADDRESS_KEY,
+    LEADER_ID_KEY,
+    Reason,
+    metadata_value,
+    new_session_token,
+    reason_of,
+    role_name,
+)
 
 logger = logging.getLogger(__name__)
 
 R = TypeVar("R")
-
-# What a node that cannot serve says (protos/chat.proto), compared case-insensitively.
-NO_MAJORITY_TEXT: Final = "no majority reachable"
-NOT_LEADER_TEXT: Final = "not the leader"
-SLOW_CONSUMER_REASON: Final = "slow-consumer"  # a Subscribe stream that fell too far behind
 
 DEFAULT_CALL_TIMEOUT_S: Final = 2.0
 DEFAULT_OVERALL_TIMEOUT_S: Final = 10.0
@@ -162,7 +165,7 @@ class NodeStatus:
     def from_proto(cls, reply: chat_pb2.StatusReply) -> NodeStatus:
         return cls(
             reply.node_id,
-            reply.role,
+            role_name(reply.role),
             reply.term,
             reply.leader_id,
             reply.leader_address,
@@ -956,11 +959,11 @@ class ChatClient:
             self._observe_success(node)
             raise server_error(code, details, _reason(error))
         hint = self._learn_leader(*_leader_metadata(error))
-        lowered = details.lower()
+        reason = _reason(error)
         if code == grpc.StatusCode.UNAVAILABLE:
-            if lowered.startswith(NO_MAJORITY_TEXT):
+            if reason is Reason.NO_MAJORITY:
                 condition = NodeCondition.NO_MAJORITY
-            elif lowered.startswith(NOT_LEADER_TEXT) or hint is not None:
+            elif reason is Reason.NOT_LEADER or hint is not None:
                 condition = NodeCondition.NOT_LEADER
             else:
                 condition = NodeCondition.UNREACHABLE
@@ -1122,22 +1125,15 @@ def _phrase(nodes: Sequence[_Node]) -> str:
     return f"{names} {verb} '{said}'{hint}"
 
 
-def _reason(error: grpc.aio.AioRpcError) -> str | None:
+def _reason(error: grpc.aio.AioRpcError) -> Reason | None:
     """The machine-readable reason in a refusal's trailing metadata, if any."""
-    return next((str(v) for k, v in error.trailing_metadata() or () if k == REASON_KEY), None)
+    return reason_of(error.trailing_metadata())
 
 
 def _leader_metadata(error: grpc.aio.AioRpcError) -> tuple[str | None, str | None]:
     """(leader address, leader id) from an answer's trailing metadata."""
-    address: str | None = None
-    node_id: str | None = None
-    for key, value in error.trailing_metadata() or ():
-        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-        if key == LEADER_ADDRESS_KEY and text:
-            address = text
-        elif key == LEADER_ID_KEY and text:
-            node_id = text
-    return address, node_id
+    metadata = error.trailing_metadata()
+    return metadata_value(metadata, LEADER_ADDRESS_KEY), metadata_value(metadata, LEADER_ID_KEY)
 
 
 def _describe_rpc_error(error: grpc.aio.AioRpcError) -> str:
@@ -1145,8 +1141,9 @@ def _describe_rpc_error(error: grpc.aio.AioRpcError) -> str:
     details = error.details() or ""
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return "did not answer in time"
-    if code == grpc.StatusCode.UNAVAILABLE and not (
-        details.lower().startswith((NO_MAJORITY_TEXT, NOT_LEADER_TEXT))
+    if code == grpc.StatusCode.UNAVAILABLE and _reason(error) not in (
+        Reason.NO_MAJORITY,
+        Reason.NOT_LEADER,
     ):
         return "unreachable"
     return f"{details or code.name}"
@@ -1301,7 +1298,7 @@ class Subscription:
                 self._drop_call()
                 if self._closed:
                     raise StopAsyncIteration from None
-                if _reason(error) == SLOW_CONSUMER_REASON:
+                if _reason(error) is Reason.SLOW_CONSUMER:
                     # We fell behind and the node ended the stream (its buffer is bounded):
                     # resume from the last acked id; what comes twice is dropped by id.
                     logger.info("subscription: %s", error.details())
@@ -1375,6 +1372,6 @@ class Subscription:
                 return False
             return True  # it answers, if not this: keep the stream
         client._observe_status(node, reply)
-        if reply.role.lower() == "leader" or (reply.node_id and reply.leader_id == reply.node_id):
+        if reply.role == chat_pb2.LEADER or (reply.node_id and reply.leader_id == reply.node_id):
             self._established(node)  # a quiet stream on the leader is a good stream
         return True

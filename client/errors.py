@@ -9,7 +9,7 @@ Every message is written for a person. The split that matters for correctness:
   write it is *not* a failure: its outcome may be unknown, and `pending` is the write, which the
   client keeps resending with the same request id until it gets an answer.
 
-Imports grpc and the standard library only; nothing from chatbooth.
+Imports grpc, protos.vocabulary and the standard library only.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import grpc
+
+from protos.vocabulary import Reason
 
 if TYPE_CHECKING:
     from client.api import PendingWrite
@@ -48,7 +50,7 @@ class ServerError(ChatClientError):
     `reason` the machine-readable reason the server gave beside it, if any.
     """
 
-    def __init__(self, code: grpc.StatusCode, message: str, reason: str | None = None) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, reason: Reason | None = None) -> None:
         self.code = code
         self.message = message or code.name.lower().replace("_", " ")
         self.reason = reason
@@ -112,12 +114,9 @@ DEFINITE_CODES = frozenset(
 )
 
 
-CLIENT_EXPIRED_REASON = "client-expired"
-
-
-def server_error(code: grpc.StatusCode, message: str, reason: str | None = None) -> ServerError:
+def server_error(code: grpc.StatusCode, message: str, reason: Reason | None = None) -> ServerError:
     """The ServerError subclass for a definite status code (ServerError itself for others)."""
-    if code is grpc.StatusCode.FAILED_PRECONDITION and reason == CLIENT_EXPIRED_REASON:
+    if code is grpc.StatusCode.FAILED_PRECONDITION and reason is Reason.CLIENT_EXPIRED:
         return ClientExpiredError(code, message, reason)
     return _BY_CODE.get(code, ServerError)(code, message, reason)
 

@@ -5,7 +5,8 @@ calls through it; `ChatStub` here builds the same multi-callables with their req
 types, taking the method paths from the service descriptor so they cannot drift from
 protos/chat.proto.
 
-Imports grpc and protos only; nothing else from chatbooth.
+Imports grpc and protos only; nothing else from chatbooth. The metadata keys, reasons and
+channel options are protos.vocabulary's.
 """
 
 from __future__ import annotations
@@ -16,32 +17,9 @@ import grpc
 import grpc.aio
 
 from protos import chat_pb2
+from protos.vocabulary import CLIENT_CHANNEL_OPTIONS
 
 SERVICE: Final = chat_pb2.DESCRIPTOR.services_by_name["Chat"]
-
-# Trailing metadata of an UNAVAILABLE answer: where the leader is, when the node knows.
-LEADER_ADDRESS_KEY: Final = "x-chatbooth-leader"
-LEADER_ID_KEY: Final = "x-chatbooth-leader-id"
-# Trailing metadata of a refusal the client must act on: a machine-readable reason.
-REASON_KEY: Final = "x-chatbooth-reason"
-
-# Reconnect within a second after a node comes back (the default backoff reaches ~20 s, see
-# TRAPS.md); ping a quiet connection so a frozen node is noticed on long Subscribe streams.
-# Servers must allow pings this often (grpc.http2.min_ping_interval_without_data_ms <= 5000)
-# or they answer with GOAWAY "too_many_pings".
-KEEPALIVE_TIME_MS: Final = 5_000
-CHANNEL_OPTIONS: Final[tuple[tuple[str, int], ...]] = (
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
-    ("grpc.keepalive_timeout_ms", 2_000),
-    ("grpc.keepalive_permit_without_calls", 0),
-    ("grpc.http2.max_pings_without_data", 0),
-    # The client retries by itself, always with the request id of the first attempt.
-    ("grpc.enable_retries", 0),
-)
-
 
 _Unary = grpc.aio.UnaryUnaryMultiCallable
 _Stream = grpc.aio.UnaryStreamMultiCallable
@@ -123,10 +101,10 @@ class ChatStub:
 
 
 def open_channel(address: str, ca: bytes | None = None) -> grpc.aio.Channel:
-    """A channel to one node's client port, with CHANNEL_OPTIONS: TLS checked against the CA
+    """A channel to one node's client port, with CLIENT_CHANNEL_OPTIONS: TLS checked against the CA
     `ca` (PEM), or plaintext when it is None (`tls: plaintext`, fakes). Call from the event
     loop that will use it."""
     if ca is None:
-        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        return grpc.aio.insecure_channel(address, options=CLIENT_CHANNEL_OPTIONS)
     credentials = grpc.ssl_channel_credentials(root_certificates=ca)
-    return grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(address, credentials, options=CLIENT_CHANNEL_OPTIONS)

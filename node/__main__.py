@@ -36,8 +36,9 @@ from node.request_guard import UndecodableRequestGuard
 from node.server import ChatService
 from node.storage import Storage
 from node.storage.errors import StorageError
-from node.transport import SERVER_OPTIONS, ClusterKeyInterceptor, GrpcTransport, RaftService
+from node.transport import ClusterKeyInterceptor, GrpcTransport, RaftService
 from protos import chat_pb2, chat_pb2_grpc, raft_pb2_grpc
+from protos.vocabulary import SERVER_OPTIONS
 
 logger = logging.getLogger("node")
 

@@ -37,35 +37,35 @@ from node.driver import NoQuorumError, OutcomeUnknownError, RaftDriver
 from node.logclock import LogClock
 from node.login_limiter import LoginLimiter, ceil_s, peer_host
 from node.raft.errors import NotLeaderError
-from node.raft.types import NodeId
+from node.raft.types import NodeId, Role
 from node.seams import ThreadExecutor
 from node.transport import (
-    CHANNEL_OPTIONS,
-    KEY_METADATA,
     certificate_names,
     certified_member,
     peer_channel,
 )
 from protos import chat_pb2, chat_pb2_grpc
+from protos.vocabulary import (
+    CLIENT_PEER_KEY,
+    CLUSTER_KEY_KEY,
+    FORWARDED_KEY,
+    LEADER_ADDRESS_KEY,
+    LEADER_ID_KEY,
+    PEER_CHANNEL_OPTIONS,
+    REASON_KEY,
+    RETRY_AFTER_KEY,
+    Reason,
+    reason_of,
+)
 
 if TYPE_CHECKING:
     Context = grpc.aio.ServicerContext[Any, Any]
 
 logger = logging.getLogger(__name__)
 
-LEADER_ADDRESS_KEY = "x-chatbooth-leader"
-LEADER_ID_KEY = "x-chatbooth-leader-id"
-REASON_KEY = "x-chatbooth-reason"
-FORWARDED_KEY = "x-chatbooth-forwarded"
 TICK_IDLE_S = 1.0  # the leader proposes a Tick once log time has stood still this long
 SUBSCRIBER_BUFFER = 1024  # messages a Subscribe stream may hold unsent
 MAX_STREAMS_PER_SESSION = 4
-SLOW_CONSUMER_REASON = "slow-consumer"
-TOO_MANY_LOGINS_REASON = "too-many-failed-logins"
-RETRY_AFTER_KEY = "x-chatbooth-retry-after-s"
-# A follower forwarding a call says who the client is (trusted from members only: the peer
-# port's mutual TLS is what makes that true).
-CLIENT_PEER_KEY = "x-chatbooth-client-peer"
 DEFAULT_TIMEOUT_S = 10.0
 DEADLINE_MARGIN_S = 0.05  # answer a little before the client gives up
 
@@ -76,6 +76,14 @@ Resp = TypeVar("Resp")
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+ROLE_TO_PB: dict[Role, chat_pb2.Role.ValueType] = {
+    Role.FOLLOWER: chat_pb2.FOLLOWER,
+    Role.PRE_CANDIDATE: chat_pb2.PRE_CANDIDATE,
+    Role.CANDIDATE: chat_pb2.CANDIDATE,
+    Role.LEADER: chat_pb2.LEADER,
+}
 
 
 def _session_key(token: str) -> str:
@@ -98,7 +106,7 @@ class _Abort(Exception):
         code: grpc.StatusCode,
         details: str,
         leader: NodeId | None = None,
-        reason: str | None = None,
+        reason: Reason | None = None,
         retry_after_s: int | None = None,
     ) -> None:
         super().__init__(details)
@@ -135,7 +143,7 @@ class _Subscriber:
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"this stream fell {SUBSCRIBER_BUFFER} messages behind; resubscribe after "
                     f"message {self.last} (the last one it delivered), or your last acked one",
-                    reason=SLOW_CONSUMER_REASON,
+                    reason=Reason.SLOW_CONSUMER,
                 )
             )
             return
@@ -210,7 +218,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
                 (LEADER_ID_KEY, leader),
             ]
         if exc.reason is not None:
-            metadata.append((REASON_KEY, exc.reason))
+            metadata.append((REASON_KEY, exc.reason.value))
         if exc.retry_after_s is not None:
             metadata.append((RETRY_AFTER_KEY, str(exc.retry_after_s)))
         if metadata:
@@ -227,18 +235,21 @@ class ChatService(chat_pb2_grpc.ChatServicer):
 
     @staticmethod
     def _chat_error(err: ChatError) -> _Abort:
-        reason = err.reason.value if err.reason is not None else None
+        reason = Reason(err.reason.value) if err.reason is not None else None
         return _Abort(grpc.StatusCode[err.code.name], err.message, reason=reason)
 
     def _unavailable(self, exc: Exception) -> _Abort:
         if isinstance(exc, NoQuorumError):
             return _Abort(
-                grpc.StatusCode.UNAVAILABLE, f"no majority reachable (node {self._driver.id})"
+                grpc.StatusCode.UNAVAILABLE,
+                f"no majority reachable (node {self._driver.id})",
+                reason=Reason.NO_MAJORITY,
             )
         if isinstance(exc, OutcomeUnknownError):
             return _Abort(
                 grpc.StatusCode.UNAVAILABLE,
                 f"{self._driver.id}: {exc}; retry with the same request id",
+                reason=Reason.OUTCOME_UNKNOWN,
             )
         if isinstance(exc, NotLeaderError):
             leader = NodeId(exc.leader_hint) if exc.leader_hint else None
@@ -246,6 +257,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
                 grpc.StatusCode.UNAVAILABLE,
                 f"not the leader: {self._driver.id} (leader: {leader or 'unknown'})",
                 leader,
+                Reason.NOT_LEADER,
             )
         raise exc
 
@@ -294,7 +306,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         channel = self._channels.get(leader)
         if channel is None:
             channel = peer_channel(
-                address, leader, self._config.cluster, self._peer_credentials, CHANNEL_OPTIONS
+                address, leader, self._config.cluster, self._peer_credentials, PEER_CHANNEL_OPTIONS
             )
             self._channels[leader] = channel
         stub = chat_pb2_grpc.ChatStub(channel)
@@ -305,17 +317,14 @@ class ChatService(chat_pb2_grpc.ChatServicer):
                 metadata=(
                     (FORWARDED_KEY, "1"),
                     (CLIENT_PEER_KEY, self._client_host(context)),
-                    (KEY_METADATA, self._cluster_key.decode()),
+                    (CLUSTER_KEY_KEY, self._cluster_key.decode()),
                 ),
             )
         except grpc.aio.AioRpcError as err:
             details = err.details() or err.code().name
             if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 details = f"forwarded to leader {leader}: {details}"
-            reason = next(
-                (str(v) for k, v in err.trailing_metadata() or () if k == REASON_KEY), None
-            )
-            raise _Abort(err.code(), details, leader, reason) from None
+            raise _Abort(err.code(), details, leader, reason_of(err.trailing_metadata())) from None
 
     def _request_id(self, pb: chat_pb2.RequestId) -> cmds.RequestId:
         return validation.validate_request_id(pb.client_id, pb.seq, pb.first_outstanding)
@@ -331,7 +340,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         host for itself and dodge the failed-login limit)."""
         if self._peer_credentials is None:
             presented = next(
-                (v for k, v in context.invocation_metadata() or () if k == KEY_METADATA), ""
+                (v for k, v in context.invocation_metadata() or () if k == CLUSTER_KEY_KEY), ""
             )
             raw = presented.encode() if isinstance(presented, str) else presented
             return hmac.compare_digest(raw, self._cluster_key)
@@ -478,7 +487,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"too many failed logins as {name} from {host}: try again in "
                     f"{ceil_s(wait_s)} s",
-                    reason=TOO_MANY_LOGINS_REASON,
+                    reason=Reason.TOO_MANY_LOGINS,
                     retry_after_s=ceil_s(wait_s),
                 )
             stored = self._state.account_hash(name)
@@ -624,7 +633,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             raise AssertionError("unreachable")
         return chat_pb2.StatusReply(
             node_id=s.node_id,
-            role=s.role.value,
+            role=ROLE_TO_PB[s.role],
             term=s.term,
             leader_id=s.leader or "",
             leader_address=self._client_address(s.leader),

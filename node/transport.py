@@ -20,7 +20,7 @@ import asyncio
 import hmac
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -30,48 +30,19 @@ from node.raft.types import Message, MessageType, NodeId
 from node.seams import SnapshotInvalidError, TransportEvents
 from node.wire import WireError, message_from_pb, message_to_pb
 from protos import raft_pb2, raft_pb2_grpc
+from protos.vocabulary import CLUSTER_KEY_KEY, PEER_CHANNEL_OPTIONS
 
 if TYPE_CHECKING:
     Context = grpc.aio.ServicerContext[Any, Any]
 
 logger = logging.getLogger(__name__)
 
-KEY_METADATA = "x-chatbooth-cluster-key"
 MAX_BATCH_BYTES = 2 << 20  # far under gRPC's 4 MiB message limit
 MAX_QUEUED_MESSAGES = 10_000  # per peer; beyond it the oldest are dropped (Raft retries)
 SNAPSHOT_CHUNK_BYTES = 1 << 20
 MAX_SNAPSHOT_BYTES = 1 << 30
 STREAM_LIFETIME_S = 600.0  # a stream is reopened at least this often
 SNAPSHOT_DEADLINE_S = 120.0
-
-# TRAPS: reconnect quickly after a partition heals; detect a dead peer by keepalive.
-CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    ("grpc.keepalive_time_ms", 1000),
-    ("grpc.keepalive_timeout_ms", 2000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_receive_message_length", 8 << 20),
-    ("grpc.max_send_message_length", 8 << 20),
-]
-# Peers reconnect faster still: a node that is starting, or back from a partition, is heard
-# within a fraction of the minimum election timeout.
-PEER_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    *(o for o in CHANNEL_OPTIONS if o[0] != "grpc.max_reconnect_backoff_ms"),
-    ("grpc.max_reconnect_backoff_ms", 250),
-]
-# A server that accepts those pings; SO_REUSEPORT off so a second node cannot share a port.
-SERVER_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.so_reuseport", 0),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 500),
-    ("grpc.http2.max_ping_strikes", 0),
-    ("grpc.max_receive_message_length", 8 << 20),
-    ("grpc.max_send_message_length", 8 << 20),
-]
-
 
 SAN_PROPERTY = "x509_subject_alternative_name"
 
@@ -97,12 +68,12 @@ def peer_channel(
     peer: str,
     cluster: str,
     credentials: grpc.ChannelCredentials | None,
-    options: list[tuple[str, Any]],
+    options: Sequence[tuple[str, Any]] = PEER_CHANNEL_OPTIONS,
 ) -> grpc.aio.Channel:
     """A channel to a peer's peer port: mutual TLS checked against the peer's member name
     (it is dialled at a proxy's 127.0.0.1 port), or plaintext when credentials is None."""
     if credentials is None:
-        return grpc.aio.insecure_channel(address, options=options)
+        return grpc.aio.insecure_channel(address, options=list(options))
     name = ("grpc.ssl_target_name_override", certificate_name(peer, cluster))
     return grpc.aio.secure_channel(address, credentials, options=[*options, name])
 
@@ -124,7 +95,7 @@ class ClusterKeyInterceptor(grpc.aio.ServerInterceptor):
             return await continuation(details)
         presented = b""
         for k, v in details.invocation_metadata or ():
-            if k == KEY_METADATA:
+            if k == CLUSTER_KEY_KEY:
                 presented = v.encode() if isinstance(v, str) else v
         if hmac.compare_digest(presented, self._key):
             return await continuation(details)
@@ -198,7 +169,7 @@ class PeerLink:
         self.peer = peer
         self.address = address
         self._cluster = cluster
-        self._metadata = ((KEY_METADATA, key.decode()),)
+        self._metadata = ((CLUSTER_KEY_KEY, key.decode()),)
         self._events = events
         self._queue: deque[Message] = deque()
         self._ready = asyncio.Event()

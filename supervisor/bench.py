@@ -243,7 +243,7 @@ async def _watch_election(
             now = time.perf_counter()
             if t_detect is None and st.leader_id != old_leader:
                 t_detect = now
-            if st.role == "leader":
+            if st.role == pb.LEADER:
                 return t_detect or now, now
         await asyncio.sleep(0.005)
 

@@ -67,6 +67,7 @@ from node.config import (
     read_cluster_key,
 )
 from protos import chat_pb2, chat_pb2_grpc
+from protos.vocabulary import role_name
 from supervisor.certs import (
     Credentials,
     ensure_cluster_credentials,
@@ -87,7 +88,7 @@ from supervisor.processes import (
 
 logger = logging.getLogger(__name__)
 
-LEADER_ROLE: Final = "leader"
+LEADER_ROLE: Final = role_name(chat_pb2.LEADER)  # NodeStatus.role is the name, for people
 POLL_INTERVAL_S: Final = 0.05
 # TRAPS ("gRPC"): reconnect quickly after a node restarts; never through an HTTP proxy.
 CHANNEL_OPTIONS: Final[list[tuple[str, Any]]] = [
@@ -665,7 +666,7 @@ class Cluster:
             address=self.address(node_id),
             pid=process.pid,
             process=state,
-            role=reply.role if reply is not None else None,
+            role=role_name(reply.role) if reply is not None else None,
             term=reply.term if reply is not None else None,
             leader=reply.leader_id if reply is not None else None,
             commit_index=reply.commit_index if reply is not None else None,

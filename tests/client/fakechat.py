@@ -72,11 +72,9 @@ from node.chat.validation import validate_password, validate_request_id, validat
 from node.config import ChatLimits, ScryptCost
 from node.logclock import LogClock
 from protos import chat_pb2, chat_pb2_grpc
+from protos.vocabulary import LEADER_ADDRESS_KEY, LEADER_ID_KEY, REASON_KEY, Reason
 
 FAST_COST = ScryptCost(n=2**4, r=1, p=1)  # tests only
-LEADER_ADDRESS_KEY = "x-chatbooth-leader"
-LEADER_ID_KEY = "x-chatbooth-leader-id"
-REASON_KEY = "x-chatbooth-reason"  # a refusal's machine-readable reason ("client-expired")
 # Ports for test servers: below the ephemeral range (32768 and up), which outgoing
 # connections use (TRAPS.md).
 PORT_RANGE = (20000, 32000)
@@ -277,7 +275,11 @@ class FakeCluster:
         for stream in list(self.streams):
             if node is None or stream.node == node:
                 stream.queue.put_nowait(
-                    _End(grpc.StatusCode.UNAVAILABLE, "not the leader", self.leader_metadata())
+                    _End(
+                        grpc.StatusCode.UNAVAILABLE,
+                        "not the leader",
+                        (*self.leader_metadata(), (REASON_KEY, Reason.NOT_LEADER.value)),
+                    )
                 )
 
     def pass_time(self, seconds: float) -> None:
@@ -428,12 +430,12 @@ class FakeNode(chat_pb2_grpc.ChatServicer):
         if fault is Fault.NOT_LEADER:
             await self._abort_not_leader(context)
         if fault is Fault.NO_MAJORITY:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "no majority reachable")
+            await self._abort_no_majority(context)
         cluster = self.cluster
         if method == "Status":
             return None
         if self.name in cluster.isolated or cluster.leader is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "no majority reachable")
+            await self._abort_no_majority(context)
         if cluster.leader != self.name and not (cluster.forward and method != "Subscribe"):
             await self._abort_not_leader(context)
         return fault if fault in _AFTER_APPLY else None
@@ -442,7 +444,18 @@ class FakeNode(chat_pb2_grpc.ChatServicer):
         await context.abort(
             grpc.StatusCode.UNAVAILABLE,
             "not the leader",
-            trailing_metadata=self.cluster.leader_metadata(),
+            trailing_metadata=(
+                *self.cluster.leader_metadata(),
+                (REASON_KEY, Reason.NOT_LEADER.value),
+            ),
+        )
+        raise AssertionError("abort returned")
+
+    async def _abort_no_majority(self, context: grpc.aio.ServicerContext[Any, Any]) -> NoReturn:
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE,
+            "no majority reachable",
+            trailing_metadata=((REASON_KEY, Reason.NO_MAJORITY.value),),
         )
         raise AssertionError("abort returned")
 
@@ -684,7 +697,7 @@ class FakeNode(chat_pb2_grpc.ChatServicer):
         leader = None if self.name in cluster.isolated else cluster.leader
         return chat_pb2.StatusReply(
             node_id=self.name,
-            role="leader" if leader == self.name else "follower",
+            role=chat_pb2.LEADER if leader == self.name else chat_pb2.FOLLOWER,
             term=cluster.term,
             leader_id=leader or "",
             leader_address=cluster.address(leader) if leader else "",

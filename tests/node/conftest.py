@@ -138,7 +138,7 @@ class NodeProcesses:
         nodes = among or [n for n in self.ids if self.running(n)]
         while time.monotonic() < deadline:
             statuses = [s for s in [await self.status(n) for n in nodes] if s is not None]
-            leaders = {s.node_id for s in statuses if s.role == "leader"}
+            leaders = {s.node_id for s in statuses if s.role == chat_pb2.LEADER}
             if len(leaders) == 1:
                 leader = leaders.pop()
                 if sum(s.leader_id == leader for s in statuses) > len(self.ids) // 2:

@@ -77,7 +77,7 @@ class Chat(chat_pb2_grpc.ChatServicer):
     def Status(self, request: Any, context: Any) -> chat_pb2.StatusReply:
         with self.state.lock:
             leader = self.state.leader
-            role = "leader" if leader == self.state.node_id else "follower"
+            role = chat_pb2.LEADER if leader == self.state.node_id else chat_pb2.FOLLOWER
             if not leader:
                 role = "candidate"
             return chat_pb2.StatusReply(
