@@ -6,7 +6,7 @@ proto's types cannot say.
 A client classifies an answer by its status code, its `Reason` and its metadata, never by
 the wording of its message: messages are for people and may change.
 
-Imports grpc's option names (plain strings), protos.chat_pb2 and the standard library only.
+Imports grpc, protos.chat_pb2 and the standard library only.
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ import enum
 import secrets
 from collections.abc import Iterable
 from typing import Any, Final
+
+import grpc
+import grpc.aio
 
 from protos import chat_pb2
 
@@ -61,6 +64,21 @@ def reason_of(metadata: Iterable[tuple[str, Any]] | None) -> Reason | None:
         return None if value is None else Reason(value)
     except ValueError:
         return None
+
+
+def describe_rpc_error(error: grpc.RpcError) -> str:
+    """A failed call as a person reads it: "did not answer in time", "unreachable" (UNAVAILABLE
+    with no reason: nothing on the other side served it), else the node's own message (or
+    the code's name). Judged by code and reason, never by the message's wording."""
+    if not isinstance(error, grpc.Call | grpc.aio.AioRpcError):
+        return "error"
+    code = error.code()
+    details = error.details() or ""
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return "did not answer in time"
+    if code is grpc.StatusCode.UNAVAILABLE and reason_of(error.trailing_metadata()) is None:
+        return "unreachable"
+    return details or code.name.lower().replace("_", " ")
 
 
 # --- the role ----------------------------------------------------------------------------------
