@@ -13,7 +13,8 @@
 A wrong command prints its usage; a server's refusal prints its message; nothing escapes a
 command to crash the REPL.
 
-Imports client.api and client.errors, prompt_toolkit (terminal mode only); never node.*.
+Imports client.api, client.errors, client.escape and client.lines, prompt_toolkit (terminal
+mode only); never node.*.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import asyncio
 import io
 import logging
 import sys
-import threading
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from client.api import ChatClient, Message, PendingWrite, SendResult, Subscription
 from client.errors import ChatClientError, ServerError, UnavailableError
 from client.escape import visible
+from client.lines import LineReader
 
 if TYPE_CHECKING:
     from prompt_toolkit.completion import CompleteEvent, Completion
@@ -460,33 +461,6 @@ def toolbar_text(client: ChatClient) -> str:
 
 
 # --- piped mode ----------------------------------------------------------------------------
-
-
-class LineReader:
-    """Lines of a text stream, read by a daemon thread (a blocked read never holds up exit;
-    asyncio's pipe readers refuse regular files)."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._lines: asyncio.Queue[str | None] = asyncio.Queue()
-        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
-
-    def _read(self, stream: TextIO) -> None:
-        try:
-            for line in stream:
-                self._loop.call_soon_threadsafe(self._lines.put_nowait, line)
-        except (OSError, ValueError) as error:
-            logger.warning("reading commands failed: %s", error)
-        finally:
-            self._loop.call_soon_threadsafe(self._lines.put_nowait, None)
-
-    async def next(self) -> str | None:
-        """The next line without its line ending; None at the end of input."""
-        line = await self._lines.get()
-        if line is None:
-            self._lines.put_nowait(None)  # stay at the end
-            return None
-        return line.rstrip("\r\n")
 
 
 async def run_piped(client: ChatClient, password: str | None = None) -> int:

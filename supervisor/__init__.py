@@ -30,7 +30,8 @@ errors for anyone else (`from supervisor import Cluster`). What a link proxy cos
 by benchmarks/links.py, not here.
 
 Nothing in the supervisor imports node internals (only node.config, the shared loader) or
-client; tests/test_layers.py holds the package to that and to the order above.
+client (but for client.lines, the standard-library stdin reader the fault REPL shares with the
+chat REPL); tests/test_layers.py holds the package to that and to the order above.
 """
 
 from __future__ import annotations

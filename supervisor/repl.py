@@ -18,8 +18,10 @@ is one more decorated coroutine. Commands that wait run their blocking Cluster c
 worker thread, so the event loop keeps the toolbar and Ctrl-C alive; a node is only ever
 spawned from the main thread (the loop's), which PR_SET_PDEATHSIG needs.
 
-Imports the supervisor modules under it and node.config (for ConfigError) only; prompt_toolkit
-only inside the terminal front end, so that plain mode never loads it. Never node internals.
+Imports the supervisor modules under it, node.config (for ConfigError) and client.lines (the
+stdin reader the chat REPL uses too; standard library only) only; prompt_toolkit only inside
+the terminal front end, so that plain mode never loads it. Never node internals, nor the rest
+of the client.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol, TextIO, TypeVar
 
+from client.lines import LineReader
 from node.config import ConfigError
 from supervisor.chaos import (
     ALL_KINDS,
@@ -771,27 +774,6 @@ def terminal_mode(stdin: TextIO, stdout: TextIO) -> bool:
         return False
 
 
-async def _stdin_lines() -> AsyncIterator[str]:
-    """Lines of stdin, read by a daemon thread (a blocked read must not hold up exit; and
-    connect_read_pipe refuses a regular file)."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[str | None] = asyncio.Queue()
-
-    def read() -> None:
-        try:
-            for line in sys.stdin:
-                loop.call_soon_threadsafe(queue.put_nowait, line)
-        except (OSError, ValueError):
-            pass
-        finally:
-            with contextlib.suppress(RuntimeError):  # the loop may be closed already
-                loop.call_soon_threadsafe(queue.put_nowait, None)
-
-    threading.Thread(target=read, name="stdin", daemon=True).start()
-    while (line := await queue.get()) is not None:
-        yield line
-
-
 async def _script_lines(lines: Iterable[str]) -> AsyncIterator[str]:
     for line in lines:
         yield line
@@ -805,7 +787,7 @@ async def run_plain(
     output = out or PlainOutput()
     repl = Repl(cluster, output)
     cluster.add_exit_listener(repl.announce)
-    source = _stdin_lines() if lines is None else _script_lines(lines)
+    source: AsyncIterator[str] = LineReader(sys.stdin) if lines is None else _script_lines(lines)
     try:
         async for raw in source:
             line = raw.rstrip("\n")

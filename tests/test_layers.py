@@ -176,6 +176,11 @@ RULES: dict[str, Rule] = {
         "DESIGN.md Layers: `python -m client` runs the REPL over the client library",
         may=("client", "protos", "node.config"),
     ),
+    "client.lines": Rule(
+        "client/lines.py's docstring: the stdin reader both REPLs share imports the standard "
+        "library only, so the supervisor may use it without leaning on the client library",
+        may=(),
+    ),
     # -- the supervisor ----------------------------------------------------------------------
     "supervisor": Rule(
         _SUPERVISOR_WHY + "; a tool (repl, check, bench) or the package uses the library, "
@@ -210,6 +215,16 @@ RULES: dict[str, Rule] = {
         "itself (=node), and uses the library under it",
         may=(*_library_below("cluster"), "=node", "node.config", "protos"),
         external=_forbid("prompt_toolkit"),
+    ),
+    "supervisor.repl": Rule(
+        _SUPERVISOR_WHY + "; the fault REPL uses the library, and of the client only "
+        "client.lines (the stdin reader the chat REPL uses too, standard library only)",
+        may=(
+            *(f"supervisor.{m}" for m in SUPERVISOR_LIBRARY),
+            "node.config",
+            "protos",
+            "=client.lines",
+        ),
     ),
     "supervisor.__main__": Rule(
         _SUPERVISOR_WHY + "; `python -m supervisor` runs the tools over the library",
