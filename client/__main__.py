@@ -48,8 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m client",
         description="The chatbooth chat client. With stdin not a terminal it reads commands "
-        "line by line (a password on the line after register, login and delete-account) and "
-        "exits non-zero if any command failed.",
+        "line by line (a password on the line after login and delete-account, and on both "
+        "lines after register, which asks twice) and exits non-zero if any command failed.",
     )
     where = parser.add_mutually_exclusive_group()
     where.add_argument(

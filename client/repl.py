@@ -6,9 +6,13 @@
   user, the node, the leader and the connection state. Passwords are read with
   `is_password=True` by a separate prompt whose history is never written anywhere.
 - Piped (stdin not a terminal): the same commands, one per line, with a password on the line
-  after `register`, `login` and `delete-account` (or from --password-file); plain lines out,
-  errors on stderr, and a non-zero exit status if any command failed. No prompt_toolkit object
-  is created in this mode (the caller decides the mode first).
+  after `login` and `delete-account`, and on each of the two lines after `register` (or every
+  one from --password-file); plain lines out, errors on stderr, and a non-zero exit status if
+  any command failed. No prompt_toolkit object is created in this mode (the caller decides the
+  mode first).
+
+`register NAME` creates the account and logs in to it (the password asked twice, and nothing
+done unless both agree); `login NAME` is for an account that exists.
 
 A wrong command prints its usage; a server's refusal prints its message; nothing escapes a
 command to crash the REPL.
@@ -55,8 +59,10 @@ class CommandHelp:
 
 
 COMMANDS: dict[str, CommandHelp] = {
-    "register": CommandHelp("register NAME", "create an account (asks for a password)"),
-    "login": CommandHelp("login NAME", "log in (asks for the password, hidden)"),
+    "register": CommandHelp(
+        "register NAME", "create an account and log in (asks for a password twice)"
+    ),
+    "login": CommandHelp("login NAME", "log in to an account (asks for the password, hidden)"),
     "logout": CommandHelp("logout", "log out"),
     "users": CommandHelp("users [PATTERN]", "list accounts, optionally matching al*, ?ob, [ab]*"),
     "send": CommandHelp("send NAME TEXT...", "send a message; shown pending until committed"),
@@ -250,16 +256,28 @@ class Repl:
         return password
 
     async def _register(self, line: str, args: list[str]) -> None:
+        """Create the account and log in to it: the password twice (a typo in a hidden
+        password would otherwise lock its owner out of the new account), then Register and
+        Login with it."""
         if len(args) != 1:
             raise UsageError("the password is asked for on its own, never on the command line")
-        password = await self._password(f"Password for {args[0]}: ")
+        username = args[0]
+        if self.client.logged_in:
+            self._fail(f"already logged in as {self.client.username}: logout first")
+            return
+        password = await self._password(f"Password for {username}: ")
+        again = await self._password(f"Password for {username} (again): ")
+        if again != password:
+            self._fail(f"the passwords differ: {username} was not registered")
+            return
         try:
-            await self.client.register(args[0], password)
+            await self.client.register(username, password)
         except UnavailableError as error:
-            self._when_settled(error, f"registered {args[0]}")
+            self._when_settled(error, f"registered {username}; log in with: login {username}")
             raise
-        self.known_users.add(args[0])
-        self.out.info(f"registered {args[0]}; log in with: login {args[0]}")
+        self.known_users.add(username)
+        self.out.info(f"registered {username}")
+        await self._log_in(username, password)
 
     async def _login(self, line: str, args: list[str]) -> None:
         if len(args) != 1:
@@ -267,13 +285,15 @@ class Repl:
         if self.client.logged_in:
             self._fail(f"already logged in as {self.client.username}: logout first")
             return
-        password = await self._password(f"Password for {args[0]}: ")
+        await self._log_in(args[0], await self._password(f"Password for {args[0]}: "))
+
+    async def _log_in(self, username: str, password: str) -> None:
         try:
-            username = await self.client.login(args[0], password)
+            name = await self.client.login(username, password)
         except UnavailableError as error:
-            self._when_settled(error, f"logged in as {args[0]}", self._start_messages)
+            self._when_settled(error, f"logged in as {username}", self._start_messages)
             raise
-        self.out.info(f"logged in as {username}")
+        self.out.info(f"logged in as {name}")
         self._start_messages()
         self._background_task(self._learn_users())
 

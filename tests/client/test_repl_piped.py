@@ -3,7 +3,8 @@ would use them. The fake cluster runs as a separate process (the launcher in fak
 the client is a real subprocess.
 
 What piped mode promises (client/repl.py): commands line by line, a password on the line
-after register / login / delete-account (or --password-file), plain lines out, errors on
+after login / delete-account and on both lines after register (or --password-file), plain
+lines out, errors on
 stderr, received messages printed as lines, a non-zero exit status if any command failed, and
 no prompt_toolkit noise ("Input is not a terminal", escape codes).
 """
@@ -37,18 +38,28 @@ def test_every_command_and_its_errors(fake_servers: FakeServers) -> None:
                 "help nope",
                 "register alice",
                 "pw",
+                "pw",
+                "logout",
                 "register bob",
                 "pw",
+                "pw",
+                "logout",
                 "register ALICE",
+                "pw",
                 "pw",
                 "register bad/name",
                 "pw",
+                "pw",
                 "register two words",
+                "register carl",
+                "pw",
+                "typo",
                 "login alice",
                 "wrong",
                 "login alice",
                 "pw",
                 "login bob",
+                "register dave",
                 "whoami",
                 "users",
                 "users b*",
@@ -94,12 +105,19 @@ def test_every_command_and_its_errors(fake_servers: FakeServers) -> None:
     ):
         assert any(line.strip().startswith(usage) for line in help_lines), usage
     assert "send NAME TEXT...: send a message; shown pending until committed" in out
-    assert "registered alice; log in with: login alice" in out
-    assert "registered bob; log in with: login bob" in out
-    assert "logged in as alice" in out
-    assert out[out.index("logged in as alice") + 1].startswith("alice; node a")  # whoami
-    users = out.index("alice", out.index("logged in as alice") + 2)
-    assert out[users : users + 3] == ["alice", "bob", "bob"]  # users; users b*
+    assert out[out.index("registered alice") :][:6] == [
+        "registered alice",
+        "logged in as alice",  # register logs in
+        "logged out",
+        "registered bob",
+        "logged in as bob",
+        "logged out",
+    ]
+    logged_in = out.index("logged in as alice", out.index("registered bob"))
+    assert out[logged_in + 1].startswith("alice; node a")  # whoami
+    users = out.index("alice", logged_in + 2)
+    # users; users b*: carl's passwords differed and dave's register was refused: no accounts
+    assert out[users : users + 3] == ["alice", "bob", "bob"]
     assert "no accounts match 'zz*'" in out
     assert any(re.fullmatch(rf"sent to bob: #1 at {TIME}", line) for line in out)
     history = [line for line in out if re.match(rf"\[{DATE_TIME}\] alice: ", line)]
@@ -108,7 +126,8 @@ def test_every_command_and_its_errors(fake_servers: FakeServers) -> None:
     assert len(servers_out) == 3
     assert any(line.startswith("a ") and "leader, term" in line for line in servers_out)
     assert "logged out" in out
-    assert not any(line.startswith("alice; ") for line in out[out.index("logged out") :])
+    last_logout = len(out) - 1 - out[::-1].index("logged out")
+    assert not any(line.startswith("alice; ") for line in out[last_logout:])
 
     assert err == [
         "error: no command 'nope'; `help` lists the commands",
@@ -117,8 +136,10 @@ def test_every_command_and_its_errors(fake_servers: FakeServers) -> None:
         "(ASCII only; '/' is not allowed)",
         "error: usage: register NAME "
         "(the password is asked for on its own, never on the command line)",
+        "error: the passwords differ: carl was not registered",
         "error: wrong username or password",
-        "error: already logged in as alice: logout first",
+        "error: already logged in as alice: logout first",  # login bob
+        "error: already logged in as alice: logout first",  # register dave
         "error: no account named 'nobody'",
         "error: usage: send NAME TEXT...",
         "error: usage: history NAME [N] (N must be a positive number, got 'x')",
@@ -154,16 +175,46 @@ def test_a_script_that_succeeds_exits_zero_with_a_password_file(
     config = fake_servers.cluster_yaml(tmp_path)
     result = run_client(
         ["--cluster", str(config), "--password-file", str(password)],
-        "register carol\nlogin carol\nsend carol note to self\nsleep 0.3\nhistory carol 5\n",
+        "register carol\nsend carol note to self\nsleep 0.3\nhistory carol 5\n",
     )
     assert result.returncode == 0, result
     out = lines(result.stdout)
-    assert out[:2] == ["registered carol; log in with: login carol", "logged in as carol"]
+    assert out[:2] == ["registered carol", "logged in as carol"]
     assert re.fullmatch(rf"\[{TIME}\] carol: note to self", out[3]) or re.fullmatch(
         rf"\[{TIME}\] carol: note to self", out[2]
     )
     assert re.fullmatch(rf"\[{DATE_TIME}\] carol: note to self", out[-1])
     assert result.stderr == ""
+
+
+def test_register_logs_in_once_the_password_is_typed_twice_alike(
+    fake_servers: FakeServers,
+) -> None:
+    servers = ["--servers", fake_servers.servers, "--plaintext"]
+    result = run_client(
+        servers,
+        "register erin\ns3cret\ns3cret\nwhoami\nsend erin note to self\nsleep 0.3\nlogout\n"
+        "register frank\nfirst\nsecond\nwhoami\nlogin frank\nfirst\n",
+    )
+    out, err = lines(result.stdout), lines(result.stderr)
+    assert result.returncode == 1, result
+    assert out[:3] == ["registered erin", "logged in as erin", out[2]]
+    assert out[2].startswith("erin; node ")  # whoami: logged in, no `login` needed
+    shown, sent = sorted(out[3:5])  # the reply and the message itself, in either order
+    assert re.fullmatch(rf"sent to erin: #\d+ at {TIME}", sent)
+    assert re.fullmatch(rf"\[{TIME}\] erin: note to self", shown)  # erin's own inbox
+    assert out[5] == "logged out"
+    assert out[6].startswith("not logged in; node ")  # frank's passwords differed
+    assert len(out) == 7
+    assert err == [
+        "error: the passwords differ: frank was not registered",
+        "error: wrong username or password",  # so no account frank exists
+    ]
+
+    # `login` is for an account that exists: erin's, with the password register was given.
+    again = run_client(servers, "login erin\ns3cret\nwhoami\n")
+    assert again.returncode == 0, again
+    assert lines(again.stdout)[0] == "logged in as erin"
 
 
 def test_no_majority_is_reported_clearly_and_the_exit_status_says_so(
@@ -173,7 +224,7 @@ def test_no_majority_is_reported_clearly_and_the_exit_status_says_so(
     fake_servers.command("isolate a b")
     fake_servers.command("kill c")
     started = time.monotonic()
-    result = run_client(["--cluster", str(config), "--timeout", "0.6"], "register zed\npw\n")
+    result = run_client(["--cluster", str(config), "--timeout", "0.6"], "register zed\npw\npw\n")
     assert time.monotonic() - started < 8
     assert result.returncode == 1, result
     assert result.stdout == ""
@@ -192,7 +243,7 @@ def test_a_pinned_client_reports_its_node_and_does_not_fail_over(
     b = fake_servers.addresses["b"]
     a = fake_servers.addresses["a"]
     result = run_client(
-        ["--server", b, "--plaintext", "--timeout", "0.6"], "register yves\npw\nwhoami\n"
+        ["--server", b, "--plaintext", "--timeout", "0.6"], "register yves\npw\npw\nwhoami\n"
     )
     assert result.returncode == 1, result
     err = lines(result.stderr)
@@ -208,7 +259,8 @@ CALL_TIMEOUT = ["--call-timeout", "0.8"]
 
 def test_a_slow_send_shows_pending_then_sent(fake_servers: FakeServers) -> None:
     setup = run_client(
-        ["--servers", fake_servers.servers, "--plaintext"], "register pat\npw\nregister quinn\npw\n"
+        ["--servers", fake_servers.servers, "--plaintext"],
+        "register pat\npw\npw\nlogout\nregister quinn\npw\npw\n",
     )
     assert setup.returncode == 0, setup
     process = subprocess.Popen(

@@ -100,7 +100,8 @@ def test_a_message_appears_above_the_half_typed_line_which_survives(
 ) -> None:
     servers = fake_servers.servers
     setup = run_client(
-        ["--servers", servers, "--plaintext"], "register alice\npw\nregister bob\nhunter2\n"
+        ["--servers", servers, "--plaintext"],
+        "register alice\npw\npw\nlogout\nregister bob\nhunter2\nhunter2\nlogout\n",
     )
     assert setup.returncode == 0, setup
     history = tmp_path / "history"
@@ -146,3 +147,41 @@ def test_a_message_appears_above_the_half_typed_line_which_survives(
     assert "hunter2" not in terminal.raw.decode("utf-8", "replace")  # typed hidden
     entries = [line[1:] for line in history.read_text().splitlines() if line.startswith("+")]
     assert entries == ["login bob", "send alice still here"]  # the password never
+
+
+def test_register_asks_for_the_password_twice_hidden_and_logs_in(
+    fake_servers: FakeServers, tmp_path: Path
+) -> None:
+    history = tmp_path / "history"
+    env = dict(os.environ, PROMPT_TOOLKIT_NO_CPR="1", TERM="xterm", HOME=str(tmp_path))
+    terminal = Terminal(
+        [
+            sys.executable,
+            "-m",
+            "client",
+            "--servers",
+            fake_servers.servers,
+            "--plaintext",
+            "--history-file",
+            str(history),
+        ],
+        env,
+    )
+    try:
+        terminal.expect("chatbooth>")
+        terminal.send("register dan\r")
+        terminal.expect("Password for dan:")
+        terminal.send("hunter2\r")
+        terminal.expect(r"Password for dan \(again\):")
+        terminal.send("hunter2\r")
+        terminal.expect("registered dan")
+        terminal.expect("logged in as dan")
+        terminal.expect("chatbooth>")
+        terminal.send("\x04")
+        assert terminal.wait() == 0
+    finally:
+        terminal.close()
+
+    assert "hunter2" not in terminal.raw.decode("utf-8", "replace")  # typed hidden, both times
+    entries = [line[1:] for line in history.read_text().splitlines() if line.startswith("+")]
+    assert entries == ["register dan"]
