@@ -105,6 +105,16 @@ def _library_below(name: str) -> tuple[str, ...]:
     return tuple(f"supervisor.{m}" for m in SUPERVISOR_LIBRARY[:index])
 
 
+# The chat client library's parts under its facade (client/api.py), bottom first: each imports
+# only those before it, so none reaches up into what uses it (the facade, the REPL).
+CLIENT_LIBRARY = ("values", "router", "writes", "subscription")
+
+
+def _client_below(name: str) -> tuple[str, ...]:
+    index = CLIENT_LIBRARY.index(name)
+    return tuple(f"client.{m}" for m in CLIENT_LIBRARY[:index])
+
+
 _SUPERVISOR_WHY = (
     "DESIGN.md Layers: the supervisor stands beside the client, over node.config and protos; "
     "it never imports the client or node internals, and never reaches into a node"
@@ -176,6 +186,16 @@ RULES: dict[str, Rule] = {
         "DESIGN.md Layers: `python -m client` runs the REPL over the client library",
         may=("client", "protos", "node.config"),
     ),
+    **{
+        f"client.{name}": Rule(
+            "client/api.py's docstring: the facade over its parts; a part imports only those "
+            f"under it ({', '.join(CLIENT_LIBRARY)}), client.errors and client.stub, never "
+            "the facade or the REPL",
+            may=(*_client_below(name), "client.errors", "client.stub", "protos", "node.config"),
+            external=_forbid("prompt_toolkit"),
+        )
+        for name in CLIENT_LIBRARY
+    },
     "client.lines": Rule(
         "client/lines.py's docstring: the stdin reader both REPLs share imports the standard "
         "library only, so the supervisor may use it without leaning on the client library",
@@ -387,6 +407,8 @@ def test_a_new_node_module_falls_under_a_sensible_rule() -> None:
 PLANTED = {
     # the arrow this issue removed: a supervisor tool leaning on the chat client
     "supervisor/check.py": ("from client.api import ChatClient\n", "client.api", "'supervisor'"),
+    # a part of the client library reaching up to its facade
+    "client/router.py": ("from client.api import ChatClient\n", "client.api", "'client.router'"),
     # I/O in the pure core, hidden in a function
     "node/raft/log.py": (
         "def _later() -> None:\n    import time\n",
