@@ -21,7 +21,7 @@ import grpc
 from protos.vocabulary import Reason
 
 if TYPE_CHECKING:
-    from client.api import PendingWrite
+    from client.writes import PendingWrite
 
 
 class ChatClientError(Exception):
