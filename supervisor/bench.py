@@ -48,11 +48,11 @@ import grpc.aio
 from node.config import ClusterConfig, ConfigError, load_config
 from protos import chat_pb2 as pb
 from protos import chat_pb2_grpc as pbg
-from supervisor.certs import Credentials, channel_credentials
+from supervisor.certs import Credentials
 from supervisor.cluster import Cluster, NodeStatus, PortInUseError
 from supervisor.errors import SupervisorError
 from supervisor.ports import free_port
-from supervisor.sender import Sender
+from supervisor.sender import Sender, client_channel
 
 ROOT: Final = Path(__file__).resolve().parents[1]  # where `python -m benchmarks.echo_server` runs
 SEND_TIMEOUT_S: Final = 2.0
@@ -121,6 +121,8 @@ QUICK: Final = BenchSettings(count=100, seconds=1.0, failovers=3, stability_s=0.
 
 
 def percentile(values: Sequence[float], q: float) -> float:
+    """The value a fraction q (0..1) of the way up the sorted values, by rank: no interpolation,
+    so it is always a measured value. The one percentile of bench and the benchmarks."""
     ordered = sorted(values)
     return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
 
@@ -185,13 +187,6 @@ async def throughput(
 # -- talking to the cluster -------------------------------------------------------------------
 
 
-def aio_channel(address: str, tls: Credentials | None) -> grpc.aio.Channel:
-    """A channel to a node's client port: TLS with the cluster's CA, unless plaintext."""
-    if tls is None:
-        return grpc.aio.insecure_channel(address)
-    return grpc.aio.secure_channel(address, channel_credentials(tls))
-
-
 def new_sender(addresses: dict[str, str], leader: str, tls: Credentials | None) -> Sender:
     """One sending client (a client id of its own), asking the leader first."""
     return Sender(addresses, leader=leader, call_timeout_s=SEND_TIMEOUT_S, tls=tls)
@@ -235,7 +230,7 @@ async def _watch_election(
     t_detect: float | None = None
     while True:
         for node_id in survivors:
-            async with aio_channel(addresses[node_id], tls) as channel:
+            async with client_channel(addresses[node_id], tls) as channel:
                 try:
                     st = await pbg.ChatStub(channel).Status(pb.StatusRequest(), timeout=0.2)
                 except grpc.aio.AioRpcError:

@@ -67,7 +67,7 @@ from node.config import (
     read_cluster_key,
 )
 from protos import chat_pb2, chat_pb2_grpc
-from protos.vocabulary import role_name
+from protos.vocabulary import CLIENT_CHANNEL_OPTIONS, describe_rpc_error, role_name
 from supervisor.certs import (
     Credentials,
     ensure_cluster_credentials,
@@ -90,13 +90,6 @@ logger = logging.getLogger(__name__)
 
 LEADER_ROLE: Final = role_name(chat_pb2.LEADER)  # NodeStatus.role is the name, for people
 POLL_INTERVAL_S: Final = 0.05
-# TRAPS ("gRPC"): reconnect quickly after a node restarts; never through an HTTP proxy.
-CHANNEL_OPTIONS: Final[list[tuple[str, Any]]] = [
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    ("grpc.enable_http_proxy", 0),
-]
 
 
 class ClusterError(SupervisorError):
@@ -526,7 +519,7 @@ class Cluster:
                     with self._lock:
                         self._last_contact[node_id] = time.monotonic()
                 except grpc.RpcError as rpc_error:
-                    error = _describe_rpc_error(rpc_error)
+                    error = describe_rpc_error(rpc_error)
             elif states[node_id] is ProcessState.PAUSED:
                 error = "paused"
             else:
@@ -622,7 +615,9 @@ class Cluster:
             self._check_open()
             channel = self._channels.get(node_id)
             if channel is None:
-                channel = secure_channel(self.address(node_id), self.credentials, CHANNEL_OPTIONS)
+                channel = secure_channel(
+                    self.address(node_id), self.credentials, CLIENT_CHANNEL_OPTIONS
+                )
                 self._channels[node_id] = channel
             return channel
 
@@ -636,7 +631,7 @@ class Cluster:
                 channel = secure_channel(
                     self.config.node(node_id).peer_address,
                     self.tool_credentials,
-                    CHANNEL_OPTIONS,
+                    CLIENT_CHANNEL_OPTIONS,
                     target_name=certificate_name(node_id, self.config.cluster),
                 )
                 self._peer_channels[node_id] = channel
@@ -739,17 +734,6 @@ class Cluster:
         with os.fdopen(fd, "w") as file:
             file.write(secrets.token_urlsafe(32) + "\n")
         logger.info("wrote a new cluster key to %s", path)
-
-
-def _describe_rpc_error(error: grpc.RpcError) -> str:
-    code = error.code() if isinstance(error, grpc.Call) else None
-    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-        return "no answer (deadline exceeded)"
-    if code is grpc.StatusCode.UNAVAILABLE:
-        return "unavailable"
-    details = error.details() if isinstance(error, grpc.Call) else None
-    name = code.name.lower() if code is not None else "error"
-    return f"{name}: {details}" if details else name
 
 
 def _describe_view(status: NodeStatus) -> str:

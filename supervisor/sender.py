@@ -20,9 +20,12 @@ client's promises is what the history check needs (DESIGN.md, "Chat semantics"):
 
 Request ids are made in one place, `RequestIds`: the client id, which the cluster's log
 assigns (RegisterClient, before the first write; thesis §6.3), the sequence number and
-first_outstanding. If the cluster forgot the client session (reason "client-expired"), a write
+first_outstanding. If the cluster forgot the client session (Reason.CLIENT_EXPIRED), a write
 sent only once under it is sent again under a new one (nothing can have happened), and a write
 sent more than once raises `OutcomeUnknownError`.
+
+Answers are judged by their status code, their `Reason` and their metadata (protos/vocabulary.py),
+never by the wording of a message; the channels are the vocabulary's client channels.
 
 Imports grpc, protos, supervisor.certs (channel credentials) and supervisor.errors only: never
 client, never node.
@@ -34,24 +37,25 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import grpc
 import grpc.aio
 
 from protos import chat_pb2 as pb
 from protos import chat_pb2_grpc as pbg
-from protos.vocabulary import new_session_token
+from protos.vocabulary import (
+    CLIENT_CHANNEL_OPTIONS,
+    LEADER_ID_KEY,
+    Reason,
+    metadata_value,
+    new_session_token,
+    reason_of,
+)
 from supervisor.certs import Credentials, channel_credentials
 from supervisor.errors import SupervisorError
 
 R = TypeVar("R")
-
-# Trailing metadata of an UNAVAILABLE answer: the id of the leader, when the node knows it
-# (protos/chat.proto).
-LEADER_ID_KEY: Final = "x-chatbooth-leader-id"
-REASON_KEY: Final = "x-chatbooth-reason"
-CLIENT_EXPIRED_REASON: Final = "client-expired"
 
 # Answers that settle a request: the node looked at it and refused it, so it was not applied
 # and resending it would get the same answer. Anything else may mean "applied, answer lost".
@@ -71,15 +75,6 @@ DEFINITE_CODES: Final = frozenset(
 
 CALL_TIMEOUT_S: Final = 2.0  # one attempt on one node
 RETRY_PAUSE_S: Final = 0.005  # before asking a node no answer pointed to
-# TRAPS ("gRPC"): reconnect within a second after a node comes back; never through an HTTP
-# proxy; no retries by grpc itself (a retry here always carries the first attempt's id).
-CHANNEL_OPTIONS: Final[tuple[tuple[str, int], ...]] = (
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    ("grpc.enable_http_proxy", 0),
-    ("grpc.enable_retries", 0),
-)
 
 if TYPE_CHECKING:  # the async stub's type exists in the type stubs only
     Stub = pbg.ChatAsyncStub
@@ -95,7 +90,7 @@ class RefusedError(SenderError):
     """A definite refusal (one of DEFINITE_CODES): the request was not applied."""
 
     def __init__(
-        self, what: str, code: grpc.StatusCode, details: str, reason: str | None = None
+        self, what: str, code: grpc.StatusCode, details: str, reason: Reason | None = None
     ) -> None:
         super().__init__(f"{what}: refused: {code.name}: {details}")
         self.code = code
@@ -303,7 +298,7 @@ class Sender:
                     try:
                         last_error = self._settle_attempt(what, error)
                     except RefusedError as refused:
-                        if refused.reason == CLIENT_EXPIRED_REASON:
+                        if refused.reason is Reason.CLIENT_EXPIRED:
                             self.ids.client_ids.pop(session, None)
                             if attempts == 1:
                                 continue  # never sent before: send it anew
@@ -366,13 +361,7 @@ class Sender:
     def _stub(self, node_id: str) -> Stub:
         stub = self._stubs.get(node_id)
         if stub is None:
-            address = self.addresses[node_id]
-            if self._tls is None:
-                channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-            else:
-                credentials = channel_credentials(self._tls)
-                channel = grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
-            self._channels[node_id] = channel
+            channel = self._channels[node_id] = client_channel(self.addresses[node_id], self._tls)
             stub = self._stubs[node_id] = pbg.ChatStub(channel)
         return stub
 
@@ -380,9 +369,7 @@ class Sender:
         """RefusedError for a definite answer; else what the attempt ended with, for people."""
         code = error.code()
         if code in DEFINITE_CODES:
-            reason = next(
-                (str(v) for k, v in error.trailing_metadata() or () if k == REASON_KEY), None
-            )
+            reason = reason_of(error.trailing_metadata())
             raise RefusedError(what, code, error.details() or "", reason)
         return f"{self.target}: {code.name}: {error.details() or ''}".rstrip(": ")
 
@@ -398,9 +385,15 @@ class Sender:
         await asyncio.sleep(self.retry_pause_s)
 
 
+def client_channel(address: str, tls: Credentials | None) -> grpc.aio.Channel:
+    """A channel to a node's client port with the vocabulary's client options: TLS with the
+    cluster's CA (Cluster.credentials), or plaintext when tls is None."""
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=CLIENT_CHANNEL_OPTIONS)
+    credentials = channel_credentials(tls)
+    return grpc.aio.secure_channel(address, credentials, options=CLIENT_CHANNEL_OPTIONS)
+
+
 def _leader_hint(error: grpc.aio.AioRpcError) -> str:
-    metadata: Any = error.trailing_metadata() or ()
-    for key, value in metadata:
-        if key == LEADER_ID_KEY:
-            return value.decode() if isinstance(value, bytes) else str(value)
-    return ""
+    """The leader's id the answering node named in its trailing metadata; "" if none."""
+    return metadata_value(error.trailing_metadata(), LEADER_ID_KEY) or ""
