@@ -1,7 +1,8 @@
 """A stand-in for `python -m node` that starts in a fraction of the time, for the supervisor's
 fast tests: same command line, same exit codes, gRPC Health and a Chat.Status on the
 configured address (server TLS with the cluster's certificates, as a node), Health on the peer
-port (mutual TLS), PR_SET_PDEATHSIG with --exit-with-parent, exit 0 on SIGTERM.
+port (mutual TLS), the node's server and peer channel options (protos/vocabulary.py),
+PR_SET_PDEATHSIG with --exit-with-parent, exit 0 on SIGTERM.
 
 Its "Raft" is a toy that still needs the network: every 50 ms it checks each peer's health
 at the address --peer gives (through the supervisor's proxies), and a node that reaches a
@@ -30,14 +31,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from node.config import ConfigError, certificate_name, load_config, read_cluster_key
 from protos import chat_pb2, chat_pb2_grpc
+from protos.vocabulary import PEER_CHANNEL_OPTIONS, SERVER_OPTIONS
 
 PR_SET_PDEATHSIG = 1
-OPTIONS = [
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 300),
-    ("grpc.enable_http_proxy", 0),
-]
 
 
 def log(node_id: str, text: str) -> None:
@@ -79,7 +75,7 @@ class Chat(chat_pb2_grpc.ChatServicer):
             leader = self.state.leader
             role = chat_pb2.LEADER if leader == self.state.node_id else chat_pb2.FOLLOWER
             if not leader:
-                role = "candidate"
+                role = chat_pb2.CANDIDATE
             return chat_pb2.StatusReply(
                 node_id=self.state.node_id,
                 role=role,
@@ -127,11 +123,11 @@ def main() -> int:
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    server = grpc.server(futures.ThreadPoolExecutor(4), options=[("grpc.so_reuseport", 0)])
+    server = grpc.server(futures.ThreadPoolExecutor(4), options=SERVER_OPTIONS)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     chat_pb2_grpc.add_ChatServicer_to_server(Chat(state), server)
-    peer_server = grpc.server(futures.ThreadPoolExecutor(4), options=[("grpc.so_reuseport", 0)])
+    peer_server = grpc.server(futures.ThreadPoolExecutor(4), options=SERVER_OPTIONS)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, peer_server)
     try:
         if client_creds is None or peer_creds is None:
@@ -152,9 +148,9 @@ def main() -> int:
 
     def channel(peer: str, address: str) -> grpc.Channel:
         if channel_creds is None:
-            return grpc.insecure_channel(address, options=OPTIONS)
+            return grpc.insecure_channel(address, options=PEER_CHANNEL_OPTIONS)
         name = ("grpc.ssl_target_name_override", certificate_name(peer, config.cluster))
-        return grpc.secure_channel(address, channel_creds, options=[*OPTIONS, name])
+        return grpc.secure_channel(address, channel_creds, options=[*PEER_CHANNEL_OPTIONS, name])
 
     stubs = {
         peer: health_pb2_grpc.HealthStub(channel(peer, address)) for peer, address in peers.items()
