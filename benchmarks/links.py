@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from supervisor.bench import percentile
 from supervisor.links import LISTEN_HOST, READ_CHUNK, LinkNetwork
 
 
@@ -93,8 +94,7 @@ def _throughput_mb_s(address: tuple[str, int], total_bytes: int) -> float:
 
 
 def _percentile_us(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] * 1e6
+    return percentile(samples, fraction) * 1e6
 
 
 def measure_cost(

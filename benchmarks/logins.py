@@ -23,13 +23,9 @@ import psutil
 
 from benchmarks.cluster import bench_cluster
 from node.config import ScryptCost
+from supervisor.bench import percentile
 from supervisor.cluster import Cluster
 from supervisor.sender import Sender
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
 
 
 def run(users: int, cost: ScryptCost) -> dict[str, object]:
@@ -72,7 +68,7 @@ def run(users: int, cost: ScryptCost) -> dict[str, object]:
         "concurrent_logins": users,
         "login_latency_s": {
             "p50": round(statistics.median(latencies), 3),
-            "p99": round(_percentile(latencies, 0.99), 3),
+            "p99": round(percentile(latencies, 0.99), 3),
             "max": round(max(latencies), 3),
         },
         "seconds_for_all": round(wall, 3),
