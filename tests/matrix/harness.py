@@ -30,7 +30,7 @@ from typing import Final, TypeVar
 
 from client.api import ChatClient, PendingWrite, SendResult
 from client.errors import ChatClientError, NoMajorityError, ServerError, UnavailableError
-from supervisor.cluster import Cluster, NodeStatus, majority_leader
+from supervisor.cluster import LEADER_ROLE, Cluster, NodeStatus, majority_leader
 from supervisor.history import Delivery, Outcome, SendRecord, check, render
 from tests.conftest import cluster_ca, write_cluster_yaml
 
@@ -119,7 +119,9 @@ async def wait_leaderless(cluster: Cluster, ids: Sequence[str]) -> None:
 
     def probe() -> bool:
         statuses = {s.id: s for s in cluster.status(timeout_s=0.5)}
-        return all(statuses[i].role not in (None, "leader") and not statuses[i].leader for i in ids)
+        return all(
+            statuses[i].role not in (None, LEADER_ROLE) and not statuses[i].leader for i in ids
+        )
 
     await poll(
         probe,
