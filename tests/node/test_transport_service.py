@@ -11,9 +11,10 @@ import grpc
 import pytest
 
 from node.raft.types import ConfState, LogIndex, Message, MessageType, NodeId, SnapshotMeta, Term
-from node.transport import SERVER_OPTIONS, RaftService
+from node.transport import RaftService
 from node.wire import message_to_pb
 from protos import raft_pb2, raft_pb2_grpc
+from protos.vocabulary import SERVER_OPTIONS
 from supervisor.ports import free_port
 
 CLUSTER = "svc-test"

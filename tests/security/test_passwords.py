@@ -20,14 +20,9 @@ from protos import chat_pb2 as pb
 from protos.vocabulary import new_session_token
 from tests.node.conftest import NodeProcesses
 from tests.node.test_node_process import Session
+from tests.security.calls import refused
 
 pytestmark = pytest.mark.cluster
-
-
-async def _refused(call: object) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call  # type: ignore[misc]
-    return caught.value
 
 
 def test_every_call_that_takes_a_password_refuses_an_oversized_one(nodes: NodeProcesses) -> None:
@@ -62,7 +57,7 @@ def test_every_call_that_takes_a_password_refuses_an_oversized_one(nodes: NodePr
                 ),
             ]
             for call in calls:
-                err = await _refused(call)
+                err = await refused(call)
                 assert err.code() in (
                     grpc.StatusCode.INVALID_ARGUMENT,
                     grpc.StatusCode.RESOURCE_EXHAUSTED,  # gRPC's own message limit, for 7 MB
@@ -104,7 +99,7 @@ def test_an_unknown_users_login_costs_as_much_as_a_wrong_password(tmp_path: Path
                     password="wrong",
                     token=new_session_token(),
                 )
-                err = await _refused(s.stub.Login(login, timeout=30))
+                err = await refused(s.stub.Login(login, timeout=30))
                 assert err.code() is grpc.StatusCode.UNAUTHENTICATED
                 assert err.details() == "wrong username or password"  # the same words too
                 return time.perf_counter() - started

@@ -16,18 +16,13 @@ from protos import chat_pb2 as pb
 from protos.vocabulary import new_session_token
 from tests.node.conftest import NodeProcesses
 from tests.node.test_node_process import Session, _drain
+from tests.security.calls import refused
 
 pytestmark = pytest.mark.cluster
 HUGE = 2**63 - 1
 
 
-async def _refused(call: object) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call  # type: ignore[misc]
-    return caught.value
-
-
-def test_replays_with_other_content_or_another_session_are_refused(nodes: NodeProcesses) -> None:
+def test_replays_with_other_content_or_another_session_arerefused(nodes: NodeProcesses) -> None:
     nodes.start_all()
 
     async def scenario() -> None:
@@ -47,14 +42,14 @@ def test_replays_with_other_content_or_another_session_are_refused(nodes: NodePr
         guess = pb.LoginRequest()
         guess.CopyFrom(victims)
         guess.password, guess.token = "guess", new_session_token()
-        err = await _refused(mallory.stub.Login(guess, timeout=5))
+        err = await refused(mallory.stub.Login(guess, timeout=5))
         assert err.code() is grpc.StatusCode.UNAUTHENTICATED
         # ... nor replayed as another user, nor for another session of the same user.
         for username, password in (("mallory", "pw"), ("victim", "pw")):
             replay = pb.LoginRequest(
                 request=login_rid, username=username, password=password, token=new_session_token()
             )
-            err = await _refused(mallory.stub.Login(replay, timeout=5))
+            err = await refused(mallory.stub.Login(replay, timeout=5))
             assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
             assert "request id reused for a different request" in (err.details() or "")
 
@@ -65,7 +60,7 @@ def test_replays_with_other_content_or_another_session_are_refused(nodes: NodePr
             timeout=5,
         )
         for recipient, text in (("mallory", "changed"), ("victim", "hi")):
-            err = await _refused(
+            err = await refused(
                 victim.stub.Send(
                     pb.SendRequest(
                         request=sent, token=victim.token, recipient=recipient, text=text
@@ -83,7 +78,7 @@ def test_replays_with_other_content_or_another_session_are_refused(nodes: NodePr
 
         # Mallory cannot write under the victim's client id, nor move its first_outstanding.
         foreign = pb.RequestId(client_id=victim.client_id, seq=HUGE, first_outstanding=HUGE)
-        err = await _refused(
+        err = await refused(
             mallory.stub.Send(
                 pb.SendRequest(request=foreign, token=mallory.token, recipient="victim", text="x"),
                 timeout=5,

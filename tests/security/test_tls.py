@@ -20,8 +20,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from node.config import TlsFiles, certificate_name, load_config
 from node.server import FORWARDED_KEY
-from node.transport import KEY_METADATA
 from protos import chat_pb2, chat_pb2_grpc, raft_pb2, raft_pb2_grpc
+from protos.vocabulary import CLUSTER_KEY_KEY
 from supervisor.certs import issue_certificate, make_ca, write_certificate
 from supervisor.cluster import Cluster
 from tests.conftest import peer_channel
@@ -102,7 +102,7 @@ async def _stream(channel: grpc.aio.Channel, batch: raft_pb2.MessageBatch) -> No
         yield batch
 
     await raft_pb2_grpc.RaftStub(channel).Stream(
-        batches(), metadata=((KEY_METADATA, "test-key"),), timeout=5
+        batches(), metadata=((CLUSTER_KEY_KEY, "test-key"),), timeout=5
     )
 
 
