@@ -49,6 +49,7 @@ def test_bad_counts_are_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.cluster
+@pytest.mark.slow  # about 20 s; .ci/run runs it (the default run keeps under 10 minutes)
 def test_quick_json_runs_end_to_end_with_every_key(tmp_path: Path) -> None:
     config = _config(tmp_path)
     result = _bench(str(config), "--quick", "--json", timeout_s=90)

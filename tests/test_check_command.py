@@ -35,6 +35,7 @@ def test_a_bad_nemesis_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.cluster
+@pytest.mark.slow  # about 20 s; .ci/run runs it (the default run keeps under 10 minutes)
 def test_a_short_check_with_every_nemesis_passes(tmp_path: Path) -> None:
     config = _config(tmp_path)
     result = _check(

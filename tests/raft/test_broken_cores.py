@@ -25,7 +25,9 @@ from tests.raft.test_simulation import shape
 from tests.simulator.broken import HELD_OUT, TUNED
 from tests.simulator.random_sim import SimulationFailure, run_seed
 
-DEFAULT_SEEDS = 500
+# Seeds are fixed, so the outcome is too: at 250 the rarest tuned catch is 8 (3.2%), well over
+# MIN_RATE; the slow test measures the rates on FULL_SEEDS.
+DEFAULT_SEEDS = 250
 FULL_SEEDS = 2000
 MIN_RATE = 0.01
 
