@@ -97,7 +97,7 @@ MAX_SESSIONS_PER_ACCOUNT = 64  # a login beyond it ends that account's least rec
 MAX_REPLIES_PER_CLIENT = 256  # outstanding requests remembered per client
 MAX_REPLIES = 262_144  # replies remembered in all
 MAX_CLIENTS = 65_536  # client sessions in all
-MAX_CLIENTS_PER_SESSION = 16  # client sessions bound to one chat session
+MAX_CLIENTS_PER_SESSION = 128  # client sessions bound to one chat session (bench: 64 at once)
 MAX_UNBOUND_CLIENTS = 4_096  # client sessions for Register and Login, which anyone may open
 CLIENT_EXPIRED_TEXT = "client session expired: the outcome of earlier requests is unknown"
 
