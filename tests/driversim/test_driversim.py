@@ -127,6 +127,7 @@ def test_the_state_checker_sees_a_different_entry_at_an_index() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 400 seeds: past pytest's 120 s default on a slow machine
 @pytest.mark.parametrize("nodes", [3, 5])
 def test_the_real_driver_passes_many_seeds(nodes: int) -> None:
     for seed in range(1000, 1000 + (SEEDS or 400)):
