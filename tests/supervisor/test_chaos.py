@@ -249,9 +249,10 @@ def test_chaos_in_piped_mode_with_real_nodes(
         document: dict[str, Any] = json.loads(supervisor.command("status --json", r"^\{"))
         return document
 
-    supervisor.command(f"chaos start 1 --seed {SEED}", rf"seed {SEED}")
+    supervisor.command(f"chaos start 2 --seed {SEED}", rf"seed {SEED}")
     seen: dict[str, set[str]] = {"pause": set(), "partition": set(), "slow": set()}
-    deadline = time.monotonic() + 15
+    # Faults last 2 s, longer than a status poll that waits on a paused node.
+    deadline = time.monotonic() + 40
     kinds: set[str] = set()
     while time.monotonic() < deadline and kinds != {"kill", "pause", "partition", "slow"}:
         document = status()
