@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import os
 import time
@@ -43,6 +42,7 @@ from node.transport import (
     certificate_names,
     certified_member,
     peer_channel,
+    presents_cluster_key,
 )
 from protos import chat_pb2, chat_pb2_grpc
 from protos.vocabulary import (
@@ -51,10 +51,10 @@ from protos.vocabulary import (
     FORWARDED_KEY,
     LEADER_ADDRESS_KEY,
     LEADER_ID_KEY,
-    PEER_CHANNEL_OPTIONS,
     REASON_KEY,
     RETRY_AFTER_KEY,
     Reason,
+    metadata_value,
     reason_of,
 )
 
@@ -281,8 +281,8 @@ class ChatService(chat_pb2_grpc.ChatServicer):
                         raise
                     return await local()
             except NotLeaderError as exc:
-                forwarded = self._from_member(context) and any(
-                    k == FORWARDED_KEY for k, _ in context.invocation_metadata() or ()
+                forwarded = self._from_member(context) and (
+                    metadata_value(context.invocation_metadata(), FORWARDED_KEY) is not None
                 )
                 if exc.leader_hint is None or forwarded:
                     raise
@@ -305,9 +305,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             raise _Abort(grpc.StatusCode.UNAVAILABLE, f"no address for leader {leader}", leader)
         channel = self._channels.get(leader)
         if channel is None:
-            channel = peer_channel(
-                address, leader, self._config.cluster, self._peer_credentials, PEER_CHANNEL_OPTIONS
-            )
+            channel = peer_channel(address, leader, self._config.cluster, self._peer_credentials)
             self._channels[leader] = channel
         stub = chat_pb2_grpc.ChatStub(channel)
         try:
@@ -339,20 +337,16 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         presents the cluster key, as Raft's callers do (a client could otherwise name any
         host for itself and dodge the failed-login limit)."""
         if self._peer_credentials is None:
-            presented = next(
-                (v for k, v in context.invocation_metadata() or () if k == CLUSTER_KEY_KEY), ""
-            )
-            raw = presented.encode() if isinstance(presented, str) else presented
-            return hmac.compare_digest(raw, self._cluster_key)
+            return presents_cluster_key(context.invocation_metadata(), self._cluster_key)
         voters = self._driver.core.voters
         return certified_member(context, self._config.cluster, voters) is not None
 
     def _client_host(self, context: Context) -> str:
         """The client's host; for a call a member forwarded, the host it named."""
         if self._from_member(context):
-            for k, v in context.invocation_metadata() or ():
-                if k == CLIENT_PEER_KEY:
-                    return str(v)
+            named = metadata_value(context.invocation_metadata(), CLIENT_PEER_KEY)
+            if named is not None:
+                return named
         return peer_host(context.peer())
 
     def _may_read_digest(self, context: Context) -> bool:

@@ -20,7 +20,7 @@ import asyncio
 import hmac
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -30,7 +30,7 @@ from node.raft.types import Message, MessageType, NodeId
 from node.seams import SnapshotInvalidError, TransportEvents
 from node.wire import WireError, message_from_pb, message_to_pb
 from protos import raft_pb2, raft_pb2_grpc
-from protos.vocabulary import CLUSTER_KEY_KEY, PEER_CHANNEL_OPTIONS
+from protos.vocabulary import CLUSTER_KEY_KEY, PEER_CHANNEL_OPTIONS, metadata_value
 
 if TYPE_CHECKING:
     Context = grpc.aio.ServicerContext[Any, Any]
@@ -78,6 +78,13 @@ def peer_channel(
     return grpc.aio.secure_channel(address, credentials, options=[*options, name])
 
 
+def presents_cluster_key(metadata: Iterable[tuple[str, Any]] | None, key: bytes) -> bool:
+    """Whether a call's invocation metadata carries the cluster key (compared in constant
+    time): what Raft's callers, and members forwarding under `tls: plaintext`, present."""
+    presented = metadata_value(metadata, CLUSTER_KEY_KEY) or ""
+    return hmac.compare_digest(presented.encode(), key)
+
+
 class ClusterKeyInterceptor(grpc.aio.ServerInterceptor):
     """Only cluster members may call the Raft service: they present the cluster key."""
 
@@ -93,11 +100,7 @@ class ClusterKeyInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         if not details.method.startswith("/chatbooth.raft.Raft/"):
             return await continuation(details)
-        presented = b""
-        for k, v in details.invocation_metadata or ():
-            if k == CLUSTER_KEY_KEY:
-                presented = v.encode() if isinstance(v, str) else v
-        if hmac.compare_digest(presented, self._key):
+        if presents_cluster_key(details.invocation_metadata, self._key):
             return await continuation(details)
 
         async def deny(request_iterator: Any, context: Context) -> None:
@@ -173,7 +176,7 @@ class PeerLink:
         self._events = events
         self._queue: deque[Message] = deque()
         self._ready = asyncio.Event()
-        self._channel = peer_channel(address, peer, cluster, credentials, PEER_CHANNEL_OPTIONS)
+        self._channel = peer_channel(address, peer, cluster, credentials)
         self._stub = raft_pb2_grpc.RaftStub(self._channel)
         self._tasks: list[asyncio.Task[None]] = []
         self._snapshot_task: asyncio.Task[None] | None = None

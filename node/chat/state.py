@@ -271,8 +271,8 @@ class ChatState:
         """A client session bound to a chat session serves that session's writes only, and an
         unbound one only the writes that need no session (issue 11: another user's writes
         must neither use a client id nor move its first_outstanding)."""
-        wanted = session_used(cmd)
-        if client.session == (wanted or "") and (wanted is None or wanted):
+        wanted = session_used(cmd)  # None: the write needs no session
+        if (client.session == "" and wanted is None) or (wanted and client.session == wanted):
             return None
         if not client.session:
             why = "serves only Register and Login: register a client with the session token"
@@ -307,6 +307,7 @@ class ChatState:
 
     def _add_client(self, client_id: int, client: _Client) -> None:
         self._clients[client_id] = client
+        self._reply_count += len(client.replies)  # none but for a client restored
         same = self._clients_of.setdefault(client.session, {})
         same[client_id] = None
         bound = MAX_CLIENTS_PER_SESSION if client.session else MAX_UNBOUND_CLIENTS
@@ -635,6 +636,8 @@ class ChatState:
         either of which stalls the event loop's heartbeats (TRAPS: "off the event loop" is not
         "off the GIL"). The rows are those `_load_snapshot` reads."""
         yield bytes((SNAPSHOT_FORMAT_VERSION,))
+        # Filled by account_row as the accounts are written, read when the messages are:
+        # "accounts" comes before "messages" in the canonical (sorted) order of keys.
         messages: dict[int, ChatMessage] = {}  # referenced by a queue or a history
 
         def account_row(account: _Account) -> list[Any]:
@@ -679,15 +682,8 @@ class ChatState:
         """sha256 (hex) of snapshot(): equal on replicas that applied the same entries."""
         if self._digest is None:
             hasher = hashlib.sha256()
-            pending: list[bytes] = []
-            size = 0
-            for chunk in self._snapshot_chunks():
-                pending.append(chunk)
-                size += len(chunk)
-                if size >= 1 << 16:
-                    hasher.update(b"".join(pending))
-                    pending, size = [], 0
-            hasher.update(b"".join(pending))
+            for chunk in self._snapshot_chunks():  # pieces of up to 256 rows (_json_rows)
+                hasher.update(chunk)
             self._digest = hasher.hexdigest()
         return self._digest
 
@@ -948,7 +944,6 @@ def _load_snapshot(data: bytes, limits: ChatLimits) -> ChatState:
         if len(client.replies) > MAX_REPLIES_PER_CLIENT:
             _bad(f"client {client_id!r}: more than {MAX_REPLIES_PER_CLIENT} replies")
         state._add_client(client_id, client)
-        state._reply_count += len(client.replies)
         last_used = used
     if len(state._clients) != len(doc["clients"]) or state._reply_count > MAX_REPLIES:
         _bad("the dedup table is over its bounds")  # _add_client dropped one, or too many replies

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 from pathlib import Path
 
 import grpc
@@ -40,7 +39,7 @@ def test_writes_with_unknown_sessions_never_reach_the_log(nodes: NodeProcesses) 
         assert before is not None
         refused = 0
         for i in range(300):
-            token = secrets.token_hex(32)  # well formed, never issued
+            token = new_session_token()  # well formed, never issued
             calls = [
                 s.stub.Logout(pb.LogoutRequest(request=s.rid(), token=token), timeout=5),
                 s.stub.Send(
