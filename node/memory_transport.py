@@ -5,9 +5,11 @@ delivers each message to the receiving driver's `step` (snapshots to `receive_sn
 a delay drawn from a seeded Random, in one event loop. Links can be cut in either direction,
 and messages dropped or duplicated at random: all that a real network does to Raft, and
 nothing a node can tell apart from it. With node.seams' inline executors and a virtual-time
-event loop, a run replays from its seed.
+event loop, a run replays from its seed. A snapshot is copied, a chunk at a time, from the
+sender's SnapshotSource into a file in the receiver's spool directory, inline (a thread would
+reorder completions and a seed would not replay), as the gRPC transport does.
 
-Imports asyncio, node.raft.types and node.seams only.
+Imports asyncio, pathlib, node.raft.types and node.seams only.
 """
 
 from __future__ import annotations
@@ -16,11 +18,18 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from random import Random
 from typing import Any, Protocol
 
 from node.raft.types import Message, MessageType, NodeId
-from node.seams import SnapshotInvalidError, TransportEvents
+from node.seams import (
+    SNAPSHOT_CHUNK_BYTES,
+    SnapshotInvalidError,
+    SnapshotSource,
+    SpoolFile,
+    TransportEvents,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +39,15 @@ class Receiver(Protocol):
 
     def step(self, m: Message) -> None: ...
 
-    def receive_snapshot(self, m: Message, data: bytes) -> Awaitable[None]: ...
+    def receive_snapshot(self, m: Message, path: Path) -> Awaitable[None]:
+        """Take the complete snapshot in file `path` (rename or copy what is kept: the file
+        is removed afterwards), or raise SnapshotInvalidError to refuse it."""
+        ...
+
+    @property
+    def snapshot_spool(self) -> Path:
+        """The directory incoming snapshots are written in (on the receiver's disk)."""
+        ...
 
 
 @dataclass
@@ -114,16 +131,31 @@ class MemoryNetwork:
         self.delivered += 1
         receiver.step(m)
 
-    async def send_snapshot(self, m: Message, data: bytes) -> bool:
-        """Deliver a snapshot, as a stream would: True once the receiver took it."""
+    async def send_snapshot(self, m: Message, source: SnapshotSource) -> bool:
+        """Deliver a snapshot, as a stream would: True once the receiver took it.
+
+        The chunks go into a new file in the receiver's spool directory, synchronously (the
+        run stays deterministic); the file is removed afterwards, whatever the receiver did.
+        """
         await asyncio.sleep(self._delay() * 4)
         receiver = self._receivers.get(m.to)
         if receiver is None or not self.reachable(m.sender, m.to):
             return False
+        spooled = SpoolFile(receiver.snapshot_spool)
         try:
-            await receiver.receive_snapshot(m, data)
-        except SnapshotInvalidError:
-            return False
+            while piece := source.read(SNAPSHOT_CHUNK_BYTES):
+                spooled.write(piece)
+            if spooled.size != source.size:
+                raise ValueError(
+                    f"the snapshot source said {source.size} bytes but gave {spooled.size}"
+                )
+            spooled.finish()
+            try:
+                await receiver.receive_snapshot(m, spooled.path)
+            except SnapshotInvalidError:
+                return False
+        finally:
+            spooled.discard()
         return True
 
 
@@ -167,8 +199,11 @@ class MemoryTransport:
             return
         ok = False
         try:
-            data = await events.load_snapshot(m.snapshot)
-            ok = await self.network.send_snapshot(m, data)
+            source = await events.open_snapshot(m.snapshot)
+            try:
+                ok = await self.network.send_snapshot(m, source)
+            finally:
+                source.close()
         except Exception as exc:  # as PeerLink: any failure and the core probes again
             logger.info("%s: snapshot to %s failed: %s", self.node_id, m.to, exc)
         if not self._closed:

@@ -6,28 +6,59 @@ inline in the event loop (real threads reorder completions, and a seed would not
 - Transport: sends the core's messages to peers; reports links that broke, links that came
   up and snapshots that were delivered or not. Inbound messages reach the driver through
   RaftDriver.step / receive_snapshot, called by whatever serves the link.
+- Snapshots travel as files, never whole in memory (one is a SQLite database of up to hundreds
+  of MB): a sender reads a SnapshotSource SNAPSHOT_CHUNK_BYTES at a time, a receiving transport
+  writes the chunks into a SpoolFile in the receiver's spool directory and hands the receiver
+  its path.
 - Clock: the monotonic time the driver ticks and times out by, the wall clock that stamps
   log time, and sleeping.
 - Executor: where blocking work runs (storage writes, snapshot serialization, scrypt).
 
-Imports asyncio, time, concurrent.futures and node.raft.types only: no grpc.
+Imports asyncio, os, pathlib, tempfile, time, concurrent.futures and node.raft.types only: no
+grpc.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 from node.raft.types import Message, NodeId, SnapshotMeta
 
 T = TypeVar("T")
 
+SNAPSHOT_CHUNK_BYTES = 1 << 20  # a snapshot is sent in pieces of this size, read one at a time
+
 
 class SnapshotInvalidError(Exception):
     """A snapshot from the leader does not decode: refused before anything stored it."""
+
+
+class SnapshotSource(Protocol):
+    """A snapshot's data being sent, read sequentially (node.storage's SnapshotReader is one).
+
+    read() blocks on the disk: a sender in an event loop calls it in a thread (the simulator's
+    inline, to stay deterministic). A damaged snapshot raises from the read that reaches its
+    end, so its last chunk is never sent.
+    """
+
+    @property
+    def size(self) -> int:
+        """The data's length in bytes."""
+        ...
+
+    def read(self, n: int) -> bytes:
+        """The next up to `n` bytes; b"" at the end."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class TransportEvents(Protocol):
@@ -39,7 +70,39 @@ class TransportEvents(Protocol):
 
     def on_snapshot_sent(self, peer: NodeId, ok: bool) -> None: ...
 
-    async def load_snapshot(self, meta: SnapshotMeta) -> bytes: ...
+    async def open_snapshot(self, meta: SnapshotMeta) -> SnapshotSource:
+        """The data of snapshot `meta`, for sending; the transport closes it when done."""
+        ...
+
+
+class SpoolFile:
+    """A snapshot being received: a new file `<directory>/snapshot-<random>.part` (mode 0600)
+    that the chunks are appended to, fsynced by finish() before the receiver is handed its
+    path, and removed by discard() unless the receiver renamed it away. Blocking calls: a
+    transport in an event loop makes them in a thread (the simulator's inline)."""
+
+    def __init__(self, directory: Path) -> None:
+        fd, name = tempfile.mkstemp(prefix="snapshot-", suffix=".part", dir=directory)
+        self.path = Path(name)
+        self.size = 0  # bytes written so far
+        self._file = os.fdopen(fd, "wb")
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+        self.size += len(data)
+
+    def finish(self) -> None:
+        """Make what was written durable and close the file: it is complete."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+    def discard(self) -> None:
+        """Close the file and remove it if it is still there. Never raises."""
+        with contextlib.suppress(OSError):
+            self._file.close()
+        with contextlib.suppress(OSError):  # FileNotFoundError: the receiver took it
+            os.remove(self.path)
 
 
 class Transport(Protocol):

@@ -3,8 +3,10 @@ chunks, and the cluster-key check.
 
 Each peer gets a PeerLink: a task that keeps one client stream (`Raft.Stream`) open and writes
 message batches into it, bounded in bytes; a broken stream is reopened with backoff and the
-core is told the peer is unreachable. InstallSnapshot streams the snapshot file in chunks. The
-server side (RaftService) hands every valid message to the driver.
+core is told the peer is unreachable. InstallSnapshot streams the snapshot file in chunks, read
+one at a time off the event loop, so a snapshot is never in memory whole. The server side
+(RaftService) hands every valid message to the driver, and writes an incoming snapshot's chunks
+into a file in the driver's spool directory (off the event loop too) before handing it over.
 
 With TLS the links dial the peers' peer ports (mutual TLS) through the proxies on 127.0.0.1, so
 each channel checks the peer's certificate against its member name
@@ -21,13 +23,20 @@ import hmac
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from node.config import certificate_name
 from node.raft.types import Message, MessageType, NodeId
-from node.seams import SnapshotInvalidError, TransportEvents
+from node.seams import (
+    SNAPSHOT_CHUNK_BYTES,
+    SnapshotInvalidError,
+    SnapshotSource,
+    SpoolFile,
+    TransportEvents,
+)
 from node.wire import WireError, message_from_pb, message_to_pb
 from protos import raft_pb2, raft_pb2_grpc
 from protos.vocabulary import CLUSTER_KEY_KEY, PEER_CHANNEL_OPTIONS, metadata_value
@@ -39,8 +48,7 @@ logger = logging.getLogger(__name__)
 
 MAX_BATCH_BYTES = 2 << 20  # far under gRPC's 4 MiB message limit
 MAX_QUEUED_MESSAGES = 10_000  # per peer; beyond it the oldest are dropped (Raft retries)
-SNAPSHOT_CHUNK_BYTES = 1 << 20
-MAX_SNAPSHOT_BYTES = 1 << 30
+MAX_SNAPSHOT_BYTES = 64 << 30  # a disk bound: a received snapshot is spooled, never in memory
 STREAM_LIFETIME_S = 600.0  # a stream is reopened at least this often
 SNAPSHOT_DEADLINE_S = 120.0
 
@@ -254,37 +262,84 @@ class PeerLink:
             return
         ok = False
         try:
-            data = await self._events.load_snapshot(meta)
-
-            async def chunks() -> AsyncIterator[raft_pb2.SnapshotChunk]:
-                first = raft_pb2.SnapshotChunk(message=message_to_pb(m), offset=0)
-                if len(data) <= SNAPSHOT_CHUNK_BYTES:
-                    first.data = data
-                    first.last = True
-                    yield first
-                    return
-                yield first
-                for off in range(0, len(data), SNAPSHOT_CHUNK_BYTES):
-                    piece = data[off : off + SNAPSHOT_CHUNK_BYTES]
-                    last = off + len(piece) >= len(data)
-                    yield raft_pb2.SnapshotChunk(offset=off, data=piece, last=last)
-
-            logger.info(
-                "%s streaming snapshot %d (%d bytes) to %s",
-                self.node_id,
-                meta.index,
-                len(data),
-                self.peer,
-            )
-            await self._stub.InstallSnapshot(
-                chunks(), metadata=self._metadata, timeout=SNAPSHOT_DEADLINE_S
-            )
+            source = await self._events.open_snapshot(meta)
+            try:
+                logger.info(
+                    "%s streaming snapshot %d (%d bytes) to %s",
+                    self.node_id,
+                    meta.index,
+                    source.size,
+                    self.peer,
+                )
+                await self._stream_snapshot(m, source)
+            finally:
+                await asyncio.to_thread(source.close)
             ok = True
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # any failure: the core falls back to probing
             logger.info("%s: snapshot to %s failed: %s", self.node_id, self.peer, exc)
         self._events.on_snapshot_sent(self.peer, ok)
+
+    async def _stream_snapshot(self, m: Message, source: SnapshotSource) -> None:
+        """One InstallSnapshot call. gRPC answers a request stream that raises (a read that
+        failed, a checksum that did not hold) by cancelling the call, which surfaces here as
+        CancelledError: that is turned back into the failure, so that the core hears of it;
+        only this task's own cancellation propagates."""
+        failures: list[Exception] = []
+
+        async def chunks() -> AsyncIterator[raft_pb2.SnapshotChunk]:
+            try:
+                async for chunk in snapshot_chunks(m, source):
+                    yield chunk
+            except Exception as exc:
+                failures.append(exc)
+                raise
+
+        try:
+            await self._stub.InstallSnapshot(
+                chunks(), metadata=self._metadata, timeout=SNAPSHOT_DEADLINE_S
+            )
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            if failures:
+                raise SnapshotSourceError(f"reading the snapshot failed: {failures[0]}") from None
+            raise SnapshotSourceError("the call was cancelled") from None
+
+
+class SnapshotSourceError(Exception):
+    """Sending a snapshot failed on the sending side: its source gave other than `size`
+    bytes, or could not be read."""
+
+
+async def snapshot_chunks(
+    m: Message, source: SnapshotSource
+) -> AsyncIterator[raft_pb2.SnapshotChunk]:
+    """The InstallSnapshot stream of `m`'s snapshot: the first chunk carries the message, the
+    last says so. Each chunk is read (in a thread) only when gRPC asks for it, so at most one
+    is in memory beyond what gRPC buffers; a source that raises (a snapshot whose checksum
+    fails at its end) ends the stream before its last chunk, which the receiver refuses."""
+    size = source.size
+    offset = 0
+    first = True
+    while True:
+        piece = await asyncio.to_thread(source.read, SNAPSHOT_CHUNK_BYTES)
+        if offset + len(piece) > size or (not piece and offset < size):
+            raise SnapshotSourceError(
+                f"the snapshot source said {size} bytes but gave {offset + len(piece)}"
+                + ("" if piece else " and then ended")
+            )
+        last = offset + len(piece) == size
+        chunk = raft_pb2.SnapshotChunk(offset=offset, data=piece, last=last)
+        if first:
+            chunk.message.CopyFrom(message_to_pb(m))
+            first = False
+        yield chunk
+        offset += len(piece)
+        if last:
+            return
 
 
 class RaftService(raft_pb2_grpc.RaftServicer):
@@ -301,9 +356,10 @@ class RaftService(raft_pb2_grpc.RaftServicer):
         node_id: NodeId,
         cluster: str,
         deliver: Callable[[Message], None],
-        deliver_snapshot: Callable[[Message, bytes], Awaitable[None]],
+        deliver_snapshot: Callable[[Message, Path], Awaitable[None]],
         members: Callable[[], Collection[NodeId]],
         *,
+        spool: Callable[[], Path],
         certificates: bool,
     ) -> None:
         self._certificates = certificates
@@ -312,6 +368,7 @@ class RaftService(raft_pb2_grpc.RaftServicer):
         self._deliver = deliver
         self._deliver_snapshot = deliver_snapshot
         self._members = members
+        self._spool = spool  # asked per snapshot: the directory incoming ones are written in
 
     async def Stream(
         self,
@@ -345,44 +402,60 @@ class RaftService(raft_pb2_grpc.RaftServicer):
         context: Context,
     ) -> raft_pb2.SnapshotReceipt:
         message: Message | None = None
-        data = bytearray()
+        spooled: SpoolFile | None = None
         complete = False
-        async for chunk in request_iterator:
-            if message is None:
-                if not chunk.HasField("message"):
+        try:
+            async for chunk in request_iterator:
+                if message is None:
+                    if not chunk.HasField("message"):
+                        await context.abort(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            "the first chunk must carry the message",
+                        )
+                    message = await self._decode(chunk.message, context)
+                    if message.type is not MessageType.SNAPSHOT:
+                        await context.abort(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            "InstallSnapshot needs a snapshot message",
+                        )
+                    spooled = await asyncio.to_thread(SpoolFile, self._spool())
+                if spooled is None:
+                    raise AssertionError("unreachable: the first chunk made the spool file")
+                if chunk.offset != spooled.size and chunk.data:
                     await context.abort(
-                        grpc.StatusCode.INVALID_ARGUMENT, "the first chunk must carry the message"
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"snapshot chunk at offset {chunk.offset}, expected {spooled.size}",
                     )
-                message = await self._decode(chunk.message, context)
-                if message.type is not MessageType.SNAPSHOT:
+                if spooled.size + len(chunk.data) > MAX_SNAPSHOT_BYTES:
                     await context.abort(
-                        grpc.StatusCode.INVALID_ARGUMENT, "InstallSnapshot needs a snapshot message"
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"snapshot larger than {MAX_SNAPSHOT_BYTES} bytes",
                     )
-            if chunk.offset != len(data) and chunk.data:
+                if chunk.data:
+                    await asyncio.to_thread(spooled.write, chunk.data)
+                if chunk.last:
+                    complete = True
+                    break
+            if message is None or spooled is None:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an empty snapshot stream")
+                raise AssertionError("unreachable")
+            if not complete:
+                # A stream cut short (the sender died, a partition) ends like a finished one.
                 await context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT,
-                    f"snapshot chunk at offset {chunk.offset}, expected {len(data)}",
+                    f"the snapshot stream ended after {spooled.size} bytes, before its last chunk",
                 )
-            data += chunk.data
-            if len(data) > MAX_SNAPSHOT_BYTES:
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "snapshot too large")
-            if chunk.last:
-                complete = True
-                break
-        if message is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an empty snapshot stream")
-            raise AssertionError("unreachable")
-        if not complete:
-            # A stream cut short (the sender died, a partition) ends like a finished one.
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"the snapshot stream ended after {len(data)} bytes, before its last chunk",
-            )
-        try:
-            await self._deliver_snapshot(message, bytes(data))
-        except SnapshotInvalidError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"snapshot refused: {exc}")
-        return raft_pb2.SnapshotReceipt(bytes=len(data))
+            await asyncio.to_thread(spooled.finish)
+            try:
+                await self._deliver_snapshot(message, spooled.path)
+            except SnapshotInvalidError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"snapshot refused: {exc}")
+            return raft_pb2.SnapshotReceipt(bytes=spooled.size)
+        finally:
+            # Inline, not in a thread: this also runs when the call is cancelled. What the
+            # receiver kept it renamed away; anything else here is a partial or refused file.
+            if spooled is not None:
+                spooled.discard()
 
     async def _decode(self, pb: raft_pb2.RaftMessage, context: Context) -> Message:
         try:

@@ -3,6 +3,7 @@
     data_dir/LOCK                              exclusive flock, holds the owner's pid (lock.py)
     data_dir/wal/<seq>-<first_index>.wal       the write-ahead log (wal.py, records.py)
     data_dir/snap/<term>-<index>.snap          snapshots, the newest two (snapshots.py)
+    data_dir/spool/                            temporary snapshot files, emptied at open
 
 `Storage` is the facade the driver uses; behind it are three narrow stores (protocols.py): the
 log and the stable store are one WriteAheadLog, so entries and hard state share one fsync, and
@@ -13,7 +14,11 @@ Nothing acknowledged is lost: what sync() returned from is recovered by open(), 
 StorageCorruptedError naming the file and byte offset. What open() recovers is durable when it
 returns (it fsyncs what it replayed), so the caller may count all of it as stable. A data
 directory of another on-disk format raises StorageFormatError. Not thread-safe: one caller at
-a time.
+a time (a SnapshotReader from open_snapshot() is the exception: it has its own file handle).
+
+A snapshot's data is a file (a SQLite database, up to hundreds of MB), so it is never held in
+memory whole: save_snapshot and install_snapshot stream it from a file the caller made (in
+spool_dir, on the snapshots' file system, so a rename works), and open_snapshot streams it back.
 
 Standard library only, plus node.raft.types: no asyncio, no grpc, nothing else from chatbooth.
 """
@@ -42,7 +47,7 @@ from node.storage.errors import (
 from node.storage.files import FileLock, FileSystem, RealFileSystem, ensure_dir
 from node.storage.protocols import LogStore, SnapshotStore, StableStore
 from node.storage.records import SnapshotMarker
-from node.storage.snapshots import SnapshotFiles, check_meta
+from node.storage.snapshots import SnapshotFiles, SnapshotReader, check_meta
 from node.storage.wal import DEFAULT_SEGMENT_BYTES, WriteAheadLog
 
 __all__ = [
@@ -51,6 +56,7 @@ __all__ = [
     "FileSystem",
     "InitialState",
     "RealFileSystem",
+    "SnapshotReader",
     "Storage",
     "StorageClosedError",
     "StorageCorruptedError",
@@ -67,6 +73,7 @@ logger = logging.getLogger(__name__)
 LOCK_NAME = "LOCK"
 WAL_DIR = "wal"
 SNAP_DIR = "snap"
+SPOOL_DIR = "spool"
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +141,7 @@ class Storage:
         wal_dir, snap_dir = data_dir / WAL_DIR, data_dir / SNAP_DIR
         ensure_dir(fs, wal_dir)
         ensure_dir(fs, snap_dir)
+        _empty_spool(fs, data_dir / SPOOL_DIR)
         _fsync_ancestors(fs, data_dir)
         snapshots = SnapshotFiles.open(fs, snap_dir)
         # Before WriteAheadLog.open starts an empty log, which would hide the loss next time.
@@ -186,9 +194,19 @@ class Storage:
         self._check_open()
         return self._log.entries(lo, hi)
 
-    def load_snapshot(self) -> tuple[SnapshotMeta, bytes] | None:
+    @property
+    def spool_dir(self) -> Path:
+        """Where temporary snapshot files live (a database copy being made, a snapshot being
+        received): on the snapshots' file system, so a rename into place works. Emptied at
+        open: what is there then was left by an interrupted copy or transfer."""
+        return self.data_dir / SPOOL_DIR
+
+    def open_snapshot(self) -> SnapshotReader | None:
+        """The current snapshot, open for reading its data a piece at a time (None: there is
+        none). The reader has its own file handle: it may be used from any thread while this
+        storage goes on, and a later prune that removes the file does not disturb it. Close it."""
         self._check_open()
-        return self._snapshots.load()
+        return self._snapshots.open_current()
 
     # -- writing --------------------------------------------------------------------------
 
@@ -210,11 +228,13 @@ class Storage:
         with self._failing_on_io_error():
             self._log.sync()
 
-    def save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+    def save_snapshot(self, meta: SnapshotMeta, source: Path) -> None:
         """Store a snapshot of this node's own state machine and compact the log to it.
 
-        Durable on return, together with everything written before. Entries <= meta.index
-        are gone afterwards; the log must hold entry meta.index, of meta.term.
+        The data is the contents of file `source`, streamed into the snapshot file (and left
+        in place: the caller deletes it). Durable on return, together with everything written
+        before. Entries <= meta.index are gone afterwards; the log must hold entry meta.index,
+        of meta.term.
         """
         self._check_open()
         snapshot_index = self._log.first_index() - 1
@@ -231,7 +251,7 @@ class Storage:
                 f"snapshot at index {meta.index} says term {meta.term}, "
                 f"the log's entry there is of term {self._log.term(meta.index)}"
             )
-        self._store_snapshot(meta, data, reset=False)
+        self._store_snapshot(meta, source, reset=False)
 
     def check_install(self, meta: SnapshotMeta) -> None:
         """Raise StorageMisuseError if install_snapshot(meta, ...) would refuse `meta`.
@@ -251,23 +271,24 @@ class Storage:
     def install_snapshot(
         self,
         meta: SnapshotMeta,
-        data: bytes,
+        source: Path,
         *,
-        validate: Callable[[bytes], object] | None = None,
+        validate: Callable[[Path], object] | None = None,
     ) -> None:
         """Store a snapshot received from the leader: every stored entry is discarded and the
         log restarts after meta.index. Durable on return, with everything written before.
 
         A snapshot must be validated before it is durable: once it is, every restart loads it
-        again, and one the state machine cannot restore is a crash loop. `validate(data)` (the
-        state machine's check) runs after check_install(meta) and before anything is written;
-        whatever it raises propagates, and then nothing was stored. A crash before this returns
+        again, and one the state machine cannot restore is a crash loop. `validate(source)` (the
+        state machine's check of the data file) runs after check_install(meta) and before
+        anything is written; whatever it raises propagates, and then nothing was stored. The
+        data is streamed from `source`, which is left in place. A crash before this returns
         leaves the old snapshot and log (a half-stored snapshot is removed at open).
         """
         self.check_install(meta)
         if validate is not None:
-            validate(data)
-        self._store_snapshot(meta, data, reset=True)
+            validate(source)
+        self._store_snapshot(meta, source, reset=True)
 
     def close(self) -> None:
         """Sync what was written (unless a write failed), close the files, release the lock."""
@@ -292,10 +313,10 @@ class Storage:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _store_snapshot(self, meta: SnapshotMeta, data: bytes, *, reset: bool) -> None:
+    def _store_snapshot(self, meta: SnapshotMeta, source: Path, *, reset: bool) -> None:
         with self._failing_on_io_error():
             # The file first: once the marker is durable the log may depend on it.
-            self._snapshots.save(meta, data, replaces_log=reset)
+            self._snapshots.save(meta, source, replaces_log=reset)
             self._log.mark_snapshot(SnapshotMarker(meta.index, meta.term, reset))
             self._log.sync()
             self._log.release_segments()
@@ -335,6 +356,24 @@ def _fsync_ancestors(fs: FileSystem, data_dir: Path) -> None:
             fs.fsync_dir(parent)
         except PermissionError:
             logger.debug("%s: not fsynced: permission denied", parent)
+
+
+def _empty_spool(fs: FileSystem, spool: Path) -> None:
+    """Create the spool directory, or remove what an interrupted copy or transfer left in it.
+
+    Nothing there is ever part of the durable state, so the removals need no fsync: any of
+    them surviving a crash is as good as none.
+    """
+    ensure_dir(fs, spool)
+    for name in fs.listdir(spool):
+        try:
+            fs.remove(spool / name)
+        except IsADirectoryError:
+            logger.warning(
+                "%s: leaving directory %r, which no snapshot transfer makes", spool, name
+            )
+        else:
+            logger.info("%s: removed %r, left by an interrupted snapshot copy", spool, name)
 
 
 def _reconcile(wal: WriteAheadLog, snapshots: SnapshotFiles) -> None:

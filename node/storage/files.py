@@ -5,6 +5,8 @@ Durability is decided here and nowhere else: a write is durable only after `Appe
 `FileSystem.fsync_dir()` of its directory. Storage code talks to the `FileSystem` protocol so
 that tests can substitute a file system whose crash discards exactly what was not fsynced
 (tests/storage/crashfs.py); a durability test that passes with fsync deleted proves nothing.
+Large files (snapshots, up to hundreds of MB) are read through `open_read`, a piece at a time,
+never whole.
 
 Standard library only; must not import anything from chatbooth beyond node.storage.
 """
@@ -32,6 +34,20 @@ class AppendFile(Protocol):
     def close(self) -> None: ...
 
 
+class ReadFile(Protocol):
+    """A file open for reading, with its own position: what was unlinked after it was opened
+    can still be read to the end (as an open file descriptor can)."""
+
+    def read(self, n: int) -> bytes:
+        """Up to `n` bytes from the position on: fewer only at the end of the file."""
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        """Move the position (as io does); returns the new one, so seek(0, SEEK_END) is the
+        file's size."""
+
+    def close(self) -> None: ...
+
+
 class FileLock(Protocol):
     def release(self) -> None: ...
 
@@ -42,7 +58,11 @@ class FileSystem(Protocol):
     def open_append(self, path: Path) -> AppendFile:
         """Open `path` for appending, creating it (empty) if it does not exist."""
 
-    def read_bytes(self, path: Path) -> bytes: ...
+    def read_bytes(self, path: Path) -> bytes:
+        """The whole file: for small ones (WAL segments). Snapshots go through open_read."""
+
+    def open_read(self, path: Path) -> ReadFile:
+        """Open `path` for reading from its start."""
 
     def fsync_dir(self, path: Path) -> None:
         """Make the entries of directory `path` (creates, renames, removals) durable."""
@@ -72,6 +92,9 @@ class RealFileSystem:
 
     def read_bytes(self, path: Path) -> bytes:
         return path.read_bytes()
+
+    def open_read(self, path: Path) -> ReadFile:
+        return _RealReadFile(open(path, "rb"))
 
     def fsync_dir(self, path: Path) -> None:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -116,6 +139,22 @@ class _RealAppendFile:
     def truncate(self, size: int) -> None:
         self._file.flush()
         self._file.truncate(size)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _RealReadFile:
+    __slots__ = ("_file",)
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+
+    def read(self, n: int) -> bytes:
+        return self._file.read(n)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._file.seek(offset, whence)
 
     def close(self) -> None:
         self._file.close()

@@ -11,10 +11,12 @@ not import anything from chatbooth beyond node.raft.types and node.storage.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 from node.raft.types import Entry, HardState, LogIndex, SnapshotMeta, Term
 from node.storage.records import SnapshotMarker
+from node.storage.snapshots import SnapshotReader
 
 
 class LogStore(Protocol):
@@ -58,11 +60,13 @@ class StableStore(Protocol):
 class SnapshotStore(Protocol):
     def latest(self) -> SnapshotMeta | None: ...
 
-    def load(self) -> tuple[SnapshotMeta, bytes] | None: ...
+    def open_current(self) -> SnapshotReader | None:
+        """The current snapshot, open for streaming its data (None: there is none)."""
 
-    def save(self, meta: SnapshotMeta, data: bytes, *, replaces_log: bool = False) -> None:
-        """Durably store a snapshot and make it the current one; `replaces_log` records that
-        it came from the leader and the log restarts after it."""
+    def save(self, meta: SnapshotMeta, source: Path, *, replaces_log: bool = False) -> None:
+        """Durably store a snapshot whose data is the file `source` (streamed, never held
+        whole) and make it the current one; `replaces_log` records that it came from the
+        leader and the log restarts after it."""
 
     def prune(self) -> int:
         """Delete snapshots too old to be needed; returns how many."""

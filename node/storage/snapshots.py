@@ -15,6 +15,10 @@ state machine must (Storage.install_snapshot's `validate`) before the snapshot i
 A file whose checksum fails is StorageCorruptedError naming it and the offset, saying whether it
 was cut short (its size disagrees with what its header describes) or damaged in place.
 
+The data is a SQLite database of up to hundreds of MB, so nothing here holds it whole: save()
+streams it in from the caller's file, select() verifies checksums by streaming, and a
+SnapshotReader streams it back out (verifying the checksum as it goes), CHUNK_BYTES at a time.
+
 Which snapshot is current is decided at open (`select`), from the write-ahead log, as etcd does:
 the one its snapshot marker names. A newer file that the log never recorded is a save or an
 install that a crash interrupted, and is removed. The log's own snapshot being damaged or
@@ -28,12 +32,16 @@ node.storage.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
 
 from node.raft.types import ConfState, LogIndex, NodeId, SnapshotMeta, Term
 from node.storage.errors import (
@@ -42,12 +50,13 @@ from node.storage.errors import (
     StorageIOError,
     StorageMisuseError,
 )
-from node.storage.files import FileSystem
+from node.storage.files import AppendFile, FileSystem, ReadFile
 
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_MAGIC = b"\x89CBSNP\r\n"
-FORMAT_VERSION = 2  # 2: the chat state keeps sessions as hashes only
+FORMAT_VERSION = 3  # 2: the chat state keeps sessions as hashes only; 3: the data is SQLite
+CHUNK_BYTES = 1 << 20  # what a snapshot is read and written in: never held whole
 KEEP = 2  # the current snapshot and the one before it
 
 _HEAD = struct.Struct("<8sIIQQI")  # magic, version, flags, index, term, voter count
@@ -127,7 +136,7 @@ class SnapshotFiles:
         chosen: tuple[SnapshotFile, SnapshotMeta, bool] | None = None
         for file in (own + newer) if needed > 0 else []:
             try:
-                meta, replaces_log, _ = self._read(file)
+                meta, replaces_log = self._read(file)
             except StorageCorruptedError as exc:
                 problems.append(exc)
                 continue
@@ -184,45 +193,60 @@ class SnapshotFiles:
         """Whether the current snapshot was installed from the leader (the log restarts)."""
         return self._current_replaces_log
 
-    def load(self) -> tuple[SnapshotMeta, bytes] | None:
-        """The current snapshot, read back and verified."""
+    def open_current(self) -> SnapshotReader | None:
+        """The current snapshot, open for reading (None: there is none). Its header is checked
+        here; its data's checksum while it is read."""
         if self._current is None:
             return None
-        meta, _, data = self._read(self._current)
-        return meta, data
+        file = self._current
+        try:
+            stream = self._fs.open_read(file.path)
+        except OSError as exc:
+            raise StorageIOError(f"{file.path}: opening the snapshot failed: {exc}") from exc
+        try:
+            layout = _layout(file.path, stream, verify=False)
+            _check_name(file, layout.meta)
+            stream.seek(layout.data_offset)
+        except OSError as exc:
+            stream.close()
+            raise StorageIOError(f"{file.path}: reading the snapshot failed: {exc}") from exc
+        except BaseException:
+            stream.close()
+            raise
+        return SnapshotReader(file.path, stream, layout)
 
-    def save(self, meta: SnapshotMeta, data: bytes, *, replaces_log: bool = False) -> None:
-        """Write a snapshot durably and make it current; the caller then prune()s.
+    def save(self, meta: SnapshotMeta, source: Path, *, replaces_log: bool = False) -> None:
+        """Write a snapshot whose data is the file `source` durably and make it current; the
+        caller then prune()s.
 
+        `source` is read (with plain open(): SQLite wrote it, outside this file layer) a chunk
+        at a time, so a snapshot of any size costs CHUNK_BYTES of memory; it is left in place.
         `replaces_log`: installed from the leader, so every stored entry is discarded.
         """
         check_meta(meta)
         file = SnapshotFile(meta.term, meta.index, self._dir / snapshot_name(meta.term, meta.index))
         tmp = file.path.with_name(file.path.name + _TMP_SUFFIX)
-        flags = _REPLACES_LOG if replaces_log else 0
-        head = _HEAD.pack(
-            SNAPSHOT_MAGIC, FORMAT_VERSION, flags, meta.index, meta.term, len(meta.conf.voters)
-        )
-        for voter in meta.conf.voters:
-            name = voter.encode("utf-8")
-            head += _VOTER.pack(len(name)) + name
-        head += _DATA_LENGTH.pack(len(data))
-        crc = zlib.crc32(data, zlib.crc32(head))
-        try:
-            if self._fs.exists(tmp):
-                self._fs.remove(tmp)
-            staged = self._fs.open_append(tmp)
+        with _open_source(source) as data:
             try:
-                staged.write(head)
-                staged.write(data)
-                staged.write(_CRC.pack(crc))
-                staged.sync()
-            finally:
-                staged.close()
-            self._fs.rename(tmp, file.path)
-            self._fs.fsync_dir(self._dir)
-        except OSError as exc:
-            raise StorageIOError(f"{file.path}: writing the snapshot failed: {exc}") from exc
+                length = os.fstat(data.fileno()).st_size
+            except OSError as exc:
+                raise StorageIOError(f"{source}: cannot read the snapshot data: {exc}") from exc
+            head = _encode_header(meta, replaces_log, length)
+            try:
+                if self._fs.exists(tmp):
+                    self._fs.remove(tmp)
+                staged = self._fs.open_append(tmp)
+                try:
+                    staged.write(head)
+                    crc = _stream_into(staged, data, source, length, zlib.crc32(head))
+                    staged.write(_CRC.pack(crc))
+                    staged.sync()
+                finally:
+                    staged.close()
+                self._fs.rename(tmp, file.path)
+                self._fs.fsync_dir(self._dir)
+            except OSError as exc:
+                raise StorageIOError(f"{file.path}: writing the snapshot failed: {exc}") from exc
         self._current, self._current_meta = file, meta
         self._current_replaces_log = replaces_log
 
@@ -239,34 +263,326 @@ class SnapshotFiles:
             raise StorageIOError(f"{self._dir}: removing old snapshots failed: {exc}") from exc
         return len(doomed)
 
-    def _read(self, file: SnapshotFile) -> tuple[SnapshotMeta, bool, bytes]:
+    def _read(self, file: SnapshotFile) -> tuple[SnapshotMeta, bool]:
+        """Verify one snapshot file whole, streaming it: (meta, replaces_log)."""
         try:
-            buf = self._fs.read_bytes(file.path)
+            stream = self._fs.open_read(file.path)
         except OSError as exc:
             raise StorageIOError(f"{file.path}: reading the snapshot failed: {exc}") from exc
-        meta, replaces_log, data = decode_snapshot(file.path, buf)
-        if (meta.term, meta.index) != (file.term, file.index):
+        try:
+            layout = _layout(file.path, stream, verify=True)
+        except OSError as exc:
+            raise StorageIOError(f"{file.path}: reading the snapshot failed: {exc}") from exc
+        finally:
+            stream.close()
+        _check_name(file, layout.meta)
+        return layout.meta, layout.replaces_log
+
+
+class SnapshotReader:
+    """The data of one snapshot file, read sequentially, its checksum verified on the way.
+
+    It owns its file handle, so it may be used from any thread while the storage goes on: a
+    later prune may remove the file, and an open handle still reads it to the end. The
+    checksum covers the whole file, so it is known only at the end: the read that returns the
+    last byte (and any read after it) raises StorageCorruptedError if it fails, before handing
+    that byte out, so that a sender never streams a damaged snapshot to the end silently. Not
+    thread-safe itself: one reader, one user at a time.
+    """
+
+    def __init__(self, path: Path, stream: ReadFile, layout: _Layout) -> None:
+        self.path = path
+        self.meta: SnapshotMeta = layout.meta
+        self.size: int = layout.data_length  # bytes of data
+        self._stream = stream
+        self._data_offset = layout.data_offset
+        self._head_crc = layout.head_crc
+        self._crc = layout.head_crc  # of the file's bytes before the position
+        self._position = 0  # in the data region
+        self._verified = False
+        self._failed: StorageCorruptedError | None = None
+
+    def read(self, n: int) -> bytes:
+        """Up to `n` bytes of data from the position on; b"" at the end."""
+        if self._failed is not None:
+            raise self._failed
+        if self._verified:
+            return b""
+        try:
+            want = min(n, self.size - self._position)
+            piece = self._read_exact(want, self._position) if want > 0 else b""
+            self._crc = zlib.crc32(piece, self._crc)
+            self._position += len(piece)
+            if self._position == self.size:
+                self._verify(self._crc)
+                self._verified = True
+        except StorageCorruptedError as exc:
+            self._failed = exc  # every later read says so too, not "cut short" at the trailer
+            raise
+        return piece
+
+    def copy_to(self, dest: Path) -> None:
+        """Write the data into a new file `dest` (plain open(): it is for SQLite, outside the
+        file layer) and fsync it; the checksum is verified on the way. On failure `dest` is
+        removed. Independent of read(): its position is where it was."""
+        try:
+            out = _create_copy(dest)
+        except OSError as exc:
+            raise StorageIOError(f"{dest}: cannot create the snapshot copy: {exc}") from exc
+        try:
+            with out:
+                self._seek(self._data_offset)
+                crc, copied = self._head_crc, 0
+                while copied < self.size:
+                    piece = self._read_exact(min(CHUNK_BYTES, self.size - copied), copied)
+                    crc = zlib.crc32(piece, crc)
+                    out.write(piece)
+                    copied += len(piece)
+                self._verify(crc)
+                out.flush()
+                os.fsync(out.fileno())
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.remove(dest)
+            if isinstance(exc, OSError):
+                raise StorageIOError(f"{dest}: copying the snapshot failed: {exc}") from exc
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                self._seek(self._data_offset + self._position)
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def __enter__(self) -> SnapshotReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _seek(self, offset: int) -> None:
+        try:
+            self._stream.seek(offset)
+        except OSError as exc:
+            raise StorageIOError(f"{self.path}: reading the snapshot failed: {exc}") from exc
+
+    def _read_exact(self, n: int, position: int) -> bytes:
+        try:
+            piece = self._stream.read(n)
+        except OSError as exc:
+            raise StorageIOError(f"{self.path}: reading the snapshot failed: {exc}") from exc
+        if len(piece) < n:
+            end = self._data_offset + position + len(piece)
             raise StorageCorruptedError(
-                file.path,
-                16,
-                f"the file holds the snapshot at index {meta.index} term {meta.term}, "
-                "not the one its name says",
+                self.path,
+                end,
+                f"the file ends at byte {end}, inside its {self.size} bytes of data: cut short",
             )
-        return meta, replaces_log, data
+        return piece
+
+    def _verify(self, crc: int) -> None:
+        body_end = self._data_offset + self.size
+        try:
+            trailer = self._stream.read(_CRC.size)
+        except OSError as exc:
+            raise StorageIOError(f"{self.path}: reading the snapshot failed: {exc}") from exc
+        if len(trailer) < _CRC.size:
+            raise StorageCorruptedError(
+                self.path, body_end, "the file ends before its checksum: cut short"
+            )
+        if _CRC.unpack(trailer)[0] != crc:
+            raise StorageCorruptedError(self.path, body_end, "snapshot checksum mismatch")
 
 
-def _described_size(buf: bytes, voters: int) -> int | None:
-    """The size of file the (unverified) header describes; None if it runs past the end."""
+@dataclass(frozen=True, slots=True)
+class _Header:
+    """A snapshot file's header as read, before it is trusted."""
+
+    voters: list[tuple[int, bytes]]  # (offset, UTF-8 bytes) of each voter id
+    data_length: int
+    data_offset: int  # where the data starts: the header's size
+    crc: int  # of the header's bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """Where a snapshot file's parts are, with what its header says."""
+
+    meta: SnapshotMeta
+    replaces_log: bool
+    data_offset: int
+    data_length: int
+    head_crc: int  # crc32 of the bytes before the data
+
+
+def _check_name(file: SnapshotFile, meta: SnapshotMeta) -> None:
+    if (meta.term, meta.index) != (file.term, file.index):
+        raise StorageCorruptedError(
+            file.path,
+            16,
+            f"the file holds the snapshot at index {meta.index} term {meta.term}, "
+            "not the one its name says",
+        )
+
+
+def _open_source(source: Path) -> BinaryIO:
+    """The caller's data file, open for reading: StorageMisuseError if there is none."""
+    try:
+        return open(source, "rb")
+    except FileNotFoundError:
+        raise StorageMisuseError(f"no snapshot data file at {source}") from None
+    except OSError as exc:
+        raise StorageIOError(f"{source}: cannot read the snapshot data: {exc}") from exc
+
+
+def _create_copy(dest: Path) -> BinaryIO:
+    """A new file `dest` (never an existing one: that may be a database in use), 0600."""
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    return os.fdopen(fd, "wb")
+
+
+def _encode_header(meta: SnapshotMeta, replaces_log: bool, data_length: int) -> bytes:
+    flags = _REPLACES_LOG if replaces_log else 0
+    head = _HEAD.pack(
+        SNAPSHOT_MAGIC, FORMAT_VERSION, flags, meta.index, meta.term, len(meta.conf.voters)
+    )
+    for voter in meta.conf.voters:
+        name = voter.encode("utf-8")
+        head += _VOTER.pack(len(name)) + name
+    return head + _DATA_LENGTH.pack(data_length)
+
+
+def _stream_into(staged: AppendFile, data: BinaryIO, source: Path, length: int, crc: int) -> int:
+    """Copy `length` bytes of `data` into `staged` a chunk at a time; returns the crc32 of
+    them, continuing `crc`. The file must not change meanwhile (the header holds its size)."""
+    copied = 0
+    while copied < length:
+        piece = data.read(min(CHUNK_BYTES, length - copied))
+        if not piece:
+            raise StorageMisuseError(
+                f"{source} shrank from {length} to {copied} bytes while it was being stored"
+            )
+        staged.write(piece)
+        crc = zlib.crc32(piece, crc)
+        copied += len(piece)
+    if data.read(1):
+        raise StorageMisuseError(f"{source} grew past {length} bytes while it was being stored")
+    return crc
+
+
+def _crc_of_range(stream: ReadFile, end: int) -> int:
+    """The crc32 of the file's bytes [0, end), read a chunk at a time."""
+    stream.seek(0)
+    crc, position = 0, 0
+    while position < end:
+        piece = stream.read(min(CHUNK_BYTES, end - position))
+        if not piece:
+            break  # the file shrank under us: the checksum will not hold
+        crc = zlib.crc32(piece, crc)
+        position += len(piece)
+    return crc
+
+
+def _read_header(stream: ReadFile, head: bytes, limit: int) -> _Header | tuple[int, str]:
+    """Walk the header after its fixed part `head` (the stream is just past it), reading
+    nothing at or past `limit`: the header, or (offset, reason) where it runs past `limit`."""
+    voter_count = _HEAD.unpack(head)[5]
+    crc = zlib.crc32(head)
     offset = _HEAD.size
-    for _ in range(voters):
-        if offset + _VOTER.size > len(buf):
-            return None
-        (length,) = _VOTER.unpack_from(buf, offset)
-        offset += _VOTER.size + length
-    if offset + _DATA_LENGTH.size > len(buf):
-        return None
-    (length,) = _DATA_LENGTH.unpack_from(buf, offset)
-    return int(offset + _DATA_LENGTH.size + length + _CRC.size)
+    # Every voter takes at least its length field: a count that cannot fit needs no walk
+    # (a damaged count would otherwise cost a read per claimed voter).
+    if offset + voter_count * _VOTER.size + _DATA_LENGTH.size > limit:
+        return offset, "voter list runs past the end"
+    voters: list[tuple[int, bytes]] = []
+    for _ in range(voter_count):
+        if offset + _VOTER.size > limit:
+            return offset, "voter list runs past the end"
+        field = stream.read(_VOTER.size)
+        (length,) = _VOTER.unpack(field)
+        crc = zlib.crc32(field, crc)
+        offset += _VOTER.size
+        if offset + length > limit:
+            return offset, "voter id runs past the end"
+        name = stream.read(length)
+        crc = zlib.crc32(name, crc)
+        voters.append((offset, name))
+        offset += length
+    if offset + _DATA_LENGTH.size > limit:
+        return offset, "data length runs past the end"
+    field = stream.read(_DATA_LENGTH.size)
+    (data_length,) = _DATA_LENGTH.unpack(field)
+    crc = zlib.crc32(field, crc)
+    offset += _DATA_LENGTH.size
+    return _Header(voters, int(data_length), offset, crc)
+
+
+def _layout(path: Path, stream: ReadFile, *, verify: bool) -> _Layout:
+    """Parse one snapshot file's header, reading it from `stream`; with `verify`, check the
+    whole file's checksum first, streaming it. StorageCorruptedError names what is wrong."""
+    size = stream.seek(0, os.SEEK_END)
+    minimum = _HEAD.size + _DATA_LENGTH.size + _CRC.size
+    if size < minimum:
+        raise StorageCorruptedError(path, 0, f"file is {size} bytes, too short for a snapshot")
+    stream.seek(0)
+    head = stream.read(_HEAD.size)
+    magic, version, flags, index, term, _ = _HEAD.unpack(head)
+    if magic != SNAPSHOT_MAGIC:
+        raise StorageCorruptedError(path, 0, f"bad magic number {magic!r} (not a snapshot)")
+    if version != FORMAT_VERSION:
+        raise StorageFormatError(path, version, FORMAT_VERSION)
+    body_end = size - _CRC.size
+    if verify:
+        crc = _crc_of_range(stream, body_end)
+        stream.seek(body_end)
+        (stored,) = _CRC.unpack(stream.read(_CRC.size))
+        if crc != stored:
+            stream.seek(_HEAD.size)
+            described = _read_header(stream, head, size)
+            if isinstance(described, tuple):
+                raise StorageCorruptedError(
+                    path,
+                    size,
+                    f"the file is {size} bytes and ends inside its header: cut short, "
+                    "or the header is damaged",
+                )
+            whole = described.data_offset + described.data_length + _CRC.size
+            if whole != size:
+                raise StorageCorruptedError(
+                    path,
+                    min(whole, size),
+                    f"the file is {size} bytes but its header describes {whole}: "
+                    "cut short (or extended), or the header is damaged",
+                )
+            raise StorageCorruptedError(path, body_end, "snapshot checksum mismatch")
+    # With `verify` the checksum holds, so what follows fails only on a file written by a
+    # broken writer; without it, the data's checksum is the reader's to verify.
+    if flags & ~_REPLACES_LOG:
+        raise StorageCorruptedError(path, 12, f"unknown snapshot flags {flags:#x}")
+    stream.seek(_HEAD.size)
+    header = _read_header(stream, head, body_end)
+    if isinstance(header, tuple):
+        raise StorageCorruptedError(path, *header)
+    names: list[NodeId] = []
+    for offset, raw in header.voters:
+        try:
+            names.append(NodeId(raw.decode("utf-8")))
+        except UnicodeDecodeError:
+            raise StorageCorruptedError(path, offset, "voter id is not UTF-8") from None
+    if header.data_offset + header.data_length != body_end:
+        raise StorageCorruptedError(
+            path,
+            header.data_offset,
+            f"data length {header.data_length} disagrees with the file size",
+        )
+    meta = SnapshotMeta(LogIndex(index), Term(term), ConfState(tuple(names)))
+    return _Layout(
+        meta, bool(flags & _REPLACES_LOG), header.data_offset, header.data_length, header.crc
+    )
 
 
 def check_meta(meta: SnapshotMeta) -> None:
@@ -276,64 +592,3 @@ def check_meta(meta: SnapshotMeta) -> None:
     for voter in meta.conf.voters:
         if len(voter.encode("utf-8")) > 0xFFFF:
             raise StorageMisuseError(f"voter id of {len(voter.encode('utf-8'))} bytes is too long")
-
-
-def decode_snapshot(path: Path, buf: bytes) -> tuple[SnapshotMeta, bool, bytes]:
-    """Parse and verify one snapshot file's bytes: (meta, replaces_log, data).
-
-    StorageCorruptedError names what is wrong.
-    """
-    minimum = _HEAD.size + _DATA_LENGTH.size + _CRC.size
-    if len(buf) < minimum:
-        raise StorageCorruptedError(path, 0, f"file is {len(buf)} bytes, too short for a snapshot")
-    magic, version, flags, index, term, voters = _HEAD.unpack_from(buf, 0)
-    if magic != SNAPSHOT_MAGIC:
-        raise StorageCorruptedError(path, 0, f"bad magic number {magic!r} (not a snapshot)")
-    if version != FORMAT_VERSION:
-        raise StorageFormatError(path, version, FORMAT_VERSION)
-    body_end = len(buf) - _CRC.size
-    (crc,) = _CRC.unpack_from(buf, body_end)
-    if zlib.crc32(buf[:body_end]) != crc:
-        described = _described_size(buf, voters)
-        if described is None:
-            raise StorageCorruptedError(
-                path,
-                len(buf),
-                f"the file is {len(buf)} bytes and ends inside its header: cut short, "
-                "or the header is damaged",
-            )
-        if described != len(buf):
-            raise StorageCorruptedError(
-                path,
-                min(described, len(buf)),
-                f"the file is {len(buf)} bytes but its header describes {described}: "
-                "cut short (or extended), or the header is damaged",
-            )
-        raise StorageCorruptedError(path, body_end, "snapshot checksum mismatch")
-    # The checksum holds, so what follows fails only on a file written by a broken writer.
-    if flags & ~_REPLACES_LOG:
-        raise StorageCorruptedError(path, 12, f"unknown snapshot flags {flags:#x}")
-    offset = _HEAD.size
-    names: list[NodeId] = []
-    for _ in range(voters):
-        if offset + _VOTER.size > body_end:
-            raise StorageCorruptedError(path, offset, "voter list runs past the end")
-        (length,) = _VOTER.unpack_from(buf, offset)
-        offset += _VOTER.size
-        if offset + length > body_end:
-            raise StorageCorruptedError(path, offset, "voter id runs past the end")
-        try:
-            names.append(NodeId(buf[offset : offset + length].decode("utf-8")))
-        except UnicodeDecodeError:
-            raise StorageCorruptedError(path, offset, "voter id is not UTF-8") from None
-        offset += length
-    if offset + _DATA_LENGTH.size > body_end:
-        raise StorageCorruptedError(path, offset, "data length runs past the end")
-    (length,) = _DATA_LENGTH.unpack_from(buf, offset)
-    offset += _DATA_LENGTH.size
-    if offset + length != body_end:
-        raise StorageCorruptedError(
-            path, offset, f"data length {length} disagrees with the file size"
-        )
-    meta = SnapshotMeta(LogIndex(index), Term(term), ConfState(tuple(names)))
-    return meta, bool(flags & _REPLACES_LOG), buf[offset:body_end]

@@ -1,16 +1,18 @@
 """RaftService, the inbound half of node.transport, on a real grpc.aio server on 127.0.0.1:
 what it refuses, with which status, and that a refused message or snapshot never reaches the
-driver."""
+driver, nor leaves a file behind in the spool directory."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import pytest
 
 from node.raft.types import ConfState, LogIndex, Message, MessageType, NodeId, SnapshotMeta, Term
+from node.seams import SnapshotInvalidError
 from node.transport import RaftService
 from node.wire import message_to_pb
 from protos import raft_pb2, raft_pb2_grpc
@@ -24,19 +26,33 @@ MEMBERS = (NodeId("a"), NodeId("b"), NodeId("c"))
 
 @dataclass
 class Inbox:
+    """The driver's side: what was delivered. A snapshot arrives as a file in the spool; this
+    one reads it (the tests' snapshots are small) and, with `keep`, takes the file away as
+    the driver does when it installs one."""
+
+    spool: Path
     messages: list[Message] = field(default_factory=list)
     snapshots: list[tuple[Message, bytes]] = field(default_factory=list)
+    paths: list[Path] = field(default_factory=list)
+    keep: Path | None = None
+    refuse: bool = False
 
     def deliver(self, m: Message) -> None:
         self.messages.append(m)
 
-    async def deliver_snapshot(self, m: Message, data: bytes) -> None:
-        self.snapshots.append((m, data))
+    async def deliver_snapshot(self, m: Message, path: Path) -> None:
+        assert path.parent == self.spool and path.suffix == ".part", path
+        self.paths.append(path)
+        if self.refuse:
+            raise SnapshotInvalidError("not a database")
+        self.snapshots.append((m, path.read_bytes()))
+        if self.keep is not None:
+            path.rename(self.keep)
 
 
 class Server:
-    def __init__(self) -> None:
-        self.inbox = Inbox()
+    def __init__(self, spool: Path) -> None:
+        self.inbox = Inbox(spool)
         self.server: grpc.aio.Server | None = None
         self.channel: grpc.aio.Channel | None = None
 
@@ -49,6 +65,7 @@ class Server:
             self.inbox.deliver,
             self.inbox.deliver_snapshot,
             lambda: MEMBERS,
+            spool=lambda: self.inbox.spool,
             certificates=False,
         )
         for _ in range(20):  # free_port races with other binders: retry a failed bind
@@ -119,9 +136,16 @@ async def call_snapshot(
     return grpc.StatusCode.OK, ""
 
 
-async def test_a_complete_snapshot_is_delivered() -> None:
-    """The control for the refusals below: the same stream with its last chunk goes through."""
-    server = Server()
+def spooled(spool: Path) -> list[str]:
+    return sorted(p.name for p in spool.iterdir())
+
+
+async def test_a_complete_snapshot_is_delivered_as_a_file_in_the_spool(tmp_path: Path) -> None:
+    """The control for the refusals below: the same stream with its last chunk goes through,
+    as a file in the spool directory, which is removed once the driver has returned."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    server = Server(spool)
     async with server as stub:
         chunks = [
             raft_pb2.SnapshotChunk(message=snapshot_message(), offset=0, data=b"abc"),
@@ -130,10 +154,24 @@ async def test_a_complete_snapshot_is_delivered() -> None:
         code, _ = await call_snapshot(stub, chunks)
         assert code is grpc.StatusCode.OK
         assert [(m.sender, d) for m, d in server.inbox.snapshots] == [("b", b"abcdef")]
+        assert spooled(spool) == []
+        # A driver that keeps the file renames it away: it stays where it was put.
+        server.inbox.keep = tmp_path / "kept.db"
+        code, _ = await call_snapshot(stub, chunks)
+        assert code is grpc.StatusCode.OK
+        assert server.inbox.keep.read_bytes() == b"abcdef"
+        assert spooled(spool) == []
+        # An empty snapshot is one chunk, carrying the message and `last`.
+        server.inbox.keep = None
+        empty = [raft_pb2.SnapshotChunk(message=snapshot_message(), offset=0, last=True)]
+        code, _ = await call_snapshot(stub, empty)
+        assert code is grpc.StatusCode.OK
+        assert server.inbox.snapshots[-1][1] == b""
+        assert len(set(server.inbox.paths)) == 3  # each transfer a file of its own
 
 
-async def test_a_snapshot_stream_cut_before_its_last_chunk_is_refused() -> None:
-    server = Server()
+async def test_a_snapshot_stream_cut_before_its_last_chunk_is_refused(tmp_path: Path) -> None:
+    server = Server(tmp_path)
     async with server as stub:
         chunks = [
             raft_pb2.SnapshotChunk(message=snapshot_message(), offset=0, data=b"abc"),
@@ -148,10 +186,37 @@ async def test_a_snapshot_stream_cut_before_its_last_chunk_is_refused() -> None:
         )
         assert code is grpc.StatusCode.INVALID_ARGUMENT
         assert server.inbox.snapshots == []
+        assert spooled(tmp_path) == []  # the partial files went with the refusals
 
 
-async def test_a_snapshot_from_a_non_member_is_refused() -> None:
-    server = Server()
+async def test_a_snapshot_chunk_at_the_wrong_offset_is_refused(tmp_path: Path) -> None:
+    server = Server(tmp_path)
+    async with server as stub:
+        chunks = [
+            raft_pb2.SnapshotChunk(message=snapshot_message(), offset=0, data=b"abc"),
+            raft_pb2.SnapshotChunk(offset=4, data=b"def", last=True),  # a gap: a lost chunk
+        ]
+        code, details = await call_snapshot(stub, chunks)
+        assert code is grpc.StatusCode.INVALID_ARGUMENT
+        assert "offset 4, expected 3" in details
+        assert server.inbox.snapshots == []
+        assert spooled(tmp_path) == []
+
+
+async def test_a_snapshot_the_driver_refuses_leaves_no_file(tmp_path: Path) -> None:
+    server = Server(tmp_path)
+    server.inbox.refuse = True
+    async with server as stub:
+        chunks = [raft_pb2.SnapshotChunk(message=snapshot_message(), data=b"abc", last=True)]
+        code, details = await call_snapshot(stub, chunks)
+        assert code is grpc.StatusCode.INVALID_ARGUMENT
+        assert "snapshot refused: not a database" in details
+        assert len(server.inbox.paths) == 1  # it was handed over, complete, and refused
+        assert spooled(tmp_path) == []
+
+
+async def test_a_snapshot_from_a_non_member_is_refused(tmp_path: Path) -> None:
+    server = Server(tmp_path)
     async with server as stub:
         for sender in ("z", ME):
             chunks = [
@@ -162,10 +227,11 @@ async def test_a_snapshot_from_a_non_member_is_refused() -> None:
             code, _ = await call_snapshot(stub, chunks)
             assert code is grpc.StatusCode.PERMISSION_DENIED, sender
         assert server.inbox.snapshots == []
+        assert spooled(tmp_path) == []  # refused before a spool file was made
 
 
-async def test_a_stream_whose_sender_changes_is_refused() -> None:
-    server = Server()
+async def test_a_stream_whose_sender_changes_is_refused(tmp_path: Path) -> None:
+    server = Server(tmp_path)
     async with server as stub:
         code = await call_stream(stub, [[heartbeat("b")], [heartbeat("c")]])
         assert code is grpc.StatusCode.PERMISSION_DENIED
@@ -178,8 +244,8 @@ async def test_a_stream_whose_sender_changes_is_refused() -> None:
         assert [m.sender for m in server.inbox.messages] == ["c"]
 
 
-async def test_a_stream_of_one_sender_is_delivered() -> None:
-    server = Server()
+async def test_a_stream_of_one_sender_is_delivered(tmp_path: Path) -> None:
+    server = Server(tmp_path)
     async with server as stub:
         code = await call_stream(stub, [[heartbeat("b")], [heartbeat("b"), heartbeat("b")]])
         assert code is grpc.StatusCode.OK
@@ -187,8 +253,8 @@ async def test_a_stream_of_one_sender_is_delivered() -> None:
 
 
 @pytest.mark.parametrize("sender", ["z", ME], ids=["non-member", "itself"])
-async def test_a_stream_from_a_non_peer_is_refused(sender: str) -> None:
-    server = Server()
+async def test_a_stream_from_a_non_peer_is_refused(sender: str, tmp_path: Path) -> None:
+    server = Server(tmp_path)
     async with server as stub:
         code = await call_stream(stub, [[heartbeat(sender)]])
         assert code is grpc.StatusCode.PERMISSION_DENIED

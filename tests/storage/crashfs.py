@@ -22,6 +22,11 @@ BaseException, so storage code cannot swallow it) without taking effect, and so 
 operation after it, until crash() or crash_process(). A test runs a workload once per n to
 crash at every write (with crash_process() after it, to SIGKILL it there).
 
+Reads go through read_bytes() (whole files) or open_read() (a handle with its own position, as
+an open file descriptor has: a file removed while it is open still reads to its end). Reads are
+not operations: they never become durable or undone, and a power cut stops them only in that
+nothing answers while the power is out.
+
 Also part of the file layer: lock() is an in-memory lock, released by either crash (the process
 that held it died).
 """
@@ -34,7 +39,7 @@ import random
 from pathlib import Path, PurePosixPath
 
 from node.storage.errors import StorageLockedError
-from node.storage.files import AppendFile, FileLock
+from node.storage.files import AppendFile, FileLock, ReadFile
 
 BLOCK_BYTES = 16  # far below a page, so a tear lands inside the small batches tests write
 
@@ -124,6 +129,10 @@ class CrashFileSystem:
         self._check_power()
         return bytes(self._file(path).data)
 
+    def open_read(self, path: Path) -> ReadFile:
+        self._check_power()
+        return _CrashReadFile(self, self._file(path), path)
+
     def fsync_dir(self, path: Path) -> None:
         directory = self._dir(path)
         self._op(f"fsync dir {path}")
@@ -139,6 +148,8 @@ class CrashFileSystem:
 
     def remove(self, path: Path) -> None:
         parent, name = self._parent(path)
+        if isinstance(parent.entries.get(name), _Dir):
+            raise IsADirectoryError(str(path))
         if not isinstance(parent.entries.get(name), _File):
             raise FileNotFoundError(str(path))
         self._op(f"remove {path}")
@@ -270,6 +281,40 @@ class _CrashAppendFile:
         pass
 
     def _live(self) -> None:
+        if self._generation != self._fs._generation:
+            raise OSError(f"{self._path}: handle from before a crash")
+
+
+class _CrashReadFile:
+    __slots__ = ("_fs", "_generation", "_node", "_path", "_position")
+
+    def __init__(self, fs: CrashFileSystem, node: _File, path: Path) -> None:
+        self._fs = fs
+        self._node = node  # held, not looked up again: a removed file still reads
+        self._path = path
+        self._generation = fs._generation
+        self._position = 0
+
+    def read(self, n: int) -> bytes:
+        self._live()
+        piece = bytes(self._node.data[self._position : self._position + max(n, 0)])
+        self._position += len(piece)
+        return piece
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self._live()
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: len(self._node.data)}
+        position = base[whence] + offset
+        if position < 0:
+            raise OSError(f"{self._path}: seek to {position}")
+        self._position = position
+        return position
+
+    def close(self) -> None:
+        pass
+
+    def _live(self) -> None:
+        self._fs._check_power()
         if self._generation != self._fs._generation:
             raise OSError(f"{self._path}: handle from before a crash")
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from node.storage import Storage
+from tests.storage.workload import read_snapshot
 from tests.storage.writer import payload, snapshot_payload
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,7 +68,8 @@ def test_sigkill_mid_append_leaves_a_valid_prefix(tmp_path: Path) -> None:
             assert all(e.data == payload(e.index) for e in state.entries)
             assert storage.last_index() >= promised
             assert state.hard_state.commit >= promised
-            loaded = storage.load_snapshot()
+            assert list(storage.spool_dir.iterdir()) == []  # a killed save's file is gone
+            loaded = read_snapshot(storage)
             assert loaded is not None  # 400 entries per round: it has snapshotted
             assert loaded[1] == snapshot_payload(loaded[0].index)
             promised = storage.last_index()  # the next writer continues from here

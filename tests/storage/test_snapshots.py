@@ -12,7 +12,15 @@ from node.raft.types import ConfState, LogIndex, NodeId, SnapshotMeta, Term
 from node.storage import RealFileSystem, Storage, StorageCorruptedError, StorageMisuseError
 from node.storage.snapshots import SnapshotFiles
 from tests.storage.crashfs import CrashFileSystem, PowerCut
-from tests.storage.workload import DATA_DIR, entry, hard, snap, snapshot_data
+from tests.storage.workload import (
+    DATA_DIR,
+    data_file,
+    entry,
+    hard,
+    read_snapshot,
+    snap,
+    snapshot_data,
+)
 
 
 def snap_files(data_dir: Path) -> list[str]:
@@ -36,38 +44,40 @@ def filled(data_dir: Path, *, last: int = 20) -> Storage:
 def write_unrecorded_snapshot(data_dir: Path, index: int, term: int) -> Path:
     """A snapshot file whose save a crash interrupted before the log recorded it."""
     store = SnapshotFiles.open(RealFileSystem(), data_dir / "snap")
-    store.save(snap(index, term), snapshot_data(snap(index, term)))
+    store.save(snap(index, term), data_file(snapshot_data(snap(index, term))))
     return data_dir / "snap" / f"{term:016x}-{index:016x}.snap"
 
 
 def test_snapshots_round_trip_and_only_the_newest_two_are_kept(tmp_path: Path) -> None:
     with filled(tmp_path, last=30) as storage:
         for index in (10, 20, 25):
-            storage.save_snapshot(snap(index, 1), snapshot_data(snap(index, 1)))
+            storage.save_snapshot(snap(index, 1), data_file(snapshot_data(snap(index, 1))))
         assert snap_files(tmp_path) == [
             f"{1:016x}-{20:016x}.snap",
             f"{1:016x}-{25:016x}.snap",
         ]
-        assert storage.load_snapshot() == (snap(25, 1), snapshot_data(snap(25, 1)))
+        assert read_snapshot(storage) == (snap(25, 1), snapshot_data(snap(25, 1)))
     with Storage.open(tmp_path) as storage:
         state = storage.initial_state()
         assert state.snapshot == snap(25, 1)
         assert state.snapshot.conf.voters == ("a", "b", "c")
         assert [e.index for e in state.entries] == list(range(26, 31))
-        assert storage.load_snapshot() == (snap(25, 1), snapshot_data(snap(25, 1)))
+        assert read_snapshot(storage) == (snap(25, 1), snapshot_data(snap(25, 1)))
         assert storage.term(25) == 1
 
 
 def test_install_snapshot_discards_the_whole_log(tmp_path: Path) -> None:
     with filled(tmp_path, last=10) as storage:
-        storage.install_snapshot(snap(8, 1), b"from the leader")  # even where the log agrees
+        storage.install_snapshot(
+            snap(8, 1), data_file(b"from the leader")
+        )  # even where the log agrees
         assert (storage.first_index(), storage.last_index()) == (9, 8)
         storage.append([entry(2, 9)])
     with Storage.open(tmp_path) as storage:
         state = storage.initial_state()
         assert state.snapshot == snap(8, 1)
         assert state.entries == [entry(2, 9)]
-        assert storage.load_snapshot() == (snap(8, 1), b"from the leader")
+        assert read_snapshot(storage) == (snap(8, 1), b"from the leader")
 
 
 def _crash_inside(operation: str) -> set[str]:
@@ -77,14 +87,14 @@ def _crash_inside(operation: str) -> set[str]:
         fs = CrashFileSystem()
         storage = Storage.open(DATA_DIR, fs=fs)
         storage.append([entry(1, i) for i in range(1, 21)])
-        storage.save_snapshot(snap(10, 1), b"ten")
+        storage.save_snapshot(snap(10, 1), data_file(b"ten"))
         return fs, storage
 
     def act(storage: Storage) -> None:
         if operation == "save":
-            storage.save_snapshot(snap(15, 1), b"fifteen")
+            storage.save_snapshot(snap(15, 1), data_file(b"fifteen"))
         else:
-            storage.install_snapshot(snap(40, 3), b"forty")
+            storage.install_snapshot(snap(40, 3), data_file(b"forty"))
 
     fs, storage = prepare()
     start = fs.ops
@@ -99,7 +109,7 @@ def _crash_inside(operation: str) -> set[str]:
         fs.crash()
         reopened = Storage.open(DATA_DIR, fs=fs)
         state = reopened.initial_state()
-        loaded = reopened.load_snapshot()
+        loaded = read_snapshot(reopened)
         assert loaded is not None, f"cut {cut}: no snapshot at all"
         assert loaded[0] == state.snapshot
         if loaded == (snap(10, 1), b"ten"):
@@ -129,8 +139,8 @@ def test_a_damaged_snapshot_the_log_was_compacted_to_is_an_error_naming_it(
 ) -> None:
     """An older valid snapshot is no way out: the entries between the two are gone."""
     with filled(tmp_path) as storage:
-        storage.save_snapshot(snap(10, 1), b"ten")
-        storage.save_snapshot(snap(15, 1), b"fifteen")
+        storage.save_snapshot(snap(10, 1), data_file(b"ten"))
+        storage.save_snapshot(snap(15, 1), data_file(b"fifteen"))
     newest = tmp_path / "snap" / f"{1:016x}-{15:016x}.snap"
     flip_byte(newest, newest.stat().st_size - 6)
     with pytest.raises(StorageCorruptedError, match="checksum") as err:
@@ -141,7 +151,7 @@ def test_a_damaged_snapshot_the_log_was_compacted_to_is_an_error_naming_it(
 
 def test_bad_snapshot_magic_is_an_error(tmp_path: Path) -> None:
     with filled(tmp_path) as storage:
-        storage.save_snapshot(snap(10, 1), b"ten")
+        storage.save_snapshot(snap(10, 1), data_file(b"ten"))
     path = tmp_path / "snap" / f"{1:016x}-{10:016x}.snap"
     path.write_bytes(b"garbage!" + path.read_bytes()[8:])
     with pytest.raises(StorageCorruptedError, match="bad magic number") as err:
@@ -151,7 +161,7 @@ def test_bad_snapshot_magic_is_an_error(tmp_path: Path) -> None:
 
 def test_a_missing_snapshot_the_log_was_compacted_to_is_an_error(tmp_path: Path) -> None:
     with filled(tmp_path) as storage:
-        storage.save_snapshot(snap(10, 1), b"ten")
+        storage.save_snapshot(snap(10, 1), data_file(b"ten"))
     (tmp_path / "snap" / f"{1:016x}-{10:016x}.snap").unlink()
     with pytest.raises(StorageCorruptedError, match="missing"):
         Storage.open(tmp_path)
@@ -164,7 +174,7 @@ def test_a_newer_snapshot_the_log_never_recorded_is_removed(
     """A crash between the snapshot file and its record in the log: the save never happened
     (as etcd does), so a damaged file there is no reason to stop."""
     with filled(tmp_path) as storage:
-        storage.save_snapshot(snap(10, 1), b"ten")
+        storage.save_snapshot(snap(10, 1), data_file(b"ten"))
     unrecorded = write_unrecorded_snapshot(tmp_path, 15, 1)
     if damage:
         flip_byte(unrecorded, 40)
@@ -182,7 +192,7 @@ def test_a_damaged_snapshot_with_a_valid_newer_one_moves_forward(
 ) -> None:
     """Falling forward is safe: the newer snapshot covers everything the damaged one did."""
     with filled(tmp_path) as storage:
-        storage.save_snapshot(snap(10, 1), b"ten")
+        storage.save_snapshot(snap(10, 1), data_file(b"ten"))
     own = tmp_path / "snap" / f"{1:016x}-{10:016x}.snap"
     write_unrecorded_snapshot(tmp_path, 15, 1)
     flip_byte(own, 40)
@@ -197,8 +207,8 @@ def test_a_damaged_snapshot_with_a_valid_newer_one_moves_forward(
         assert storage.initial_state().snapshot == snap(15, 1)
 
 
-def _reject(data: bytes) -> None:
-    raise ValueError(f"the state machine cannot restore {data!r}")
+def _reject(source: Path) -> None:
+    raise ValueError(f"the state machine cannot restore {source.read_bytes()!r}")
 
 
 def test_install_snapshot_validates_before_anything_is_durable() -> None:
@@ -207,28 +217,30 @@ def test_install_snapshot_validates_before_anything_is_durable() -> None:
     fs = CrashFileSystem()
     storage = Storage.open(DATA_DIR, fs=fs)
     storage.append([entry(1, i) for i in range(1, 21)])
-    storage.save_snapshot(snap(10, 1), b"ten")
+    storage.save_snapshot(snap(10, 1), data_file(b"ten"))
     before = fs.ops
     seen: list[bytes] = []
 
-    def reject(data: bytes) -> None:
-        seen.append(data)
-        _reject(data)
+    def reject(source: Path) -> None:
+        seen.append(source.read_bytes())
+        _reject(source)
 
     with pytest.raises(ValueError, match="cannot restore"):
-        storage.install_snapshot(snap(40, 3), b"forty", validate=reject)
+        storage.install_snapshot(snap(40, 3), data_file(b"forty"), validate=reject)
     assert seen == [b"forty"]
     assert fs.ops == before  # nothing written, not even a staging file
-    assert storage.load_snapshot() == (snap(10, 1), b"ten")
+    assert read_snapshot(storage) == (snap(10, 1), b"ten")
     fs.crash()
     storage = Storage.open(DATA_DIR, fs=fs)
-    assert storage.load_snapshot() == (snap(10, 1), b"ten")
+    assert read_snapshot(storage) == (snap(10, 1), b"ten")
     assert [e.index for e in storage.initial_state().entries] == list(range(11, 21))
-    storage.install_snapshot(snap(40, 3), b"forty", validate=seen.append)  # a good one
+    storage.install_snapshot(  # a good one
+        snap(40, 3), data_file(b"forty"), validate=lambda source: seen.append(source.read_bytes())
+    )
     assert seen == [b"forty", b"forty"]
     fs.crash()
     with Storage.open(DATA_DIR, fs=fs) as reopened:
-        assert reopened.load_snapshot() == (snap(40, 3), b"forty")
+        assert read_snapshot(reopened) == (snap(40, 3), b"forty")
         assert reopened.initial_state().entries == []
 
 
@@ -236,7 +248,7 @@ def test_check_install_refuses_what_install_would_and_touches_nothing() -> None:
     fs = CrashFileSystem()
     storage = Storage.open(DATA_DIR, fs=fs)
     storage.append([entry(1, i) for i in range(1, 11)])
-    storage.save_snapshot(snap(5, 1), b"five")
+    storage.save_snapshot(snap(5, 1), data_file(b"five"))
     before = fs.ops
     with pytest.raises(StorageMisuseError, match="not after the current one"):
         storage.check_install(snap(5, 1))
@@ -246,14 +258,14 @@ def test_check_install_refuses_what_install_would_and_touches_nothing() -> None:
     storage.check_install(snap(9, 2))
     assert fs.ops == before
     with pytest.raises(StorageMisuseError, match="too long"):  # install says the same
-        storage.install_snapshot(too_long, b"", validate=_reject)
+        storage.install_snapshot(too_long, data_file(b""), validate=_reject)
 
 
 def test_a_snapshot_file_cut_short_is_an_error_naming_it(tmp_path: Path) -> None:
     """Snapshots are fsynced before they are renamed into place, so only damage cuts one
     short; the error says what happened, where, as the WAL's do."""
     with filled(tmp_path) as storage:
-        storage.save_snapshot(snap(10, 1), snapshot_data(snap(10, 1)))
+        storage.save_snapshot(snap(10, 1), data_file(snapshot_data(snap(10, 1))))
     path = tmp_path / "snap" / f"{1:016x}-{10:016x}.snap"
     whole = path.read_bytes()
     for size in range(len(whole)):
@@ -271,4 +283,4 @@ def test_a_snapshot_file_cut_short_is_an_error_naming_it(tmp_path: Path) -> None
         ), err.value.reason
     path.write_bytes(whole)
     with Storage.open(tmp_path) as storage:
-        assert storage.load_snapshot() == (snap(10, 1), snapshot_data(snap(10, 1)))
+        assert read_snapshot(storage) == (snap(10, 1), snapshot_data(snap(10, 1)))

@@ -40,9 +40,11 @@ from tests.storage.workload import (
     DATA_DIR,
     Model,
     State,
+    data_file,
     entry,
     hard,
     open_storage,
+    read_snapshot,
     run_steps,
     snap,
     workload,
@@ -440,7 +442,7 @@ def test_segments_rotate_and_a_snapshot_deletes_the_covered_ones(tmp_path: Path)
         firsts = [int(name.split("-")[1].split(".")[0], 16) for name in names]
         assert firsts == sorted(firsts) and firsts[0] == 1
 
-        storage.save_snapshot(snap(150, 1), b"state at 150")
+        storage.save_snapshot(snap(150, 1), data_file(b"state at 150"))
         remaining = sorted(p.name for p in wal_dir.iterdir())
         remaining_firsts = [int(name.split("-")[1].split(".")[0], 16) for name in remaining]
         # Every segment whose entries all lie at or below 150 went; the one holding 150 stays.
@@ -454,7 +456,7 @@ def test_segments_rotate_and_a_snapshot_deletes_the_covered_ones(tmp_path: Path)
         state = storage.initial_state()
         assert state.snapshot == snap(150, 1)
         assert [e.index for e in state.entries] == list(range(151, 201))
-        assert storage.load_snapshot() == (snap(150, 1), b"state at 150")
+        assert read_snapshot(storage) == (snap(150, 1), b"state at 150")
 
 
 def test_sync_is_one_fsync_for_everything_written() -> None:
@@ -501,16 +503,16 @@ def test_breaking_the_contract_raises_misuse() -> None:
     with pytest.raises(StorageMisuseError, match="not contiguous"):
         storage.append([entry(1, 11), entry(1, 13)])
     with pytest.raises(StorageMisuseError, match="ends at 10"):
-        storage.save_snapshot(snap(11, 1), b"")
+        storage.save_snapshot(snap(11, 1), data_file(b""))
     with pytest.raises(StorageMisuseError, match="term 2"):
-        storage.save_snapshot(snap(5, 2), b"")
-    storage.save_snapshot(snap(5, 1), b"five")
+        storage.save_snapshot(snap(5, 2), data_file(b""))
+    storage.save_snapshot(snap(5, 1), data_file(b"five"))
     with pytest.raises(StorageMisuseError, match="compacted through 5"):
         storage.append([entry(2, 5)])
     with pytest.raises(StorageMisuseError, match="not after the current one"):
-        storage.save_snapshot(snap(5, 1), b"")
+        storage.save_snapshot(snap(5, 1), data_file(b""))
     with pytest.raises(StorageMisuseError, match="not after the current one"):
-        storage.install_snapshot(snap(4, 1), b"")
+        storage.install_snapshot(snap(4, 1), data_file(b""))
     with pytest.raises(CompactedError):
         storage.entries(5, 7)
     with pytest.raises(UnavailableError):

@@ -10,7 +10,9 @@ is a DurabilityViolation, and so is an error on reopening.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import random
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +54,32 @@ def snap(index: int, term: int) -> SnapshotMeta:
 
 def snapshot_data(meta: SnapshotMeta) -> bytes:
     return f"state machine at {meta.index}/{meta.term}".encode() * 3
+
+
+# Snapshot data is a file the caller made (SQLite's, outside the file layer), so even under a
+# CrashFileSystem it is a real file: one per content, made once, in a directory that goes away
+# with the test process.
+_SOURCES = tempfile.TemporaryDirectory(prefix="chatbooth-snapshot-data-")
+
+
+def data_file(data: bytes) -> Path:
+    """A real file holding `data`, to pass to save_snapshot / install_snapshot."""
+    path = Path(_SOURCES.name) / hashlib.sha256(data).hexdigest()
+    if not path.exists():
+        path.write_bytes(data)
+    return path
+
+
+def read_snapshot(storage: Storage) -> tuple[SnapshotMeta, bytes] | None:
+    """The current snapshot's meta and data, read through open_snapshot (small in tests)."""
+    reader = storage.open_snapshot()
+    if reader is None:
+        return None
+    with reader:
+        pieces = []
+        while piece := reader.read(7):  # an odd size: reads that straddle nothing in particular
+            pieces.append(piece)
+        return reader.meta, b"".join(pieces)
 
 
 # -- steps --------------------------------------------------------------------------------
@@ -220,9 +248,9 @@ def run_steps(
         elif isinstance(step, Sync):
             storage.sync()
         elif isinstance(step, SaveSnapshot):
-            storage.save_snapshot(step.meta, snapshot_data(step.meta))
+            storage.save_snapshot(step.meta, data_file(snapshot_data(step.meta)))
         elif isinstance(step, InstallSnapshot):
-            storage.install_snapshot(step.meta, snapshot_data(step.meta))
+            storage.install_snapshot(step.meta, data_file(snapshot_data(step.meta)))
         else:
             storage.close()
             storage = open_storage(fs)

@@ -4,7 +4,8 @@
 
 It appends batches of entries after whatever the directory holds, sets the hard state's commit
 to the last one, syncs, and only then prints "synced N": a promise that entries up to N and that
-hard state are durable. Every 200 entries it also saves a snapshot 50 entries back.
+hard state are durable. Every 200 entries it also saves a snapshot 50 entries back, from a file
+it writes in the spool directory (a kill may leave it there: the next open removes it).
 """
 
 from __future__ import annotations
@@ -45,7 +46,11 @@ def main() -> None:
         at = LogIndex(index - 50)
         # A crossing, not index % 200: after a kill the log may end inside a batch.
         if index // 200 > (index - BATCH) // 200 and at >= storage.first_index():
-            storage.save_snapshot(SnapshotMeta(at, Term(1), VOTERS), snapshot_payload(at))
+            # As the driver will: the data is a file made in the spool, deleted once stored.
+            source = storage.spool_dir / "snapshot.db"
+            source.write_bytes(snapshot_payload(at))
+            storage.save_snapshot(SnapshotMeta(at, Term(1), VOTERS), source)
+            source.unlink()
 
 
 if __name__ == "__main__":
