@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import re
+import sqlite3
 from collections.abc import Awaitable, Iterator
 from itertools import count
+from typing import Any
 
 import pytest
 
@@ -331,3 +333,71 @@ class Node:
 @pytest.fixture
 def node() -> Iterator[Node]:
     yield Node()
+
+
+# --- the database: copies between replicas, and what is in it --------------------------------
+
+TABLES = (
+    "meta",
+    "accounts",
+    "sessions",
+    "clients",
+    "replies",
+    "messages",
+    "views",
+    "view_sizes",
+    "queue",
+)
+
+
+def read_rows(state: ChatState, sql: str, *args: object) -> list[tuple[Any, ...]]:
+    """Rows read from the state's database file through a read-only connection of the test's
+    own, as a person with the sqlite3 shell would read them."""
+    conn = sqlite3.connect(f"file:{state.path}?mode=ro", uri=True, isolation_level=None)
+    try:
+        return [tuple(r) for r in conn.execute(sql, args).fetchall()]
+    finally:
+        conn.close()
+
+
+def dump(state: ChatState) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, in a fixed order: two replicas alike have equal dumps."""
+    conn = sqlite3.connect(f"file:{state.path}?mode=ro", uri=True, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        found = {}
+        for table in TABLES:
+            width = len(conn.execute(f"SELECT * FROM {table} LIMIT 0").description)
+            order = ", ".join(str(i) for i in range(1, width + 1))
+            found[table] = [
+                tuple(r) for r in conn.execute(f"SELECT * FROM {table} ORDER BY {order}")
+            ]
+        conn.execute("COMMIT")
+        return found
+    finally:
+        conn.close()
+
+
+def copy_of(state: ChatState, limits: ChatLimits | None = None) -> ChatState:
+    """A new replica that installed a copy of `state`, as a follower installs the leader's
+    snapshot: copy_to a file, validate_copy, install."""
+    twin = ChatState(limits or state.limits)
+    incoming = twin.path.parent / "incoming.db"
+    applied = state.copy_to(incoming)
+    assert applied == state.applied_index
+    assert twin.validate_copy(incoming) == applied
+    twin.install(incoming)
+    assert twin.applied_index == applied
+    return twin
+
+
+def assert_alike(*states: ChatState) -> None:
+    """The replicas hold the same rows and the same digest, and each one's digest (kept by
+    apply) is the one a full scan of its rows computes."""
+    digests = {state.digest() for state in states}
+    assert len(digests) == 1, digests
+    for state in states:
+        assert state.scan_digest() == state.digest()
+    first = dump(states[0])
+    for state in states[1:]:
+        assert dump(state) == first

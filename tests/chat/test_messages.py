@@ -84,7 +84,10 @@ def test_ack_is_cumulative_and_touches_only_ones_own_queue(node: Node) -> None:
     assert node.state.queue("b") == (to_b[3],)
     assert node.state.queue("a") == (to_a,)
     assert node.ack(b, to_b[1].id).outcome == AckReply(0)  # acking again is harmless
-    assert node.ack(b, 2**64 - 1).outcome == AckReply(1)
+    too_big = node.refused(node.ack_cmd(b, 2**63), ErrorCode.INVALID_ARGUMENT)
+    assert "9223372036854775807" in too_big.message  # ids are SQLite's signed 64-bit
+    assert node.state.queue("b") == (to_b[3],)
+    assert node.ack(b, 2**63 - 1).outcome == AckReply(1)
     assert node.state.queue("b") == ()
     later = node.sent(a, "b", "after a big ack")
     assert node.state.queue("b") == (later,)  # acks never reach ahead to future messages

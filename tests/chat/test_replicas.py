@@ -1,11 +1,12 @@
-"""Random command sequences: replicas fed the same entries end identical, a replica restored
-from a mid-way snapshot catches up to the same state, and no acknowledged message is lost or
-doubled along the way (checked against a plain model of every queue). The log carries client
-registrations (RegisterClient) and the leader's Ticks among the writes; client sessions
-expire, and a retry from an expired one is refused, never applied as new (thesis §6.3). As
-the client library does (issue 11), a client writes Register and Login under a client session
-without a chat session and each session's writes under one bound to it; now and then a write
-is made under another session's client id, and is refused without touching that client."""
+"""Random command sequences: replicas fed the same entries end identical (the same rows, the
+same digest, and each digest kept by apply equal to a full scan's), a replica that installed a
+copy of the database made mid-way catches up to the same state, and no acknowledged message is
+lost or doubled along the way (checked against a plain model of every queue). The log carries
+client registrations (RegisterClient) and the leader's Ticks among the writes; client sessions
+expire, and a retry from an expired one is refused, never applied as new (thesis §6.3). As the
+client library does (issue 11), a client writes Register and Login under a client session
+without a chat session and each session's writes under one bound to it; now and then a write is
+made under another session's client id, and is refused without touching that client."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from node.chat.replies import ApplyResult, Outcome, RegisterClientReply, TickRep
 from node.chat.state import ChatState
 from node.config import ChatLimits
 
-from .conftest import Node, fast_hash
+from .conftest import Node, assert_alike, copy_of, fast_hash
 
 LIMITS = ChatLimits(
     queue_limit=4, history_per_pair=3, session_idle_s=20, client_idle_s=10, page_size=2
@@ -228,10 +229,11 @@ def _is_live(state: ChatState, token: str) -> bool:
     return True
 
 
-def build(ops: list[Op], cut: int) -> tuple[Log, list[ApplyResult | None], bytes]:
+def build(ops: list[Op], cut: int) -> tuple[Log, list[ApplyResult | None], ChatState]:
     """Plays the accepting node on a leader's state: builds each command from what it reads,
     applies it, and checks every queue against the model after each entry. Returns the log,
-    the leader's results and its snapshot at index `cut`."""
+    the leader's results and a replica that installed a copy of the leader's database at
+    index `cut` (an empty state if the log is shorter)."""
     leader = ChatState(LIMITS)
     log = Log()
     model = Model()
@@ -241,7 +243,7 @@ def build(ops: list[Op], cut: int) -> tuple[Log, list[ApplyResult | None], bytes
     # (client name, token or "" for Register and Login) -> the id of its current session
     client_ids: dict[tuple[str, str], int] = {}
     now = 1_000
-    snapshot_at_cut = leader.snapshot()
+    snapshot_at_cut: ChatState | None = None
 
     def append(cmd: Command | None) -> int:
         nonlocal snapshot_at_cut
@@ -258,7 +260,7 @@ def build(ops: list[Op], cut: int) -> tuple[Log, list[ApplyResult | None], bytes
             model.update(index, cmd, result, leader.log_time_ms)
         model.check(leader)
         if index == cut:
-            snapshot_at_cut = leader.snapshot()
+            snapshot_at_cut = copy_of(leader)
         return index
 
     def next_request(client: str, ts: int, lag: int, token: str = "") -> RequestId | None:
@@ -379,7 +381,7 @@ def build(ops: list[Op], cut: int) -> tuple[Log, list[ApplyResult | None], bytes
                 text="foreign",
             )
         append(cmd)
-    return log, results, snapshot_at_cut
+    return log, results, snapshot_at_cut or ChatState(LIMITS)
 
 
 @settings(max_examples=150, deadline=None)
@@ -403,17 +405,18 @@ def test_replicas_fed_the_same_entries_end_identical(
         event(f"{what}: {happened}")
     follower = ChatState(LIMITS)
     assert log.apply_to(follower) == leader_results
-    restored = ChatState(LIMITS)
-    restored.restore(follower.snapshot())
+    restored = copy_of(follower)
 
     # A follower that fell behind: InstallSnapshot at the cut, then the rest of the log.
-    late = ChatState(LIMITS)
-    late.restore(snapshot_at_cut)
+    late = snapshot_at_cut
     start = late.applied_index
+    assert start == (cut if cut <= len(log.entries) else 0)
     assert log.apply_to(late, start) == leader_results[start:]
 
-    assert late.digest() == follower.digest() == restored.digest()
-    assert late.snapshot() == follower.snapshot()
+    # the same rows and digest everywhere, and each digest (kept by apply) the full scan's
+    assert_alike(late, follower, restored)
+    for state in (late, follower, restored):
+        state.close()
 
 
 def test_replicas_agree_on_a_log_with_registrations_ticks_and_an_expired_retry() -> None:
@@ -427,7 +430,7 @@ def test_replicas_agree_on_a_log_with_registrations_ticks_and_an_expired_retry()
     node.advance(1.5)
     node.tick()
     cut = node.index
-    snapshot = node.state.snapshot()
+    late_replica = copy_of(node.state)
     node.advance(LIMITS.client_idle_s + 1)
     node.tick()  # expires the client on a quiet cluster
     late = replace(send, timestamp_ms=node.now_ms, log_time_ms=node.log_time_ms())
@@ -438,10 +441,9 @@ def test_replicas_agree_on_a_log_with_registrations_ticks_and_an_expired_retry()
     # Register and Login's client and the session's, then both again after the expiry
     assert kinds.count("register_client") == 4 and kinds.count("tick") == 2
 
-    follower, late_replica = ChatState(LIMITS), ChatState(LIMITS)
+    follower = ChatState(LIMITS)
     log = Log(list(node.entries))
     assert log.apply_to(follower) == node.results
-    late_replica.restore(snapshot)
     assert log.apply_to(late_replica, cut) == node.results[cut:]
-    assert follower.digest() == late_replica.digest() == node.state.digest()
+    assert_alike(follower, late_replica, node.state)
     assert [m.text for m in follower.queue("ann")] == ["hello", "again"]

@@ -32,7 +32,7 @@ from node.chat.errors import ChatError, ErrorCode
 from node.chat.replies import ApplyResult, LoginReply
 from node.chat.state import ChatState
 
-from .conftest import SMALL_LIMITS, Node, fast_hash
+from .conftest import SMALL_LIMITS, Node, assert_alike, copy_of, fast_hash, read_rows
 
 HUGE = 2**63 - 1
 REUSED = "request id reused for a different request"
@@ -44,10 +44,16 @@ def restamped(node: Node, cmd: Command) -> Command:
 
 
 def client_row(state: ChatState, client_id: int) -> list[object]:
-    """The client's snapshot row: [id, session, first_outstanding, last_used_ms, replies]."""
-    doc = json.loads(state.snapshot()[1:])
-    [row] = [r for r in doc["clients"] if r[0] == client_id]
-    return list(row)
+    """The client's row in the database, its replies beside it: [id, session,
+    first_outstanding, last_used_ms, used_at, reply count, [(seq, kind, request digest,
+    outcome), ...]]."""
+    [row] = read_rows(state, "SELECT * FROM clients WHERE client_id = ?", client_id)
+    replies = read_rows(
+        state,
+        "SELECT seq, kind, request_digest, outcome FROM replies WHERE client_id = ? ORDER BY seq",
+        client_id,
+    )
+    return [*row, replies]
 
 
 # --- a retry must be the same request ------------------------------------------------------
@@ -305,14 +311,15 @@ def test_a_snapshot_keeps_bindings_and_digests() -> None:
     """The snapshot's client rows carry the session each client is bound to and each reply's
     request digest: a restored replica refuses and answers exactly as the original."""
     node = bound_node()
-    data = node.state.snapshot()
-    twin = ChatState(SMALL_LIMITS)
-    twin.restore(data)
-    assert twin.snapshot() == data
+    twin = copy_of(node.state)
+    assert_alike(twin, node.state)
     alice_client = node.client_id("client", session_of("token-1"))
-    session, _, _, replies = client_row(twin, alice_client)[1:]
+    assert client_row(twin, alice_client) == client_row(node.state, alice_client)
+    session, _, _, _, count, replies = client_row(twin, alice_client)[1:]
     assert session == session_of("token-1")  # the binding keeps the token's hash only
-    assert isinstance(replies, list) and all(isinstance(r[1], str) for r in replies)
+    assert isinstance(replies, list) and count == len(replies) > 0
+    for _, kind, digest, outcome in replies:  # the request digest and outcome of each
+        assert kind == "send" and len(digest) == 32 and json.loads(outcome)[0] == "send"
     index = node.index
     outcomes: list[tuple[ApplyResult, ApplyResult]] = []
     for cmd in script(node):
@@ -331,7 +338,7 @@ def test_a_snapshot_keeps_bindings_and_digests() -> None:
         (False, True),
     ]
     assert outcomes[1][1].outcome is not None and str(outcomes[1][1].outcome).find(REUSED) >= 0
-    assert twin.digest() == node.state.digest()
+    assert_alike(twin, node.state)
 
 
 def test_replicas_with_bound_clients_agree_and_the_digest_covers_the_binding() -> None:
@@ -339,18 +346,17 @@ def test_replicas_with_bound_clients_agree_and_the_digest_covers_the_binding() -
     same digest, also one restored from a snapshot half-way; and two states that differ only
     in what a client is bound to have different digests."""
     node = bound_node()
-    cut, snapshot = node.index, node.state.snapshot()
+    cut, late = node.index, copy_of(node.state)
     for cmd in script(node):
         node.apply(cmd)
-    follower, late = ChatState(SMALL_LIMITS), ChatState(SMALL_LIMITS)
+    follower = ChatState(SMALL_LIMITS)
     for index, data in node.entries:
         assert data is not None
         assert follower.apply(index, data) == node.results[index - 1]
-    late.restore(snapshot)
     for index, data in node.entries[cut:]:
         assert data is not None
         late.apply(index, data)
-    assert follower.digest() == late.digest() == node.state.digest()
+    assert_alike(follower, late, node.state)
 
     bound_one, unbound_one = Node(), Node()
     for twin in (bound_one, unbound_one):
@@ -359,3 +365,5 @@ def test_replicas_with_bound_clients_agree_and_the_digest_covers_the_binding() -
     bound_one.register_client(session_of("token-1"))
     unbound_one.register_client()
     assert bound_one.state.digest() != unbound_one.state.digest()
+    for twin in (bound_one, unbound_one):
+        assert twin.state.scan_digest() == twin.state.digest()

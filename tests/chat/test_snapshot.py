@@ -1,15 +1,16 @@
-"""Snapshots, digests and the contract of apply: exact round trips, replicas provably equal."""
+"""Snapshots are copies of the database (copy_to, validate_copy, install), digests are kept
+by apply, and the contract of apply: exact round trips, replicas provably equal."""
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import gc
-import json
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,14 +21,15 @@ from node.chat.commands import (
     Command,
     canonical_json,
     encode,
+    password_hash_json,
     session_of,
 )
-from node.chat.errors import CommandDecodeError, InvariantError, SnapshotDecodeError
-from node.chat.state import SNAPSHOT_FORMAT_VERSION, ChatState
+from node.chat.database import SCHEMA_VERSION
+from node.chat.errors import CommandDecodeError, InvariantError
+from node.chat.state import ChatState, _row_hash
 from node.config import ChatLimits
-from node.seams import ThreadExecutor
 
-from .conftest import SMALL_LIMITS, Node, fast_hash
+from .conftest import SMALL_LIMITS, Node, assert_alike, copy_of, fast_hash
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,24 +52,113 @@ def busy_node() -> Node:
     return node
 
 
-def test_snapshot_restore_round_trips_exactly() -> None:
-    node = busy_node()
-    data = node.state.snapshot()
-    other = ChatState(SMALL_LIMITS)
-    other.restore(data)
-    assert other.snapshot() == data
-    assert other.digest() == node.state.digest()
-    assert other.applied_index == node.state.applied_index
-    assert other.log_time_ms == node.state.log_time_ms
-    assert other.queue("bob") == node.state.queue("bob")
-    assert other.history("alice", "bob", 100) == node.state.history("alice", "bob", 100)
-    assert other.list_accounts() == node.state.list_accounts()
+def reads(state: ChatState) -> tuple[object, ...]:
+    """Every read a node serves, on busy_node's state."""
+    bob = session_of("token-2")  # bob's first login in busy_node
+    return (
+        state.applied_index,
+        state.log_time_ms,
+        state.voters,
+        state.account_count,
+        state.session_count,
+        state.client_count,
+        state.list_accounts(),
+        state.list_accounts("*o*", page_size=1),
+        state.registered_name("ALICE"),
+        state.account_hash("bob"),
+        state.authenticate(bob),
+        state.history("alice", "bob", 100),
+        state.history("bob", "alice", 2),
+        state.queue("bob"),
+        state.queue_at("alice", 3, 2),
+        [state.remembered_replies(c) for c in range(1, state.applied_index + 1)],
+        state.digest_at(),
+    )
 
 
-def test_a_restored_state_goes_on_exactly_like_the_original() -> None:
+def test_a_copy_installed_elsewhere_keeps_the_digest_and_every_read(tmp_path: Path) -> None:
     node = busy_node()
-    twin = ChatState(SMALL_LIMITS)
-    twin.restore(node.state.snapshot())
+    copy = tmp_path / "copy.db"
+    assert node.state.copy_to(copy) == node.state.applied_index
+    assert copy.stat().st_mode & 0o777 == 0o600
+    other = ChatState(SMALL_LIMITS, tmp_path / "other")
+    assert other.validate_copy(copy) == node.state.applied_index
+    other.install(copy)
+    assert not copy.exists()  # install takes the file over
+    assert reads(other) == reads(node.state)
+    assert_alike(other, node.state)
+    assert other.sizes()["database_bytes"] > 0
+
+
+def test_a_copy_made_while_applies_go_on_is_one_committed_state(tmp_path: Path) -> None:
+    """copy_to runs on another thread than the apply one: the copy holds one commit, whole."""
+    node = busy_node()
+    a = node.login("alice")
+    stop = threading.Event()
+    copies: list[tuple[Path, int]] = []
+
+    def copier() -> None:
+        for i in range(5):
+            path = tmp_path / f"copy-{i}.db"
+            copies.append((path, node.state.copy_to(path)))
+        stop.set()
+
+    thread = threading.Thread(target=copier)
+    thread.start()
+    while not stop.is_set():
+        node.send(a, "bob", "during")
+    thread.join()
+    for path, applied in copies:
+        twin = ChatState(SMALL_LIMITS)
+        twin.install(path)
+        assert twin.applied_index == applied
+        assert twin.scan_digest() == twin.digest()
+        twin.close()
+
+
+def test_install_while_this_threads_reader_is_open_then_reads_see_the_new_state(
+    tmp_path: Path,
+) -> None:
+    node = busy_node()
+    other = Node()
+    other.user("zed")
+    assert other.state.registered_name("zed") == "zed"  # this thread's reader is open now
+    old_path = other.state.path
+    seen: list[object] = []
+    ready, go = threading.Event(), threading.Event()
+
+    def reader_elsewhere() -> None:  # another thread's reader, open across the install
+        seen.append(other.state.registered_name("zed"))
+        ready.set()
+        go.wait(10)
+        seen.append(other.state.registered_name("zed"))
+        seen.append(other.state.digest())
+
+    thread = threading.Thread(target=reader_elsewhere)
+    thread.start()
+    assert ready.wait(10)
+    copy = tmp_path / "copy.db"
+    node.state.copy_to(copy)
+    other.state.install(copy)
+    go.set()
+    thread.join()
+    assert other.state.path != old_path and not old_path.exists()
+    assert not Path(f"{old_path}-wal").exists() and not Path(f"{old_path}-shm").exists()
+    assert other.state.registered_name("zed") is None
+    assert seen == ["zed", None, node.state.digest()]
+    assert reads(other.state) == reads(node.state)
+    assert_alike(other.state, node.state)
+    # and it goes on from there: the next entry applies on top of the installed state
+    empty = ChatState(SMALL_LIMITS)
+    empty_copy = tmp_path / "empty.db"
+    empty.copy_to(empty_copy)
+    other.state.install(empty_copy)
+    assert other.state.account_count == 0 and other.state.applied_index == 0
+
+
+def test_a_replica_that_installed_a_copy_goes_on_exactly_like_the_original() -> None:
+    node = busy_node()
+    twin = copy_of(node.state)
     bob = session_of("token-2")  # bob's first login in busy_node
     node.advance(1)
     commands: list[Callable[[], Command]] = [
@@ -79,107 +170,87 @@ def test_a_restored_state_goes_on_exactly_like_the_original() -> None:
     for command in commands:
         index, data = node.state.applied_index + 1, encode(command())
         assert node.state.apply(index, data) == twin.apply(index, data)
-    assert node.state.digest() == twin.digest()
+    assert_alike(twin, node.state)
     assert twin.session_count == node.state.session_count == 3
 
 
-def test_restore_replaces_everything() -> None:
-    node = busy_node()
-    other = Node()
-    other.user("zed")
-    other.state.restore(node.state.snapshot())
-    assert other.state.registered_name("zed") is None
-    assert other.state.digest() == node.state.digest()
-    empty = ChatState(SMALL_LIMITS)
-    other.state.restore(empty.snapshot())
-    assert other.state.account_count == 0 and other.state.applied_index == 0
-
-
-def test_equal_states_give_equal_bytes_and_different_ones_do_not() -> None:
+def test_equal_states_have_equal_digests_and_different_ones_do_not() -> None:
     a, b = busy_node(), busy_node()
-    assert a.state.snapshot() == b.state.snapshot()
-    assert a.state.digest() == b.state.digest()
+    assert_alike(a.state, b.state)
     a.register("dave")
     assert a.state.digest() != b.state.digest()
+    assert a.state.scan_digest() == a.state.digest()
     b.register("dave")
-    assert a.state.digest() == b.state.digest()
+    assert_alike(a.state, b.state)
     assert len(a.state.digest()) == 64
 
 
-def test_snapshot_is_a_version_byte_then_canonical_json() -> None:
-    data = busy_node().state.snapshot()
-    assert data[0] == SNAPSHOT_FORMAT_VERSION
-    doc = json.loads(data[1:])
-    assert data[1:] == json.dumps(
-        doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    ).encode("utf-8")
-
-
-def _corrupt(data: bytes, edit: object) -> bytes:
-    doc = json.loads(data[1:])
-    edit(doc)  # type: ignore[operator]
-    return data[:1] + json.dumps(doc).encode()
-
-
-def _set(path: list[object], value: object) -> object:
-    def edit(doc: dict[str, object]) -> None:
-        target: object = doc
-        for key in path[:-1]:
-            target = target[key]  # type: ignore[index]
-        target[path[-1]] = value  # type: ignore[index]
-
-    return edit
-
-
-@pytest.mark.parametrize(
-    "edit",
-    [
-        _set(["messages", 0, 0], "1"),
-        _set(["messages", 0, 0], 10**6),  # not below next_message_id
-        _set(["accounts", 0, 0], "bad name!"),
-        _set(["accounts", 0, 2], [999]),  # queue refers to an unknown message
-        _set(["accounts", 0, 1, "n"], 3),
-        _set(["sessions", 0, 1], "ghost"),
-        _set(["clients", 0, 4, 0, 3], "nonsense"),  # a reply's outcome
-        _set(["clients", 0, 1], 7),  # the session a client is bound to: a string
-        _set(["clients", 0, 4, 0, 1], 7),  # a reply's request digest: a string
-        _set(["clients", 0, 4, 0], [1]),  # a reply without digest and outcome
-        _set(["clients", 0, 0], "client"),  # version 1's string ids
-        _set(["clients", 0, 0], 0),
-        _set(["highest_client_id"], 0),  # remembers clients above the highest ever issued
-        _set(["highest_client_id"], "1"),
-        lambda doc: doc.pop("highest_client_id"),
-        _set(["applied_index"], -1),
-        _set(["extra"], 1),
-        lambda doc: doc["accounts"].reverse(),  # out of order
-    ],
-)
-def test_a_bad_snapshot_is_refused_and_the_state_left_alone(edit: object) -> None:
+def test_the_digest_covers_every_table() -> None:
+    """A row changed behind apply's back (with the sqlite3 shell, say) leaves the kept digest
+    as it was, but the full scan sees it: the scan covers every table."""
     node = busy_node()
+    kept = node.state.digest()
+    edits = [
+        "UPDATE accounts SET queued = queued + 1 WHERE user_key = 'bob'",
+        "UPDATE sessions SET last_used_ms = last_used_ms + 1",
+        "UPDATE clients SET first_outstanding = first_outstanding + 1",
+        "UPDATE replies SET outcome = outcome || ' '",
+        "UPDATE messages SET text = text || '!'",
+        "DELETE FROM views WHERE message_id = (SELECT max(message_id) FROM views)",
+        "UPDATE view_sizes SET size = size + 1",
+        "DELETE FROM queue WHERE message_id = (SELECT max(message_id) FROM queue)",
+    ]
+    for edit in edits:
+        before = node.state.scan_digest()
+        conn = sqlite3.connect(node.state.path, isolation_level=None)
+        try:
+            assert conn.execute(edit).rowcount > 0, edit
+        finally:
+            conn.close()
+        assert node.state.scan_digest() != before, edit
+        assert node.state.digest() == kept
+
+
+def _edit_copy(path: Path, sql: str) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute(sql)
+    finally:
+        conn.close()
+
+
+def test_validate_copy_refuses_what_is_not_a_sound_copy_and_says_why(tmp_path: Path) -> None:
+    node = busy_node()
+    good = tmp_path / "good.db"
+    node.state.copy_to(good)
+    size = good.stat().st_size
+    truncated = tmp_path / "truncated.db"
+    truncated.write_bytes(good.read_bytes()[: size // 2])
+    noise = tmp_path / "noise.db"
+    noise.write_bytes(os.urandom(size))
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    other_version = tmp_path / "other-version.db"
+    shutil.copy(good, other_version)
+    _edit_copy(other_version, f"UPDATE meta SET schema_version = {SCHEMA_VERSION + 1}")
+    other_schema = tmp_path / "other-schema.db"
+    _edit_copy(other_schema, "CREATE TABLE t (x)")
+    cases = {
+        truncated: "malformed",
+        noise: "not a SQLite database",
+        other_version: f"schema version {SCHEMA_VERSION + 1}, this node reads {SCHEMA_VERSION}",
+        other_schema: "not a chatbooth chat database",
+    }
     before = node.state.digest()
-    bad = _corrupt(node.state.snapshot(), edit)
-    with pytest.raises(SnapshotDecodeError):
-        node.state.restore(bad)
-    assert node.state.digest() == before
-    assert node.state.queue("bob")  # still usable
-
-
-_V = bytes([SNAPSHOT_FORMAT_VERSION])
-OTHER_BYTES = {
-    "empty": b"",
-    "newer version": bytes([SNAPSHOT_FORMAT_VERSION + 1]) + b"{}",
-    "version 1 (string client ids)": bytes([1]) + busy_node().state.snapshot()[1:],
-    "empty object": _V + b"{}",
-    "not json": _V + b"{",
-    "not an object": _V + b"[]",
-    "not utf-8": _V + b"\xff",
-}
-
-
-@pytest.mark.parametrize("data", OTHER_BYTES.values(), ids=list(OTHER_BYTES))
-def test_snapshot_bytes_of_other_kinds_are_refused(data: bytes) -> None:
-    with pytest.raises(SnapshotDecodeError):
-        ChatState(SMALL_LIMITS).restore(data)
+    for path, why in cases.items():
+        with pytest.raises(ValueError) as info:
+            node.state.validate_copy(path)
+        assert path.name in str(info.value)
+        assert why in str(info.value), info.value
+    with pytest.raises(ValueError):
+        node.state.validate_copy(empty)
+    assert node.state.validate_copy(good) == node.state.applied_index
+    assert node.state.digest() == before  # touches nothing of ours
 
 
 def test_an_entry_cannot_be_applied_twice_or_out_of_order() -> None:
@@ -208,19 +279,6 @@ def test_undecodable_entries_raise_and_leave_the_state_alone() -> None:
     with pytest.raises(CommandDecodeError):
         node.state.apply(index + 1, bytes([COMMAND_FORMAT_VERSION]) + b"{}")
     assert node.state.digest() == before and node.state.applied_index == index
-
-
-def test_a_large_state_round_trips() -> None:
-    node = Node(ChatLimits(queue_limit=50_000, history_per_pair=50_000))
-    a = node.user("a")
-    node.user("b")
-    for i in range(20_000):
-        node.apply(node.send_cmd(a, "b", f"message {i}"))
-    data = node.state.snapshot()
-    other = ChatState(node.state.limits)
-    other.restore(data)
-    assert other.snapshot() == data
-    assert len(other.queue("b")) == 20_000
 
 
 _SCRIPT = """
@@ -284,76 +342,82 @@ def test_apply_does_not_depend_on_the_hash_seed() -> None:
     assert outputs[0].split()[3] != "0"  # ... and sent messages under them
 
 
-def test_a_snapshot_is_the_canonical_json_of_its_contents() -> None:
-    """It is written row by row; the rows together are exactly canonical JSON."""
-    data = busy_node().state.snapshot()
-    assert canonical_json(json.loads(data[1:])) == data[1:]
-    assert ChatState(SMALL_LIMITS).snapshot()[1:] == canonical_json(
-        json.loads(ChatState(SMALL_LIMITS).snapshot()[1:])
-    )
-
-
-def _large_state(messages: int) -> ChatState:
-    """A state holding `messages` queued 100-byte messages, restored from a snapshot made here
-    (building it by apply would take far longer)."""
-    digest = fast_hash("pw", b"salt")
-    hash_json = {
-        "salt": base64.b64encode(digest.salt).decode(),
-        "n": digest.n,
-        "r": digest.r,
-        "p": digest.p,
-        "digest": base64.b64encode(digest.digest).decode(),
+def _large_state(messages: int, directory: Path) -> ChatState:
+    """A state holding `messages` queued 100-byte messages from alice to bob, its rows written
+    straight into the database (building it by apply would take far longer), with the digest's
+    sum of row hashes as apply keeps it."""
+    limits = ChatLimits(queue_limit=messages, history_per_pair=messages)
+    ChatState(limits, directory).close()  # a new, empty database
+    stored = canonical_json(password_hash_json(fast_hash("pw"))).decode()
+    rows: dict[str, list[tuple[object, ...]]] = {
+        "accounts": [("alice", "alice", stored, 0), ("bob", "bob", stored, messages)],
+        "view_sizes": [("alice", "bob", messages), ("bob", "alice", messages)],
     }
-    ids = list(range(1, messages + 1))
-    doc = {
-        "applied_index": messages,
-        "log_time_ms": 1,
-        "highest_client_id": 0,
-        "next_message_id": messages + 1,
-        "messages": [[i, "alice", "bob", "x" * 100, 1] for i in ids],
-        "accounts": [["alice", hash_json, [], {}], ["bob", hash_json, ids, {}]],
-        "sessions": [],
-        "clients": [],
-    }
-    limits = ChatLimits(queue_limit=messages)
-    state = ChatState(limits)
-    state.restore(bytes([SNAPSHOT_FORMAT_VERSION]) + canonical_json(doc))
-    return state
-
-
-def test_a_digest_of_a_large_state_taken_off_the_loop_does_not_stall_it() -> None:
-    """Issue 11: 'computed off the event loop; heartbeats must not wait for it. Test it with a
-    large state.' A thread is not enough: one json.dumps over the whole state holds the GIL,
-    and building a state's worth of rows sets off a full garbage collection, each stalling the
-    loop for 0.2 to 0.4 s at 100,000 messages (measured). The digest is written row by row."""
-    state = _large_state(100_000)
-    gc.collect()  # the restore's own garbage is not the digest's: collect it before measuring
-    pool = ThreadExecutor(1, "digest")
-
-    async def scenario() -> tuple[float, float]:
-        gaps: list[float] = []
-        done = False
-
-        async def heartbeat() -> None:
-            last = time.perf_counter()
-            while not done:
-                await asyncio.sleep(0.005)
-                now = time.perf_counter()
-                gaps.append(now - last)
-                last = now
-
-        ticker = asyncio.create_task(heartbeat())
-        await asyncio.sleep(0.05)
-        started = time.perf_counter()
-        await pool.run(state.digest)
-        took = time.perf_counter() - started
-        done = True
-        await ticker
-        return took, max(gaps)
-
+    ids = range(1, messages + 1)
+    rows["messages"] = [(i, "alice", "bob", "x" * 100, 1) for i in ids]
+    rows["queue"] = [("bob", i) for i in ids]
+    rows["views"] = [("alice", "bob", i) for i in ids] + [("bob", "alice", i) for i in ids]
+    total = 0
+    [path] = directory.glob("chat-*.db")
+    conn = sqlite3.connect(path, isolation_level=None)
     try:
-        took, worst = asyncio.run(scenario())
+        conn.execute("BEGIN IMMEDIATE")
+        for table, table_rows in rows.items():
+            marks = ", ".join("?" * len(table_rows[0]))
+            conn.executemany(f"INSERT INTO {table} VALUES ({marks})", table_rows)
+            for row in table_rows:
+                total = (total + _row_hash(table, row)) % (1 << 256)
+        conn.execute(
+            "UPDATE meta SET applied_index = ?, log_time_ms = 1, next_message_id = ?, row_sum = ?",
+            (messages, messages + 1, f"{total:064x}"),
+        )
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
-        pool.shutdown()
-    assert took > 0.2, "the state is large enough to matter"
-    assert worst < 0.15, f"the loop stood still {worst * 1000:.0f} ms while the digest ran"
+        conn.close()
+    del rows
+    return ChatState(limits, directory)
+
+
+def test_a_large_state_reads_its_digest_in_one_row_and_copies_without_loading_it(
+    tmp_path: Path,
+) -> None:
+    """Issue 13: the digest never stalls the node (one row, however large the state), and no
+    whole-state Python structure is built for a snapshot: at 100,000 messages, digest_at()
+    takes a few milliseconds at most, and copy_to's Python allocations peak far below
+    the database's size."""
+    state = _large_state(100_000, tmp_path / "big")
+    assert state.scan_digest() == state.digest()  # the rows were written as apply would
+    db_bytes = state.sizes()["database_bytes"]
+    assert db_bytes > 15_000_000
+    started = time.perf_counter()
+    for _ in range(100):
+        applied, _digest = state.digest_at()
+    each = (time.perf_counter() - started) / 100
+    assert applied == 100_000
+    assert each < 0.005, f"digest_at took {each * 1000:.1f} ms"
+
+    copy = tmp_path / "copy.db"
+    tracemalloc.start()
+    try:
+        assert state.copy_to(copy) == 100_000
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < db_bytes / 50, f"copy_to held {peak} bytes of Python objects"
+
+    twin = ChatState(state.limits, tmp_path / "twin")
+    tracemalloc.start()
+    try:
+        assert twin.validate_copy(copy) == 100_000
+        twin.install(copy)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < db_bytes / 50, f"validate_copy and install held {peak} bytes"
+    assert twin.digest_at() == state.digest_at()
+    page = twin.queue("bob", after_id=99_990)
+    assert [m.id for m in page] == list(range(99_991, 100_001))
+    assert len(twin.queue("bob")) == 1000  # one page (QUEUE_PAGE), not the whole queue
+    twin.close()
+    state.close()

@@ -137,11 +137,14 @@ def test_history_limit_zero_means_default_and_is_cut_to_what_is_kept() -> None:
     invalid(validate_history_limit, -5, limits)
 
 
-def test_message_ids_are_uint64() -> None:
+def test_message_ids_fit_sqlites_signed_64_bits() -> None:
+    """TRAPS.md: SQLite INTEGER is signed 64-bit, so every id (after_id, up_to_id) is checked
+    against 2**63 - 1 before it is proposed."""
     assert validate_message_id(0) == 0
-    assert validate_message_id(MAX_UINT64) == MAX_UINT64
+    assert validate_message_id(MAX_INT64) == MAX_INT64
     invalid(validate_message_id, -1)
-    invalid(validate_message_id, MAX_UINT64 + 1)
+    invalid(validate_message_id, MAX_INT64 + 1)
+    assert "after_id" in invalid(validate_message_id, MAX_UINT64, "after_id").message
 
 
 MALFORMED_TOKENS = ["", "has space", "x" * 129, "tök", "ab" * 31, "AB" * 32, "ab" * 33]
