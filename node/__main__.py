@@ -28,9 +28,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from node.chat.state import ChatState
+from node.chat.replies import ApplyResult
+from node.chat.state import ChatState, DatabaseError
 from node.config import ClusterConfig, ConfigError, load_config, read_cluster_key
-from node.driver import RaftDriver
+from node.driver import FatalNodeError, RaftDriver
 from node.raft.types import NodeId
 from node.request_guard import UndecodableRequestGuard
 from node.server import ChatService
@@ -43,6 +44,7 @@ from protos.vocabulary import SERVER_OPTIONS
 logger = logging.getLogger("node")
 
 EXIT_USAGE, EXIT_STORAGE, EXIT_ADDRESS = 2, 3, 4
+STATE_DIR = "state"  # the chat state's database, under the node's data dir
 LOG_FILE_BYTES = 10 << 20
 LOG_FILE_BACKUPS = 3
 PR_SET_PDEATHSIG = 1
@@ -214,19 +216,40 @@ async def _run(
     credentials: NodeCredentials | None,
     storage: Storage,
 ) -> int:
+    try:
+        state = ChatState(config.chat, storage.data_dir / STATE_DIR, voters=config.node_ids)
+        driver = RaftDriver(
+            node_id=NodeId(node_id),
+            config=config,
+            storage=storage,
+            state=state,
+            transport=GrpcTransport(
+                node_id=NodeId(node_id),
+                peer_addresses=peers,
+                cluster=config.cluster,
+                key=key,
+                credentials=credentials.channels if credentials is not None else None,
+            ),
+        )
+    except (DatabaseError, FatalNodeError, StorageError) as exc:
+        raise StartupError(EXIT_STORAGE, f"{node_id}: {exc}") from None
+    try:
+        return await _serve_with(config, node_id, peers, key, credentials, driver, state)
+    finally:
+        state.close()
+
+
+async def _serve_with(
+    config: ClusterConfig,
+    node_id: str,
+    peers: dict[NodeId, str],
+    key: bytes,
+    credentials: NodeCredentials | None,
+    driver: RaftDriver[ApplyResult],
+    state: ChatState,
+) -> int:
     me = config.node(node_id)
-    state = ChatState(config.chat)
     channel_credentials = credentials.channels if credentials is not None else None
-    transport = GrpcTransport(
-        node_id=NodeId(node_id),
-        peer_addresses=peers,
-        cluster=config.cluster,
-        key=key,
-        credentials=channel_credentials,
-    )
-    driver = RaftDriver(
-        node_id=NodeId(node_id), config=config, storage=storage, state=state, transport=transport
-    )
     LOG_CONTEXT.term = lambda: driver.core.term
     # The client port: Chat, Health and reflection, server TLS.
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[UndecodableRequestGuard()])
@@ -253,6 +276,7 @@ async def _run(
             driver.step,
             driver.receive_snapshot,
             members=lambda: driver.core.voters,
+            spool=lambda: driver.snapshot_spool,
             certificates=credentials is not None,
         ),
         peer_server,
@@ -301,7 +325,8 @@ async def _run(
     await asyncio.gather(server.stop(grace=1.0), peer_server.stop(grace=1.0))
     await driver.stop()
     if driver.fatal is not None:
-        return EXIT_STORAGE if isinstance(driver.fatal, StorageError) else 1
+        disk = (StorageError, DatabaseError)
+        return EXIT_STORAGE if isinstance(driver.fatal, disk) else 1
     return 0
 
 

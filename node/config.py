@@ -54,8 +54,9 @@ class ChatLimits:
 
     max_username_chars: int = 32
     max_text_chars: int = 4096
-    queue_limit: int = 10_000  # undelivered (unacked) messages per recipient
-    history_per_pair: int = 10_000  # most recent messages kept per conversation
+    # Retention, not memory guards: the state is on disk (SQLite), and these bound its size.
+    queue_limit: int = 100_000  # undelivered (unacked) messages per recipient
+    history_per_pair: int = 1_000_000  # most recent messages kept per conversation
     session_idle_s: int = 7 * 24 * 3600
     client_idle_s: int = 3600  # forget a client's dedup entry after this long idle
     page_size: int = 100

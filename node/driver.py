@@ -5,7 +5,18 @@ proposals and linearizable reads.
 
 It follows the Ready contract of node.raft.types exactly: messages first, then the write
 (in a single storage thread, so writes land in order), then persisted_messages, then
-advance(). Slow work (storage, snapshot serialization) runs off the event loop.
+advance(). Committed entries go to an apply queue: one apply thread takes them in batches, one
+transaction each (node.chat.state), and only after a batch's COMMIT do its proposals resolve,
+its results reach the listeners and the applied index that read barriers wait on advance.
+Slow work (storage, the state's copies and checkpoints) runs off the event loop.
+
+Snapshots are copies of the state machine's database (DESIGN, "State machine storage"). The
+log is compacted only up to what the state holds durably: a snapshot is taken by copying the
+state (at index B), then checkpointing it on the apply thread; only if that checkpoint was
+complete (it covers every batch committed before it, so at least B) is the copy stored and the
+log compacted to B. After a crash the state may be behind the log (a power cut returns the
+database to a commit at or after its last complete checkpoint): the node replays the log from
+the state's applied index, or, if the state is behind the snapshot, installs the snapshot first.
 
 Imports the core, storage, chat, transport and config; nothing of the gRPC chat service.
 """
@@ -17,7 +28,8 @@ import heapq
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from pathlib import Path
 from random import Random
 from typing import Generic, Protocol, TypeVar
 
@@ -41,6 +53,7 @@ from node.seams import (
     Clock,
     Executor,
     SnapshotInvalidError,
+    SnapshotSource,
     SystemClock,
     ThreadExecutor,
     Transport,
@@ -50,27 +63,35 @@ from node.storage import Storage
 logger = logging.getLogger(__name__)
 
 R = TypeVar("R")
+MAX_APPLY_BATCH = 512  # committed entries applied in one transaction at most
 R_co = TypeVar("R_co", covariant=True)
 
 
 class StateMachine(Protocol[R_co]):
-    """What the driver applies committed entries to (hashicorp/raft's FSM). The chat state
-    (node.chat.state.ChatState) is the one chatbooth runs; benchmarks use a trivial one."""
+    """What the driver applies committed entries to (hashicorp/raft's FSM), kept durably by
+    itself. The chat state (node.chat.state.ChatState) is the one chatbooth runs.
+
+    apply_batch, checkpoint and install run on the apply thread, one at a time; copy_to and
+    validate_copy on another thread while applies go on; applied_index and digest_at anywhere.
+    """
 
     @property
-    def applied_index(self) -> int: ...
+    def applied_index(self) -> int: ...  # the last entry applied by the writer
 
-    def apply(self, index: int, data: bytes) -> R_co: ...
+    def apply_batch(self, entries: Sequence[tuple[int, bytes | None]]) -> Sequence[R_co | None]:
+        """One transaction: (index, data or None for an entry with nothing for us); entries
+        at or below applied_index are skipped; one result per entry (None: no result)."""
+        ...
 
-    def skip(self, index: int) -> None: ...  # an entry with no data for us (a leader's no-op)
+    def checkpoint(self) -> int | None: ...  # the applied index made durable; None: partial
 
-    def snapshot(self) -> bytes: ...
+    def copy_to(self, dest: Path) -> int: ...  # a consistent copy, fsynced: its applied index
 
-    def restore(self, data: bytes) -> None: ...
+    def validate_copy(self, path: Path) -> int: ...  # ValueError unless install() would take it
 
-    def validate_snapshot(self, data: bytes) -> None: ...  # raises ValueError if it won't restore
+    def install(self, path: Path) -> None: ...  # replace the state by the copy at `path`
 
-    def digest(self) -> str: ...
+    def digest_at(self) -> tuple[int, str]: ...  # (applied index, digest) of committed state
 
 
 class NodeError(Exception):
@@ -125,20 +146,20 @@ class RaftDriver(Generic[R]):
         clock: Clock | None = None,
         storage_executor: Executor | None = None,
         cpu_executor: Executor | None = None,
+        apply_executor: Executor | None = None,
     ) -> None:
-        """`storage_executor` must run its calls one at a time, in order (the writes land in
-        the order the Ready contract asks for); the defaults are threads and the real clock."""
+        """`storage_executor` and `apply_executor` must each run their calls one at a time, in
+        order (the writes land in the order the Ready contract asks for; batches in log order);
+        the defaults are threads and the real clock."""
         self.id = node_id
         self.config = config
         self.storage = storage
         self.state = state
         self.clock: Clock = clock or SystemClock()
         init = storage.initial_state()
-        snap = storage.load_snapshot()
-        if snap is not None:
-            meta, data = snap
-            state.restore(data)
-            logger.info("%s restored its state from snapshot %d", node_id, meta.index)
+        self._spool_seq = 0
+        if init.snapshot is not None and state.applied_index < init.snapshot.index:
+            self._restore_from_snapshot(init.snapshot)
         timings = config.raft
         self.core = RaftCore(
             RaftConfig(
@@ -167,6 +188,7 @@ class RaftDriver(Generic[R]):
         self._tick_s = timings.tick_ms / 1000
         self._storage_pool: Executor = storage_executor or ThreadExecutor(1, f"{node_id}-storage")
         self.cpu_pool: Executor = cpu_executor or ThreadExecutor(2, f"{node_id}-cpu")
+        self._apply_pool: Executor = apply_executor or ThreadExecutor(1, f"{node_id}-apply")
         self.transport = transport
         self._wake = asyncio.Event()
         self._proposals: dict[int, _Pending[R]] = {}
@@ -176,14 +198,18 @@ class RaftDriver(Generic[R]):
         self._apply_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._apply_listeners: list[Callable[[R], None]] = []
         self._leadership_listeners: list[Callable[[], None]] = []
-        # The snapshot the core took from the leader, until the Ready that installs it.
-        self._incoming_snapshot: tuple[SnapshotMeta, bytes] | None = None
-        # Serializes every use of the state's snapshot()/restore(): a local snapshot and an
-        # install from the leader must never run at once on two threads.
-        self._state_lock = asyncio.Lock()
-        self._backlog: deque[Entry] = deque()  # committed, held while a snapshot is taken
+        # The snapshot the core took from the leader (a file), until the Ready that installs it.
+        self._incoming_snapshot: tuple[SnapshotMeta, Path] | None = None
+        # A local snapshot (copy, checkpoint, store, compact) and an install from the leader
+        # never run at once; each apply batch and an install never run at once either.
+        self._snapshot_lock = asyncio.Lock()
+        self._apply_lock = asyncio.Lock()
+        self._apply_queue: deque[Entry] = deque()  # committed, not yet applied
+        self._apply_wake = asyncio.Event()
+        # The applied index readers may rely on: advanced only after the batch's COMMIT.
+        self.applied_index = state.applied_index
         self._snapshotting = False
-        self._digesting = False  # applies wait while a digest is computed off the loop
+        self._snapshot_due = 0  # after a partial checkpoint, the applied index to try again at
         self._applied_bytes_since_snapshot = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -197,6 +223,7 @@ class RaftDriver(Generic[R]):
         self.transport.start(self)
         self._tasks.append(asyncio.create_task(self._tick_loop(), name="raft-ticks"))
         self._tasks.append(asyncio.create_task(self._ready_loop(), name="raft-ready"))
+        self._tasks.append(asyncio.create_task(self._apply_loop(), name="raft-apply"))
 
     async def stop(self) -> None:
         """Finish the write and apply under way, then stop (SIGTERM).
@@ -212,6 +239,7 @@ class RaftDriver(Generic[R]):
         self._fail_all(OutcomeUnknownError("the node stopped before the write was applied"))
         self._storage_pool.shutdown()
         self.cpu_pool.shutdown()
+        self._apply_pool.shutdown()
         self.stopped.set()
 
     def crash(self) -> None:
@@ -247,26 +275,29 @@ class RaftDriver(Generic[R]):
             term=c.term,
             leader=c.leader,
             commit_index=c.log.committed,
-            applied_index=self.state.applied_index,
+            applied_index=self.applied_index,
             snapshot_index=c.log.snapshot_index(),
             last_index=c.log.last_index(),
-            digest=self.state.digest() if with_digest else "",
+            digest="",
         )
 
     async def status_with_digest(self) -> NodeStatus:
-        """status() with the state's digest at its applied index, computed on cpu_pool (TRAPS:
-        serializing a big state on the event loop stalls heartbeats into an election). Applies
-        are held meanwhile, as for a snapshot, so the digest is that of the index reported."""
-        async with self._state_lock:
-            self._digesting = True
-            try:
-                status = self.status(with_digest=False)
-                digest = await self.cpu_pool.run(self.state.digest)
-            finally:
-                self._digesting = False
-                self._apply([])
-                self._wake.set()
-        return replace(status, digest=digest)
+        """status() with the state's digest and the applied index it is the digest of, read
+        together from the committed state: one row, however large the state (the digest is
+        kept by apply, never computed by a scan)."""
+        status = self.status()
+        applied, digest = self.state.digest_at()
+        return NodeStatus(
+            node_id=status.node_id,
+            role=status.role,
+            term=status.term,
+            leader=status.leader,
+            commit_index=status.commit_index,
+            applied_index=applied,
+            snapshot_index=status.snapshot_index,
+            last_index=status.last_index,
+            digest=digest,
+        )
 
     def add_apply_listener(self, listener: Callable[[R], None]) -> None:
         self._apply_listeners.append(listener)
@@ -305,7 +336,7 @@ class RaftDriver(Generic[R]):
             self.require_leader()
             log = self.core.log
             committed = log.committed
-            if log.term(committed) == self.core.term and self.state.applied_index >= committed:
+            if log.term(committed) == self.core.term and self.applied_index >= committed:
                 return
             if self.clock.monotonic() >= deadline:
                 raise NoQuorumError()
@@ -359,7 +390,7 @@ class RaftDriver(Generic[R]):
             self.core.read_index(request)
             self._wake.set()
             index = await asyncio.wait_for(future, timeout_s)
-            if self.state.applied_index < index:
+            if self.applied_index < index:
                 waiter: asyncio.Future[None] = loop.create_future()
                 self._apply_waiters.append((index, waiter))
                 await asyncio.wait_for(waiter, max(deadline - loop.time(), 0.001))
@@ -389,21 +420,37 @@ class RaftDriver(Generic[R]):
             return
         self._wake.set()
 
-    async def receive_snapshot(self, m: Message, data: bytes) -> None:
-        """An InstallSnapshot from the leader. The data is checked to restore before the core
-        sees it, so a bad snapshot is never made durable (a durable crash loop). Raises
-        SnapshotInvalidError if it does not."""
+    @property
+    def snapshot_spool(self) -> Path:
+        """Where a transport writes a snapshot it is receiving (beside the snapshots)."""
+        return self.storage.spool_dir
+
+    def _spool_path(self, what: str) -> Path:
+        self._spool_seq += 1
+        return self.storage.spool_dir / f"{what}-{self._spool_seq}.db"
+
+    async def receive_snapshot(self, m: Message, path: Path) -> None:
+        """An InstallSnapshot from the leader, received whole in the file `path`. It is checked
+        to install before the core sees it, so a bad snapshot is never made durable (a durable
+        crash loop). Raises SnapshotInvalidError if it does not. The file is taken (renamed)
+        only if the core is installing it."""
         meta = m.snapshot
         if meta is None or self._stopping:
             return
         try:
-            await self.cpu_pool.run(self.state.validate_snapshot, data)
+            index = await self.cpu_pool.run(self.state.validate_copy, path)
+            if index != meta.index:
+                raise ValueError(f"the database holds index {index}, the message says {meta.index}")
         except ValueError as exc:
             logger.error("%s refused snapshot %d from %s: %s", self.id, meta.index, m.sender, exc)
             raise SnapshotInvalidError(str(exc)) from None
         self.step(m)
         if self.core.pending_snapshot == meta:
-            self._incoming_snapshot = (meta, data)  # kept only if the core is installing it
+            kept = self._spool_path("incoming")
+            path.rename(kept)
+            if self._incoming_snapshot is not None:
+                self._incoming_snapshot[1].unlink(missing_ok=True)
+            self._incoming_snapshot = (meta, kept)
 
     # TransportEvents
 
@@ -421,11 +468,13 @@ class RaftDriver(Generic[R]):
         self.core.report_snapshot(peer, ok=ok)
         self._wake.set()
 
-    async def load_snapshot(self, meta: SnapshotMeta) -> bytes:
-        snap = await self._storage_pool.run(self.storage.load_snapshot)
-        if snap is None or snap[0].index != meta.index:
+    async def open_snapshot(self, meta: SnapshotMeta) -> SnapshotSource:
+        reader = await self._storage_pool.run(self.storage.open_snapshot)
+        if reader is None or reader.meta.index != meta.index:
+            if reader is not None:
+                reader.close()
             raise NodeError(f"snapshot {meta.index} is no longer on disk")
-        return snap[1]
+        return reader
 
     # ------------------------------------------------------------------ the loops
 
@@ -461,7 +510,9 @@ class RaftDriver(Generic[R]):
         self._send(rd.messages)
         if rd.snapshot is not None:
             await self._install_snapshot(rd.snapshot)
-        self._apply(rd.committed_entries)
+        if rd.committed_entries:
+            self._apply_queue.extend(rd.committed_entries)
+            self._apply_wake.set()
         if rd.entries or rd.hard_state is not None:
             await self._storage_pool.run(self._persist, rd.entries, rd.hard_state, rd.must_sync)
         self._send(rd.persisted_messages)
@@ -470,7 +521,6 @@ class RaftDriver(Generic[R]):
             future = self._reads.get(rs.request)
             if future is not None and not future.done():
                 future.set_result(rs.index)
-        self._maybe_snapshot()
 
     def _persist(self, entries: Sequence[Entry], hs: HardState | None, sync: bool) -> None:
         if entries:
@@ -508,22 +558,39 @@ class RaftDriver(Generic[R]):
 
     # ------------------------------------------------------------------ applying
 
-    def _apply(self, entries: Sequence[Entry]) -> None:
-        held = self._snapshotting or self._digesting
-        if held or self._backlog:
-            self._backlog.extend(entries)
-            if held:
+    async def _apply_loop(self) -> None:
+        try:
+            while not self._stopping:
+                await self._apply_wake.wait()
+                self._apply_wake.clear()
+                while self._apply_queue and not self._stopping:
+                    await self._apply_next_batch()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._fail_fatally(exc)
+
+    async def _apply_next_batch(self) -> None:
+        async with self._apply_lock:
+            queue = self._apply_queue
+            batch = [queue.popleft() for _ in range(min(len(queue), MAX_APPLY_BATCH))]
+            batch = [e for e in batch if e.index > self.applied_index]
+            if not batch:
                 return
-            entries, self._backlog = list(self._backlog), deque()
-        for e in entries:
-            if e.index <= self.state.applied_index:
-                continue  # already in the snapshot we restored
-            result: R | None = None
+            items = [(e.index, e.data if e.kind is EntryKind.NORMAL else None) for e in batch]
+            results = await self._apply_pool.run(self.state.apply_batch, items)
+            self._applied(batch, results)
+        self._maybe_snapshot()
+
+    def _applied(self, batch: Sequence[Entry], results: Sequence[R | None]) -> None:
+        """After the batch's COMMIT: resolve its proposals, tell the listeners, and advance
+        the applied index that read barriers wait on."""
+        for e, result in zip(batch, results, strict=True):
+            if e.index <= self.applied_index:
+                continue  # already in the state (a snapshot it installed, a replay)
+            self.applied_index = LogIndex(e.index)
             if e.kind is EntryKind.NORMAL:
-                result = self.state.apply(e.index, e.data)
                 self._applied_bytes_since_snapshot += len(e.data)
-            else:
-                self.state.skip(e.index)
             pending = self._proposals.pop(e.index, None)
             if pending is not None and not pending.future.done():
                 if pending.term == e.term and result is not None:
@@ -535,8 +602,11 @@ class RaftDriver(Generic[R]):
             if result is not None:
                 for listener in list(self._apply_listeners):
                     listener(result)
+        self._wake_apply_waiters()
+
+    def _wake_apply_waiters(self) -> None:
         if self._apply_waiters:
-            applied = self.state.applied_index
+            applied = self.applied_index
             waiting = []
             for index, waiter in self._apply_waiters:
                 if index <= applied:
@@ -546,42 +616,82 @@ class RaftDriver(Generic[R]):
                     waiting.append((index, waiter))
             self._apply_waiters = waiting
 
+    def _restore_from_snapshot(self, meta: SnapshotMeta) -> None:
+        """At start, before any loop runs: the state is behind the stored snapshot (it was
+        lost, or a crash came between storing an install and switching the state to it)."""
+        reader = self.storage.open_snapshot()
+        if reader is None:
+            raise FatalNodeError(f"snapshot {meta.index} is recorded but cannot be opened")
+        path = self._spool_path("restore")
+        with reader:
+            reader.copy_to(path)
+        try:
+            self.state.validate_copy(path)
+        except ValueError as exc:
+            path.unlink(missing_ok=True)
+            raise FatalNodeError(
+                f"the stored snapshot {meta.index} does not install: {exc}"
+            ) from None
+        self.state.install(path)
+        logger.info("%s restored its state from snapshot %d", self.id, meta.index)
+
     async def _install_snapshot(self, meta: SnapshotMeta) -> None:
         incoming, self._incoming_snapshot = self._incoming_snapshot, None
         if incoming is None or incoming[0] != meta:
             raise FatalNodeError(f"told to install snapshot {meta.index} that never arrived")
-        data = incoming[1]
-        async with self._state_lock:
-            await self._storage_pool.run(self.storage.install_snapshot, meta, data)
-            await self.cpu_pool.run(self.state.restore, data)
-            self._backlog.clear()
+        path = incoming[1]
+        try:
+            async with self._snapshot_lock, self._apply_lock:
+                # The storage first: once it holds the snapshot, a crash before the state
+                # switches is repaired at start (_restore_from_snapshot).
+                await self._storage_pool.run(self.storage.install_snapshot, meta, path)
+                await self._apply_pool.run(self.state.install, path)
+                self.applied_index = LogIndex(max(self.applied_index, meta.index))
+                self._applied_bytes_since_snapshot = 0
+                self._wake_apply_waiters()
+        finally:
+            path.unlink(missing_ok=True)
         logger.info("%s installed snapshot %d from the leader", self.id, meta.index)
 
     def _maybe_snapshot(self) -> None:
         policy = self.config.snapshot
-        since = self.state.applied_index - self.core.log.snapshot_index()
-        if self._snapshotting or since <= 0:
+        since = self.applied_index - self.core.log.snapshot_index()
+        if self._snapshotting or since <= 0 or self._stopping:
             return
         if since < policy.entries and self._applied_bytes_since_snapshot < policy.bytes:
+            return
+        if self.applied_index < self._snapshot_due:
             return
         self._snapshotting = True
         self._tasks.append(asyncio.create_task(self._take_snapshot(), name="snapshot"))
 
     async def _take_snapshot(self) -> None:
+        path = self._spool_path("snapshot")
         try:
-            async with self._state_lock:
-                # An install from the leader may have overtaken us while we waited.
-                index = LogIndex(self.state.applied_index)
-                if index <= self.core.log.snapshot_index():
-                    return
-                term = self.core.log.term(index)
-                if term is None:
-                    return
+            async with self._snapshot_lock:
                 started = self.clock.monotonic()
-                data = await self.cpu_pool.run(self.state.snapshot)
+                index = LogIndex(await self.cpu_pool.run(self.state.copy_to, path))
+                async with self._apply_lock:
+                    durable = await self._apply_pool.run(self.state.checkpoint)
+                if durable is None or durable < index:
+                    # TRAPS: a partial checkpoint makes nothing durable we could compact to.
+                    self._snapshot_due = self.applied_index + max(
+                        1, self.config.snapshot.entries // 4
+                    )
+                    logger.warning(
+                        "%s: the state's checkpoint was partial (a reader held it back): the "
+                        "log is not compacted this time",
+                        self.id,
+                    )
+                    return
+                # An install from the leader may have overtaken us while we copied.
+                term = self.core.log.term(index)
+                if index <= self.core.log.snapshot_index() or term is None:
+                    return
                 meta = SnapshotMeta(index, term, self.core.conf)
-                await self._storage_pool.run(self.storage.save_snapshot, meta, data)
-                if index > self.core.log.snapshot_index():  # else an install overtook it
+                size = path.stat().st_size
+                await self._storage_pool.run(self.storage.save_snapshot, meta, path)
+                if index > self.core.log.snapshot_index():
                     self.core.compact(index)
             self._applied_bytes_since_snapshot = 0
             logger.info(
@@ -589,12 +699,12 @@ class RaftDriver(Generic[R]):
                 self.id,
                 index,
                 term,
-                len(data),
+                size,
                 (self.clock.monotonic() - started) * 1000,
             )
         except Exception as exc:
             self._fail_fatally(exc)
         finally:
+            path.unlink(missing_ok=True)
             self._snapshotting = False
-            self._apply([])
             self._wake.set()

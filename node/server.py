@@ -30,7 +30,7 @@ from node.chat import validation
 from node.chat.errors import ChatError
 from node.chat.passwords import SALT_BYTES, PasswordHash, hash_password, verify_password
 from node.chat.replies import ApplyResult, ChatMessage
-from node.chat.state import ChatState
+from node.chat.state import QUEUE_PAGE, ChatState
 from node.config import TOOL_NAME, ClusterConfig, certificate_name
 from node.driver import NoQuorumError, OutcomeUnknownError, RaftDriver
 from node.logclock import LogClock
@@ -661,12 +661,23 @@ class ChatService(chat_pb2_grpc.ChatServicer):
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"a session may have at most {MAX_STREAMS_PER_SESSION} open streams",
                 )
-            backlog = self._state.queue(user, request.after_id)
+            # The first page of the queue and the applied index in one read transaction; the
+            # rest page by page, each page read whole before it is yielded (no read
+            # transaction spans an await). A message applied meanwhile is pushed to `sub` as
+            # well: it goes out once, in id order (`sub.last`).
+            backlog, _ = self._state.queue_at(user, request.after_id)
             sub = _Subscriber(user.lower(), session, last=request.after_id)
             streams.add(sub)
-            for m in backlog:
-                sub.last = m.id
-                yield _message_pb(m)
+            while backlog:
+                for m in backlog:
+                    sub.last = m.id
+                    yield _message_pb(m)
+                if len(backlog) < QUEUE_PAGE:
+                    break
+                try:
+                    backlog = self._state.queue(user, sub.last)
+                except ChatError as err:  # the account was deleted meanwhile
+                    raise self._chat_error(err) from None
             while True:
                 item = await sub.queue.get()
                 if isinstance(item, _Abort):

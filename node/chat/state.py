@@ -1,11 +1,20 @@
-"""The chat state machine: what the committed log builds, and the reads served from it.
+"""The chat state machine, kept in SQLite: what the committed log builds, and the reads served
+from it.
 
-`ChatState.apply(index, data)` is deterministic: the state after a sequence of entries depends
-on those entries alone. There is no clock (log time is the largest `log_time_ms` applied so
-far; session and client expiry are measured in it), no randomness, no set iteration, and every
-dict is iterated in an order the applied commands fixed. Two replicas fed the same entries have
-equal `snapshot()` bytes and equal `digest()`. The limits (ChatLimits) take part in apply, so
-every node of a cluster must run with the same ones.
+`ChatState.apply_batch(entries)` applies committed entries in one transaction, with the applied
+index written in that same transaction. It is deterministic: the state after a sequence of
+entries depends on those entries alone. There is no clock (log time is the largest
+`log_time_ms` applied so far; session and client expiry are measured in it), no randomness,
+and no order that SQLite chooses: every row is found by its key, every order that reaches a
+reply or an eviction is an ORDER BY on a unique key, and the least recently used session or
+client is the one with the smallest `used_at`, the log index of its last use. Two replicas fed
+the same entries have the same rows and the same `digest()`. The limits (ChatLimits) take part
+in apply, so every node of a cluster must run with the same ones.
+
+The digest is kept as the state changes, inside the apply transaction: the sum, modulo 2**256,
+of the SHA-256 of every row (an order-free multiset hash), with the counters of the meta row
+beside it. Reading it costs one row, however large the state (TRAPS: a scan of a million rows
+costs seconds, and `check` polls it).
 
 Log time is stamped by the leader (node.logclock): it moves at most as fast as the leader's
 monotonic clock, so a wall clock that jumps ahead cannot expire anything early. Client sessions
@@ -13,7 +22,11 @@ are registered in the log (thesis §6.3): a client id is the index of its Regist
 and a request from an id that was issued but is no longer remembered (idle past client_idle_s,
 or evicted) is refused as expired, never applied as new.
 
-Reads (`authenticate`, `list_accounts`, `history`, `queue`, `account_hash`) never mutate.
+Threads: the writer connection is used by one thread at a time, in order (the driver's apply
+executor has one worker); reads (`authenticate`, `list_accounts`, `history`, `queue`, ...) go
+through a connection per reading thread and see only committed transactions, so a reader never
+sees half a batch. No read transaction is held across an await: every read runs to its end in
+one call.
 
 Imports node.config, node.chat.* and the standard library only: no grpc, asyncio or protos.
 """
@@ -22,17 +35,22 @@ from __future__ import annotations
 
 import base64
 import binascii
-import bisect
 import hashlib
 import hmac
 import json
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator
+import shutil
+import sqlite3
+import tempfile
+import threading
+import weakref
+from collections.abc import Callable, Sequence
 from fnmatch import fnmatchcase
-from itertools import islice, pairwise
+from pathlib import Path
 from typing import Any, NoReturn
 
+import node.chat.database as db
 from node.chat.commands import (
+    MAX_INT64,
     Ack,
     Command,
     CommandKind,
@@ -51,13 +69,13 @@ from node.chat.commands import (
     request_digest,
     session_used,
 )
+from node.chat.database import DatabaseError, DatabaseFormatError, DatabaseFullError
 from node.chat.errors import (
     ChatError,
     CommandDecodeError,
     ErrorCode,
     InvariantError,
     Reason,
-    SnapshotDecodeError,
 )
 from node.chat.passwords import PasswordHash
 from node.chat.replies import (
@@ -88,7 +106,14 @@ from node.chat.validation import (
 )
 from node.config import ChatLimits
 
-SNAPSHOT_FORMAT_VERSION = 3  # 2: registered client ids; 3: sessions by hash only
+__all__ = [
+    "CLIENT_EXPIRED_TEXT",
+    "ChatState",
+    "DatabaseError",
+    "DatabaseFormatError",
+    "DatabaseFullError",
+]
+
 # Bounds that keep one misbehaving client or user from growing the state without limit.
 MAX_SESSIONS_PER_ACCOUNT = 64  # a login beyond it ends that account's least recently used one
 # The dedup table (thesis §6.3) is bounded in total and per session; past a bound the least
@@ -100,78 +125,172 @@ MAX_CLIENTS = 65_536  # client sessions in all
 MAX_CLIENTS_PER_SESSION = 128  # client sessions bound to one chat session (bench: 64 at once)
 MAX_UNBOUND_CLIENTS = 4_096  # client sessions for Register and Login, which anyone may open
 CLIENT_EXPIRED_TEXT = "client session expired: the outcome of earlier requests is unknown"
+QUEUE_PAGE = 1000  # messages a queue read returns at most (Subscribe pages through the rest)
 
 _WILDCARDS = "*?["
+_MOD = 1 << 256
+_UNKNOWN_SESSION = "session unknown or ended (logged out, expired or account deleted): log in again"
+_WRONG_LOGIN = "wrong username or password"
+
+# table -> (columns, how many of the first columns are the primary key)
+_TABLES: dict[str, tuple[tuple[str, ...], int]] = {
+    "accounts": (("user_key", "username", "password_hash", "queued"), 1),
+    "sessions": (("hash", "user_key", "last_used_ms", "used_at"), 1),
+    "clients": (
+        ("client_id", "session", "first_outstanding", "last_used_ms", "used_at", "replies"),
+        1,
+    ),
+    "replies": (("client_id", "seq", "kind", "request_digest", "outcome"), 2),
+    "messages": (("id", "sender", "recipient", "text", "timestamp_ms"), 1),
+    "views": (("owner", "other", "message_id"), 3),
+    "view_sizes": (("owner", "other", "size"), 2),
+    "queue": (("recipient", "message_id"), 2),
+}
 
 
-class _Account:
-    """One account and everything that is its own."""
-
-    __slots__ = ("history", "password_hash", "queue", "sessions", "username")
-
-    def __init__(self, username: str, password_hash: PasswordHash) -> None:
-        self.username = username  # as registered
-        self.password_hash = password_hash
-        # unacked messages to this account; ids strictly increase left to right
-        self.queue: deque[ChatMessage] = deque()
-        # key of the other party -> the most recent messages between the two, oldest first
-        # (this account's own view: deleting it leaves the other party's view alone)
-        self.history: dict[str, deque[ChatMessage]] = {}
-        # this account's live sessions (hashes), least recently used first (as in _sessions)
-        self.sessions: dict[str, None] = {}
+def _statements(table: str) -> tuple[str, str, str]:
+    columns, keys = _TABLES[table]
+    where = " AND ".join(f"{c} = ?" for c in columns[:keys])
+    insert = f"INSERT INTO {table} VALUES ({', '.join('?' * len(columns))})"
+    delete = f"DELETE FROM {table} WHERE {where}"
+    sets = ", ".join(f"{c} = ?" for c in columns[keys:]) or "1 = 1"
+    update = f"UPDATE {table} SET {sets} WHERE {where}"
+    return insert, delete, update
 
 
-class _Session:
-    __slots__ = ("last_used_ms", "user_key")
+_SQL = {table: _statements(table) for table in _TABLES}
+_META_COLUMNS = (
+    "applied_index, conf, log_time_ms, next_message_id, highest_client_id, client_count, "
+    "reply_count, row_sum"
+)
 
-    def __init__(self, user_key: str, last_used_ms: int) -> None:
-        self.user_key = user_key  # always a key of ChatState._accounts
-        self.last_used_ms = last_used_ms  # log time of the last applied command using it
+
+def _row_hash(table: str, row: tuple[object, ...]) -> int:
+    encoded = json.dumps([table, *row], ensure_ascii=True, separators=(",", ":"))
+    return int.from_bytes(hashlib.sha256(encoded.encode("ascii")).digest(), "big")
 
 
-class _Client:
-    """A client session of the thesis, §6.3: the replies a retry must get back."""
+class _Meta:
+    """The meta row, as the writer holds it between statements: written once per batch."""
 
-    __slots__ = ("first_outstanding", "last_used_ms", "replies", "session")
+    __slots__ = (
+        "applied_index",
+        "client_count",
+        "conf",
+        "highest_client_id",
+        "log_time_ms",
+        "next_message_id",
+        "reply_count",
+        "row_sum",
+    )
 
-    def __init__(self, first_outstanding: int, last_used_ms: int, session: str = "") -> None:
-        self.first_outstanding = first_outstanding  # seqs below it are answered and forgotten
-        self.last_used_ms = last_used_ms
-        self.session = session  # the session (hash) it is bound to; "" for none
-        # seq -> (kind, request digest, outcome); every seq >= first_outstanding applied
-        self.replies: dict[int, tuple[CommandKind, str, Outcome]] = {}
+    def __init__(self, row: Sequence[Any]) -> None:
+        (
+            self.applied_index,
+            self.conf,
+            self.log_time_ms,
+            self.next_message_id,
+            self.highest_client_id,
+            self.client_count,
+            self.reply_count,
+            row_sum,
+        ) = row
+        self.row_sum = int(row_sum, 16)
+
+    def values(self) -> tuple[Any, ...]:
+        return (
+            self.applied_index,
+            self.conf,
+            self.log_time_ms,
+            self.next_message_id,
+            self.highest_client_id,
+            self.client_count,
+            self.reply_count,
+            f"{self.row_sum:064x}",
+        )
+
+    def restore(self, values: tuple[Any, ...]) -> None:
+        _Meta.__init__(self, values)
+
+
+def digest_of(meta: Sequence[Any]) -> str:
+    """The state digest from a meta row (`_META_COLUMNS`): the rows' sum and the counters."""
+    return hashlib.sha256(canonical_json(list(meta))).hexdigest()
 
 
 def _unauthenticated(message: str) -> ChatError:
     return ChatError(ErrorCode.UNAUTHENTICATED, message)
 
 
-_UNKNOWN_SESSION = "session unknown or ended (logged out, expired or account deleted): log in again"
-_WRONG_LOGIN = "wrong username or password"
-
-
 class ChatState:
-    """Accounts, sessions, queues, histories and client sessions, built by `apply`."""
+    """Accounts, sessions, queues, histories and client sessions, in one SQLite database.
 
-    def __init__(self, limits: ChatLimits) -> None:
+    `directory` holds the database (created 0700 if need be); None makes a private temporary
+    one, deleted by close() (tests and tools). `voters` is the membership a new database
+    starts with.
+    """
+
+    def __init__(
+        self,
+        limits: ChatLimits,
+        directory: Path | None = None,
+        *,
+        voters: Sequence[str] = (),
+    ) -> None:
         self._limits = limits
         self._session_idle_ms = limits.session_idle_s * 1000
         self._client_idle_ms = limits.client_idle_s * 1000
-        self._applied_index = 0
-        self._log_time_ms = 0  # the largest log_time_ms applied so far
-        self._next_message_id = 1
-        self._accounts: dict[str, _Account] = {}  # username_key -> account
-        self._names: list[str] = []  # sorted keys of _accounts
-        # session hash -> session, least recently used first (log time never decreases, so
-        # last_used_ms is non-decreasing along this order and expiry pops from the front)
-        self._sessions: OrderedDict[str, _Session] = OrderedDict()
-        # client id -> client session, least recently active first (same argument)
-        self._clients: OrderedDict[int, _Client] = OrderedDict()
-        # chat session hash ("" for none) -> ids of the clients bound to it, in _clients order
-        self._clients_of: dict[str, dict[int, None]] = {}
-        self._reply_count = 0  # replies held by all clients together
-        self._highest_client_id = 0  # every id at or below it was issued or never existed
-        self._digest: str | None = None  # cache of digest(); None when stale
+        self._cleanup: weakref.finalize[Any, Any] | None = None
+        if directory is None:
+            made = tempfile.mkdtemp(prefix="chatbooth-state-")
+            self._cleanup = weakref.finalize(self, shutil.rmtree, made, True)
+            directory = Path(made)
+        self._dir = Path(directory)
+        self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._generation, self._path = self._open_newest(voters)
+        self._db = db.connect(self._path, writer=True)
+        db.check_schema(self._db, self._path)
+        self._meta = _Meta(self._db.execute(f"SELECT {_META_COLUMNS} FROM meta").fetchone())
+        self._closed = False
+
+    def _open_newest(self, voters: Sequence[str]) -> tuple[int, Path]:
+        """The newest complete generation (older ones and interrupted installs removed), or a
+        new database if there is none."""
+        for name in [n for n in _listdir(self._dir) if n.endswith(".tmp")]:
+            db.remove_database(self._dir / name)  # an install a crash interrupted
+        found = db.generations(self._dir)
+        for older in found[:-1]:
+            db.remove_database(self._dir / db.db_name(older))
+        if found:
+            return found[-1], self._dir / db.db_name(found[-1])
+        path = self._dir / db.db_name(1)
+        db.create_private(path)
+        db.set_incremental_vacuum(path)
+        conn = db.connect(path, writer=True)
+        try:
+            initial = (db.SCHEMA_VERSION, 0, json.dumps(sorted(voters)), 0, 1, 0, 0, 0, "0" * 64)
+            db.create_schema(conn, initial)
+        finally:
+            conn.close()
+        db.fsync_file(path)
+        db.fsync_dir(self._dir)
+        return 1, path
+
+    def close(self) -> None:
+        """Close every connection (a private temporary database is deleted)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._db.close()
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for conn in readers:
+            conn.close()
+        if self._cleanup is not None:
+            self._cleanup()
 
     # --- properties -----------------------------------------------------------------------
 
@@ -180,64 +299,118 @@ class ChatState:
         return self._limits
 
     @property
+    def path(self) -> Path:
+        """The database file in use."""
+        return self._path
+
+    @property
     def applied_index(self) -> int:
-        """Index of the last entry applied (or skipped, or restored from a snapshot)."""
-        return self._applied_index
+        """Index of the last entry applied (or skipped, or installed from a snapshot)."""
+        return int(self._meta.applied_index)
 
     @property
     def log_time_ms(self) -> int:
-        return self._log_time_ms
+        return int(self._meta.log_time_ms)
+
+    @property
+    def voters(self) -> tuple[str, ...]:
+        """The membership as of the applied index, as stored with it."""
+        return tuple(json.loads(self._meta.conf))
 
     @property
     def account_count(self) -> int:
-        return len(self._accounts)
+        return self._count("SELECT count(*) FROM accounts")
 
     @property
     def session_count(self) -> int:
-        return len(self._sessions)
+        return self._count("SELECT count(*) FROM sessions")
 
     @property
     def client_count(self) -> int:
         """Clients remembered for deduplication."""
-        return len(self._clients)
+        return self._count("SELECT client_count FROM meta")
 
     def remembered_replies(self, client_id: int) -> int:
         """How many replies are kept for `client_id` (0 if it is not remembered)."""
-        client = self._clients.get(client_id)
-        return 0 if client is None else len(client.replies)
+        return self._count("SELECT count(*) FROM replies WHERE client_id = ?", client_id)
 
     # --- applying -------------------------------------------------------------------------
 
-    def _check_next(self, index: int) -> None:
-        if index <= self._applied_index:
-            raise InvariantError(
-                f"entry {index} applied after entry {self._applied_index}: entries must be "
-                "applied once each, in log order"
-            )
-
-    def _advance(self, index: int) -> None:
+    def apply(self, index: int, data: bytes) -> ApplyResult:
+        """Apply committed entry `index` alone (a batch of one). A refused command is an
+        outcome, never raised. Raises CommandDecodeError (the state untouched) for bytes that
+        are no command, and InvariantError if `index` is not past `applied_index`."""
         self._check_next(index)
-        self._applied_index = index
-        self._digest = None
+        result = self.apply_batch([(index, data)])[0]
+        if result is None:
+            raise InvariantError(f"entry {index} gave no result")
+        return result
 
     def skip(self, index: int) -> None:
         """Record that entry `index` carries nothing for the chat (a leader's no-op, a
         membership change), so that `applied_index` follows the log."""
-        self._advance(index)
-
-    def apply(self, index: int, data: bytes) -> ApplyResult:
-        """Apply committed entry `index`. A refused command is an outcome, never raised.
-
-        Raises CommandDecodeError (the state untouched) for bytes that are no command, and
-        InvariantError if `index` is not past `applied_index`.
-        """
         self._check_next(index)
-        cmd = decode(data)
-        self._advance(index)
-        return self._apply(index, cmd)
+        self.apply_batch([(index, None)])
+
+    def _check_next(self, index: int) -> None:
+        if index <= self._meta.applied_index:
+            raise InvariantError(
+                f"entry {index} applied after entry {self._meta.applied_index}: entries must be "
+                "applied once each, in log order"
+            )
+
+    def apply_batch(self, entries: Sequence[tuple[int, bytes | None]]) -> list[ApplyResult | None]:
+        """Apply committed entries (index, data; None for an entry with nothing for the chat)
+        in one transaction, the applied index written in it. Entries at or below the applied
+        index are skipped (the state already holds them: a restart replays from the log).
+
+        One result per entry, None for one skipped or without data. Whatever is raised (a
+        command that does not decode: CommandDecodeError; the disk: DatabaseError) leaves the
+        state as it was before the batch.
+        """
+        meta = self._meta
+        saved = meta.values()
+        results: list[ApplyResult | None] = []
+        conn = self._db
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for index, data in entries:
+                if index <= meta.applied_index:
+                    results.append(None)
+                    continue
+                if data is None:
+                    meta.applied_index = index
+                    results.append(None)
+                    continue
+                cmd = decode(data)
+                meta.applied_index = index
+                results.append(self._apply(index, cmd))
+            conn.execute(
+                "UPDATE meta SET applied_index = ?, conf = ?, log_time_ms = ?, "
+                "next_message_id = ?, highest_client_id = ?, client_count = ?, reply_count = ?, "
+                "row_sum = ? WHERE id = 1",
+                meta.values(),
+            )
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            meta.restore(saved)
+            if isinstance(exc, sqlite3.Error):
+                raise self._database_error(exc, "applying committed entries") from exc
+            raise
+        return results
+
+    def _database_error(self, exc: sqlite3.Error, doing: str) -> DatabaseError:
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            return DatabaseFullError(
+                f"{self._path}: the disk is full ({doing}): free space, then restart the node"
+            )
+        return DatabaseError(f"{self._path}: {doing} failed: {exc}")
 
     def _apply(self, index: int, cmd: Command) -> ApplyResult:
-        now = self._log_time_ms = max(self._log_time_ms, cmd.log_time_ms)
+        meta = self._meta
+        now = meta.log_time_ms = max(meta.log_time_ms, cmd.log_time_ms)
         ended: list[str] = []
         self._expire(now, ended)
         request = cmd.request
@@ -246,181 +419,225 @@ class ChatState:
                 check_request_id(request.client_id, request.seq, request.first_outstanding)
             except ChatError as exc:
                 return ApplyResult(index, exc.copy(), request, ended_sessions=tuple(ended))
-            client = self._clients.get(request.client_id)
+            client = self._client(request.client_id)
             if client is None:
-                refusal = self._unknown_client(request.client_id)
+                refusal = _unknown_client(request.client_id, meta.highest_client_id)
                 return ApplyResult(index, refusal, request, ended_sessions=tuple(ended))
-            foreign = self._foreign_client(client, request.client_id, cmd)
+            foreign = _foreign_client(client, request.client_id, cmd)
             if foreign is not None:  # before anything of the client's is touched
                 return ApplyResult(index, foreign, request, ended_sessions=tuple(ended))
-            early = self._answer_again(client, request, cmd, now)
+            early = self._answer_again(client, request, cmd, now, index)
             if early is not None:
                 return ApplyResult(index, early[0], request, early[1], None, tuple(ended))
         message: ChatMessage | None = None
         outcome: Outcome
+        saved, mark = meta.values(), len(ended)
+        self._db.execute("SAVEPOINT command")
         try:
             outcome, message = self._execute(index, cmd, now, ended)
         except ChatError as exc:
             outcome = exc.copy()  # no traceback kept alive by the dedup table
+        except (OverflowError, UnicodeEncodeError, sqlite3.InterfaceError):
+            # A value SQLite cannot bind (an integer past 2**63 - 1, a string with a lone
+            # surrogate, which JSON can spell): the same on every replica, so a refusal,
+            # with whatever the command had written undone.
+            self._db.execute("ROLLBACK TO command")
+            meta.restore(saved)
+            del ended[mark:]
+            outcome = ChatError(
+                ErrorCode.INVALID_ARGUMENT, "a value of the request does not fit a signed 64-bit"
+            )
+            message = None
+        self._db.execute("RELEASE command")
         if request is not None:
-            self._remember(request, cmd, outcome, now)
+            self._remember(request, cmd, outcome, now, index)
         return ApplyResult(index, outcome, request, False, message, tuple(ended))
 
-    @staticmethod
-    def _foreign_client(client: _Client, client_id: int, cmd: Command) -> ChatError | None:
-        """A client session bound to a chat session serves that session's writes only, and an
-        unbound one only the writes that need no session (issue 11: another user's writes
-        must neither use a client id nor move its first_outstanding)."""
-        wanted = session_used(cmd)  # None: the write needs no session
-        if (client.session == "" and wanted is None) or (wanted and client.session == wanted):
-            return None
-        if not client.session:
-            why = "serves only Register and Login: register a client with the session token"
-        elif not wanted:
-            why = "is bound to a session: Register and Login need a client without one"
-        else:
-            why = "is bound to another session"
-        return ChatError(ErrorCode.INVALID_ARGUMENT, f"client {client_id} {why}")
+    # Row writes: every change of a row goes through these three, which keep the digest's sum.
 
-    def _unknown_client(self, client_id: int) -> ChatError:
-        if client_id <= self._highest_client_id:
-            return ChatError(
-                ErrorCode.FAILED_PRECONDITION,
-                f"{CLIENT_EXPIRED_TEXT} (client {client_id}); register a new client session",
-                Reason.CLIENT_EXPIRED,
-            )
-        return ChatError(
-            ErrorCode.INVALID_ARGUMENT,
-            f"client id {client_id} was never registered: call RegisterClient first",
-        )
+    def _insert(self, table: str, row: tuple[Any, ...]) -> None:
+        self._db.execute(_SQL[table][0], row)
+        self._meta.row_sum = (self._meta.row_sum + _row_hash(table, row)) % _MOD
+
+    def _delete(self, table: str, row: tuple[Any, ...]) -> None:
+        keys = _TABLES[table][1]
+        self._db.execute(_SQL[table][1], row[:keys])
+        self._meta.row_sum = (self._meta.row_sum - _row_hash(table, row)) % _MOD
+
+    def _update(self, table: str, old: tuple[Any, ...], new: tuple[Any, ...]) -> None:
+        keys = _TABLES[table][1]
+        if old[:keys] != new[:keys]:
+            raise InvariantError(f"{table}: an update may not change the key {old[:keys]}")
+        self._db.execute(_SQL[table][2], (*new[keys:], *new[:keys]))
+        change = _row_hash(table, new) - _row_hash(table, old)
+        self._meta.row_sum = (self._meta.row_sum + change) % _MOD
+
+    def _one(self, sql: str, *args: object) -> tuple[Any, ...] | None:
+        row = self._db.execute(sql, args).fetchone()
+        return None if row is None else tuple(row)
+
+    def _all(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in self._db.execute(sql, args).fetchall()]
+
+    # The dedup table (thesis §6.3).
+
+    def _client(self, client_id: int) -> tuple[Any, ...] | None:
+        return self._one("SELECT * FROM clients WHERE client_id = ?", client_id)
 
     def _register_client(self, index: int, cmd: RegisterClient, now: int) -> Reply:
         session = ""
         if cmd.session:
-            self._use_session(cmd.session, now)  # UNAUTHENTICATED unless the session is live
+            self._use_session(cmd.session, now, index)  # UNAUTHENTICATED unless it is live
             session = cmd.session
-        self._highest_client_id = index
-        self._add_client(index, _Client(0, now, session))
+        self._meta.highest_client_id = index
+        self._add_client((index, session, 0, now, index, 0))
         return RegisterClientReply(index)
 
-    # The dedup table's bookkeeping: _clients, _clients_of and _reply_count change together.
+    def _add_client(self, row: tuple[Any, ...]) -> None:
+        self._insert("clients", row)
+        self._meta.client_count += 1
+        session = row[1]
+        bound = MAX_CLIENTS_PER_SESSION if session else MAX_UNBOUND_CLIENTS
+        same = self._one("SELECT count(*) FROM clients WHERE session = ?", session)
+        if same is not None and same[0] > bound:
+            oldest = self._one(
+                "SELECT * FROM clients WHERE session = ? ORDER BY used_at LIMIT 1", session
+            )
+            if oldest is not None:
+                self._drop_client(oldest)
+        while self._meta.client_count > MAX_CLIENTS:
+            self._drop_least_recent_client()
 
-    def _add_client(self, client_id: int, client: _Client) -> None:
-        self._clients[client_id] = client
-        self._reply_count += len(client.replies)  # none but for a client restored
-        same = self._clients_of.setdefault(client.session, {})
-        same[client_id] = None
-        bound = MAX_CLIENTS_PER_SESSION if client.session else MAX_UNBOUND_CLIENTS
-        if len(same) > bound:
-            self._drop_client(next(iter(same)))
-        while len(self._clients) > MAX_CLIENTS:
-            self._drop_client(next(iter(self._clients)))
+    def _drop_least_recent_client(self) -> None:
+        oldest = self._one("SELECT * FROM clients ORDER BY used_at LIMIT 1")
+        if oldest is None:
+            raise InvariantError("the dedup table's count says clients remain, but none do")
+        self._drop_client(oldest)
 
-    def _touch_client(self, client_id: int, client: _Client, now: int) -> None:
-        client.last_used_ms = now
-        self._clients.move_to_end(client_id)
-        same = self._clients_of[client.session]
-        del same[client_id]
-        same[client_id] = None
+    def _drop_client(self, client: tuple[Any, ...]) -> None:
+        for reply in self._all("SELECT * FROM replies WHERE client_id = ?", client[0]):
+            self._delete("replies", reply)
+        self._meta.reply_count -= client[5]
+        self._delete("clients", client)
+        self._meta.client_count -= 1
 
-    def _drop_client(self, client_id: int) -> None:
-        client = self._clients.pop(client_id)
-        self._reply_count -= len(client.replies)
-        same = self._clients_of[client.session]
-        del same[client_id]
-        if not same:
-            del self._clients_of[client.session]
+    def _touch_client(self, client: tuple[Any, ...], now: int, index: int) -> tuple[Any, ...]:
+        touched = (*client[:3], now, index, client[5])
+        self._update("clients", client, touched)
+        return touched
 
     def _answer_again(
-        self, client: _Client, request: RequestId, cmd: Command, now: int
+        self, client: tuple[Any, ...], request: RequestId, cmd: Command, now: int, index: int
     ) -> tuple[Outcome, bool] | None:
         """The outcome of a request that must not be applied again (thesis §6.3), or None."""
-        if request.seq < client.first_outstanding:
+        first_outstanding = client[2]
+        if request.seq < first_outstanding:
             return (
                 ChatError(
                     ErrorCode.INVALID_ARGUMENT,
                     f"request {request.seq} of client {request.client_id} is stale: the "
-                    f"client said it holds replies for every request below "
-                    f"{client.first_outstanding}",
+                    f"client said it holds replies for every request below {first_outstanding}",
                 ),
                 False,
             )
-        stored = client.replies.get(request.seq)
+        stored = self._one(
+            "SELECT kind, request_digest, outcome FROM replies WHERE client_id = ? AND seq = ?",
+            request.client_id,
+            request.seq,
+        )
         if stored is None:
             return None
-        self._touch_client(request.client_id, client, now)
-        stored_kind, stored_digest, outcome = stored
-        if stored_kind is not cmd.KIND or stored_digest != request_digest(cmd):
+        self._touch_client(client, now, index)
+        stored_kind, stored_digest, outcome_json = stored
+        if stored_kind != cmd.KIND.value or stored_digest != request_digest(cmd):
             # Thesis §6.3 answers a retry from the table; only the same request is a retry.
             return (
                 ChatError(
                     ErrorCode.INVALID_ARGUMENT,
                     f"request id reused for a different request: request {request.seq} of "
-                    f"client {request.client_id} was a {stored_kind.value} with other content",
+                    f"client {request.client_id} was a {stored_kind} with other content",
                 ),
                 False,
             )
-        if isinstance(outcome, ChatError):
-            outcome = outcome.copy()
-        return outcome, True
+        return _outcome_from_json(json.loads(outcome_json))[1], True
 
-    def _remember(self, request: RequestId, cmd: Command, outcome: Outcome, now: int) -> None:
-        client = self._clients.get(request.client_id)
+    def _remember(
+        self, request: RequestId, cmd: Command, outcome: Outcome, now: int, index: int
+    ) -> None:
+        client = self._client(request.client_id)
         if client is None:  # _apply refuses unknown clients before executing anything
             raise InvariantError(f"client {request.client_id} is not registered")
-        self._touch_client(request.client_id, client, now)
-        replies = client.replies
-        held = len(replies)
-        replies[request.seq] = (cmd.KIND, request_digest(cmd), outcome)
-        if request.first_outstanding > client.first_outstanding:
-            client.first_outstanding = request.first_outstanding
-        if len(replies) > 1:
-            for seq in [s for s in replies if s < client.first_outstanding]:
-                del replies[seq]
-        if len(replies) > MAX_REPLIES_PER_CLIENT:
+        client_id, held = client[0], client[5]
+        stored = canonical_json(_outcome_json(cmd.KIND, outcome)).decode("utf-8")
+        self._insert(
+            "replies", (client_id, request.seq, cmd.KIND.value, request_digest(cmd), stored)
+        )
+        replies = held + 1
+        first = max(client[2], request.first_outstanding)
+        if replies > 1:
+            for old in self._all(
+                "SELECT * FROM replies WHERE client_id = ? AND seq < ? ORDER BY seq",
+                client_id,
+                first,
+            ):
+                self._delete("replies", old)
+                replies -= 1
+        if replies > MAX_REPLIES_PER_CLIENT:
             # Forget the oldest, and refuse it as stale from now on rather than apply it twice.
-            oldest = min(replies)
-            del replies[oldest]
-            client.first_outstanding = max(client.first_outstanding, oldest + 1)
-        self._reply_count += len(replies) - held
-        while self._reply_count > MAX_REPLIES:  # this client is the most recent: never itself
-            self._drop_client(next(iter(self._clients)))
+            oldest = self._one(
+                "SELECT * FROM replies WHERE client_id = ? ORDER BY seq LIMIT 1", client_id
+            )
+            if oldest is not None:
+                self._delete("replies", oldest)
+                replies -= 1
+                first = max(first, oldest[1] + 1)
+        self._update("clients", client, (client_id, client[1], first, now, index, replies))
+        self._meta.reply_count += replies - held
+        while self._meta.reply_count > MAX_REPLIES:  # this client is the most recent: never it
+            self._drop_least_recent_client()
+
+    # Sessions.
 
     def _expire(self, now: int, ended: list[str]) -> None:
-        """End sessions idle past session_idle_s and forget clients idle past client_idle_s."""
+        """End sessions idle past session_idle_s and forget clients idle past client_idle_s.
+        Log time never decreases, so last_used_ms grows with used_at: the oldest go first."""
         horizon = now - self._session_idle_ms
-        sessions = self._sessions
-        while sessions:
-            key, session = next(iter(sessions.items()))
-            if session.last_used_ms >= horizon:
+        while True:
+            session = self._one("SELECT * FROM sessions ORDER BY used_at LIMIT 1")
+            if session is None or session[2] >= horizon:
                 break
-            self._end_session(key, ended)
+            self._end_session(session, ended)
         horizon = now - self._client_idle_ms
-        clients = self._clients
-        while clients and next(iter(clients.values())).last_used_ms < horizon:
-            self._drop_client(next(iter(clients)))
+        while True:
+            client = self._one("SELECT * FROM clients ORDER BY used_at LIMIT 1")
+            if client is None or client[3] >= horizon:
+                break
+            self._drop_client(client)
 
-    def _end_session(self, key: str, ended: list[str]) -> None:
-        session = self._sessions.pop(key)
-        del self._accounts[session.user_key].sessions[key]
-        ended.append(key)
+    def _end_session(self, session: tuple[Any, ...], ended: list[str]) -> None:
+        self._delete("sessions", session)
+        ended.append(session[0])
 
-    def _use_session(self, key: str, now: int) -> _Account:
-        """The account of the live session `key` (a hash), whose use (an applied command)
+    def _use_session(self, key: str, now: int, index: int) -> tuple[Any, ...]:
+        """The account row of the live session `key` (a hash), whose use (an applied command)
         refreshes it."""
-        session = self._sessions.get(key)
+        session = self._one("SELECT * FROM sessions WHERE hash = ?", key)
         if session is None:  # expired sessions were ended by _expire at this log time
             raise _unauthenticated(_UNKNOWN_SESSION)
-        session.last_used_ms = now
-        self._sessions.move_to_end(key)
-        account = self._accounts[session.user_key]
-        del account.sessions[key]
-        account.sessions[key] = None
+        self._update("sessions", session, (key, session[1], now, index))
+        account = self._account(session[1])
+        if account is None:
+            raise InvariantError(f"a session of {session[1]!r}, which has no account")
         return account
 
-    def _account_named(self, username: str) -> _Account:
+    # Accounts and messages.
+
+    def _account(self, key: str) -> tuple[Any, ...] | None:
+        return self._one("SELECT * FROM accounts WHERE user_key = ?", key)
+
+    def _account_named(self, username: str) -> tuple[Any, ...]:
         validate_username(username, self._limits)
-        account = self._accounts.get(username_key(username))
+        account = self._account(username_key(username))
         if account is None:
             raise ChatError(ErrorCode.NOT_FOUND, f"no account named {show(username)}")
         return account
@@ -433,309 +650,456 @@ class ChatState:
         if isinstance(cmd, RegisterClient):
             return self._register_client(index, cmd, now), None
         if isinstance(cmd, Send):
-            return self._send(cmd, now)
+            return self._send(cmd, now, index)
         if isinstance(cmd, Ack):
-            return self._ack(cmd, now), None
+            return self._ack(cmd, now, index), None
         if isinstance(cmd, Register):
             return self._register(cmd), None
         if isinstance(cmd, Login):
-            return self._login(cmd, now, ended), None
+            return self._login(cmd, now, ended, index), None
         if isinstance(cmd, Logout):
-            return self._logout(cmd, now, ended), None
-        return self._delete_account(cmd, now, ended), None
+            return self._logout(cmd, now, ended, index), None
+        return self._delete_account(cmd, now, ended, index), None
 
     def _register(self, cmd: Register) -> Reply:
         username = validate_username(cmd.username, self._limits)
         key = username_key(username)
-        taken = self._accounts.get(key)
+        taken = self._account(key)
         if taken is not None:
-            also = "" if taken.username == username else f" (as {show(taken.username)})"
+            also = "" if taken[1] == username else f" (as {show(taken[1])})"
             raise ChatError(
                 ErrorCode.ALREADY_EXISTS,
                 f"username {show(username)} is already taken{also}; names are unique ignoring case",
             )
-        self._accounts[key] = _Account(username, cmd.password_hash)
-        bisect.insort(self._names, key)
+        stored = canonical_json(password_hash_json(cmd.password_hash)).decode("utf-8")
+        self._insert("accounts", (key, username, stored, 0))
         return RegisterReply(username)
 
-    def _login(self, cmd: Login, now: int, ended: list[str]) -> Reply:
+    def _login(self, cmd: Login, now: int, ended: list[str], index: int) -> Reply:
         validate_username(cmd.username, self._limits)
         key = cmd.session
         if not is_session(key):
             raise ChatError(ErrorCode.INVALID_ARGUMENT, "login: malformed session hash")
-        account = self._accounts.get(username_key(cmd.username))
+        account = self._account(username_key(cmd.username))
         # The accepting node verified the password against the hash it read; if the account
         # is gone, or was deleted and registered again, that check no longer holds.
         if account is None or not hmac.compare_digest(
-            account.password_hash.digest, cmd.verified_digest
+            _password_hash(account[2]).digest, cmd.verified_digest
         ):
             raise _unauthenticated(_WRONG_LOGIN)
-        if key in self._sessions:
+        if self._one("SELECT 1 FROM sessions WHERE hash = ?", key) is not None:
             raise ChatError(ErrorCode.ALREADY_EXISTS, "session token already in use")
-        self._sessions[key] = _Session(username_key(account.username), now)
-        account.sessions[key] = None
-        if len(account.sessions) > MAX_SESSIONS_PER_ACCOUNT:
-            self._end_session(next(iter(account.sessions)), ended)
-        return LoginReply(account.username)
+        self._insert("sessions", (key, account[0], now, index))
+        held = self._one("SELECT count(*) FROM sessions WHERE user_key = ?", account[0])
+        if held is not None and held[0] > MAX_SESSIONS_PER_ACCOUNT:
+            oldest = self._one(
+                "SELECT * FROM sessions WHERE user_key = ? ORDER BY used_at LIMIT 1", account[0]
+            )
+            if oldest is not None:
+                self._end_session(oldest, ended)
+        return LoginReply(account[1])
 
-    def _logout(self, cmd: Logout, now: int, ended: list[str]) -> Reply:
-        account = self._use_session(cmd.session, now)
-        self._end_session(cmd.session, ended)
-        return LogoutReply(account.username)
+    def _logout(self, cmd: Logout, now: int, ended: list[str], index: int) -> Reply:
+        account = self._use_session(cmd.session, now, index)
+        self._end_session((cmd.session, account[0], now, index), ended)
+        return LogoutReply(account[1])
 
-    def _send(self, cmd: Send, now: int) -> tuple[Reply, ChatMessage]:
-        sender = self._use_session(cmd.session, now)
+    def _send(self, cmd: Send, now: int, index: int) -> tuple[Reply, ChatMessage]:
+        sender = self._use_session(cmd.session, now, index)
         validate_text(cmd.text, self._limits)
         recipient = self._account_named(cmd.recipient)
-        if len(recipient.queue) >= self._limits.queue_limit:
+        if recipient[3] >= self._limits.queue_limit:
             raise ChatError(
                 ErrorCode.RESOURCE_EXHAUSTED,
-                f"{show(recipient.username)} has {len(recipient.queue)} undelivered messages, "
+                f"{show(recipient[1])} has {recipient[3]} undelivered messages, "
                 "the most a queue holds; try again once some are read",
             )
+        meta = self._meta
         message = ChatMessage(
-            self._next_message_id, sender.username, recipient.username, cmd.text, cmd.timestamp_ms
+            meta.next_message_id, sender[1], recipient[1], cmd.text, cmd.timestamp_ms
         )
-        self._next_message_id += 1
-        recipient.queue.append(message)
-        self._history(sender, username_key(recipient.username)).append(message)
-        if recipient is not sender:
-            self._history(recipient, username_key(sender.username)).append(message)
+        self._insert("messages", (message.id, sender[1], recipient[1], cmd.text, cmd.timestamp_ms))
+        meta.next_message_id += 1
+        self._insert("queue", (recipient[0], message.id))
+        self._update("accounts", recipient, (*recipient[:3], recipient[3] + 1))
+        self._add_view(sender[0], recipient[0], message.id)
+        if recipient[0] != sender[0]:
+            self._add_view(recipient[0], sender[0], message.id)
         return SendReply(message.id, message.timestamp_ms), message
 
-    def _history(self, account: _Account, other_key: str) -> deque[ChatMessage]:
-        history = account.history.get(other_key)
-        if history is None:
-            history = account.history[other_key] = deque(maxlen=self._limits.history_per_pair)
-        return history
+    def _add_view(self, owner: str, other: str, message_id: int) -> None:
+        """`message_id` joins `owner`'s view of its conversation with `other`; past
+        history_per_pair (retention) the oldest in that view leaves it."""
+        self._insert("views", (owner, other, message_id))
+        size = self._one("SELECT * FROM view_sizes WHERE owner = ? AND other = ?", owner, other)
+        if size is None:
+            self._insert("view_sizes", (owner, other, 1))
+            return
+        count = size[2] + 1
+        if count > self._limits.history_per_pair:
+            oldest = self._one(
+                "SELECT * FROM views WHERE owner = ? AND other = ? ORDER BY message_id LIMIT 1",
+                owner,
+                other,
+            )
+            if oldest is not None:
+                self._delete("views", oldest)
+                count -= 1
+                self._collect(oldest[2])
+        self._update("view_sizes", size, (owner, other, count))
 
-    def _ack(self, cmd: Ack, now: int) -> Reply:
-        account = self._use_session(cmd.session, now)
+    def _collect(self, message_id: int) -> None:
+        """Delete message `message_id` if no queue and no view holds it any more."""
+        message = self._one("SELECT * FROM messages WHERE id = ?", message_id)
+        if message is None:
+            return
+        sender, recipient = username_key(message[1]), username_key(message[2])
+        held = self._one(
+            "SELECT EXISTS (SELECT 1 FROM views WHERE owner = ? AND other = ? AND message_id = ?)"
+            " OR EXISTS (SELECT 1 FROM views WHERE owner = ? AND other = ? AND message_id = ?)"
+            " OR EXISTS (SELECT 1 FROM queue WHERE recipient = ? AND message_id = ?)",
+            sender,
+            recipient,
+            message_id,
+            recipient,
+            sender,
+            message_id,
+            recipient,
+            message_id,
+        )
+        if held is not None and not held[0]:
+            self._delete("messages", message)
+
+    def _ack(self, cmd: Ack, now: int, index: int) -> Reply:
+        account = self._use_session(cmd.session, now, index)
         up_to_id = validate_message_id(cmd.up_to_id, "ack up_to_id")
-        queue = account.queue
-        removed = 0
-        while queue and queue[0].id <= up_to_id:
-            queue.popleft()
-            removed += 1
-        return AckReply(removed)
+        acked = self._all(
+            "SELECT * FROM queue WHERE recipient = ? AND message_id <= ? ORDER BY message_id",
+            account[0],
+            up_to_id,
+        )
+        if not acked:
+            return AckReply(0)
+        for row in acked:
+            self._delete("queue", row)
+        self._update("accounts", account, (*account[:3], account[3] - len(acked)))
+        for row in acked:
+            self._collect(row[1])
+        return AckReply(len(acked))
 
-    def _delete_account(self, cmd: DeleteAccount, now: int, ended: list[str]) -> Reply:
-        account = self._use_session(cmd.session, now)
-        for key in list(account.sessions):
-            self._end_session(key, ended)
-        key = username_key(account.username)
-        del self._accounts[key]
-        del self._names[bisect.bisect_left(self._names, key)]
+    def _delete_account(self, cmd: DeleteAccount, now: int, ended: list[str], index: int) -> Reply:
+        account = self._use_session(cmd.session, now, index)
+        key = account[0]
+        for session in self._all("SELECT * FROM sessions WHERE user_key = ? ORDER BY used_at", key):
+            self._end_session(session, ended)
+        self._delete("accounts", account)
         # Messages it sent stay in their recipients' queues and views of history; its own
         # queue and views go with it.
-        return DeleteAccountReply(account.username)
+        gone: list[int] = []
+        for row in self._all("SELECT * FROM queue WHERE recipient = ? ORDER BY message_id", key):
+            self._delete("queue", row)
+            gone.append(row[1])
+        for row in self._all("SELECT * FROM views WHERE owner = ? ORDER BY other, message_id", key):
+            self._delete("views", row)
+            gone.append(row[2])
+        for row in self._all("SELECT * FROM view_sizes WHERE owner = ? ORDER BY other", key):
+            self._delete("view_sizes", row)
+        for message_id in sorted(set(gone)):
+            self._collect(message_id)
+        return DeleteAccountReply(account[1])
 
-    # --- reads ----------------------------------------------------------------------------
+    # --- reads (committed state only, through this thread's reader connection) -----------
+
+    def _reader(self) -> sqlite3.Connection:
+        local = self._local
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        if conn is None or local.generation != self._generation:
+            if conn is not None:
+                conn.close()
+                with self._readers_lock:
+                    self._readers = [c for c in self._readers if c is not conn]
+            conn = db.connect(self._path, writer=False)
+            local.conn, local.generation = conn, self._generation
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    def _read_one(self, sql: str, *args: object) -> tuple[Any, ...] | None:
+        row = self._reader().execute(sql, args).fetchone()
+        return None if row is None else tuple(row)
+
+    def _count(self, sql: str, *args: object) -> int:
+        row = self._read_one(sql, *args)
+        return 0 if row is None else int(row[0])
 
     def answered(self, request: RequestId) -> bool:
         """Whether this request id already has a stored reply (a retry): the accepting node
         then proposes it without re-checking the session or password, so the log answers it
         with its first reply (a retried delete-account must not fail for the deleted account)."""
-        client = self._clients.get(request.client_id)
-        return client is not None and request.seq in client.replies
+        if not (0 <= request.client_id <= MAX_INT64 and 0 <= request.seq <= MAX_INT64):
+            return False
+        found = self._read_one(
+            "SELECT 1 FROM replies WHERE client_id = ? AND seq = ?", request.client_id, request.seq
+        )
+        return found is not None
 
     def check_client(self, request: RequestId) -> None:
         """Raises the ChatError apply would give a request of an unknown client (expired, or
         never registered). For a caller whose state is caught up with the commit index."""
-        if request.client_id not in self._clients:
-            raise self._unknown_client(request.client_id)
+        check_request_id(request.client_id, request.seq, request.first_outstanding)
+        row = self._read_one(
+            "SELECT (SELECT count(*) FROM clients WHERE client_id = ?), highest_client_id "
+            "FROM meta",
+            request.client_id,
+        )
+        if row is not None and not row[0]:
+            raise _unknown_client(request.client_id, row[1])
 
     def authenticate(self, session_key: str, now_ms: int | None = None) -> str:
         """The registered username of the live session `session_key` (a token's hash,
         commands.session_of), judged at `now_ms` (default: log time). UNAUTHENTICATED for
         unknown, logged-out and idle-expired sessions."""
-        session = self._sessions.get(session_key)
-        if session is None:
+        row = self._read_one(
+            "SELECT s.last_used_ms, a.username, m.log_time_ms FROM sessions s "
+            "JOIN accounts a ON a.user_key = s.user_key, meta m WHERE s.hash = ?",
+            session_key,
+        )
+        if row is None:
             raise _unauthenticated(_UNKNOWN_SESSION)
-        now = self._log_time_ms if now_ms is None else now_ms
-        if now - session.last_used_ms > self._session_idle_ms:
+        last_used_ms, username, log_time_ms = row
+        now = log_time_ms if now_ms is None else now_ms
+        if now - last_used_ms > self._session_idle_ms:
             raise _unauthenticated(
                 f"session expired after {self._limits.session_idle_s} s without use: log in again"
             )
-        return self._accounts[session.user_key].username
+        return str(username)
 
     def account_hash(self, username: str) -> PasswordHash | None:
         """The password hash of `username` (any case), for verifying a login; None if none."""
-        account = self._accounts.get(username_key(username))
-        return None if account is None else account.password_hash
+        row = self._read_one(
+            "SELECT password_hash FROM accounts WHERE user_key = ?", username_key(username)
+        )
+        return None if row is None else _password_hash(row[0])
 
     def registered_name(self, username: str) -> str | None:
         """`username` as registered (usernames are unique ignoring case); None if none."""
-        account = self._accounts.get(username_key(username))
-        return None if account is None else account.username
+        row = self._read_one(
+            "SELECT username FROM accounts WHERE user_key = ?", username_key(username)
+        )
+        return None if row is None else str(row[0])
 
     def list_accounts(
         self, pattern: str = "", page_token: str = "", page_size: int = 0
     ) -> tuple[tuple[str, ...], str]:
         """Usernames matching the shell-style `pattern` (ignoring case), sorted ignoring case,
         one page at a time: returns (names, next_page_token), the token empty on the last page.
+
+        The wildcard is matched here with fnmatchcase (SQLite's GLOB is another language),
+        over the range of the index that its literal prefix allows.
         """
         wanted = validate_pattern(pattern).lower()
         size = validate_page_size(page_size, self._limits)
-        names = self._names
-        start = 0
-        if page_token:
-            start = bisect.bisect_right(names, _decode_page_token(page_token))
+        after = _decode_page_token(page_token) if page_token else ""
         cut = min((i for i in (wanted.find(c) for c in _WILDCARDS) if i >= 0), default=None)
         prefix = wanted if cut is None else wanted[:cut]
+        # Keys are ASCII, so every key with the prefix sorts below prefix + DEL.
+        sql = "SELECT user_key, username FROM accounts WHERE user_key > ? AND user_key >= ?"
+        args: list[object] = [after, prefix]
         if prefix:
-            start = max(start, bisect.bisect_left(names, prefix))
-        found: list[str] = []
-        for i in range(start, len(names)):
-            key = names[i]
-            if not key.startswith(prefix):
-                break
-            if fnmatchcase(key, wanted):
-                if len(found) == size:
-                    return (
-                        tuple(self._accounts[k].username for k in found),
-                        _encode_page_token(found[-1]),
-                    )
-                found.append(key)
-        return tuple(self._accounts[k].username for k in found), ""
+            sql += " AND user_key < ?"
+            args.append(prefix + "\x7f")
+        cursor = self._reader().execute(sql + " ORDER BY user_key", args)
+        found: list[tuple[str, str]] = []
+        try:
+            for key, username in cursor:
+                if fnmatchcase(key, wanted):
+                    if len(found) == size:
+                        return tuple(n for _, n in found), _encode_page_token(found[-1][0])
+                    found.append((key, username))
+        finally:
+            cursor.close()  # ends the statement's read transaction at once
+        return tuple(n for _, n in found), ""
 
     def history(self, username: str, other: str, limit: int = 0) -> tuple[ChatMessage, ...]:
         """The most recent `limit` messages between `username` and `other` (either way), oldest
         first, as `username` sees them (`other` need not exist any more)."""
-        account = self._account_named(username)
+        validate_username(username, self._limits)
         validate_username(other, self._limits)
         count = validate_history_limit(limit, self._limits)
-        messages = account.history.get(username_key(other))
-        if messages is None:
-            return ()
-        return tuple(islice(messages, max(0, len(messages) - count), None))
+        conn = self._reader()
+        conn.execute("BEGIN")
+        try:
+            key = username_key(username)
+            if conn.execute("SELECT 1 FROM accounts WHERE user_key = ?", (key,)).fetchone() is None:
+                raise ChatError(ErrorCode.NOT_FOUND, f"no account named {show(username)}")
+            rows = conn.execute(
+                "SELECT m.id, m.sender, m.recipient, m.text, m.timestamp_ms FROM views v "
+                "JOIN messages m ON m.id = v.message_id WHERE v.owner = ? AND v.other = ? "
+                "ORDER BY v.message_id DESC LIMIT ?",
+                (key, username_key(other), count),
+            ).fetchall()
+        finally:
+            conn.execute("COMMIT")
+        return tuple(ChatMessage(*r) for r in reversed(rows))
 
-    def queue(self, username: str, after_id: int = 0) -> tuple[ChatMessage, ...]:
-        """The unacked messages to `username` with an id above `after_id`, in order."""
-        account = self._account_named(username)
+    def queue(
+        self, username: str, after_id: int = 0, limit: int = QUEUE_PAGE
+    ) -> tuple[ChatMessage, ...]:
+        """The unacked messages to `username` with an id above `after_id`, in order, at most
+        `limit` of them."""
+        return self.queue_at(username, after_id, limit)[0]
+
+    def queue_at(
+        self, username: str, after_id: int = 0, limit: int = QUEUE_PAGE
+    ) -> tuple[tuple[ChatMessage, ...], int]:
+        """queue() and the applied index it was read at, in one read transaction."""
+        validate_username(username, self._limits)
         validate_message_id(after_id, "after_id")
-        queue = account.queue
-        start = bisect.bisect_right(queue, after_id, key=_message_id)
-        return tuple(islice(queue, start, None))
+        conn = self._reader()
+        conn.execute("BEGIN")
+        try:
+            key = username_key(username)
+            if conn.execute("SELECT 1 FROM accounts WHERE user_key = ?", (key,)).fetchone() is None:
+                raise ChatError(ErrorCode.NOT_FOUND, f"no account named {show(username)}")
+            rows = conn.execute(
+                "SELECT m.id, m.sender, m.recipient, m.text, m.timestamp_ms FROM queue q "
+                "JOIN messages m ON m.id = q.message_id WHERE q.recipient = ? "
+                "AND q.message_id > ? ORDER BY q.message_id LIMIT ?",
+                (key, after_id, max(1, limit)),
+            ).fetchall()
+            applied = conn.execute("SELECT applied_index FROM meta").fetchone()[0]
+        finally:
+            conn.execute("COMMIT")
+        return tuple(ChatMessage(*r) for r in rows), int(applied)
 
-    # --- snapshots ------------------------------------------------------------------------
-
-    def snapshot(self) -> bytes:
-        """The whole state as canonical bytes: equal states give equal bytes.
-
-        Not safe to run while another thread applies: take it on the applying thread, or
-        hold applies until it returns.
-        """
-        return b"".join(self._snapshot_chunks())
-
-    def _snapshot_chunks(self) -> Iterator[bytes]:
-        """snapshot() in pieces: canonical JSON with sorted keys, written row by row, each row
-        encoded by one short json.dumps and dropped at once. Nothing as big as the state is
-        built, so a thread taking a large snapshot or digest neither holds the GIL in one long
-        C call nor promotes a state's worth of new objects into a full garbage collection,
-        either of which stalls the event loop's heartbeats (TRAPS: "off the event loop" is not
-        "off the GIL"). The rows are those `_load_snapshot` reads."""
-        yield bytes((SNAPSHOT_FORMAT_VERSION,))
-        # Filled by account_row as the accounts are written, read when the messages are:
-        # "accounts" comes before "messages" in the canonical (sorted) order of keys.
-        messages: dict[int, ChatMessage] = {}  # referenced by a queue or a history
-
-        def account_row(account: _Account) -> list[Any]:
-            for m in account.queue:
-                messages[m.id] = m
-            for kept in account.history.values():
-                for m in kept:
-                    messages[m.id] = m
-            return [
-                account.username,
-                password_hash_json(account.password_hash),
-                [m.id for m in account.queue],
-                {other: [m.id for m in kept] for other, kept in account.history.items()},
-            ]
-
-        def client_row(client_id: int, c: _Client) -> list[Any]:
-            replies = [
-                [seq, c.replies[seq][1], *_outcome_json(c.replies[seq][0], c.replies[seq][2])]
-                for seq in sorted(c.replies)
-            ]
-            return [client_id, c.session, c.first_outstanding, c.last_used_ms, replies]
-
-        # Keys in sorted order, as canonical_json writes them.
-        yield b'{"accounts":'
-        yield from _json_rows(account_row(self._accounts[key]) for key in self._names)
-        yield b',"applied_index":' + canonical_json(self._applied_index)
-        yield b',"clients":'
-        yield from _json_rows(client_row(i, c) for i, c in self._clients.items())
-        yield b',"highest_client_id":' + canonical_json(self._highest_client_id)
-        yield b',"log_time_ms":' + canonical_json(self._log_time_ms)
-        yield b',"messages":'
-        yield from _json_rows(
-            [m.id, m.sender, m.recipient, m.text, m.timestamp_ms]
-            for m in (messages[i] for i in sorted(messages))
-        )
-        yield b',"next_message_id":' + canonical_json(self._next_message_id)
-        yield b',"sessions":'
-        yield from _json_rows([k, v.user_key, v.last_used_ms] for k, v in self._sessions.items())
-        yield b"}"
+    # --- digest, checkpoints and snapshots ------------------------------------------------
 
     def digest(self) -> str:
-        """sha256 (hex) of snapshot(): equal on replicas that applied the same entries."""
-        if self._digest is None:
-            hasher = hashlib.sha256()
-            for chunk in self._snapshot_chunks():  # pieces of up to 256 rows (_json_rows)
-                hasher.update(chunk)
-            self._digest = hasher.hexdigest()
-        return self._digest
+        """sha256 (hex) of the rows and counters: equal on replicas that applied the same
+        entries. Read from one row, kept up to date by apply."""
+        return self.digest_at()[1]
 
-    def validate_snapshot(self, data: bytes) -> None:
-        """Raises ValueError, saying why, if restore(data) would fail. Touches nothing."""
+    def digest_at(self) -> tuple[int, str]:
+        """(applied index, digest) of the committed state, read together."""
+        row = self._read_one(f"SELECT {_META_COLUMNS} FROM meta")
+        if row is None:
+            raise DatabaseError(f"{self._path}: the meta row is missing")
+        return int(row[0]), digest_of(row)
+
+    def scan_digest(self) -> str:
+        """The digest recomputed from every row (a full scan: for tests, never for Status)."""
+        conn = self._reader()
+        total = 0
+        conn.execute("BEGIN")
         try:
-            _load_snapshot(data, self._limits)
-        except SnapshotDecodeError as exc:
-            raise ValueError(str(exc)) from None
+            for table, (columns, keys) in _TABLES.items():
+                order = ", ".join(columns[:keys])
+                for row in conn.execute(f"SELECT * FROM {table} ORDER BY {order}"):
+                    total = (total + _row_hash(table, tuple(row))) % _MOD
+            meta = list(conn.execute(f"SELECT {_META_COLUMNS} FROM meta").fetchone())
+        finally:
+            conn.execute("COMMIT")
+        meta[-1] = f"{total:064x}"
+        return digest_of(meta)
 
-    def restore(self, data: bytes) -> None:
-        """Replace the whole state by the one `data` (from snapshot()) describes.
+    def checkpoint(self) -> int | None:
+        """On the apply thread, between batches: write the WAL into the database file and
+        fsync it. Returns the applied index it made durable, or None if the checkpoint was
+        partial (a reader held it back): then nothing may be compacted on its account."""
+        applied = self._meta.applied_index  # read just before: no batch runs meanwhile
+        try:
+            complete = db.checkpoint(self._db)
+        except sqlite3.Error as exc:
+            raise self._database_error(exc, "the checkpoint") from exc
+        return int(applied) if complete else None
 
-        Raises SnapshotDecodeError, the state untouched, for anything else.
-        """
-        fresh = _load_snapshot(data, self._limits)
-        for name in _STATE_FIELDS:
-            setattr(self, name, getattr(fresh, name))
-        self._digest = None
+    def copy_to(self, dest: Path) -> int:
+        """A consistent copy of the committed state in the new file `dest`, fsynced with its
+        directory; returns the applied index it holds. Runs on any thread but the apply one,
+        from a connection of its own: applies go on meanwhile."""
+        db.copy_database(self._path, dest)
+        try:
+            return int(db.read_copy_meta(dest)[0])
+        except ValueError as exc:
+            raise DatabaseError(f"{dest}: the copy just made does not read back: {exc}") from exc
+
+    def validate_copy(self, path: Path) -> int:
+        """Raises ValueError, saying why, unless `path` is a sound copy of a chat database of
+        this schema; returns its applied index. Touches nothing of ours."""
+        return int(db.read_copy_meta(path)[0])
+
+    def install(self, path: Path) -> None:
+        """On the apply thread: replace the whole state by the copy at `path` (from copy_to,
+        validated), which this takes over.
+
+        It becomes the next generation: renamed under its new name and fsynced, then the
+        connections move to it and the old generation's files are deleted. A crash anywhere
+        leaves either generation whole."""
+        generation = self._generation + 1
+        target = self._dir / db.db_name(generation)
+        staged = Path(str(target) + ".tmp")
+        db.remove_database(staged)
+        shutil.move(path, staged)
+        db.fsync_file(staged)
+        staged.rename(target)
+        db.fsync_dir(self._dir)
+        old = self._path
+        self._db.close()
+        self._generation, self._path = generation, target
+        self._db = db.connect(target, writer=True)
+        db.check_schema(self._db, target)
+        self._meta = _Meta(self._db.execute(f"SELECT {_META_COLUMNS} FROM meta").fetchone())
+        db.remove_database(old)  # readers still on it reopen at their next read
+        db.fsync_dir(self._dir)
+
+    def sizes(self) -> dict[str, int]:
+        """Bytes of the database file and of its WAL."""
+        wal = Path(str(self._path) + "-wal")
+        return {
+            "database_bytes": self._path.stat().st_size,
+            "wal_bytes": wal.stat().st_size if wal.exists() else 0,
+        }
 
 
-_STATE_FIELDS = (
-    "_applied_index",
-    "_log_time_ms",
-    "_highest_client_id",
-    "_next_message_id",
-    "_accounts",
-    "_names",
-    "_sessions",
-    "_clients",
-    "_clients_of",
-    "_reply_count",
-)
+def _listdir(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
 
 
-def _json_rows(rows: Iterable[object], batch: int = 256) -> Iterator[bytes]:
-    """A JSON list of `rows`, canonical, each row encoded alone, `batch` rows to a piece."""
-    pending: list[bytes] = []
-    first = True
-    yield b"["
-    for row in rows:
-        pending.append(canonical_json(row))
-        if len(pending) == batch:
-            yield (b"" if first else b",") + b",".join(pending)
-            pending, first = [], False
-    if pending:
-        yield (b"" if first else b",") + b",".join(pending)
-    yield b"]"
+def _password_hash(stored: str) -> PasswordHash:
+    try:
+        return password_hash_from_json(json.loads(stored), "stored password hash")
+    except (CommandDecodeError, ValueError) as exc:
+        raise InvariantError(f"a stored password hash does not decode: {exc}") from None
 
 
-def _message_id(message: ChatMessage) -> int:
-    return message.id
+def _foreign_client(client: tuple[Any, ...], client_id: int, cmd: Command) -> ChatError | None:
+    """A client session bound to a chat session serves that session's writes only, and an
+    unbound one only the writes that need no session (issue 11: another user's writes
+    must neither use a client id nor move its first_outstanding)."""
+    bound = client[1]
+    wanted = session_used(cmd)  # None: the write needs no session
+    if (bound == "" and wanted is None) or (wanted and bound == wanted):
+        return None
+    if not bound:
+        why = "serves only Register and Login: register a client with the session token"
+    elif not wanted:
+        why = "is bound to a session: Register and Login need a client without one"
+    else:
+        why = "is bound to another session"
+    return ChatError(ErrorCode.INVALID_ARGUMENT, f"client {client_id} {why}")
+
+
+def _unknown_client(client_id: int, highest_client_id: int) -> ChatError:
+    if client_id <= highest_client_id:
+        return ChatError(
+            ErrorCode.FAILED_PRECONDITION,
+            f"{CLIENT_EXPIRED_TEXT} (client {client_id}); register a new client session",
+            Reason.CLIENT_EXPIRED,
+        )
+    return ChatError(
+        ErrorCode.INVALID_ARGUMENT,
+        f"client id {client_id} was never registered: call RegisterClient first",
+    )
 
 
 def _encode_page_token(key: str) -> str:
@@ -756,7 +1120,7 @@ def _decode_page_token(page_token: str) -> str:
     return key
 
 
-# --- snapshot codec ---------------------------------------------------------------------------
+# --- stored replies ---------------------------------------------------------------------------
 
 
 def _outcome_json(kind: CommandKind, outcome: Outcome) -> list[Any]:
@@ -779,172 +1143,31 @@ def _outcome_json(kind: CommandKind, outcome: Outcome) -> list[Any]:
 
 
 def _bad(what: str) -> NoReturn:
-    raise SnapshotDecodeError(f"chat snapshot: {what}")
-
-
-def _int(value: object, what: str) -> int:
-    if type(value) is not int or value < 0:
-        _bad(f"{what}: expected a non-negative integer")
-    return value
-
-
-def _str(value: object, what: str) -> str:
-    if type(value) is not str:
-        _bad(f"{what}: expected a string")
-    return value
-
-
-def _list(value: object, what: str, length: int | None = None) -> list[Any]:
-    if type(value) is not list or (length is not None and len(value) != length):
-        _bad(f"{what}: expected a list" + ("" if length is None else f" of {length}"))
-    return value
+    raise InvariantError(f"a stored reply does not decode: {what}")
 
 
 _REPLY_DECODERS: dict[str, tuple[int, Callable[[list[Any]], Outcome]]] = {
-    "error": (2, lambda a: ChatError(ErrorCode(_str(a[0], "code")), _str(a[1], "message"))),
-    "send": (2, lambda a: SendReply(_int(a[0], "message id"), _int(a[1], "timestamp"))),
-    "ack": (1, lambda a: AckReply(_int(a[0], "removed"))),
-    "login": (1, lambda a: LoginReply(_str(a[0], "username"))),
-    "register": (1, lambda a: RegisterReply(_str(a[0], "username"))),
-    "logout": (1, lambda a: LogoutReply(_str(a[0], "username"))),
-    "delete_account": (1, lambda a: DeleteAccountReply(_str(a[0], "username"))),
+    "error": (2, lambda a: ChatError(ErrorCode(a[0]), str(a[1]))),
+    "send": (2, lambda a: SendReply(int(a[0]), int(a[1]))),
+    "ack": (1, lambda a: AckReply(int(a[0]))),
+    "login": (1, lambda a: LoginReply(str(a[0]))),
+    "register": (1, lambda a: RegisterReply(str(a[0]))),
+    "logout": (1, lambda a: LogoutReply(str(a[0]))),
+    "delete_account": (1, lambda a: DeleteAccountReply(str(a[0]))),
 }
 
 
 def _outcome_from_json(row: list[Any]) -> tuple[CommandKind, Outcome]:
-    if len(row) < 2:
-        _bad("client reply: too short")
+    if type(row) is not list or len(row) < 2:
+        _bad("too short")
     try:
         kind = CommandKind(row[0])
         arity, build = _REPLY_DECODERS[row[1]]
     except (ValueError, KeyError, TypeError):
-        _bad(f"client reply: unknown kind {row[:2]!r}")
+        _bad(f"unknown kind {row[:2]!r}")
     if len(row) != 2 + arity:
-        _bad(f"client reply {row[1]!r}: expected {arity} values")
+        _bad(f"{row[1]!r}: expected {arity} values")
     try:
         return kind, build(row[2:])
     except ValueError:
-        _bad(f"client reply {row[1]!r}: bad error code")
-
-
-def _load_snapshot(data: bytes, limits: ChatLimits) -> ChatState:
-    if not data or data[0] != SNAPSHOT_FORMAT_VERSION:
-        _bad(
-            f"format version {data[0] if data else None} is not the one this node understands "
-            f"({SNAPSHOT_FORMAT_VERSION})"
-        )
-    try:
-        doc = json.loads(data[1:].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        _bad(f"not UTF-8 JSON: {exc}")
-    keys = {
-        "applied_index",
-        "log_time_ms",
-        "highest_client_id",
-        "next_message_id",
-        "messages",
-        "accounts",
-        "sessions",
-        "clients",
-    }
-    if type(doc) is not dict or doc.keys() != keys:
-        _bad(f"expected an object with keys {sorted(keys)}")
-    state = ChatState(limits)
-    state._applied_index = _int(doc["applied_index"], "applied_index")
-    state._log_time_ms = _int(doc["log_time_ms"], "log_time_ms")
-    state._highest_client_id = _int(doc["highest_client_id"], "highest_client_id")
-    state._next_message_id = _int(doc["next_message_id"], "next_message_id")
-
-    messages: dict[int, ChatMessage] = {}
-    next_id = state._next_message_id
-    for row in _list(doc["messages"], "messages"):
-        if type(row) is not list or len(row) != 5:
-            _bad("message: expected a list of 5")
-        mid, sender, recipient, text, ts = row
-        if not (
-            type(mid) is int
-            and type(sender) is str
-            and type(recipient) is str
-            and type(text) is str
-            and type(ts) is int
-            and 0 < mid < next_id
-            and ts >= 0
-            and mid not in messages
-        ):
-            _bad(f"message {mid!r}: bad field types, or id repeated or not below next_message_id")
-        messages[mid] = ChatMessage(mid, sender, recipient, text, ts)
-
-    def referenced(ids: object, what: str) -> list[ChatMessage]:
-        ids = _list(ids, what)
-        try:
-            found = [messages[i] for i in ids]
-        except (KeyError, TypeError):
-            found = []
-        if len(found) != len(ids) or not all(type(i) is int for i in ids):
-            _bad(f"{what}: a reference to an unknown message")
-        return found
-
-    for row in _list(doc["accounts"], "accounts"):
-        username, hash_json, queue_ids, history = _list(row, "account", 4)
-        username = _str(username, "username")
-        try:
-            validate_username(username, limits)
-            password_hash = password_hash_from_json(hash_json, f"account {username!r}")
-        except (ChatError, CommandDecodeError) as exc:
-            _bad(f"account {username!r}: {exc}")
-        key = username_key(username)
-        if key in state._accounts or (state._names and key <= state._names[-1]):
-            _bad(f"account {username!r}: repeated or out of order")
-        account = _Account(username, password_hash)
-        account.queue.extend(referenced(queue_ids, f"account {username!r}: queue"))
-        if any(a.id >= b.id for a, b in pairwise(account.queue)):
-            _bad(f"account {username!r}: queue ids not increasing")
-        if type(history) is not dict:
-            _bad(f"account {username!r}: history: expected an object")
-        for other, ids in sorted(history.items()):
-            if other != username_key(other):
-                _bad(f"account {username!r}: history with {other!r}: not a username key")
-            account.history[other] = deque(
-                referenced(ids, f"account {username!r}: history with {other!r}"),
-                maxlen=limits.history_per_pair,
-            )
-        state._accounts[key] = account
-        state._names.append(key)
-
-    last_used = 0
-    for row in _list(doc["sessions"], "sessions"):
-        key, user_key, used = _list(row, "session", 3)
-        key, used = _str(key, "session hash"), _int(used, "session last_used_ms")
-        owner = state._accounts.get(_str(user_key, "session user"))
-        if owner is None or key in state._sessions or used < last_used or not is_session(key):
-            _bad(f"session of {user_key!r}: unknown user, bad or repeated hash, or out of order")
-        state._sessions[key] = _Session(user_key, used)
-        owner.sessions[key] = None
-        last_used = used
-
-    last_used = 0
-    for row in _list(doc["clients"], "clients"):
-        client_id, session, first_outstanding, used, replies = _list(row, "client", 5)
-        client_id, used = _int(client_id, "client id"), _int(used, "client last_used_ms")
-        if (
-            client_id in state._clients
-            or used < last_used
-            or not 0 < client_id <= state._highest_client_id
-        ):
-            _bad(f"client {client_id!r}: repeated or out of order")
-        first = _int(first_outstanding, "first_outstanding")
-        client = _Client(first, used, _str(session, "client session"))
-        for reply in _list(replies, "client replies"):
-            reply = _list(reply, "client reply")
-            seq = _int(reply[0] if reply else None, "client reply seq")
-            if seq in client.replies or seq < client.first_outstanding or len(reply) < 2:
-                _bad(f"client {client_id!r}: reply {seq} repeated, stale or short")
-            kind, outcome = _outcome_from_json(reply[2:])
-            client.replies[seq] = (kind, _str(reply[1], "client reply digest"), outcome)
-        if len(client.replies) > MAX_REPLIES_PER_CLIENT:
-            _bad(f"client {client_id!r}: more than {MAX_REPLIES_PER_CLIENT} replies")
-        state._add_client(client_id, client)
-        last_used = used
-    if len(state._clients) != len(doc["clients"]) or state._reply_count > MAX_REPLIES:
-        _bad("the dedup table is over its bounds")  # _add_client dropped one, or too many replies
-    return state
+        _bad(f"{row[1]!r}: bad value")

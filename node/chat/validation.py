@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from node.chat.commands import MAX_INT64, MAX_UINT64, RequestId
+from node.chat.commands import MAX_INT64, RequestId
 from node.chat.errors import ChatError, ErrorCode
 from node.config import ChatLimits
 
@@ -117,18 +117,20 @@ def validate_page_size(page_size: int, limits: ChatLimits) -> int:
 
 
 def validate_history_limit(limit: int, limits: ChatLimits) -> int:
-    """0 means `limits.page_size`; more than the history kept per pair is cut to it."""
+    """0 means `limits.page_size`; more than `max_page_size` (one reply's worth) or than the
+    history kept per pair is cut to it."""
     if limit < 0:
         raise _invalid(f"history limit must not be negative (got {limit})")
     if limit == 0:
         return min(limits.page_size, limits.history_per_pair)
-    return min(limit, limits.history_per_pair)
+    return min(limit, limits.max_page_size, limits.history_per_pair)
 
 
 def validate_message_id(message_id: int, what: str = "message id") -> int:
-    """A message id as a bound (`up_to_id`, `after_id`): 0 to 2**64 - 1."""
-    if not 0 <= message_id <= MAX_UINT64:
-        raise _invalid(f"{what} must be between 0 and {MAX_UINT64} (got {message_id})")
+    """A message id as a bound (`up_to_id`, `after_id`): 0 to 2**63 - 1, what SQLite's
+    signed 64-bit integers hold (a larger one would fail at apply, on every replica)."""
+    if not 0 <= message_id <= MAX_INT64:
+        raise _invalid(f"{what} must be between 0 and {MAX_INT64} (got {message_id})")
     return message_id
 
 

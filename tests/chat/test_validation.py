@@ -137,6 +137,12 @@ def test_history_limit_zero_means_default_and_is_cut_to_what_is_kept() -> None:
     invalid(validate_history_limit, -5, limits)
 
 
+def test_history_limit_is_cut_to_one_replys_worth_when_much_more_is_kept() -> None:
+    limits = ChatLimits(history_per_pair=1_000_000, max_page_size=1000)
+    assert validate_history_limit(999, limits) == 999
+    assert validate_history_limit(10**6, limits) == 1000
+
+
 def test_message_ids_fit_sqlites_signed_64_bits() -> None:
     """TRAPS.md: SQLite INTEGER is signed 64-bit, so every id (after_id, up_to_id) is checked
     against 2**63 - 1 before it is proposed."""
