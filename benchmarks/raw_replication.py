@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from random import Random
 
@@ -37,7 +38,8 @@ from supervisor.nodeconfig import STDIN_PATH, render
 
 
 class CountingStateMachine:
-    """Applies nothing but a count: the chat layer is not what this measures."""
+    """Applies nothing but a count (node.driver.StateMachine): the chat layer is not what
+    this measures. Its copies are files holding the count."""
 
     def __init__(self) -> None:
         self._applied = 0
@@ -46,24 +48,30 @@ class CountingStateMachine:
     def applied_index(self) -> int:
         return self._applied
 
-    def apply(self, index: int, data: bytes) -> int:
-        self._applied = index
-        return index
+    def apply_batch(self, entries: Sequence[tuple[int, bytes | None]]) -> list[int | None]:
+        results: list[int | None] = []
+        for index, data in entries:
+            results.append(index if data is not None and index > self._applied else None)
+            self._applied = max(self._applied, index)
+        return results
 
-    def skip(self, index: int) -> None:
-        self._applied = index
+    def checkpoint(self) -> int | None:
+        return self._applied
 
-    def snapshot(self) -> bytes:
-        return str(self._applied).encode()
+    def copy_to(self, dest: Path) -> int:
+        applied = self._applied
+        dest.write_text(str(applied))
+        return applied
 
-    def restore(self, data: bytes) -> None:
-        self._applied = int(data or b"0")
+    def validate_copy(self, path: Path) -> int:
+        return int(path.read_text() or "0")  # ValueError if install would fail
 
-    def validate_snapshot(self, data: bytes) -> None:
-        int(data or b"0")  # ValueError if restore would fail
+    def install(self, path: Path) -> None:
+        self._applied = self.validate_copy(path)
 
-    def digest(self) -> str:
-        return hashlib.sha256(self.snapshot()).hexdigest()
+    def digest_at(self) -> tuple[int, str]:
+        applied = self._applied
+        return applied, hashlib.sha256(str(applied).encode()).hexdigest()
 
 
 async def run_node(config_path: str, node_id: str, entries: int, inflight: int) -> None:
@@ -94,6 +102,7 @@ async def run_node(config_path: str, node_id: str, entries: int, inflight: int) 
             driver.step,
             driver.receive_snapshot,
             members=lambda: driver.core.voters,
+            spool=lambda: driver.snapshot_spool,
             certificates=False,
         ),
         server,

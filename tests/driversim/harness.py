@@ -26,6 +26,10 @@ The checks (Failure.kind):
 - "lost-ack": every proposal whose future resolved is at its index in every node's final
   applied sequence; "duplicate": no proposal is applied twice; "phantom": nothing refused
   before it was proposed (NotLeaderError, NoQuorumError) is ever applied;
+- "compacted-ahead": no node compacts its log (stores a snapshot of its own) past what its
+  state holds durably; "state-behind-log": no node restarts with a state behind a snapshot of
+  its own, which the log no longer reaches (the state machine's database, modelled by
+  StateDisk: a power cut returns it to any commit since its last complete checkpoint);
 - "fatal": no driver stopped itself; "corrupt": no restart found its storage damaged;
 - "stuck": the cluster converged (one leader, everything applied everywhere) after the faults.
 
@@ -41,6 +45,8 @@ import json
 import logging
 import os
 import random
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +56,14 @@ from node.config import ClusterConfig, parse_config
 from node.driver import NodeError, OutcomeUnknownError, RaftDriver
 from node.memory_transport import MemoryNetwork, MemoryTransport, NetworkFaults
 from node.raft.errors import NotLeaderError
-from node.raft.types import Message, MessageType, NodeId, Role, SoftState
+from node.raft.types import (
+    Message,
+    MessageType,
+    NodeId,
+    Role,
+    SnapshotMeta,
+    SoftState,
+)
 from node.seams import InlineExecutor
 from node.storage import Storage, StorageError
 from tests.driversim.vloop import SkewedClock, VirtualTimeLoop
@@ -63,6 +76,7 @@ LEADER_MESSAGES = (MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPSH
 DATA_ROOT = Path("/sim")
 DISK_S = (0.0003, 0.03)  # the range of a node's typical write time (log-uniform)
 STALL = 0.02  # the share of writes that stall for 10-80 ms
+PARTIAL_CHECKPOINT = 0.15  # the share of the state's checkpoints a reader holds back
 
 
 def disk_speed(rng: random.Random) -> float:
@@ -99,54 +113,107 @@ class _Violation(Exception):
 # ---------------------------------------------------------------------------- the state machine
 
 
+class StateDisk:
+    """What a node's state machine database holds across its incarnations, modelled as SQLite
+    in WAL mode with synchronous=NORMAL keeps it (TRAPS): every committed batch survives a
+    SIGKILL, but a power cut returns it to any committed batch at or after its last complete
+    checkpoint (or install), drawn from the run's seed. The harness keeps the lengths of those
+    commits: the copies a real test would keep of the database file."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.seq: list[bytes | None] = []
+        self.durable = 0  # length at the last complete checkpoint, install or power cut
+        self.commits: list[int] = []  # lengths at each commit since then
+        self._rng = rng
+
+    def commit(self) -> None:
+        self.commits.append(len(self.seq))
+
+    def make_durable(self) -> None:
+        self.durable = len(self.seq)
+        self.commits = []
+
+    def power_cut(self) -> int:
+        """Back to one of the commits the database may hold; returns the new length."""
+        keep = self._rng.choice([self.durable, *self.commits])
+        del self.seq[keep:]
+        self.make_durable()
+        return keep
+
+
 class ListState:
     """A state machine whose state is its applied sequence: entry data (None for a no-op) in
-    log order from index 1, so two replicas agree iff their sequences do. Every apply and
-    every restore is reported to `check`, which compares it with every other replica's."""
+    log order from index 1, so two replicas agree iff their sequences do. It keeps its state
+    on a StateDisk, as the chat state keeps its database, and speaks the driver's protocol
+    (node.driver.StateMachine): batches, checkpoints (sometimes partial: a reader held one
+    back), copies to a file and installs from one. Every apply and every install is reported
+    to `check`, which compares it with every other replica's."""
 
-    def __init__(self, check: Callable[[int, bytes | None, int], None]) -> None:
-        self.seq: list[bytes | None] = []
+    def __init__(
+        self,
+        disk: StateDisk,
+        check: Callable[[int, bytes | None, int], None],
+        rng: random.Random,
+    ) -> None:
+        self.disk = disk
         self._check = check
+        self._rng = rng
+
+    @property
+    def seq(self) -> list[bytes | None]:
+        return self.disk.seq
 
     @property
     def applied_index(self) -> int:
-        return len(self.seq)
+        return len(self.disk.seq)
 
-    def apply(self, index: int, data: bytes) -> int:
-        self._append(index, data)
-        return index
+    def apply_batch(self, entries: Sequence[tuple[int, bytes | None]]) -> list[int | None]:
+        results: list[int | None] = []
+        for index, data in entries:
+            if index <= len(self.disk.seq):
+                results.append(None)
+                continue
+            self._check(index, data, len(self.disk.seq) + 1)
+            self.disk.seq.append(data)
+            results.append(None if data is None else index)
+        self.disk.commit()
+        return results
 
-    def skip(self, index: int) -> None:
-        self._append(index, None)
+    def checkpoint(self) -> int | None:
+        if self._rng.random() < PARTIAL_CHECKPOINT:
+            return None
+        self.disk.make_durable()
+        return len(self.disk.seq)
 
-    def _append(self, index: int, data: bytes | None) -> None:
-        self._check(index, data, len(self.seq) + 1)
-        self.seq.append(data)
-
-    def snapshot(self) -> bytes:
-        return json.dumps([None if d is None else d.decode() for d in self.seq]).encode()
+    def copy_to(self, dest: Path) -> int:
+        items = [None if d is None else d.decode() for d in self.disk.seq]
+        dest.write_text(json.dumps(items), encoding="utf-8")
+        return len(items)
 
     @staticmethod
-    def _decode(data: bytes) -> list[bytes | None]:
+    def _decode(path: Path) -> list[bytes | None]:
         try:
-            items = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ValueError(f"not a list-state snapshot: {exc}") from None
+            items = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError, OSError) as exc:
+            raise ValueError(f"not a list-state copy: {exc}") from None
         if not isinstance(items, list) or not all(i is None or isinstance(i, str) for i in items):
-            raise ValueError("not a list-state snapshot: not a list of strings")
+            raise ValueError("not a list-state copy: not a list of strings")
         return [None if i is None else i.encode() for i in items]
 
-    def validate_snapshot(self, data: bytes) -> None:
-        self._decode(data)
+    def validate_copy(self, path: Path) -> int:
+        return len(self._decode(path))
 
-    def restore(self, data: bytes) -> None:
-        seq = self._decode(data)
+    def install(self, path: Path) -> None:
+        seq = self._decode(path)
         for i, d in enumerate(seq, start=1):
             self._check(i, d, i)
-        self.seq = seq
+        self.disk.seq[:] = seq
+        self.disk.make_durable()  # a new generation, fsynced before it is switched to
+        path.unlink()
 
-    def digest(self) -> str:
-        return hashlib.sha256(self.snapshot()).hexdigest()
+    def digest_at(self) -> tuple[int, str]:
+        items = [None if d is None else d.decode() for d in self.disk.seq]
+        return len(items), hashlib.sha256(json.dumps(items).encode()).hexdigest()
 
 
 # ---------------------------------------------------------------------------- seams for the run
@@ -262,11 +329,15 @@ class Slot:
     id: NodeId
     fs: CrashFileSystem
     clock: SkewedClock
+    disk: StateDisk
+    spool: Path  # a real directory: the state's copies and snapshots in transit
     driver: RaftDriver[int] | None = None
     storage: Storage | None = None
     transport: MemoryTransport | None = None
     incarnation: int = 0
     state: ListState | None = None
+    # the indexes of the snapshots this node took of its own state (never an install)
+    local_snapshots: set[int] = field(default_factory=set)
     disk_s: float = 0.002  # its typical write time: the network is faster or slower
 
     @property
@@ -319,15 +390,20 @@ class Sim:
         self.trace: list[str] = []
         self.book = _LeaderBook(self.now)
         self.net = WatchedNetwork(random.Random(f"{seed}/net"), faults, self.book)
+        self.spool_root = Path(tempfile.mkdtemp(prefix="driversim-"))
         self.slots = {
             i: Slot(
                 i,
                 CrashFileSystem(),
                 SkewedClock(setup.uniform(0.9, 1.1), setup.randint(-60_000, 60_000)),
+                StateDisk(random.Random(f"{seed}/{i}/state-disk")),
+                self.spool_root / i,
                 disk_s=disk_speed(setup),
             )
             for i in self.ids
         }
+        for slot in self.slots.values():
+            slot.spool.mkdir()
         self.canonical: list[tuple[bytes | None, str]] = []  # data, who applied it first
         self.violation: _Violation | None = None
         self.acked: dict[bytes, int] = {}
@@ -382,7 +458,15 @@ class Sim:
         except StorageError as exc:
             self.violate("corrupt", f"{slot.id} could not reopen its storage: {exc}")
             return
-        state = ListState(self._checker(slot.id, slot.incarnation))
+        self._check_state_reaches_log(slot, storage)
+        self._watch_snapshots(slot, storage)
+        state = ListState(
+            slot.disk,
+            self._checker(slot.id, slot.incarnation),
+            random.Random(f"{self.seed}/{slot.id}/{slot.incarnation}/checkpoints"),
+        )
+        for leftover in slot.spool.iterdir():  # as Storage.open empties its spool
+            leftover.unlink()
         transport = self.net.transport(slot.id)
         rng = random.Random(f"{self.seed}/{slot.id}/{slot.incarnation}")
         disk = self.disk_rng
@@ -403,6 +487,8 @@ class Sim:
             clock=slot.clock,
             storage_executor=disk_executor,
             cpu_executor=InlineExecutor(lambda: disk.uniform(0.0, 0.004)),
+            apply_executor=InlineExecutor(lambda: disk.uniform(0.0, 0.001)),
+            spool_dir=slot.spool,
         )
         disk_executor.on_power_cut = lambda: self._mid_op_power_cut(slot, driver)
         self._watch_soft_state(driver)
@@ -420,6 +506,42 @@ class Sim:
             on_soft_state(soft)
 
         driver._on_soft_state = watched  # type: ignore[method-assign]
+
+    def _check_state_reaches_log(self, slot: Slot, storage: Storage) -> None:
+        """At restart, the state must reach the log: the entries after its applied index are
+        still stored. A state behind the stored snapshot is repaired at start by installing
+        that snapshot again, which is right only for an install from the leader that a crash
+        cut short (the storage holds it first, then the state switches). Behind a snapshot of
+        its own, the log was compacted ahead of the database: the bug of issue 13."""
+        snapshot = storage.initial_state().snapshot
+        applied = len(slot.disk.seq)
+        if snapshot is None or snapshot.index not in slot.local_snapshots:
+            return
+        if applied < snapshot.index:
+            self.violate(
+                "state-behind-log",
+                f"{slot.id}#{slot.incarnation} restarts with its state at {applied}, but its "
+                f"log starts at {snapshot.index + 1} after a snapshot of its own: entries "
+                f"{applied + 1}..{snapshot.index} were compacted away",
+            )
+
+    def _watch_snapshots(self, slot: Slot, storage: Storage) -> None:
+        """The log may be compacted only up to what the state holds durably (issue 13), checked
+        where storage compacts it (save_snapshot), not only at the next restart: a power cut
+        must follow, and draw a commit below the snapshot, for the restart check to see it."""
+        save = storage.save_snapshot
+
+        def watched(meta: SnapshotMeta, source: Path) -> None:
+            if meta.index > slot.disk.durable:
+                self.violate(
+                    "compacted-ahead",
+                    f"{slot.id} compacted its log to {meta.index}, but its state holds only "
+                    f"{slot.disk.durable} durably",
+                )
+            slot.local_snapshots.add(meta.index)  # first: a power cut may strike in save
+            save(meta, source)
+
+        storage.save_snapshot = watched  # type: ignore[method-assign]
 
     def _kill(self, slot: Slot, how: str) -> bool:
         driver, transport = slot.driver, slot.transport
@@ -446,6 +568,8 @@ class Sim:
         if not was_up:
             self.note(f"{how} {slot.id} (down)")
         slot.fs.crash(self.tear_rng)
+        kept = slot.disk.power_cut()
+        self.note(f"state of {slot.id} back to {kept}")
         if was_up:
             self._schedule_restart(slot)
 
@@ -603,12 +727,12 @@ class Sim:
         if log.committed != log.last_index():
             return False
         return all(
-            d is not None and d.state.applied_index == log.committed and d.leader == leaders[0].id
+            d is not None and d.applied_index == log.committed and d.leader == leaders[0].id
             for d in drivers
         )
 
     def final_checks(self) -> None:
-        seqs = {s.id: s.state.seq for s in self.slots.values() if s.state is not None}
+        seqs = {s.id: s.disk.seq for s in self.slots.values()}
         first = next(iter(seqs.values()))
         for node, seq in seqs.items():
             if seq != first:
@@ -667,9 +791,7 @@ class Sim:
                 self.violate("fatal", f"{slot.id} stopped itself: {slot.driver.fatal!r}")
         if self.violation is None:
             self.final_checks()
-        final_index = max(
-            (s.state.applied_index for s in self.slots.values() if s.state), default=0
-        )
+        final_index = max((len(s.disk.seq) for s in self.slots.values()), default=0)
         for slot in self.slots.values():
             self._kill(slot, "teardown")
         await self._drain()
@@ -749,6 +871,7 @@ def run_seed(
     finally:
         quiet.setLevel(level)
         loop.close()
+        shutil.rmtree(sim.spool_root, ignore_errors=True)
     if sim.violation is not None:
         tail = "\n".join(sim.trace[-25:])
         raise SimFailure(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import tempfile
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,9 +30,9 @@ from node.raft.types import (
     SnapshotMeta,
     Term,
 )
-from node.seams import InlineExecutor, SnapshotInvalidError, TransportEvents
+from node.seams import InlineExecutor, SnapshotInvalidError, SpoolFile, TransportEvents
 from node.storage import Storage
-from tests.driversim.harness import ListState
+from tests.driversim.harness import ListState, StateDisk
 from tests.driversim.vloop import SkewedClock, run
 from tests.storage.crashfs import CrashFileSystem
 
@@ -39,6 +41,26 @@ T = TypeVar("T")
 A, B, C = NodeId("a"), NodeId("b"), NodeId("c")
 CONF = ConfState((A, B, C))
 ROOT = Path("/units")
+SPOOL = Path(tempfile.gettempdir())  # replaced per test by a temporary directory (below)
+
+
+@pytest.fixture(autouse=True)
+def _spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real directory for the state's copies and snapshots in transit (SQLite and the
+    transports write them outside the storage's crash-model file layer)."""
+    monkeypatch.setitem(globals(), "SPOOL", tmp_path)
+
+
+def list_state() -> ListState:
+    return ListState(StateDisk(random.Random(0)), lambda index, data, expected: None, _NO_PARTIAL)
+
+
+class _NeverPartial(random.Random):
+    def random(self) -> float:
+        return 1.0  # ListState's checkpoints are never partial here
+
+
+_NO_PARTIAL = _NeverPartial()
 
 
 def config(ids: str = "abc", snapshot_entries: int = 1000) -> ClusterConfig:
@@ -70,8 +92,8 @@ class RecordingTransport:
 class ThreadLikeExecutor:
     """The CPU pool as two threads would run it: calls overlap in time (each takes `delay_s`
     of virtual time between starting and finishing), and a call named in `held` waits at a
-    gate until the test releases it. Records every pair of state.snapshot()/state.restore()
-    calls that were under way at once."""
+    gate until the test releases it. Records every pair of state.copy_to()/state.install()
+    calls that were under way at once (the test gives it as the CPU and the apply executor)."""
 
     def __init__(self, delay_s: float = 0.001, held: tuple[str, ...] = ()) -> None:
         self.delay_s = delay_s
@@ -91,7 +113,7 @@ class ThreadLikeExecutor:
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         name = getattr(fn, "__name__", repr(fn))
         for other in self.active:
-            if {name, other} <= {"snapshot", "restore"}:
+            if {name, other} <= {"copy_to", "install"}:
                 self.overlaps.append((other, name))
         self.active.append(name)
         try:
@@ -136,15 +158,20 @@ def make_driver(
 ) -> tuple[RaftDriver[int], RecordingTransport]:
     transport = RecordingTransport()
     storage = Storage.open(ROOT / node, fs=fs or CrashFileSystem())
+    spool = SPOOL / node
+    spool.mkdir(exist_ok=True)
+    cpu = cpu or ThreadLikeExecutor()
     driver: RaftDriver[int] = RaftDriver(
         node_id=node,
         config=cfg or config(),
         storage=storage,
-        state=ListState(lambda index, data, expected: None),
+        state=list_state(),
         transport=transport,
         clock=SkewedClock(),
         storage_executor=storage_executor or InlineExecutor(lambda: 0.001),
-        cpu_executor=cpu or ThreadLikeExecutor(),
+        cpu_executor=cpu,
+        apply_executor=cpu,
+        spool_dir=spool,
     )
     return driver, transport
 
@@ -170,14 +197,42 @@ def heartbeat(commit: int, term: int = 1) -> Message:
     return Message(MessageType.HEARTBEAT, A, B, Term(term), commit=LogIndex(commit))
 
 
-def snapshot_of(index: int, term: int = 1) -> tuple[Message, bytes]:
-    """The leader's InstallSnapshot at `index` and the state it carries."""
-    leader_state = ListState(lambda i, d, e: None)
-    for i in range(1, index + 1):
-        leader_state.apply(i, b"leader-%d" % i)
+def snapshot_of(index: int, term: int = 1) -> tuple[Message, Path]:
+    """The leader's InstallSnapshot at `index`, and a file with the state it carries (as a
+    transport leaves it in the receiver's spool)."""
+    leader_state = list_state()
+    leader_state.apply_batch([(i, b"leader-%d" % i) for i in range(1, index + 1)])
     meta = SnapshotMeta(LogIndex(index), Term(term), CONF)
     m = Message(MessageType.SNAPSHOT, A, B, Term(term), snapshot=meta)
-    return m, leader_state.snapshot()
+    received = SPOOL / f"received-{index}-{term}.part"
+    leader_state.copy_to(received)
+    return m, received
+
+
+async def deliver(driver: RaftDriver[int], m: Message, path: Path) -> None:
+    """As a transport hands a snapshot over (node.memory_transport.send_snapshot): the data
+    streamed into a SpoolFile in the receiver's spool, and the file discarded afterwards,
+    whatever the receiver did with it."""
+    spooled = SpoolFile(driver.snapshot_spool)
+    try:
+        spooled.write(path.read_bytes())
+        spooled.finish()
+        await driver.receive_snapshot(m, spooled.path)
+    finally:
+        spooled.discard()
+        path.unlink()
+
+
+def stored_snapshot(driver: RaftDriver[int]) -> tuple[int, bytes] | None:
+    """The index and the data of the snapshot the driver's storage holds."""
+    reader = driver.storage.open_snapshot()
+    if reader is None:
+        return None
+    with reader:
+        data = b""
+        while piece := reader.read(1 << 20):
+            data += piece
+        return reader.meta.index, data
 
 
 async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
@@ -195,7 +250,7 @@ def vrun(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
 
 
 def applied(driver: RaftDriver[int]) -> int:
-    return driver.state.applied_index
+    return driver.applied_index
 
 
 # ---------------------------------------------------------------------------- snapshot vs install
@@ -213,23 +268,23 @@ def test_a_local_snapshot_and_an_install_never_run_at_once_and_the_stale_one_is_
     the installed snapshot) raises and stops the node."""
 
     async def test() -> None:
-        cpu = ThreadLikeExecutor(held=("snapshot",))
+        cpu = ThreadLikeExecutor(held=("copy_to",))
         driver, _ = make_driver(cfg=config(snapshot_entries=3), cpu=cpu)
         driver.start()
         driver.step(append(0, entries(1, 5), commit=5))
-        await until(lambda: cpu.waiting("snapshot"))
+        await until(lambda: cpu.waiting("copy_to"))
         assert applied(driver) == 5
 
-        m, data = snapshot_of(20)
-        await driver.receive_snapshot(m, data)
+        m, path = snapshot_of(20)
+        data = path.read_bytes()
+        await driver.receive_snapshot(m, path)
         await asyncio.sleep(0.5)  # the install has every chance to run now
-        cpu.release("snapshot")
+        cpu.release("copy_to")
         await until(lambda: applied(driver) == 20 or driver.fatal is not None)
 
         assert cpu.overlaps == []
         assert driver.fatal is None and not driver.stopped.is_set()
-        snap = driver.storage.load_snapshot()
-        assert snap is not None and snap[0].index == 20 and snap[1] == data
+        assert stored_snapshot(driver) == (20, data)
         assert driver.core.log.snapshot_index() == 20
         # and the node goes on from the installed snapshot
         driver.step(append(20, entries(21, 22), commit=22))
@@ -250,14 +305,14 @@ def test_a_local_snapshot_overtaken_by_an_install_while_it_waited_is_dropped() -
         driver.start()
         driver.step(append(0, entries(1, 2), commit=2))
         await until(lambda: applied(driver) == 2)
-        m, data = snapshot_of(20)
-        await driver.receive_snapshot(m, data)
+        m, path = snapshot_of(20)
+        data = path.read_bytes()
+        await driver.receive_snapshot(m, path)
         await until(lambda: applied(driver) == 20)
         driver._snapshotting = True  # as _maybe_snapshot does before starting the task
         await driver._take_snapshot()
         assert driver.fatal is None and not driver.stopped.is_set()
-        snap = driver.storage.load_snapshot()
-        assert snap is not None and snap[0].index == 20 and snap[1] == data
+        assert stored_snapshot(driver) == (20, data)
         await driver.stop()
 
     vrun(test)
@@ -267,7 +322,7 @@ def test_a_local_snapshot_overtaken_by_an_install_while_it_waited_is_dropped() -
 
 
 def test_a_snapshot_that_does_not_decode_is_refused_before_storage() -> None:
-    """Fix: receive_snapshot validates the data (state.validate_snapshot) before the core
+    """Fix: receive_snapshot validates the data (state.validate_copy) before the core
     sees the message. Without it the core takes the snapshot, the driver installs it on disk
     and then cannot restore it: the node stops, and restarts into the same bad snapshot."""
 
@@ -278,10 +333,12 @@ def test_a_snapshot_that_does_not_decode_is_refused_before_storage() -> None:
         driver.step(append(0, entries(1, 2), commit=2))
         await until(lambda: applied(driver) == 2)
         m, _ = snapshot_of(20)
+        junk = SPOOL / "junk.part"
+        junk.write_bytes(b"\x00 not a snapshot")
         with pytest.raises(SnapshotInvalidError):
-            await driver.receive_snapshot(m, b"\x00 not a snapshot")
+            await driver.receive_snapshot(m, junk)
         await asyncio.sleep(0.5)
-        assert driver.storage.load_snapshot() is None
+        assert stored_snapshot(driver) is None
         assert fs.listdir(ROOT / B / "snap") == []
         assert driver.core.pending_snapshot is None and driver._incoming_snapshot is None
         assert driver.core.log.snapshot_index() == 0 and applied(driver) == 2
@@ -289,8 +346,8 @@ def test_a_snapshot_that_does_not_decode_is_refused_before_storage() -> None:
         # the refusal is not an answer: the leader heard nothing about snapshot 20
         assert not any(s.type is MessageType.APPEND_RESP and s.index >= 20 for s in transport.sent)
         # the control: the same message with good data installs
-        m, data = snapshot_of(20)
-        await driver.receive_snapshot(m, data)
+        m, path = snapshot_of(20)
+        await driver.receive_snapshot(m, path)
         await until(lambda: applied(driver) == 20)
         await driver.stop()
 
@@ -299,21 +356,32 @@ def test_a_snapshot_that_does_not_decode_is_refused_before_storage() -> None:
 
 def test_the_data_of_a_snapshot_the_core_ignores_is_not_kept() -> None:
     """Fix: `if self.core.pending_snapshot == meta: self._incoming_snapshot = ...`. A
-    snapshot at or below the commit index is old news to the core; without the check its
-    bytes stay in the driver (the old dict of incoming snapshots kept every one)."""
+    snapshot at or below the commit index is old news to the core; without the check the
+    driver takes its file (renames it out of the transport's reach) and keeps it. Delivered
+    as the transports deliver it (a SpoolFile in the driver's spool, discarded afterwards),
+    it leaves nothing behind; one the core installs leaves nothing either."""
 
     async def test() -> None:
         driver, _ = make_driver()
         driver.start()
         driver.step(append(0, entries(1, 5), commit=5))
         await until(lambda: applied(driver) == 5)
-        m, data = snapshot_of(3)
-        await driver.receive_snapshot(m, data)
+        m, path = snapshot_of(3)
+        await deliver(driver, m, path)
         assert driver.core.pending_snapshot is None
         assert driver._incoming_snapshot is None
+        assert list(driver.snapshot_spool.iterdir()) == []  # the spooled file is removed
         await asyncio.sleep(0.2)
         assert driver.fatal is None and applied(driver) == 5
-        assert driver.storage.load_snapshot() is None
+        assert stored_snapshot(driver) is None
+        # the control: one the core takes is kept until installed, then removed too
+        m, path = snapshot_of(20)
+        await deliver(driver, m, path)
+        assert driver._incoming_snapshot is not None
+        assert driver._incoming_snapshot[1].parent == driver.snapshot_spool
+        await until(lambda: applied(driver) == 20)
+        assert driver._incoming_snapshot is None
+        assert list(driver.snapshot_spool.iterdir()) == []
         await driver.stop()
 
     vrun(test)

@@ -1,0 +1,328 @@
+"""Three real RaftDrivers with real SQLite chat states (node.chat.state.ChatState) on an
+in-memory network in one virtual-time event loop (issue 13, "Tests on the driver seam"): group
+commit and apply batches, crash and replay from the database's applied index, snapshot install
+to a follower behind the compacted log, and the digest alike on all three. Every test also
+checks that no log is ever compacted past the database's last complete checkpoint (the
+worst-case power cut, and the guards, are in test_compaction_guard.py).
+
+Storage is the crash-model file system; the databases are real files in a temporary directory
+(SQLite's I/O bypasses the project's file layer), and so is each node's spool."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from node.chat.commands import Login, Register, Send, encode, session_of
+from node.chat.replies import ApplyResult
+from node.chat.state import ChatState
+from node.config import ChatLimits, ClusterConfig, parse_config
+from node.driver import RaftDriver
+from node.memory_transport import MemoryNetwork, NetworkFaults
+from node.raft.types import NodeId, SnapshotMeta
+from node.seams import InlineExecutor
+from node.storage import Storage
+from tests.chat.conftest import fast_hash
+from tests.driversim.vloop import SkewedClock, run
+from tests.storage.crashfs import CrashFileSystem
+
+IDS = [NodeId("a"), NodeId("b"), NodeId("c")]
+ROOT = Path("/sqlite-drivers")
+LIMITS = ChatLimits()
+
+
+def config(snapshot_entries: int) -> ClusterConfig:
+    nodes = "".join(
+        f"  {n}: {{host: 127.0.0.1, port: {i + 1}, peer_port: {i + 101}}}\n"
+        for i, n in enumerate(IDS)
+    )
+    text = (
+        f"cluster: sqlite\ndata_dir: {ROOT}\nleader: a\nsnapshot: {{entries: {snapshot_entries}}}\n"
+        f"nodes:\n{nodes}"
+    )
+    return parse_config(text, ROOT / "cluster.yaml")
+
+
+class CountingState(ChatState):
+    """A ChatState that counts its batches and keeps a copy of its database file after each
+    complete checkpoint: what the file holds if the power fails before the next one."""
+
+    def __init__(self, directory: Path, durable: int = 0) -> None:
+        super().__init__(LIMITS, directory, voters=IDS)
+        self.batches: list[tuple[int, int]] = []  # (first index, entries) of each apply_batch
+        self.checkpoint_copy = directory.parent / f"{directory.name}.at-checkpoint"
+        self.refuse_checkpoints = False
+        # What the file holds whatever happens: the last complete checkpoint or install,
+        # carried across restarts (what a SIGKILL left in the WAL is not durable yet).
+        self.durable = durable
+        self.installs = 0
+
+    def apply_batch(self, entries: Sequence[tuple[int, bytes | None]]) -> list[ApplyResult | None]:
+        self.batches.append((entries[0][0], len(entries)))
+        return super().apply_batch(entries)
+
+    def checkpoint(self) -> int | None:
+        if self.refuse_checkpoints:
+            return None  # as when a reader holds the checkpoint back
+        durable = super().checkpoint()
+        if durable is not None:  # the WAL is empty: the file alone is the state
+            shutil.copyfile(self.path, self.checkpoint_copy)
+            self.durable = durable
+        return durable
+
+    def install(self, path: Path) -> None:
+        super().install(path)
+        self.installs += 1
+        self.durable = self.applied_index
+
+
+class Cluster:
+    def __init__(
+        self,
+        tmp: Path,
+        snapshot_entries: int = 1000,
+        driver_class: type[RaftDriver[ApplyResult]] = RaftDriver,
+    ) -> None:
+        self.tmp = tmp
+        self.driver_class = driver_class
+        self.config = config(snapshot_entries)
+        self.net = MemoryNetwork(random.Random(7), NetworkFaults(delay_s=(0.0005, 0.002)))
+        self.fs = {n: CrashFileSystem() for n in IDS}
+        self.drivers: dict[NodeId, RaftDriver[ApplyResult]] = {}
+        self.states: dict[NodeId, CountingState] = {}
+        self.fsyncs = 0
+        self.compacted_ahead: list[str] = []  # every compaction past the database's durable
+        self.durable: dict[NodeId, int] = {}
+
+    def start(self, node: NodeId) -> RaftDriver[ApplyResult]:
+        storage = Storage.open(ROOT / node, fs=self.fs[node])
+        state = CountingState(self.tmp / node / "state", self.durable.get(node, 0))
+        spool = self.tmp / node / "spool"
+        spool.mkdir(parents=True, exist_ok=True)
+        sync = storage.sync
+
+        def counted_sync() -> None:
+            self.fsyncs += 1
+            sync()
+
+        storage.sync = counted_sync  # type: ignore[method-assign]
+        save = storage.save_snapshot
+
+        def watched_save(meta: SnapshotMeta, source: Path) -> None:
+            # save_snapshot compacts the stored log: never past the last complete checkpoint
+            if meta.index > state.durable:
+                self.compacted_ahead.append(f"{node}: log to {meta.index}, db {state.durable}")
+            save(meta, source)
+
+        storage.save_snapshot = watched_save  # type: ignore[method-assign]
+        driver: RaftDriver[ApplyResult] = self.driver_class(
+            node_id=node,
+            config=self.config,
+            storage=storage,
+            state=state,
+            transport=self.net.transport(node),
+            rng=random.Random(f"{node}/{len(self.drivers)}"),
+            clock=SkewedClock(),
+            storage_executor=InlineExecutor(lambda: 0.002),
+            cpu_executor=InlineExecutor(lambda: 0.001),
+            apply_executor=InlineExecutor(lambda: 0.0005),
+            spool_dir=spool,
+        )
+        self.net.attach(node, driver)
+        driver.start()
+        self.drivers[node], self.states[node] = driver, state
+        return driver
+
+    def crash(self, node: NodeId) -> None:
+        """SIGKILL: every committed transaction survives, in the database file and its WAL.
+        Closing the connections would checkpoint the WAL into the file, which a killed
+        process never does: the files are kept as they were and put back after the close."""
+        self.drivers[node].crash()
+        self.net.detach(node)
+        state = self.states[node]
+        self.durable[node] = state.durable
+        files = [state.path, Path(f"{state.path}-wal")]
+        kept = {f: f.read_bytes() for f in files if f.exists()}
+        state.close()
+        for f in files:
+            f.unlink(missing_ok=True)
+        Path(f"{state.path}-shm").unlink(missing_ok=True)
+        for f, data in kept.items():
+            f.write_bytes(data)
+        self.fs[node].crash_process()
+
+    async def leader(self) -> RaftDriver[ApplyResult]:
+        for _ in range(5000):
+            leaders = [d for d in self.drivers.values() if d.is_leader and not d.stopped.is_set()]
+            if leaders:
+                return leaders[0]
+            await asyncio.sleep(0.01)
+        raise AssertionError("no leader")
+
+    async def converged(self) -> None:
+        for _ in range(5000):
+            leader = await self.leader()
+            commit = leader.core.log.committed
+            if all(
+                d.applied_index == commit and d.core.log.committed == commit
+                for d in self.drivers.values()
+            ):
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("the nodes did not converge")
+
+    def digests(self) -> set[str]:
+        return {s.digest() for s in self.states.values()}
+
+    async def stop(self) -> None:
+        for driver in self.drivers.values():
+            if not driver.stopped.is_set():
+                await driver.stop()
+        for state in self.states.values():
+            state.close()
+
+
+TOKEN = "ab" * 32
+
+
+async def setup_accounts(cluster: Cluster) -> RaftDriver[ApplyResult]:
+    leader = await cluster.leader()
+    h = fast_hash("pw")
+    for name in ("alice", "bob"):
+        reply = await leader.propose(
+            encode(
+                Register(
+                    timestamp_ms=1, log_time_ms=1, request=None, username=name, password_hash=h
+                )
+            ),
+            10.0,
+        )
+        assert reply.ok
+    login = Login(
+        timestamp_ms=2,
+        log_time_ms=2,
+        request=None,
+        username="alice",
+        session=session_of(TOKEN),
+        verified_digest=h.digest,
+    )
+    assert (await leader.propose(encode(login), 10.0)).ok
+    return leader
+
+
+def send(text: str) -> Send:
+    return Send(
+        timestamp_ms=3,
+        log_time_ms=3,
+        request=None,
+        session=session_of(TOKEN),
+        recipient="bob",
+        text=text,
+    )
+
+
+async def send_many(leader: RaftDriver[ApplyResult], count: int, start: int = 0) -> None:
+    sends = [leader.propose(encode(send(f"m{i}")), 30.0) for i in range(start, start + count)]
+    results = await asyncio.gather(*sends)
+    assert all(r.ok for r in results)
+
+
+def vrun(
+    tmp_path: Path,
+    test: Callable[[Cluster], Coroutine[Any, Any, None]],
+    *,
+    clean: bool = True,
+    **kw: Any,
+) -> Cluster:
+    """Run `test` on a fresh cluster; unless told otherwise (`clean=False`, for a driver
+    broken on purpose), no node may have compacted its log past its database."""
+    cluster = Cluster(tmp_path, **kw)
+
+    async def main() -> None:
+        for node in IDS:
+            cluster.start(node)
+        try:
+            await asyncio.wait_for(test(cluster), 120.0)
+        finally:
+            await cluster.stop()
+
+    run(main())
+    if clean:
+        assert cluster.compacted_ahead == [], cluster.compacted_ahead
+    return cluster
+
+
+def test_group_commit_apply_batches_and_one_digest(tmp_path: Path) -> None:
+    async def test(cluster: Cluster) -> None:
+        leader = await setup_accounts(cluster)
+        before = cluster.fsyncs
+        await send_many(leader, 200)
+        await cluster.converged()
+        assert len(cluster.digests()) == 1
+        # group commit: 200 proposals in flight cost far fewer than 200 fsyncs on 3 nodes
+        assert cluster.fsyncs - before < 3 * 200 / 2
+        # apply batches: one transaction carries several entries, on every node
+        for state in cluster.states.values():
+            assert max(n for _, n in state.batches) > 1
+            assert len(state.batches) < state.applied_index / 2
+            assert sum(n for _, n in state.batches) == state.applied_index
+        assert all(s.digest() == s.scan_digest() for s in cluster.states.values())
+        assert cluster.states[leader.id].history("bob", "alice", 1000)[-1].text == "m199"
+
+    vrun(tmp_path, test)
+
+
+def test_a_crashed_follower_replays_from_its_databases_applied_index(tmp_path: Path) -> None:
+    async def test(cluster: Cluster) -> None:
+        leader = await setup_accounts(cluster)
+        await send_many(leader, 50)
+        await cluster.converged()
+        follower = next(n for n in IDS if n != leader.id)
+        applied_before = cluster.states[follower].applied_index
+        cluster.crash(follower)
+        assert Path(f"{cluster.states[follower].path}-wal").stat().st_size > 0  # as killed
+        await send_many(leader, 50, start=50)
+        restarted = cluster.start(follower)
+        state = cluster.states[follower]
+        # the database kept what it had committed: nothing is rebuilt from the start
+        assert state.applied_index == applied_before > 0
+        await cluster.converged()
+        # the replay began right after the database's applied index, in batches
+        assert state.batches[0][0] == applied_before + 1
+        assert sum(n for _, n in state.batches) == leader.applied_index - applied_before
+        assert state.installs == 0
+        assert restarted.applied_index == leader.applied_index
+        assert len(cluster.digests()) == 1
+        assert state.history("bob", "alice", 1000)[-1].text == "m99"
+
+    vrun(tmp_path, test)
+
+
+def test_a_follower_behind_the_compacted_log_installs_the_database(tmp_path: Path) -> None:
+    async def test(cluster: Cluster) -> None:
+        leader = await setup_accounts(cluster)
+        follower = next(n for n in IDS if n != leader.id)
+        generation = cluster.states[follower].path.name
+        cluster.net.partition([follower], [n for n in IDS if n != follower])
+        await send_many(leader, 150)
+        behind = cluster.drivers[follower].core.log.last_index()
+        for _ in range(1000):  # the leader snapshots off the loop, soon after it applies
+            if leader.core.log.snapshot_index() > behind:
+                break
+            await asyncio.sleep(0.01)
+        assert leader.core.log.snapshot_index() > behind
+        cluster.net.heal()
+        await cluster.converged()
+        state = cluster.states[follower]
+        assert state.path.name != generation and state.installs == 1  # a new generation
+        left = {p.name.split(".")[0] for p in state.path.parent.iterdir()}
+        assert left == {state.path.stem}  # the old generation deleted, -wal/-shm with it
+        assert list((tmp_path / follower / "spool").iterdir()) == []  # nothing left in transit
+        assert len(cluster.digests()) == 1
+        assert cluster.states[follower].history("alice", "bob", 5)[-1].text == "m149"
+
+    vrun(tmp_path, test, snapshot_entries=30)
