@@ -24,15 +24,15 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH_SCRYPT = ScryptCost(n=1024, r=8, p=1)  # logins are not what this measures
 
 
-def bench_cluster(directory: Path, nodes: int = 3) -> ClusterConfig:
-    """The repository's cluster (its timings and limits) as `nodes` nodes a, b, ... on free
-    127.0.0.1 ports, data in directory/data, the first node the leader hint."""
+def bench_cluster(directory: Path, nodes: int = 3, source: Path | None = None) -> ClusterConfig:
+    """The repository's cluster (or source's: its timings and limits) as `nodes` nodes a, b, ...
+    on free 127.0.0.1 ports, data in directory/data, the first node the leader hint."""
     ids = [chr(ord("a") + i) for i in range(nodes)]
     ports: list[int] = []
     for _ in range(2 * len(ids)):  # a client port and a peer port each
         ports.append(free_port(avoid=ports))
     return dataclasses.replace(
-        load_config(ROOT / "cluster.yaml"),
+        load_config(source or ROOT / "cluster.yaml"),
         cluster="bench",
         leader=ids[0],
         data_dir=directory / "data",

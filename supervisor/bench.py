@@ -15,9 +15,13 @@ machine's own yardstick (absolute times drift on a shared machine):
   faults.
 
 `--quick` uses small counts (seconds in all, 3 failovers, no stability window) for tests and for
-a first look. The result is a table, or one JSON object with --json; `run_benchmark` returns
-the same document to callers, given a ClusterConfig (benchmarks/cluster.py is a thin wrapper
-around it).
+a first look. `--scale N` measures something else instead: the cluster filled with N messages
+(memory, sizes, restarts, History, catch-up by snapshot; JSON), by running `python -m
+benchmarks.scale --config FILE --messages N` (benchmarks/scale.py, whose docstring lists the
+figures) as a child process: the supervisor does not import the benchmarks.
+
+The result is a table, or one JSON object with --json; `run_benchmark` returns the same
+document to callers, given a ClusterConfig (benchmarks/cluster.py is a thin wrapper around it).
 
 A tool on top of the supervisor library: imports node.config, protos, grpc and the supervisor
 modules cluster, errors, ports and sender; never node internals or client (it sends through
@@ -529,6 +533,13 @@ def add_arguments(parser: argparse.ArgumentParser, *, config: bool = True) -> No
     """The benchmark's options (`config`: the positional cluster.yaml)."""
     if config:
         parser.add_argument("config", type=Path, help="cluster.yaml (its data is not touched)")
+        parser.add_argument(
+            "--scale",
+            type=int,
+            metavar="N",
+            help="instead: fill the cluster with N messages and measure it at that size "
+            "(benchmarks/scale.py; JSON; with --quick, its quick form)",
+        )
     defaults = BenchSettings()
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
@@ -576,6 +587,8 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
 
 def run_command(args: argparse.Namespace) -> int:
     """`python -m supervisor bench`: 0 done, 1 the benchmark failed, 2 bad usage or config."""
+    if getattr(args, "scale", None) is not None:
+        return run_scale(args)
     try:
         settings = settings_from(args)
         config = load_config(args.config)  # a bad file is a clear error before anything starts
@@ -599,3 +612,19 @@ def run_command(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(result, indent=1) if args.json else render_table(result), flush=True)
     return 0
+
+
+def run_scale(args: argparse.Namespace) -> int:
+    """`bench CONFIG --scale N`: benchmarks/scale.py on CONFIG's cluster (moved to free ports
+    and a temporary directory), in a child process; its JSON on stdout, its exit status."""
+    if args.scale < 1:
+        print(f"bench: --scale must be positive (got {args.scale})", file=sys.stderr)
+        return 2
+    try:
+        load_config(args.config)  # a bad file is a clear error before anything starts
+    except ConfigError as error:
+        print(f"bench: {error}", file=sys.stderr)
+        return 2
+    command = [sys.executable, "-m", "benchmarks.scale", "--messages", str(args.scale)]
+    command += ["--config", str(args.config.resolve())] + (["--quick"] if args.quick else [])
+    return subprocess.run(command, cwd=ROOT, stdin=subprocess.DEVNULL, check=False).returncode
