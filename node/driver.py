@@ -147,16 +147,20 @@ class RaftDriver(Generic[R]):
         storage_executor: Executor | None = None,
         cpu_executor: Executor | None = None,
         apply_executor: Executor | None = None,
+        spool_dir: Path | None = None,
     ) -> None:
         """`storage_executor` and `apply_executor` must each run their calls one at a time, in
         order (the writes land in the order the Ready contract asks for; batches in log order);
-        the defaults are threads and the real clock."""
+        the defaults are threads and the real clock. `spool_dir` (default: the storage's) is a
+        real directory for the state's copies and snapshots in transit: SQLite, and the
+        transports, write them outside the storage's file layer."""
         self.id = node_id
         self.config = config
         self.storage = storage
         self.state = state
         self.clock: Clock = clock or SystemClock()
         init = storage.initial_state()
+        self._spool_dir = spool_dir if spool_dir is not None else storage.spool_dir
         self._spool_seq = 0
         if init.snapshot is not None and state.applied_index < init.snapshot.index:
             self._restore_from_snapshot(init.snapshot)
@@ -423,11 +427,13 @@ class RaftDriver(Generic[R]):
     @property
     def snapshot_spool(self) -> Path:
         """Where a transport writes a snapshot it is receiving (beside the snapshots)."""
-        return self.storage.spool_dir
+        return self._spool_dir
 
     def _spool_path(self, what: str) -> Path:
         self._spool_seq += 1
-        return self.storage.spool_dir / f"{what}-{self._spool_seq}.db"
+        path = self._spool_dir / f"{what}-{self._spool_seq}.db"
+        path.unlink(missing_ok=True)  # a leftover of an earlier process
+        return path
 
     async def receive_snapshot(self, m: Message, path: Path) -> None:
         """An InstallSnapshot from the leader, received whole in the file `path`. It is checked

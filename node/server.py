@@ -665,7 +665,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             # rest page by page, each page read whole before it is yielded (no read
             # transaction spans an await). A message applied meanwhile is pushed to `sub` as
             # well: it goes out once, in id order (`sub.last`).
-            backlog, _ = self._state.queue_at(user, request.after_id)
+            backlog, _ = self._state.queue_at(user, request.after_id, QUEUE_PAGE)
             sub = _Subscriber(user.lower(), session, last=request.after_id)
             streams.add(sub)
             while backlog:
@@ -675,7 +675,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
                 if len(backlog) < QUEUE_PAGE:
                     break
                 try:
-                    backlog = self._state.queue(user, sub.last)
+                    backlog = self._state.queue(user, sub.last, QUEUE_PAGE)
                 except ChatError as err:  # the account was deleted meanwhile
                     raise self._chat_error(err) from None
             while True:

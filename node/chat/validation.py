@@ -17,6 +17,7 @@ from node.config import ChatLimits
 
 MAX_PASSWORD_CHARS = 1024
 MAX_PATTERN_CHARS = 128
+MAX_HISTORY_LIMIT = 10_000  # messages one History reply carries at most
 # protos.vocabulary.TOKEN_BYTES, which node/chat may not import (a test ties the two)
 TOKEN_BYTES = 32
 
@@ -117,13 +118,14 @@ def validate_page_size(page_size: int, limits: ChatLimits) -> int:
 
 
 def validate_history_limit(limit: int, limits: ChatLimits) -> int:
-    """0 means `limits.page_size`; more than `max_page_size` (one reply's worth) or than the
-    history kept per pair is cut to it."""
+    """0 means `limits.page_size`; more than MAX_HISTORY_LIMIT (what one reply carries; the
+    history kept is a retention setting, far larger) or than the history kept per pair is cut
+    to it."""
     if limit < 0:
         raise _invalid(f"history limit must not be negative (got {limit})")
     if limit == 0:
         return min(limits.page_size, limits.history_per_pair)
-    return min(limit, limits.max_page_size, limits.history_per_pair)
+    return min(limit, MAX_HISTORY_LIMIT, limits.history_per_pair)
 
 
 def validate_message_id(message_id: int, what: str = "message id") -> int:

@@ -7,6 +7,7 @@ import pytest
 from node.chat.commands import MAX_INT64, MAX_UINT64, RequestId
 from node.chat.errors import ChatError, ErrorCode
 from node.chat.validation import (
+    MAX_HISTORY_LIMIT,
     MAX_PASSWORD_CHARS,
     MAX_PATTERN_CHARS,
     TOKEN_BYTES,
@@ -138,9 +139,9 @@ def test_history_limit_zero_means_default_and_is_cut_to_what_is_kept() -> None:
 
 
 def test_history_limit_is_cut_to_one_replys_worth_when_much_more_is_kept() -> None:
-    limits = ChatLimits(history_per_pair=1_000_000, max_page_size=1000)
-    assert validate_history_limit(999, limits) == 999
-    assert validate_history_limit(10**6, limits) == 1000
+    limits = ChatLimits(history_per_pair=1_000_000)
+    assert validate_history_limit(9_999, limits) == 9_999
+    assert validate_history_limit(10**6, limits) == MAX_HISTORY_LIMIT == 10_000
 
 
 def test_message_ids_fit_sqlites_signed_64_bits() -> None:

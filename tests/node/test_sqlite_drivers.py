@@ -326,3 +326,29 @@ def test_a_follower_behind_the_compacted_log_installs_the_database(tmp_path: Pat
         assert cluster.states[follower].history("alice", "bob", 5)[-1].text == "m149"
 
     vrun(tmp_path, test, snapshot_entries=30)
+
+
+def test_a_node_whose_database_is_gone_restores_it_from_its_snapshot_and_replays(
+    tmp_path: Path,
+) -> None:
+    """The state behind the stored snapshot (here its files are gone; also a crash between
+    storing an install and switching the state to it): the driver installs its own snapshot
+    at start, then replays the log after it."""
+
+    async def test(cluster: Cluster) -> None:
+        leader = await setup_accounts(cluster)
+        await send_many(leader, 100)
+        await cluster.converged()
+        follower = next(n for n in IDS if n != leader.id)
+        snapshot = cluster.drivers[follower].core.log.snapshot_index()
+        assert snapshot > 0
+        cluster.crash(follower)
+        shutil.rmtree(cluster.tmp / follower / "state")
+        cluster.durable.pop(follower, None)
+        restarted = cluster.start(follower)
+        assert cluster.states[follower].applied_index == snapshot  # restored at start
+        assert restarted.applied_index == snapshot
+        await cluster.converged()
+        assert len(cluster.digests()) == 1
+
+    vrun(tmp_path, test, snapshot_entries=30)
