@@ -13,7 +13,9 @@ the snapshot store is SnapshotFiles. Every file operation goes through the file 
 Nothing acknowledged is lost: what sync() returned from is recovered by open(), or open() raises
 StorageCorruptedError naming the file and byte offset. What open() recovers is durable when it
 returns (it fsyncs what it replayed), so the caller may count all of it as stable. A data
-directory of another on-disk format raises StorageFormatError. Not thread-safe: one caller at
+directory of another on-disk format raises StorageFormatError, and a log whose entries are in
+another command format than the caller's (the WAL header records it; the storage never decodes
+a command) raises CommandFormatError, a StorageFormatError. Not thread-safe: one caller at
 a time (a SnapshotReader from open_snapshot() is the exception: it has its own file handle).
 
 A snapshot's data is a file (a SQLite database, up to hundreds of MB), so it is never held in
@@ -34,6 +36,7 @@ from types import TracebackType
 
 from node.raft.types import Entry, HardState, LogIndex, SnapshotMeta, Term
 from node.storage.errors import (
+    CommandFormatError,
     CompactedError,
     StorageClosedError,
     StorageCorruptedError,
@@ -52,6 +55,7 @@ from node.storage.wal import DEFAULT_SEGMENT_BYTES, WriteAheadLog
 
 __all__ = [
     "DEFAULT_SEGMENT_BYTES",
+    "CommandFormatError",
     "CompactedError",
     "FileSystem",
     "InitialState",
@@ -110,13 +114,19 @@ class Storage:
         *,
         fs: FileSystem | None = None,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        command_format: int = 0,
     ) -> Storage:
         """Create `data_dir` if needed, lock it and recover its state.
 
+        `command_format` is the version of the encoding of the entries' data that the caller
+        reads and writes (a u32, not interpreted here): a new log records it in its segment
+        headers, and a log that records another one is refused.
+
         Raises StorageLockedError if another process (or another open here) holds it,
-        StorageCorruptedError if its contents are damaged beyond a torn tail, and
-        StorageFormatError if an older (or newer) chatbooth wrote it. What it recovers is
-        durable on return.
+        StorageCorruptedError if its contents are damaged beyond a torn tail,
+        StorageFormatError if an older (or newer) chatbooth wrote it, and CommandFormatError
+        (a StorageFormatError) if its entries are in another command format. What it recovers
+        is durable on return.
         """
         fs = fs if fs is not None else RealFileSystem()
         data_dir = Path(data_dir).absolute()
@@ -126,7 +136,7 @@ class Storage:
             raise StorageIOError(f"cannot create data directory {data_dir}: {exc}") from exc
         lock = fs.lock(data_dir / LOCK_NAME)
         try:
-            return cls._recover(data_dir, fs, lock, segment_bytes)
+            return cls._recover(data_dir, fs, lock, segment_bytes, command_format)
         except OSError as exc:
             lock.release()
             raise StorageIOError(f"{data_dir}: cannot open the storage: {exc}") from exc
@@ -136,7 +146,12 @@ class Storage:
 
     @classmethod
     def _recover(
-        cls, data_dir: Path, fs: FileSystem, lock: FileLock, segment_bytes: int
+        cls,
+        data_dir: Path,
+        fs: FileSystem,
+        lock: FileLock,
+        segment_bytes: int,
+        command_format: int,
     ) -> Storage:
         wal_dir, snap_dir = data_dir / WAL_DIR, data_dir / SNAP_DIR
         ensure_dir(fs, wal_dir)
@@ -152,7 +167,9 @@ class Storage:
                 f"there is no WAL segment but {snap_dir} holds snapshots: "
                 "the log and the hard state were lost",
             )
-        wal = WriteAheadLog.open(fs, wal_dir, segment_bytes=segment_bytes)
+        wal = WriteAheadLog.open(
+            fs, wal_dir, segment_bytes=segment_bytes, command_format=command_format
+        )
         try:
             _reconcile(wal, snapshots)
         except BaseException:

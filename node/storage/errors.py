@@ -29,6 +29,37 @@ class StorageFormatError(StorageError):
     """The data directory was written in an on-disk format this build does not read.
 
     Not damage: an older (or newer) chatbooth wrote it. It is refused, never converted.
+    `older_why`, if given, replaces the default account of why an older version is not read.
+    """
+
+    def __init__(
+        self, path: Path, found: int, supported: int, *, older_why: str | None = None
+    ) -> None:
+        self.path = path
+        self.found = found
+        self.supported = supported
+        if found < supported:
+            why = older_why or (
+                "it was written by an older chatbooth, and data directories of that version "
+                "are not upgraded in place (they may also hold plaintext session tokens)"
+            )
+        else:
+            why = "it was written by a newer chatbooth"
+        super().__init__(
+            _refusal(
+                f"{path}: on-disk format version {found}, but this build reads only version "
+                f"{supported}: {why}"
+            )
+        )
+
+
+class CommandFormatError(StorageFormatError):
+    """The log's entries hold commands in an encoding this node does not read.
+
+    The storage never decodes entries: the caller says at open which command format it reads
+    (`Storage.open(..., command_format=...)`), every segment header records the format of the
+    entries under it, and a log whose segments say another one is refused, never re-encoded.
+    `found` is the log's command format, `supported` this node's.
     """
 
     def __init__(self, path: Path, found: int, supported: int) -> None:
@@ -36,17 +67,25 @@ class StorageFormatError(StorageError):
         self.found = found
         self.supported = supported
         if found < supported:
-            why = (
-                "it was written by an older chatbooth, and data directories of that version "
-                "are not upgraded in place (they may also hold plaintext session tokens)"
-            )
+            why = "they were encoded by an older chatbooth, and a log is not re-encoded in place"
         else:
-            why = "it was written by a newer chatbooth"
-        super().__init__(
-            f"{path}: on-disk format version {found}, but this build reads only version "
-            f"{supported}: {why}. Start the cluster afresh with `python -m supervisor up "
-            "--fresh` (that deletes every node's data), or run the chatbooth that wrote it."
+            why = "they were encoded by a newer chatbooth"
+        # StorageError's constructor, not StorageFormatError's: the message is another one.
+        StorageError.__init__(
+            self,
+            _refusal(
+                f"{path}: the log's entries are in command format {found}, but this node reads "
+                f"only command format {supported}: {why}"
+            ),
         )
+
+
+def _refusal(what: str) -> str:
+    """A format refusal's message: what was found, then the way out."""
+    return (
+        f"{what}. Start the cluster afresh with `python -m supervisor up --fresh` (that deletes "
+        "every node's data), or run the chatbooth that wrote it."
+    )
 
 
 class StorageLockedError(StorageError):

@@ -1,10 +1,11 @@
-"""The write-ahead log's byte format (version 2): segment headers, checksummed records, and
+"""The write-ahead log's byte format (version 4): segment headers, checksummed records, and
 the batch-end records that frame what each fsync made durable.
 
 A segment file is a header followed by batches of records:
 
     segment = header | batch | batch ...
-    header  = magic (8 bytes) | version u32 | seq u64 | first_index u64 | crc32 u32
+    header  = magic (8 bytes) | version u32 | command_format u32 | seq u64 | first_index u64
+              | crc32 u32
     batch   = record ... | BATCH_END record
     record  = length u32 | crc32 u32 | type u8 | payload        (little-endian)
 
@@ -16,6 +17,11 @@ the payload, so a damaged length is caught too. Payloads:
     SNAPSHOT    index u64 | term u64 | flags u8            (flag 1: RESET, the log restarts)
     BATCH_END   length u64 | crc32 u32  of the batch's bytes before it (back to the end of the
                 previous BATCH_END, or of the header)
+
+`command_format` is the encoding of the commands in the entries' data. The storage never
+decodes them: its caller names the format it reads, and a log in another one is refused
+(wal.py). Versions 1 to 3 had no command_format: their header ended after first_index, and
+segment_version() reads both layouts, so an older segment is told from a damaged one.
 
 A batch is everything written between two fsyncs: the log writes BATCH_END just before each
 fsync, so a BATCH_END whose checksum covers its batch proves that every batch before it was
@@ -40,12 +46,16 @@ from node.raft.types import Entry, EntryKind, HardState, LogIndex, NodeId, Term
 
 SEGMENT_MAGIC = b"\x89CBWAL\r\n"  # the \r\n catches a file mangled by newline translation
 # 2: batch framing (BATCH_END); 3: sessions kept as hashes only (a version 2 data dir may
-# hold plaintext session tokens in its Login entries and snapshots)
-FORMAT_VERSION = 3
+# hold plaintext session tokens in its Login entries and snapshots); 4: the header records the
+# entries' command format
+FORMAT_VERSION = 4
+MAX_COMMAND_FORMAT = (1 << 32) - 1
 
-_SEGMENT_HEADER = struct.Struct("<8sIQQ")
+_SEGMENT_HEADER = struct.Struct("<8sIIQQ")  # magic, version, command_format, seq, first_index
+_SEGMENT_HEADER_V1_TO_3 = struct.Struct("<8sIQQ")  # magic, version, seq, first_index
 _CRC = struct.Struct("<I")
 SEGMENT_HEADER_SIZE = _SEGMENT_HEADER.size + _CRC.size
+_SEQ_OFFSET = 16  # of seq in the header, for error reports
 
 _RECORD_HEADER = struct.Struct("<II")  # length, crc32
 RECORD_HEADER_SIZE = _RECORD_HEADER.size
@@ -113,28 +123,38 @@ class Malformed:
     reason: str
 
 
-def encode_segment_header(seq: int, first_index: int) -> bytes:
-    head = _SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, seq, first_index)
+def encode_segment_header(seq: int, first_index: int, command_format: int) -> bytes:
+    head = _SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, command_format, seq, first_index)
     return head + _CRC.pack(zlib.crc32(head))
 
 
 def segment_version(buf: bytes) -> int | None:
-    """The format version of a segment whose header has our magic number and a good checksum
-    (the header's layout is the same in every version), else None."""
-    if len(buf) < SEGMENT_HEADER_SIZE:
+    """The format version of a segment whose header has our magic number and a checksum that
+    holds, in this version's layout or in that of versions 1 to 3 (magic and version lead in
+    both), else None. A newer version is recognised if it keeps this version's layout."""
+    if buf[: len(SEGMENT_MAGIC)] != SEGMENT_MAGIC:
         return None
-    magic, version, _, _ = _SEGMENT_HEADER.unpack_from(buf, 0)
-    (crc,) = _CRC.unpack_from(buf, _SEGMENT_HEADER.size)
-    if magic != SEGMENT_MAGIC or crc != zlib.crc32(buf[: _SEGMENT_HEADER.size]):
-        return None
-    return int(version)
+    for layout in (_SEGMENT_HEADER, _SEGMENT_HEADER_V1_TO_3):
+        if len(buf) < layout.size + _CRC.size:
+            continue
+        (crc,) = _CRC.unpack_from(buf, layout.size)
+        if crc == zlib.crc32(buf[: layout.size]):
+            version: int = layout.unpack_from(buf, 0)[1]
+            return version
+    return None
+
+
+def segment_command_format(buf: bytes) -> int:
+    """The command format in the header of a segment that check_segment_header() accepted."""
+    command_format: int = _SEGMENT_HEADER.unpack_from(buf, 0)[2]
+    return command_format
 
 
 def check_segment_header(buf: bytes, seq: int, first_index: int) -> tuple[int, str] | None:
     """None if `buf` starts with a good header for this segment, else (offset, reason)."""
     if len(buf) < SEGMENT_HEADER_SIZE:
         return 0, f"file is {len(buf)} bytes, shorter than the {SEGMENT_HEADER_SIZE}-byte header"
-    magic, version, got_seq, got_first = _SEGMENT_HEADER.unpack_from(buf, 0)
+    magic, version, _, got_seq, got_first = _SEGMENT_HEADER.unpack_from(buf, 0)
     if magic != SEGMENT_MAGIC:
         return 0, f"bad magic number {magic!r} (not a chatbooth WAL segment)"
     (crc,) = _CRC.unpack_from(buf, _SEGMENT_HEADER.size)
@@ -143,7 +163,7 @@ def check_segment_header(buf: bytes, seq: int, first_index: int) -> tuple[int, s
     if version != FORMAT_VERSION:
         return 8, f"unsupported format version {version} (this build reads {FORMAT_VERSION})"
     if (got_seq, got_first) != (seq, first_index):
-        return 12, (
+        return _SEQ_OFFSET, (
             f"header says segment {got_seq:#x} starting at index {got_first}, "
             f"the file name says segment {seq:#x} starting at index {first_index}"
         )

@@ -1,7 +1,7 @@
 """The write-ahead log: entries, hard state and snapshot markers in append-only segment files.
 
 In the manner of etcd's WAL. Files are `wal/<seq:016x>-<first_index:016x>.wal`; each holds a
-header and then batches of records (records.py, format version 2), and nothing is ever
+header and then batches of records (records.py, format version 4), and nothing is ever
 rewritten in place: an entry whose index is at or below the last stored one replaces that
 suffix when the log is replayed.
 
@@ -29,9 +29,13 @@ suffix when the log is replayed.
 - Replayed is not synced: after a SIGKILL the newest segment may hold records that only reached
   the page cache, and the node counts all it replays as stable. open() therefore fsyncs the
   newest segment and the directory before it returns.
-- A segment of another format version (1 had no batches, 2 kept session tokens) raises
-  StorageFormatError:
-  an older data directory is refused, never converted.
+- A segment of another format version (1 had no batches, 2 kept session tokens, 3 did not
+  record its command format) raises StorageFormatError: an older data directory is refused,
+  never converted.
+- Every segment header records the command format of its entries' data, which the caller names
+  at open (the storage never decodes a command): new segments get it, and a segment with
+  another one raises CommandFormatError, so entries are never handed to a decoder of another
+  encoding.
 
 Not thread-safe: one caller at a time. Standard library only; must not import anything from
 chatbooth beyond node.raft.types and node.storage.
@@ -50,6 +54,7 @@ from pathlib import Path
 
 from node.raft.types import Entry, HardState, LogIndex, Term
 from node.storage.errors import (
+    CommandFormatError,
     CompactedError,
     StorageClosedError,
     StorageCorruptedError,
@@ -62,6 +67,7 @@ from node.storage.files import AppendFile, FileSystem
 from node.storage.records import (
     BATCH_END_SIZE,
     FORMAT_VERSION,
+    MAX_COMMAND_FORMAT,
     SEGMENT_HEADER_SIZE,
     BatchEnd,
     Malformed,
@@ -75,6 +81,7 @@ from node.storage.records import (
     encode_record,
     encode_segment_header,
     next_complete_batch,
+    segment_command_format,
     segment_version,
 )
 
@@ -180,10 +187,13 @@ class WriteAheadLog:
         replay: _Replay,
         segments: list[Segment],
         next_seq: int,
+        *,
+        command_format: int,
     ) -> None:
         if segment_bytes <= 0:
             raise StorageMisuseError(f"segment_bytes must be positive, not {segment_bytes}")
         self._fs = fs
+        self._command_format = command_format  # written into every segment this log cuts
         self._dir = wal_dir
         self._segment_bytes = segment_bytes
         self._hard_state = replay.hard_state
@@ -207,15 +217,28 @@ class WriteAheadLog:
 
     @classmethod
     def open(
-        cls, fs: FileSystem, wal_dir: Path, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES
+        cls,
+        fs: FileSystem,
+        wal_dir: Path,
+        *,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        command_format: int = 0,
     ) -> WriteAheadLog:
         """Replay every segment in `wal_dir` (which must exist), repairing a torn tail.
 
-        Raises StorageCorruptedError for anything that is not a torn tail.
+        `command_format` is the encoding of the entries' data that the caller reads and writes
+        (a u32; the storage does not interpret it): a new log records it, and a log that
+        records another one raises CommandFormatError. Raises StorageCorruptedError for
+        anything that is not a torn tail, and StorageFormatError for a segment of another
+        on-disk format.
         """
+        if not 0 <= command_format <= MAX_COMMAND_FORMAT:
+            raise StorageMisuseError(
+                f"command_format must be in 0..{MAX_COMMAND_FORMAT}, not {command_format}"
+            )
         segments = _list_segments(fs, wal_dir)
         if not segments:
-            wal = cls(fs, wal_dir, segment_bytes, _Replay(1), [], next_seq=0)
+            wal = cls(fs, wal_dir, segment_bytes, _Replay(1), [], 0, command_format=command_format)
             wal._cut()
             return wal
 
@@ -231,12 +254,19 @@ class WriteAheadLog:
                     f"segment starts at index {segment.first_index} but the log before it "
                     f"ends at {replay.last}",
                 )
-            size = _replay_segment(fs, segment, replay, newest=newest, only=len(segments) == 1)
+            size = _replay_segment(
+                fs,
+                segment,
+                replay,
+                newest=newest,
+                only=len(segments) == 1,
+                command_format=command_format,
+            )
             if size is not None:
                 kept.append(segment)
                 tail_size = size
         next_seq = kept[-1].seq + 1
-        wal = cls(fs, wal_dir, segment_bytes, replay, kept, next_seq)
+        wal = cls(fs, wal_dir, segment_bytes, replay, kept, next_seq, command_format=command_format)
         if len(kept) < len(segments):
             wal._cut()  # the newest segment was removed: start its successor
         else:
@@ -303,6 +333,11 @@ class WriteAheadLog:
 
     def segments(self) -> list[Segment]:
         return list(self._segments)
+
+    @property
+    def command_format(self) -> int:
+        """The command format of the entries' data, as every segment's header records it."""
+        return self._command_format
 
     # -- writing --------------------------------------------------------------------------
 
@@ -486,7 +521,8 @@ class WriteAheadLog:
             path = self._dir / segment_name(seq, first_index)
             tmp = path.with_name(path.name + _TMP_SUFFIX)
             records = encode_record(self._hard_state) + encode_record(self._marker)
-            head = encode_segment_header(seq, first_index) + records + batch_end_for(records)
+            header = encode_segment_header(seq, first_index, self._command_format)
+            head = header + records + batch_end_for(records)
             if self._fs.exists(tmp):
                 self._fs.remove(tmp)
             staged = self._fs.open_append(tmp)
@@ -531,7 +567,13 @@ def _list_segments(fs: FileSystem, wal_dir: Path) -> list[Segment]:
 
 
 def _replay_segment(
-    fs: FileSystem, segment: Segment, replay: _Replay, *, newest: bool, only: bool
+    fs: FileSystem,
+    segment: Segment,
+    replay: _Replay,
+    *,
+    newest: bool,
+    only: bool,
+    command_format: int,
 ) -> int | None:
     """Apply one segment's records to `replay`.
 
@@ -553,16 +595,19 @@ def _replay_segment(
         _remove_torn_segment(fs, path, what)
 
     buf = fs.read_bytes(path)
-    expected = encode_segment_header(segment.seq, segment.first_index)
+    expected = encode_segment_header(segment.seq, segment.first_index, command_format)
     version = segment_version(buf)
     if version is not None and version != FORMAT_VERSION:
-        raise StorageFormatError(path, version, FORMAT_VERSION)
+        raise StorageFormatError(path, version, FORMAT_VERSION, older_why=_older_why(version))
     problem = check_segment_header(buf, segment.seq, segment.first_index)
     if problem is not None:
         if newest and len(buf) < SEGMENT_HEADER_SIZE and expected.startswith(buf):
             torn_head(f"{len(buf)} bytes of header")
             return None
         raise StorageCorruptedError(path, *problem)
+    found = segment_command_format(buf)
+    if found != command_format:
+        raise CommandFormatError(path, found, command_format)
 
     offset = batch_start = SEGMENT_HEADER_SIZE  # the open batch began at batch_start
     count = 0  # records applied from this segment (batch ends not counted)
@@ -621,6 +666,18 @@ def _replay_segment(
             )
         return _close_tail(fs, path, buf, batch_start, offset, None)
     return offset
+
+
+def _older_why(version: int) -> str | None:
+    """Why a segment of an older format version is not read (None: the default account, which
+    warns of plaintext session tokens, as versions 1 and 2 may hold)."""
+    if version <= 2:
+        return None
+    return (
+        f"it was written by an older chatbooth, and data directories of that version are not "
+        f"upgraded in place (a version {version} segment does not record which command format "
+        "its entries are in)"
+    )
 
 
 def _close_tail(
