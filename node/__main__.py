@@ -28,6 +28,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from node.chat.commands import COMMAND_FORMAT_VERSION
 from node.chat.replies import ApplyResult
 from node.chat.state import ChatState, DatabaseError
 from node.config import ClusterConfig, ConfigError, load_config, read_cluster_key
@@ -185,7 +186,7 @@ async def serve(args: argparse.Namespace) -> int:
         logger.warning("%s", warning)
     credentials = _read_credentials(config, me.id)
     try:
-        storage = Storage.open(Path(config.node_dir(me.id)))
+        storage = Storage.open(Path(config.node_dir(me.id)), command_format=COMMAND_FORMAT_VERSION)
     except StorageError as exc:
         raise StartupError(EXIT_STORAGE, f"{me.id}: {exc}") from None
     try:
