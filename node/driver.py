@@ -28,7 +28,7 @@ import heapq
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from random import Random
 from typing import Generic, Protocol, TypeVar
@@ -271,7 +271,8 @@ class RaftDriver(Generic[R]):
     def leader(self) -> NodeId | None:
         return self.core.leader
 
-    def status(self, *, with_digest: bool = True) -> NodeStatus:
+    def status(self) -> NodeStatus:
+        """The core's view and the applied index, without the digest (status_with_digest)."""
         c = self.core
         return NodeStatus(
             node_id=self.id,
@@ -289,19 +290,8 @@ class RaftDriver(Generic[R]):
         """status() with the state's digest and the applied index it is the digest of, read
         together from the committed state: one row, however large the state (the digest is
         kept by apply, never computed by a scan)."""
-        status = self.status()
         applied, digest = self.state.digest_at()
-        return NodeStatus(
-            node_id=status.node_id,
-            role=status.role,
-            term=status.term,
-            leader=status.leader,
-            commit_index=status.commit_index,
-            applied_index=applied,
-            snapshot_index=status.snapshot_index,
-            last_index=status.last_index,
-            digest=digest,
-        )
+        return replace(self.status(), applied_index=applied, digest=digest)
 
     def add_apply_listener(self, listener: Callable[[R], None]) -> None:
         self._apply_listeners.append(listener)
@@ -591,9 +581,7 @@ class RaftDriver(Generic[R]):
     def _applied(self, batch: Sequence[Entry], results: Sequence[R | None]) -> None:
         """After the batch's COMMIT: resolve its proposals, tell the listeners, and advance
         the applied index that read barriers wait on."""
-        for e, result in zip(batch, results, strict=True):
-            if e.index <= self.applied_index:
-                continue  # already in the state (a snapshot it installed, a replay)
+        for e, result in zip(batch, results, strict=True):  # past applied_index, in order
             self.applied_index = LogIndex(e.index)
             if e.kind is EntryKind.NORMAL:
                 self._applied_bytes_since_snapshot += len(e.data)

@@ -614,7 +614,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         self, request: chat_pb2.StatusRequest, context: Context
     ) -> chat_pb2.StatusReply:
         if not request.with_digest:
-            s = self._driver.status(with_digest=False)
+            s = self._driver.status()
         elif self._may_read_digest(context):
             s = await self._driver.status_with_digest()
         else:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import json
@@ -43,7 +44,7 @@ import sqlite3
 import tempfile
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, NoReturn
@@ -938,26 +939,34 @@ class ChatState:
             cursor.close()  # ends the statement's read transaction at once
         return tuple(n for _, n in found), ""
 
-    def history(self, username: str, other: str, limit: int = 0) -> tuple[ChatMessage, ...]:
-        """The most recent `limit` messages between `username` and `other` (either way), oldest
-        first, as `username` sees them (`other` need not exist any more)."""
-        validate_username(username, self._limits)
-        validate_username(other, self._limits)
-        count = validate_history_limit(limit, self._limits)
+    @contextlib.contextmanager
+    def _reading_account(self, username: str) -> Iterator[tuple[sqlite3.Connection, str]]:
+        """One read transaction on this thread's reader, for the account `username` (NOT_FOUND
+        if there is none): yields the connection and the account's key. Ended on return, so
+        the caller must read everything it needs inside (no await in it)."""
         conn = self._reader()
         conn.execute("BEGIN")
         try:
             key = username_key(username)
             if conn.execute("SELECT 1 FROM accounts WHERE user_key = ?", (key,)).fetchone() is None:
                 raise ChatError(ErrorCode.NOT_FOUND, f"no account named {show(username)}")
+            yield conn, key
+        finally:
+            conn.execute("COMMIT")
+
+    def history(self, username: str, other: str, limit: int = 0) -> tuple[ChatMessage, ...]:
+        """The most recent `limit` messages between `username` and `other` (either way), oldest
+        first, as `username` sees them (`other` need not exist any more)."""
+        validate_username(username, self._limits)
+        validate_username(other, self._limits)
+        count = validate_history_limit(limit, self._limits)
+        with self._reading_account(username) as (conn, key):
             rows = conn.execute(
                 "SELECT m.id, m.sender, m.recipient, m.text, m.timestamp_ms FROM views v "
                 "JOIN messages m ON m.id = v.message_id WHERE v.owner = ? AND v.other = ? "
                 "ORDER BY v.message_id DESC LIMIT ?",
                 (key, username_key(other), count),
             ).fetchall()
-        finally:
-            conn.execute("COMMIT")
         return tuple(ChatMessage(*r) for r in reversed(rows))
 
     def queue(
@@ -973,12 +982,7 @@ class ChatState:
         """queue() and the applied index it was read at, in one read transaction."""
         validate_username(username, self._limits)
         validate_message_id(after_id, "after_id")
-        conn = self._reader()
-        conn.execute("BEGIN")
-        try:
-            key = username_key(username)
-            if conn.execute("SELECT 1 FROM accounts WHERE user_key = ?", (key,)).fetchone() is None:
-                raise ChatError(ErrorCode.NOT_FOUND, f"no account named {show(username)}")
+        with self._reading_account(username) as (conn, key):
             rows = conn.execute(
                 "SELECT m.id, m.sender, m.recipient, m.text, m.timestamp_ms FROM queue q "
                 "JOIN messages m ON m.id = q.message_id WHERE q.recipient = ? "
@@ -986,8 +990,6 @@ class ChatState:
                 (key, after_id, max(1, limit)),
             ).fetchall()
             applied = conn.execute("SELECT applied_index FROM meta").fetchone()[0]
-        finally:
-            conn.execute("COMMIT")
         return tuple(ChatMessage(*r) for r in rows), int(applied)
 
     # --- digest, checkpoints and snapshots ------------------------------------------------

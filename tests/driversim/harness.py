@@ -804,7 +804,7 @@ class Sim:
             if d is None:
                 parts.append(f"{s.id}: down")
                 continue
-            st = d.status(with_digest=False)
+            st = d.status()
             parts.append(
                 f"{s.id}: {st.role.value} term {st.term} leader {st.leader} commit "
                 f"{st.commit_index} applied {st.applied_index} last {st.last_index}"

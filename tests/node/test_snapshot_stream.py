@@ -22,9 +22,8 @@ from node.raft.types import ConfState, LogIndex, Message, MessageType, NodeId, S
 from node.seams import SNAPSHOT_CHUNK_BYTES, SnapshotSource
 from node.storage import Storage, StorageCorruptedError
 from node.transport import PeerLink, RaftService, SnapshotSourceError, snapshot_chunks
-from protos import raft_pb2, raft_pb2_grpc
-from protos.vocabulary import SERVER_OPTIONS
-from supervisor.ports import free_port
+from protos import raft_pb2
+from tests.node.test_transport_service import serve_raft
 
 CLUSTER = "stream-test"
 ME, LEADER = NodeId("a"), NodeId("b")
@@ -128,20 +127,7 @@ class Receiver:
             spool=lambda: self.spool,
             certificates=False,
         )
-        for _ in range(20):  # free_port races with other binders: retry a failed bind
-            server = grpc.aio.server(options=SERVER_OPTIONS)
-            raft_pb2_grpc.add_RaftServicer_to_server(service, server)
-            port = free_port()
-            try:
-                bound = server.add_insecure_port(f"127.0.0.1:{port}")
-            except RuntimeError:
-                bound = 0
-            if bound:
-                break
-            await server.stop(None)
-        else:
-            raise RuntimeError("no port to bind")
-        await server.start()
+        server, port = await serve_raft(service)
         self.server, self.port = server, port
         return self
 

@@ -24,6 +24,23 @@ ME = NodeId("a")
 MEMBERS = (NodeId("a"), NodeId("b"), NodeId("c"))
 
 
+async def serve_raft(service: RaftService) -> tuple[grpc.aio.Server, int]:
+    """A started server of `service` on a free 127.0.0.1 port: (server, port)."""
+    for _ in range(20):  # free_port races with other binders: retry a failed bind
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        raft_pb2_grpc.add_RaftServicer_to_server(service, server)
+        port = free_port()
+        try:
+            bound = server.add_insecure_port(f"127.0.0.1:{port}")
+        except RuntimeError:
+            bound = 0
+        if bound:
+            await server.start()
+            return server, port
+        await server.stop(None)
+    raise RuntimeError("no port to bind")
+
+
 @dataclass
 class Inbox:
     """The driver's side: what was delivered. A snapshot arrives as a file in the spool; this
@@ -68,20 +85,7 @@ class Server:
             spool=lambda: self.inbox.spool,
             certificates=False,
         )
-        for _ in range(20):  # free_port races with other binders: retry a failed bind
-            server = grpc.aio.server(options=SERVER_OPTIONS)
-            raft_pb2_grpc.add_RaftServicer_to_server(service, server)
-            port = free_port()
-            try:
-                bound = server.add_insecure_port(f"127.0.0.1:{port}")
-            except RuntimeError:
-                bound = 0
-            if bound:
-                break
-            await server.stop(None)
-        else:
-            raise RuntimeError("no port to bind")
-        await server.start()
+        server, port = await serve_raft(service)
         self.server = server
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         return raft_pb2_grpc.RaftStub(self.channel)
