@@ -487,6 +487,7 @@ class ScaleSettings:
     snapshot_entries: int | None = None  # None: the config's policy
     history_rounds: int = 200
     digest_rounds: int = 20
+    fill_only: bool = False  # the fill, memory and sizes only (for a main without SQLite)
 
 
 def run(config: ClusterConfig, settings: ScaleSettings) -> dict[str, Any]:
@@ -521,8 +522,9 @@ def run(config: ClusterConfig, settings: ScaleSettings) -> dict[str, Any]:
             addresses = {x: cluster.address(x) for x in cluster.node_ids}
 
             # Restarts of the empty cluster, the baseline.
-            empty_term = restart_s(cluster, sampler, follower, leader, "term")
-            empty_kill = restart_s(cluster, sampler, follower, leader, "kill")
+            if not settings.fill_only:
+                empty_term = restart_s(cluster, sampler, follower, leader, "term")
+                empty_kill = restart_s(cluster, sampler, follower, leader, "kill")
 
             # The fill.
             asyncio.run(set_up(plan, addresses, leader, cluster))
@@ -532,7 +534,7 @@ def run(config: ClusterConfig, settings: ScaleSettings) -> dict[str, Any]:
             sampler.filling.clear()
             wait_idle(cluster, sampler)
             delivered = sum(r.received for r in plan.all_recipients())
-            stored = stored_messages(cluster, follower)
+            stored = n if settings.fill_only else stored_messages(cluster, follower)
             if not (len(filled.message_ids) == delivered == stored == n):
                 raise BenchError(
                     f"{n} sent, but {len(filled.message_ids)} distinct ids answered, "
@@ -566,6 +568,10 @@ def run(config: ClusterConfig, settings: ScaleSettings) -> dict[str, Any]:
             result["largest_db_wal_mb"] = _mb(sampler.largest_db_wal)
             result["largest_raft_wal_mb"] = _mb(sampler.largest_raft_wal)
             result["snapshot_mb"] = _mb(newest_snapshot_bytes(cluster, leader))
+            if settings.fill_only:
+                del result["messages_stored"], result["stored_check"]
+                result["leader_changes"] = _leader_changes(sampler, first_term)
+                return result
 
             # Reads on the leader.
             result |= asyncio.run(
@@ -623,12 +629,17 @@ def run(config: ClusterConfig, settings: ScaleSettings) -> dict[str, Any]:
                 "catchup_extra_messages": extra,
                 "catchup_messages_stored": stored_after,
             }
-            sampler.stop.set()
-            sampler.join()
-            sampler.sample()
+            result["leader_changes"] = _leader_changes(sampler, first_term)
             result["terms_seen"] = sorted(sampler.terms)
-            result["leader_changes"] = max(sampler.terms) - first_term
     return result
+
+
+def _leader_changes(sampler: Sampler, first_term: int) -> int:
+    """Stops the sampler; the term increases it saw after first_term."""
+    sampler.stop.set()
+    sampler.join()
+    sampler.sample()
+    return max(sampler.terms) - first_term
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -647,6 +658,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="one JSON object (the only output form)")
     p.add_argument("--config", type=Path, help="a cluster.yaml (default: the repository's)")
     p.add_argument("--snapshot-entries", type=int, help="default: the config's snapshot policy")
+    p.add_argument(
+        "--fill-only",
+        action="store_true",
+        help="the fill, RSS, sizes and leader changes only, with no database read: the same "
+        "client run against a main from before the state was in SQLite",
+    )
     args = p.parse_args(argv)
     messages = args.messages or (QUICK_MESSAGES if args.quick else 200_000)
     entries = args.snapshot_entries or (QUICK_SNAPSHOT_ENTRIES if args.quick else None)
@@ -658,6 +675,7 @@ def main(argv: list[str] | None = None) -> int:
         snapshot_entries=entries,
         history_rounds=30 if args.quick else 200,
         digest_rounds=5 if args.quick else 20,
+        fill_only=args.fill_only,
     )
     with tempfile.TemporaryDirectory(prefix="chatbooth-scale-config-") as tmp:
         config = bench_cluster(Path(tmp), source=args.config)
