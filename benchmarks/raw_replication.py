@@ -48,7 +48,9 @@ class CountingStateMachine:
     def applied_index(self) -> int:
         return self._applied
 
-    def apply_batch(self, entries: Sequence[tuple[int, bytes | None]]) -> list[int | None]:
+    def apply_batch(
+        self, entries: Sequence[tuple[int, bytes | None]], conf: str | None = None
+    ) -> list[int | None]:
         results: list[int | None] = []
         for index, data in entries:
             results.append(index if data is not None and index > self._applied else None)

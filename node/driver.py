@@ -78,9 +78,13 @@ class StateMachine(Protocol[R_co]):
     @property
     def applied_index(self) -> int: ...  # the last entry applied by the writer
 
-    def apply_batch(self, entries: Sequence[tuple[int, bytes | None]]) -> Sequence[R_co | None]:
+    def apply_batch(
+        self, entries: Sequence[tuple[int, bytes | None]], conf: str | None = None
+    ) -> Sequence[R_co | None]:
         """One transaction: (index, data or None for an entry with nothing for us); entries
-        at or below applied_index are skipped; one result per entry (None: no result)."""
+        at or below applied_index are skipped; one result per entry (None: no result).
+        `conf`: the membership as of the batch's last entry (a CONFIG entry's data, as
+        text), stored in the same transaction; None: unchanged by the batch."""
         ...
 
     def checkpoint(self) -> int | None: ...  # the applied index made durable; None: partial
@@ -574,7 +578,9 @@ class RaftDriver(Generic[R]):
             if not batch:
                 return
             items = [(e.index, e.data if e.kind is EntryKind.NORMAL else None) for e in batch]
-            results = await self._apply_pool.run(self.state.apply_batch, items)
+            confs = [e.data for e in batch if e.kind is EntryKind.CONFIG]
+            conf = confs[-1].decode() if confs else None
+            results = await self._apply_pool.run(self.state.apply_batch, items, conf)
             self._applied(batch, results)
         self._maybe_snapshot()
 
@@ -682,7 +688,7 @@ class RaftDriver(Generic[R]):
                 term = self.core.log.term(index)
                 if index <= self.core.log.snapshot_index() or term is None:
                     return
-                meta = SnapshotMeta(index, term, self.core.conf)
+                meta = SnapshotMeta(index, term, self.core.conf_at(index))
                 size = path.stat().st_size
                 await self._storage_pool.run(self.storage.save_snapshot, meta, path)
                 if index > self.core.log.snapshot_index():

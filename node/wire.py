@@ -44,15 +44,15 @@ class WireError(ValueError):
 
 
 def snapshot_meta_to_pb(meta: SnapshotMeta) -> raft_pb2.SnapshotMeta:
-    return raft_pb2.SnapshotMeta(
-        index=meta.index, term=meta.term, conf=raft_pb2.ConfState(voters=list(meta.conf.voters))
-    )
+    conf = raft_pb2.ConfState(voters=list(meta.conf.voters), learners=list(meta.conf.learners))
+    return raft_pb2.SnapshotMeta(index=meta.index, term=meta.term, conf=conf)
 
 
 def snapshot_meta_from_pb(pb: raft_pb2.SnapshotMeta) -> SnapshotMeta:
-    return SnapshotMeta(
-        LogIndex(pb.index), Term(pb.term), ConfState(tuple(NodeId(v) for v in pb.conf.voters))
+    conf = ConfState(
+        tuple(NodeId(v) for v in pb.conf.voters), tuple(NodeId(v) for v in pb.conf.learners)
     )
+    return SnapshotMeta(LogIndex(pb.index), Term(pb.term), conf)
 
 
 def message_to_pb(m: Message) -> raft_pb2.RaftMessage:

@@ -274,7 +274,10 @@ class ChatState:
         db.set_incremental_vacuum(path)
         conn = db.connect(path, writer=True)
         try:
-            initial = (db.SCHEMA_VERSION, 0, json.dumps(sorted(voters)), 0, 1, 0, 0, 0, "0" * 64)
+            conf = json.dumps(
+                {"learners": [], "voters": list(voters)}, separators=(",", ":"), sort_keys=True
+            )
+            initial = (db.SCHEMA_VERSION, 0, conf, 0, 1, 0, 0, 0, "0" * 64)
             db.create_schema(conn, initial)
         finally:
             conn.close()
@@ -316,9 +319,15 @@ class ChatState:
         return int(self._meta.log_time_ms)
 
     @property
+    def conf(self) -> str:
+        """The membership as of the applied index, as stored with it (JSON: voters and
+        learners)."""
+        return str(self._meta.conf)
+
+    @property
     def voters(self) -> tuple[str, ...]:
-        """The membership as of the applied index, as stored with it."""
-        return tuple(json.loads(self._meta.conf))
+        """The voters as of the applied index."""
+        return tuple(json.loads(self._meta.conf)["voters"])
 
     @property
     def account_count(self) -> int:
@@ -362,10 +371,14 @@ class ChatState:
                 "applied once each, in log order"
             )
 
-    def apply_batch(self, entries: Sequence[tuple[int, bytes | None]]) -> list[ApplyResult | None]:
+    def apply_batch(
+        self, entries: Sequence[tuple[int, bytes | None]], conf: str | None = None
+    ) -> list[ApplyResult | None]:
         """Apply committed entries (index, data; None for an entry with nothing for the chat)
-        in one transaction, the applied index written in it. Entries at or below the applied
-        index are skipped (the state already holds them: a restart replays from the log).
+        in one transaction, the applied index and `conf` (the membership as of the last
+        entry, as the driver encodes it; None: unchanged) written in it. Entries at or below
+        the applied index are skipped (the state already holds them: a restart replays from
+        the log).
 
         One result per entry, None for one skipped or without data. Whatever is raised (a
         command that does not decode: CommandDecodeError; the disk: DatabaseError) leaves the
@@ -388,6 +401,8 @@ class ChatState:
                 cmd = decode(data)
                 meta.applied_index = index
                 results.append(self._apply(index, cmd))
+            if conf is not None:
+                meta.conf = conf
             conn.execute(
                 "UPDATE meta SET applied_index = ?, conf = ?, log_time_ms = ?, "
                 "next_message_id = ?, highest_client_id = ?, client_count = ?, reply_count = ?, "

@@ -4,8 +4,9 @@ Time is `tick()`; input is `step(message)`, `propose(data)`, `read_index(request
 `transfer_leadership(target)`; output is a `Ready` that the driver carries out and acknowledges
 with `advance(ready)`. It implements leader election with PreVote and CheckQuorum, log
 replication with fast backtracking and flow control, commitment of current-term entries only,
-ReadIndex, leader transfer and snapshots. Section numbers cite the Raft paper (§) and Ongaro's
-thesis.
+ReadIndex, leader transfer, snapshots and single-server membership changes with learners
+(node.raft.membership; every majority is counted by node.raft.quorum). Section numbers cite
+the Raft paper (§) and Ongaro's thesis.
 
 Must not import asyncio, grpc, time, os, random (a seeded random.Random is passed in), or
 anything else that does I/O.
@@ -18,10 +19,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from random import Random
 
+from node.raft import quorum
 from node.raft.errors import InvariantError, NotLeaderError, ProposalDroppedError, RaftError
 from node.raft.log import RaftLog
+from node.raft.membership import (
+    ConfChangeBusyError,
+    apply_change,
+    decode_conf,
+    encode_conf,
+)
 from node.raft.progress import Progress, ProgressState
+from node.raft.quorum import VoteResult
 from node.raft.types import (
+    ConfChange,
     ConfState,
     Entry,
     EntryKind,
@@ -92,8 +102,13 @@ class RaftCore:
         self.id = config.node_id
         self.config = config
         self._rng = rng
-        self.conf = snapshot.conf if snapshot else conf
         self.log = RaftLog(snapshot, list(entries), hs.commit)
+        # Thesis §4.1: a server uses the latest configuration in its log, committed or not.
+        # _base_conf is the one at the snapshot (or the bootstrap one); _confs the CONFIG
+        # entries above it, as (index, term, conf), in log order.
+        self._base_conf = snapshot.conf if snapshot else conf
+        self._confs: list[tuple[LogIndex, Term, ConfState]] = []
+        self.conf = self._base_conf
         self.term: Term = hs.term
         self.vote: NodeId | None = hs.vote
         self.role = Role.FOLLOWER
@@ -123,6 +138,7 @@ class RaftCore:
             config.preferred_leader and self.term == 0 and self.log.last_index() == 0
         )
         self._become_follower(self.term, None)
+        self._note_confs(self.log.all_entries())
         if self._bootstrapping:
             self._election_elapsed = self._randomized_timeout - 1  # campaign on the first tick
 
@@ -151,14 +167,43 @@ class RaftCore:
     def progress(self, peer: NodeId) -> Progress | None:
         return self._progress.get(peer)
 
-    def _quorum(self) -> int:
-        return self.conf.quorum()
+    def conf_at(self, index: LogIndex) -> ConfState:
+        """The configuration in force once the log up to `index` is applied (what a
+        snapshot at `index` carries). `index` must not be below the snapshot."""
+        if index < self.log.snapshot_index():
+            raise RaftError(f"index {index} is below the snapshot ({self.log.snapshot_index()})")
+        conf = self._base_conf
+        for at, _, c in self._confs:
+            if at > index:
+                break
+            conf = c
+        return conf
+
+    def pending_conf_index(self) -> LogIndex:
+        """The index of the latest CONFIG entry if it is not yet committed, else 0."""
+        if self._confs and self._confs[-1][0] > self.log.committed:
+            return self._confs[-1][0]
+        return LogIndex(0)
 
     def _peers(self) -> list[NodeId]:
+        """The other voters: whom a candidate asks for votes."""
         return [v for v in self.conf.voters if v != self.id]
 
+    def _replicas(self) -> list[NodeId]:
+        """Every other member, learners included: whom a leader replicates to."""
+        return [v for v in self.conf.members() if v != self.id]
+
     def _promotable(self) -> bool:
-        return self.id in self.conf.voters
+        """May this node campaign? A voter may. So may a voter that a not-yet-committed
+        change removes (hashicorp/raft's rule): it still counts in the configuration before
+        that change, which may be the only one that can elect anyone (a leader that removed
+        itself and lost its lease before the change committed, in a cluster of two voters,
+        is the only one with the longest log). It counts only the new voters' votes, so this
+        is as safe as any election; once the change is committed it stays quiet."""
+        if self.id in self.conf.voters:
+            return True
+        pending = self.pending_conf_index()
+        return bool(pending) and self.id in self.conf_at(LogIndex(pending - 1)).voters
 
     # ------------------------------------------------------------------ role changes
 
@@ -218,12 +263,13 @@ class RaftCore:
         self.leader = self.id
         self._bootstrapping = False
         last = self.log.last_index()
-        for peer in self._peers():
+        for peer in self._replicas():
             self._progress[peer] = Progress(last + 1, self.config.max_inflight)
         self._self_progress_init(last)
-        # §5.4.2 / §8: a no-op of the new term lets the leader commit what earlier terms left.
+        # §5.4.2 / §8: a no-op of the new term lets the leader commit what earlier terms left
+        # (and, committed, lets it propose a membership change: node.raft.membership).
         self.log.append([Entry(self.term, LogIndex(last + 1), EntryKind.NOOP)])
-        self._needs_append.update(self._peers())
+        self._needs_append.update(self._replicas())
         self._maybe_commit()  # a single-node cluster commits once its own write is stable
         logger.info("%s became leader at term %d", self.id, self.term)
 
@@ -268,15 +314,14 @@ class RaftCore:
     def _poll(self, voter: NodeId, granted: bool) -> bool:
         """Record a (pre-)vote; returns True when the election is decided."""
         self._votes.setdefault(voter, granted)
-        yes = sum(1 for v in self._votes.values() if v)
-        no = len(self._votes) - yes
-        if yes >= self._quorum():
+        result = quorum.vote_result(self.conf.voters, self._votes)
+        if result is VoteResult.WON:
             if self.role is Role.PRE_CANDIDATE:
                 self._campaign(pre_vote=False, transfer=False)  # won the pre-vote: now vote
             else:
                 self._become_leader()
             return True
-        if no > len(self.conf.voters) - self._quorum():
+        if result is VoteResult.LOST:
             self._become_follower(self.term, None)
             return True
         return False
@@ -305,6 +350,8 @@ class RaftCore:
             self._campaign(pre_vote=self.config.pre_vote, transfer=False)
 
     def _tick_leader(self) -> None:
+        if self._maybe_step_down_removed():
+            return
         self._heartbeat_elapsed += 1
         self._election_elapsed += 1
         if self._election_elapsed >= self.config.election_ticks_min:
@@ -325,22 +372,23 @@ class RaftCore:
             self._broadcast_heartbeat()
 
     def _quorum_active(self) -> bool:
-        """CheckQuorum: did a majority (this leader included) answer this period? Resets."""
-        active = 0
+        """CheckQuorum: did a majority of the voters (this leader included, if it is one)
+        answer this period? Resets the period."""
+        active = {p for p, pr in self._progress.items() if p == self.id or pr.recent_active}
         for peer, pr in self._progress.items():
-            if peer == self.id or pr.recent_active:
-                active += 1
             pr.recent_active = peer == self.id
-        return active >= self._quorum()
+        return quorum.has_quorum(self.conf.voters, active)
 
     # ------------------------------------------------------------------ input
 
     def step(self, m: Message) -> None:
         if m.to != self.id:
             raise InvariantError(f"{self.id} got a message addressed to {m.to}")
-        if m.sender not in self.conf.voters:
-            logger.debug("%s ignored %s from non-member %s", self.id, m.type.value, m.sender)
-            return
+        # Thesis §4.1: "servers process incoming RPC requests without consulting their
+        # current configurations": a new member takes appends from a leader it does not yet
+        # know, and a lagging voter votes for a member it has not heard of. A leader ignores
+        # answers from outside its configuration (no Progress); the lease below and PreVote
+        # keep removed members from disrupting (§4.2.3).
         if m.term > self.term:
             if m.type in (MT.VOTE, MT.PRE_VOTE) and not m.transfer and self._in_lease():
                 return  # §4.2.3: ignore a disruptive candidate while the leader is alive
@@ -418,6 +466,7 @@ class RaftCore:
             return
         last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last_new is not None:
+            self._note_confs(m.entries)
             self._send(Message(MT.APPEND_RESP, self.id, m.sender, self.term, index=last_new))
             return
         # §5.3 with the thesis' optimization: point the leader at the last index whose term
@@ -459,7 +508,8 @@ class RaftCore:
                 m.sender,
             )
             self.log.restore(meta)
-            self.conf = meta.conf
+            self._base_conf, self._confs = meta.conf, []
+            self._conf_changed()
             self._pending_snapshot = meta
         self._send(Message(MT.APPEND_RESP, self.id, m.sender, self.term, index=self.log.committed))
 
@@ -532,7 +582,7 @@ class RaftCore:
         if pr.state is ProgressState.PROBE or caught_up:
             pr.become_replicate()
         if self._maybe_commit():
-            self._needs_append.update(self._peers())  # tell followers the new commit index
+            self._needs_append.update(self._replicas())  # tell followers the new commit index
         elif pr.match < self.log.last_index():
             self._needs_append.add(m.sender)
         if m.sender == self._transferee and pr.match == self.log.last_index():
@@ -541,20 +591,89 @@ class RaftCore:
     # ------------------------------------------------------------------ leader output
 
     def _maybe_commit(self) -> bool:
-        """§5.3/§5.4.2: commit the highest index stored on a majority, only if of this term."""
-        matches = sorted(
-            (self._progress[v].match if v in self._progress else 0 for v in self.conf.voters),
-            reverse=True,
-        )
-        candidate = matches[self._quorum() - 1]
+        """§5.3/§5.4.2: commit the highest index stored on a majority of the voters, only if
+        of this term. A leader outside its configuration does not count itself (§4.2.2)."""
+        matches = {peer: pr.match for peer, pr in self._progress.items()}
+        candidate = quorum.committed_index(self.conf.voters, matches)
         if candidate > self.log.committed and self.log.term(candidate) == self.term:
             self.log.commit_to(candidate)
             if self._postponed_reads:
                 postponed, self._postponed_reads = self._postponed_reads, []
                 for request in postponed:
                     self.read_index(request)
+            self._maybe_step_down_removed()
             return True
         return False
+
+    def _maybe_step_down_removed(self) -> bool:
+        """Thesis §4.2.2: a leader that is not in its configuration steps down once that
+        configuration's entry is committed, handing over (TimeoutNow) to the voter with the
+        longest log if it has everything."""
+        if self.role is not Role.LEADER or self.id in self.conf.voters:
+            return False
+        if self.pending_conf_index():
+            return False
+        last = self.log.last_index()
+        best = max(
+            (v for v in self.conf.voters if v in self._progress),
+            key=lambda v: (self._progress[v].match, v),
+            default=None,
+        )
+        logger.info("%s stepped down at term %d: removed from the cluster", self.id, self.term)
+        if best is not None and self._progress[best].match == last:
+            self._send_timeout_now(best)
+        self._become_follower(self.term, None)
+        return True
+
+    def _note_confs(self, entries: Iterable[Entry]) -> None:
+        """`entries` were just written to the log (or truncated it): track its CONFIG
+        entries, and switch to the latest one (thesis §4.1: in force once in the log)."""
+        changed = False
+        while self._confs and not self.log.match_term(self._confs[-1][0], self._confs[-1][1]):
+            self._confs.pop()  # truncated by a new leader: the configuration reverts
+            changed = True
+        for e in entries:
+            if e.kind is not EntryKind.CONFIG:
+                continue
+            if (not self._confs or e.index > self._confs[-1][0]) and self.log.match_term(
+                e.index, e.term
+            ):
+                try:
+                    conf = decode_conf(e.data)
+                except RaftError as exc:
+                    raise InvariantError(f"entry {e.index}: {exc}") from None
+                self._confs.append((e.index, e.term, conf))
+                changed = True
+        if changed:
+            self._conf_changed()
+
+    def _conf_changed(self) -> None:
+        old = self.conf
+        self.conf = self._confs[-1][2] if self._confs else self._base_conf
+        if self.conf == old:
+            return
+        logger.info(
+            "%s now uses configuration voters=%s learners=%s",
+            self.id,
+            ",".join(self.conf.voters),
+            ",".join(self.conf.learners),
+        )
+        if self.role is not Role.LEADER:
+            return
+        last = self.log.last_index()
+        for peer in self._replicas():
+            if peer not in self._progress:
+                self._progress[peer] = Progress(last + 1, self.config.max_inflight)
+                self._needs_append.add(peer)
+        for peer in [p for p in self._progress if p != self.id and p not in self.conf]:
+            del self._progress[peer]
+            self._needs_append.discard(peer)
+        if self._transferee is not None and self._transferee not in self.conf.voters:
+            logger.info("%s aborted leader transfer to %s: removed", self.id, self._transferee)
+            self._transferee = None
+        if self._maybe_commit() and self.role is Role.LEADER:  # fewer voters: a majority?
+            self._needs_append.update(self._replicas())
+        self._release_reads()
 
     def _send(self, m: Message) -> None:
         if m.type in _SEND_BEFORE_PERSIST:
@@ -607,10 +726,11 @@ class RaftCore:
         """Send every follower what it can take now: one batch per follower per Ready, so
         many proposals share one AppendEntries (and a proposal is never held for a tick)."""
         if self.role is not Role.LEADER:
+            self._needs_append.clear()  # a leader that stepped down in this step owes none
             return
         last = self.log.last_index()
         self._flushed_last = last
-        for peer in self._peers():
+        for peer in self._replicas():
             pr = self._progress[peer]
             forced = peer in self._needs_append
             if not forced and (pr.next > last or pr.state is not ProgressState.REPLICATE):
@@ -621,7 +741,7 @@ class RaftCore:
         self._needs_append.clear()
 
     def _broadcast_heartbeat(self) -> None:
-        for peer in self._peers():
+        for peer in self._replicas():
             pr = self._progress[peer]
             self._send(
                 Message(
@@ -643,12 +763,41 @@ class RaftCore:
     def propose(self, data: bytes, kind: EntryKind = EntryKind.NORMAL) -> tuple[LogIndex, Term]:
         """Append a new entry; returns where it landed. It is committed if and when an entry
         with this index and term is applied. Raises NotLeaderError on a non-leader."""
+        if kind is EntryKind.CONFIG:
+            raise RaftError("membership changes go through propose_conf_change()")
+        self._check_may_propose()
+        index = LogIndex(self.log.last_index() + 1)
+        self.log.append([Entry(self.term, index, kind, data)])
+        return index, self.term
+
+    def _check_may_propose(self) -> None:
         if self.role is not Role.LEADER:
             raise NotLeaderError(self.leader)
         if self._transferee is not None:
             raise ProposalDroppedError(f"leadership is moving to {self._transferee}")
+
+    def propose_conf_change(self, change: ConfChange) -> tuple[LogIndex, Term]:
+        """Propose one single-server membership change (node.raft.membership); returns where
+        its CONFIG entry landed. It is in force here at once, and everywhere as soon as it is
+        in their logs. ConfChangeBusyError while this leader may not change membership yet
+        (retry later); ConfChangeError if the change itself is impossible."""
+        self._check_may_propose()
+        if self.log.term(self.log.committed) != self.term:
+            raise ConfChangeBusyError(
+                f"{self.id} has not yet committed an entry of its term {self.term}"
+            )
+        pending = self.pending_conf_index()
+        if pending:
+            raise ConfChangeBusyError(
+                f"the membership change at index {pending} is not yet committed"
+            )
+        return self._append_conf(apply_change(self.conf, change))
+
+    def _append_conf(self, conf: ConfState) -> tuple[LogIndex, Term]:
         index = LogIndex(self.log.last_index() + 1)
-        self.log.append([Entry(self.term, index, kind, data)])
+        entry = Entry(self.term, index, EntryKind.CONFIG, encode_conf(conf))
+        self.log.append([entry])
+        self._note_confs([entry])
         return index, self.term
 
     def read_index(self, request: int) -> None:
@@ -661,25 +810,16 @@ class RaftCore:
             return
         self._read_round += 1
         self._pending_reads.append(_PendingRead(self._read_round, request, self.log.committed))
-        if self._quorum() == 1:
-            self._release_reads()
-        else:
+        self._release_reads()  # a single voter confirms itself
+        if self._pending_reads:
             self._broadcast_heartbeat()
 
     def _release_reads(self) -> None:
         if not self._pending_reads:
             return
-        acks = sorted(
-            (
-                self._read_round if v == self.id else self._progress[v].read_ack
-                for v in self.conf.voters
-                if v in self._progress
-            ),
-            reverse=True,
-        )
-        if len(acks) < self._quorum():
-            return
-        confirmed = acks[self._quorum() - 1]
+        acks = {peer: pr.read_ack for peer, pr in self._progress.items()}
+        acks[self.id] = self._read_round
+        confirmed = quorum.committed_index(self.conf.voters, acks)
         while self._pending_reads and self._pending_reads[0].round <= confirmed:
             r = self._pending_reads.pop(0)
             self._read_states.append(ReadState(r.request, r.index))
@@ -691,7 +831,7 @@ class RaftCore:
         if target == self.id:
             return
         if target not in self.conf.voters:
-            raise RaftError(f"{target} is not a member of the cluster")
+            raise RaftError(f"{target} is not a voter of the cluster")
         logger.info("%s transferring leadership to %s at term %d", self.id, target, self.term)
         self._transferee = target
         self._election_elapsed = 0  # the transfer must finish within an election timeout
@@ -718,13 +858,15 @@ class RaftCore:
         if self.role is Role.LEADER and pr is not None and pr.state is ProgressState.REPLICATE:
             pr.become_probe()
 
-    def compact(self, index: LogIndex, conf: ConfState | None = None) -> SnapshotMeta:
+    def compact(self, index: LogIndex) -> SnapshotMeta:
         """The state machine durably saved a snapshot at `index`: drop the log up to it.
-        Returns the new snapshot's metadata."""
+        Returns the new snapshot's metadata, whose configuration is conf_at(index)."""
         term = self.log.term(index)
         if term is None:
             raise RaftError(f"cannot compact to {index}: not in the log")
-        self.log.compact(index, term, conf or self.conf)
+        self._base_conf = self.conf_at(index)
+        self._confs = [c for c in self._confs if c[0] > index]
+        self.log.compact(index, term, self._base_conf)
         meta = self.log.snapshot
         if meta is None:
             raise InvariantError("compaction left no snapshot")
@@ -790,4 +932,4 @@ class RaftCore:
                 me.match = self.log.stable
                 # thesis §10.2.1: the leader counts itself only once its own write is synced
                 if self._maybe_commit():
-                    self._needs_append.update(self._peers())
+                    self._needs_append.update(self._replicas())

@@ -44,12 +44,34 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class ConfState:
-    """The cluster's membership. Carried by snapshots and CONFIG entries, never a constant."""
+    """The cluster's membership: voters count in every majority (node.raft.quorum); learners
+    receive the log and snapshots but never vote or campaign. Carried by snapshots and CONFIG
+    entries (node.raft.membership), never a constant. Empty on a node that has not yet learnt
+    the configuration (a member being added)."""
 
     voters: tuple[NodeId, ...]
+    learners: tuple[NodeId, ...] = ()
 
-    def quorum(self) -> int:
-        return len(self.voters) // 2 + 1
+    def members(self) -> tuple[NodeId, ...]:
+        return self.voters + self.learners
+
+    def __contains__(self, node: object) -> bool:
+        return node in self.voters or node in self.learners
+
+
+class ConfChangeOp(enum.Enum):
+    ADD_LEARNER = "add-learner"  # a new member, which receives the log but does not vote
+    PROMOTE = "promote"  # a learner (caught up) becomes a voter
+    REMOVE = "remove"  # a voter or a learner leaves
+
+
+@dataclass(frozen=True, slots=True)
+class ConfChange:
+    """One single-server membership change (thesis §4.1): the core proposes the whole new
+    ConfState as a CONFIG entry."""
+
+    op: ConfChangeOp
+    node: NodeId
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,9 @@
 
 A file is
 
-    magic (8 bytes) | version u32 | flags u32 | index u64 | term u64 | voter count u32
-    | per voter: length u16, UTF-8 name | data length u64 | data | crc32 u32 of all before it
+    magic (8 bytes) | version u32 | flags u32 | index u64 | term u64 | member count u32
+    | per member: role u8 (0 voter, 1 learner), length u16, UTF-8 name | data length u64
+    | data | crc32 u32 of all before it
 
 and is written to `<name>.tmp`, fsynced, renamed into place and the directory fsynced, so a
 crash leaves the old snapshot or the new one, never a half-written one under a real name (a
@@ -55,13 +56,14 @@ from node.storage.files import AppendFile, FileSystem, ReadFile
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_MAGIC = b"\x89CBSNP\r\n"
-FORMAT_VERSION = 3  # 2: the chat state keeps sessions as hashes only; 3: the data is SQLite
+FORMAT_VERSION = 4  # 2: sessions as hashes only; 3: the data is SQLite; 4: learners
 CHUNK_BYTES = 1 << 20  # what a snapshot is read and written in: never held whole
 KEEP = 2  # the current snapshot and the one before it
 
-_HEAD = struct.Struct("<8sIIQQI")  # magic, version, flags, index, term, voter count
+_HEAD = struct.Struct("<8sIIQQI")  # magic, version, flags, index, term, member count
 _REPLACES_LOG = 1
-_VOTER = struct.Struct("<H")
+_MEMBER = struct.Struct("<BH")  # role, then the id's length in bytes; then the id (UTF-8)
+_VOTER, _LEARNER = 0, 1
 _DATA_LENGTH = struct.Struct("<Q")
 _CRC = struct.Struct("<I")
 _NAME = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.snap$")
@@ -403,7 +405,7 @@ class SnapshotReader:
 class _Header:
     """A snapshot file's header as read, before it is trusted."""
 
-    voters: list[tuple[int, bytes]]  # (offset, UTF-8 bytes) of each voter id
+    members: list[tuple[int, int, bytes]]  # (offset, role, UTF-8 bytes) of each member id
     data_length: int
     data_offset: int  # where the data starts: the header's size
     crc: int  # of the header's bytes
@@ -448,12 +450,12 @@ def _create_copy(dest: Path) -> BinaryIO:
 
 def _encode_header(meta: SnapshotMeta, replaces_log: bool, data_length: int) -> bytes:
     flags = _REPLACES_LOG if replaces_log else 0
-    head = _HEAD.pack(
-        SNAPSHOT_MAGIC, FORMAT_VERSION, flags, meta.index, meta.term, len(meta.conf.voters)
-    )
-    for voter in meta.conf.voters:
-        name = voter.encode("utf-8")
-        head += _VOTER.pack(len(name)) + name
+    conf = meta.conf
+    members = [(_VOTER, n) for n in conf.voters] + [(_LEARNER, n) for n in conf.learners]
+    head = _HEAD.pack(SNAPSHOT_MAGIC, FORMAT_VERSION, flags, meta.index, meta.term, len(members))
+    for role, member in members:
+        name = member.encode("utf-8")
+        head += _MEMBER.pack(role, len(name)) + name
     return head + _DATA_LENGTH.pack(data_length)
 
 
@@ -491,26 +493,26 @@ def _crc_of_range(stream: ReadFile, end: int) -> int:
 def _read_header(stream: ReadFile, head: bytes, limit: int) -> _Header | tuple[int, str]:
     """Walk the header after its fixed part `head` (the stream is just past it), reading
     nothing at or past `limit`: the header, or (offset, reason) where it runs past `limit`."""
-    voter_count = _HEAD.unpack(head)[5]
+    member_count = _HEAD.unpack(head)[5]
     crc = zlib.crc32(head)
     offset = _HEAD.size
-    # Every voter takes at least its length field: a count that cannot fit needs no walk
-    # (a damaged count would otherwise cost a read per claimed voter).
-    if offset + voter_count * _VOTER.size + _DATA_LENGTH.size > limit:
-        return offset, "voter list runs past the end"
-    voters: list[tuple[int, bytes]] = []
-    for _ in range(voter_count):
-        if offset + _VOTER.size > limit:
-            return offset, "voter list runs past the end"
-        field = stream.read(_VOTER.size)
-        (length,) = _VOTER.unpack(field)
+    # Every member takes at least its role and length: a count that cannot fit needs no walk
+    # (a damaged count would otherwise cost a read per claimed member).
+    if offset + member_count * _MEMBER.size + _DATA_LENGTH.size > limit:
+        return offset, "member list runs past the end"
+    members: list[tuple[int, int, bytes]] = []
+    for _ in range(member_count):
+        if offset + _MEMBER.size > limit:
+            return offset, "member list runs past the end"
+        field = stream.read(_MEMBER.size)
+        role, length = _MEMBER.unpack(field)
         crc = zlib.crc32(field, crc)
-        offset += _VOTER.size
+        offset += _MEMBER.size
         if offset + length > limit:
-            return offset, "voter id runs past the end"
+            return offset, "member id runs past the end"
         name = stream.read(length)
         crc = zlib.crc32(name, crc)
-        voters.append((offset, name))
+        members.append((offset, role, name))
         offset += length
     if offset + _DATA_LENGTH.size > limit:
         return offset, "data length runs past the end"
@@ -518,7 +520,7 @@ def _read_header(stream: ReadFile, head: bytes, limit: int) -> _Header | tuple[i
     (data_length,) = _DATA_LENGTH.unpack(field)
     crc = zlib.crc32(field, crc)
     offset += _DATA_LENGTH.size
-    return _Header(voters, int(data_length), offset, crc)
+    return _Header(members, int(data_length), offset, crc)
 
 
 def _layout(path: Path, stream: ReadFile, *, verify: bool) -> _Layout:
@@ -567,19 +569,22 @@ def _layout(path: Path, stream: ReadFile, *, verify: bool) -> _Layout:
     header = _read_header(stream, head, body_end)
     if isinstance(header, tuple):
         raise StorageCorruptedError(path, *header)
-    names: list[NodeId] = []
-    for offset, raw in header.voters:
+    voters: list[NodeId] = []
+    learners: list[NodeId] = []
+    for offset, role, raw in header.members:
+        if role not in (_VOTER, _LEARNER):
+            raise StorageCorruptedError(path, offset - _MEMBER.size, f"unknown member role {role}")
         try:
-            names.append(NodeId(raw.decode("utf-8")))
+            (voters if role == _VOTER else learners).append(NodeId(raw.decode("utf-8")))
         except UnicodeDecodeError:
-            raise StorageCorruptedError(path, offset, "voter id is not UTF-8") from None
+            raise StorageCorruptedError(path, offset, "member id is not UTF-8") from None
     if header.data_offset + header.data_length != body_end:
         raise StorageCorruptedError(
             path,
             header.data_offset,
             f"data length {header.data_length} disagrees with the file size",
         )
-    meta = SnapshotMeta(LogIndex(index), Term(term), ConfState(tuple(names)))
+    meta = SnapshotMeta(LogIndex(index), Term(term), ConfState(tuple(voters), tuple(learners)))
     return _Layout(
         meta, bool(flags & _REPLACES_LOG), header.data_offset, header.data_length, header.crc
     )
@@ -589,6 +594,8 @@ def check_meta(meta: SnapshotMeta) -> None:
     """Raise StorageMisuseError if `meta` cannot be stored as a snapshot."""
     if meta.index < 1:
         raise StorageMisuseError(f"a snapshot needs an index of at least 1, not {meta.index}")
-    for voter in meta.conf.voters:
-        if len(voter.encode("utf-8")) > 0xFFFF:
-            raise StorageMisuseError(f"voter id of {len(voter.encode('utf-8'))} bytes is too long")
+    for member in meta.conf.members():
+        if len(member.encode("utf-8")) > 0xFFFF:
+            raise StorageMisuseError(
+                f"member id of {len(member.encode('utf-8'))} bytes is too long"
+            )

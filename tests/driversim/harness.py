@@ -167,7 +167,9 @@ class ListState:
     def applied_index(self) -> int:
         return len(self.disk.seq)
 
-    def apply_batch(self, entries: Sequence[tuple[int, bytes | None]]) -> list[int | None]:
+    def apply_batch(
+        self, entries: Sequence[tuple[int, bytes | None]], conf: str | None = None
+    ) -> list[int | None]:
         results: list[int | None] = []
         for index, data in entries:
             if index <= len(self.disk.seq):

@@ -61,9 +61,11 @@ class CountingState(ChatState):
         self.durable = durable
         self.installs = 0
 
-    def apply_batch(self, entries: Sequence[tuple[int, bytes | None]]) -> list[ApplyResult | None]:
+    def apply_batch(
+        self, entries: Sequence[tuple[int, bytes | None]], conf: str | None = None
+    ) -> list[ApplyResult | None]:
         self.batches.append((entries[0][0], len(entries)))
-        return super().apply_batch(entries)
+        return super().apply_batch(entries, conf)
 
     def checkpoint(self) -> int | None:
         if self.refuse_checkpoints:

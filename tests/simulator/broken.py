@@ -9,14 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from node.raft import quorum
 from node.raft.core import RaftCore
-from node.raft.types import Entry, LogIndex, Role
+from node.raft.membership import ConfChangeBusyError, apply_change
+from node.raft.types import ConfChange, Entry, LogIndex, Role, Term
 
 TUNED = (
     "commit-old-term",
     "forget-vote",
     "leader-counts-itself-before-fsync",
     "append-without-term-check",
+    # membership (the "membership" profile was written for these two)
+    "two-changes-at-once",
+    "change-before-committing-in-term",
 )
 HELD_OUT = ("vote-without-log-check", "commit-past-last-new")
 BROKEN = TUNED + HELD_OUT
@@ -28,11 +33,8 @@ def _commit_by_counting_replicas(core: RaftCore) -> None:
     """Break §5.4.2: commit any entry stored on a majority, whatever its term."""
 
     def maybe_commit() -> bool:
-        matches = sorted(
-            (core._progress[v].match if v in core._progress else 0 for v in core.conf.voters),
-            reverse=True,
-        )
-        candidate = matches[core.conf.quorum() - 1]
+        matches = {peer: pr.match for peer, pr in core._progress.items()}
+        candidate = quorum.committed_index(core.conf.voters, matches)
         if candidate > core.log.committed:
             core.log.commit_to(candidate)
             return True
@@ -96,12 +98,41 @@ def _commit_past_last_new(core: RaftCore) -> None:
     log.maybe_append = commit_to_last_index  # type: ignore[method-assign]
 
 
+def _two_changes_at_once(core: RaftCore) -> None:
+    """Break thesis §4.1: a leader proposes a membership change while an earlier one is
+    still uncommitted, so three configurations (two servers apart) may be in use at once."""
+
+    def propose(change: ConfChange) -> tuple[LogIndex, Term]:
+        core._check_may_propose()
+        if core.log.term(core.log.committed) != core.term:
+            raise ConfChangeBusyError("not yet committed in its term")
+        return core._append_conf(apply_change(core.conf, change))
+
+    core.propose_conf_change = propose  # type: ignore[method-assign]
+
+
+def _change_before_committing_in_term(core: RaftCore) -> None:
+    """Break the fix to single-server changes (thesis §4.1, raft-dev 2015-07-10): a new
+    leader proposes a membership change before it has committed an entry of its own term, so
+    an uncommitted change of an earlier leader and its own may overlap."""
+
+    def propose(change: ConfChange) -> tuple[LogIndex, Term]:
+        core._check_may_propose()
+        if core.pending_conf_index() and core.log.term(core.log.committed) == core.term:
+            raise ConfChangeBusyError("a change is pending")
+        return core._append_conf(apply_change(core.conf, change))
+
+    core.propose_conf_change = propose  # type: ignore[method-assign]
+
+
 _PATCHES: dict[str, Patch] = {
     "commit-old-term": _commit_by_counting_replicas,
     "leader-counts-itself-before-fsync": _count_self_before_fsync,
     "append-without-term-check": _append_without_term_check,
     "vote-without-log-check": _vote_without_log_check,
     "commit-past-last-new": _commit_past_last_new,
+    "two-changes-at-once": _two_changes_at_once,
+    "change-before-committing-in-term": _change_before_committing_in_term,
 }
 
 

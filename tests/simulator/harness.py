@@ -23,7 +23,9 @@ from random import Random
 from typing import Any
 
 from node.raft.core import RaftConfig, RaftCore
+from node.raft.errors import RaftError
 from node.raft.types import (
+    ConfChange,
     ConfState,
     Entry,
     EntryKind,
@@ -94,10 +96,13 @@ class SimNode:
         hs = d.hard_state
         if self.cluster.forget_vote_on_restart:  # the deliberately broken variant
             hs = HardState(hs.term, None, hs.commit)
+        # An initial member boots with the cluster's first configuration; a spare (a machine
+        # that may be added later) with none: it learns it from the leader's log.
+        initial = self.cluster.conf if self.id in self.cluster.conf else ConfState(())
         self.core = RaftCore(
             self.config,
             self.cluster.rng,
-            conf=self.cluster.conf,
+            conf=initial,
             hard_state=hs,
             snapshot=d.snapshot,
             entries=list(d.entries),
@@ -233,7 +238,7 @@ class SimNode:
         term = core.log.term(index)
         if term is None:
             return
-        meta = SnapshotMeta(LogIndex(index), term, core.conf)
+        meta = SnapshotMeta(LogIndex(index), term, core.conf_at(LogIndex(index)))
         self.disk.save_snapshot(meta, data, discard_log=False)
         core.compact(LogIndex(index))
         self.cluster.trace(f"{self.id} compact {index}")
@@ -260,12 +265,14 @@ class SimCluster:
         forget_vote_on_restart: bool = False,
         trace_lines: list[str] | None = None,
         tick_periods: Sequence[int] | None = None,
+        spares: int = 0,
     ) -> None:
         """tick_periods: each node's own time between ticks (per-node clock rates, each
-        starting at a random phase); None ticks every node together, every TICK."""
+        starting at a random phase); None ticks every node together, every TICK. spares:
+        nodes beyond the first n, running with no configuration until they are added."""
         self.rng = Random(seed)
-        self.ids = [NodeId(chr(ord("a") + i)) for i in range(n)]
-        self.conf = ConfState(tuple(self.ids))
+        self.ids = [NodeId(chr(ord("a") + i)) for i in range(n + spares)]
+        self.conf = ConfState(tuple(self.ids[:n]))
         self.now = 0
         self._seq = 0
         self._events: list[_Event] = []
@@ -527,6 +534,26 @@ class SimCluster:
         self.trace(f"propose {nid} {data!r} -> {where}")
         node.drain()
         return where
+
+    def change(self, nid: NodeId, change: ConfChange) -> LogIndex | None:
+        """Propose a membership change at leader `nid`; None if it refuses (the reason is in
+        the trace)."""
+        node = self.nodes[nid]
+        if node.core is None or node.paused or node.core.role is not Role.LEADER:
+            return None
+        try:
+            index, _ = node.core.propose_conf_change(change)
+        except RaftError as exc:
+            self.trace(f"change {nid} {change.op.value} {change.node} refused: {exc}")
+            return None
+        self.trace(f"change {nid} {change.op.value} {change.node} -> {index}")
+        node.drain()
+        return index
+
+    def members(self) -> ConfState:
+        """The configuration of the newest live leader (else the first one)."""
+        leaders = sorted(self.leaders(), key=lambda n: self.core(n).term)
+        return self.core(leaders[-1]).conf if leaders else self.conf
 
     def on_applied_proposal(self, nid: NodeId, e: Entry) -> None:
         if e.data in self.proposals and self.proposals[e.data] is None:

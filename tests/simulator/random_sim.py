@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from random import Random
 
-from node.raft.types import Message, MessageType, NodeId, Role
+from node.raft.types import ConfChange, ConfChangeOp, Message, MessageType, NodeId, Role
 from tests.simulator.checker import SafetyViolation
 from tests.simulator.harness import TICK, SimCluster
 
@@ -42,6 +42,9 @@ class Profile:
     strike_delay: int = 60  # the latest a strike lands after its trigger
     isolate: float = 0.5  # chance a strike cuts its victim off, rather than crashing it
     isolate_alone: float = 0.0  # chance a cut-off victim is alone (else with a minority)
+    # Membership: every run has SPARES machines beyond its initial voters; on a tick, this is
+    # the chance that the leader is asked to add a learner, promote one or remove a member.
+    membership: float = 0.03
 
 
 # Aimed profiles: few or no random faults of their own (a low fault_rate), but strikes at the
@@ -96,6 +99,19 @@ AIMED = {
         fast_restart=TICK,
         strike_delay=10,
     ),
+    "membership": Profile(
+        dup=0.02,
+        partitions=True,
+        crashes=True,
+        fault_rate=0.1,
+        sizes=(3,),
+        membership=0.3,
+        election_strike=0.6,
+        fast_restart=TICK,
+        strike_delay=20,
+        isolate=0.9,
+        isolate_alone=0.5,
+    ),
 }
 
 PROFILES = {
@@ -120,6 +136,7 @@ PROFILES = {
     **AIMED,
 }
 
+SPARES = 2  # machines outside the first configuration, which membership changes may add
 FAULT_TICKS = 200
 LIVENESS_TICKS = 400  # after faults stop: a leader and every proposal applied everywhere
 
@@ -191,7 +208,7 @@ def _run(
 
     patch, forget_vote = patch_for(broken)
     rng = Random(seed ^ 0x5EED)  # the nemesis and the client; the cluster has its own
-    periods = [rng.randint(TICK * 3 // 4, TICK * 4 // 3) for _ in range(nodes)]
+    periods = [rng.randint(TICK * 3 // 4, TICK * 4 // 3) for _ in range(nodes + SPARES)]
     append_bytes, inflight = rng.choice(prof.appends or APPENDS)
     c = SimCluster(
         nodes,
@@ -205,6 +222,7 @@ def _run(
         max_append_bytes=append_bytes,
         max_inflight=inflight,
         election_ticks=prof.election_ticks,
+        spares=SPARES,
     )
     c.drop_rate, c.dup_rate = prof.drop, prof.dup
     c.delay = prof.message_delay
@@ -231,6 +249,27 @@ def _run(
         for leader in c.leaders():
             read_no += 1
             c.read(leader, read_no)
+
+    def change_membership() -> None:
+        """The operator changes membership through the leader, one server at a time: add a
+        machine as a learner, promote a learner (caught up or not), or remove a member (the
+        leader itself included). A removed machine keeps running, unaware, until it is
+        added again with its disk as it was."""
+        leaders = c.leaders()
+        if not leaders:
+            return
+        leader = leaders[0]
+        conf = c.core(leader).conf
+        outside = [n for n in ids if n not in conf]
+        choices: list[ConfChange] = []
+        if outside:
+            choices.append(ConfChange(ConfChangeOp.ADD_LEARNER, rng.choice(outside)))
+        if conf.learners:
+            choices.append(ConfChange(ConfChangeOp.PROMOTE, rng.choice(conf.learners)))
+        if len(conf.members()) > 1:
+            choices.append(ConfChange(ConfChangeOp.REMOVE, rng.choice(conf.members())))
+        if choices:
+            c.change(leader, rng.choice(choices))
 
     def target() -> NodeId:
         leaders = c.leaders()
@@ -363,6 +402,8 @@ def _run(
             propose_some()
         if rng.random() < 0.1:
             read_some()
+        if rng.random() < prof.membership:
+            change_membership()
         if prof.compaction and rng.random() < 0.05:
             c.nodes[rng.choice(ids)].maybe_compact(keep=rng.randrange(0, 4))
 
@@ -413,11 +454,13 @@ def _run(
 
 
 def _all_applied(c: SimCluster) -> bool:
-    """Every proposal is known applied (at its acked index), and every node caught up."""
+    """Every proposal is known applied (at its acked index), and every member of the
+    leader's configuration caught up (a removed machine, or one never added, need not be)."""
     if any(where is None for where in c.proposals.values()):
         return False
     target = c.checker.max_applied
-    return all(n.sm.applied >= target for n in c.nodes.values())
+    members = c.members()
+    return all(n.sm.applied >= target for n in c.nodes.values() if n.id in members)
 
 
 def _describe(c: SimCluster) -> str:
@@ -429,7 +472,9 @@ def _describe(c: SimCluster) -> str:
         core = n.core
         parts.append(
             f"{n.id}: {core.role.value} t{core.term} last {core.log.last_index()} "
-            f"commit {core.log.committed} applied {n.sm.applied}"
+            f"commit {core.log.committed} applied {n.sm.applied} "
+            f"voters {','.join(core.conf.voters) or '-'} "
+            f"learners {','.join(core.conf.learners) or '-'}"
         )
     return "; ".join(parts)
 
