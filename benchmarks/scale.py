@@ -31,14 +31,18 @@ barrier), it reports:
   same is measured on the empty cluster first, in the same run, and *_minus_empty_s is the
   difference (the issue's target). SIGKILL keeps the page cache, so the database keeps its
   un-checkpointed WAL and little is replayed; restart_sigkill_entries_since_snapshot says how
-  much log lay past the last snapshot at the kill;
+  much log lay past the last snapshot at the kill. Then the fill goes on until that follower
+  holds 90% of a checkpoint interval (snapshot.entries) past its snapshot, and it is killed
+  again: restart_sigkill_full_interval_* (the target's "full checkpoint interval to replay");
 - history_1000_p50_ms / p99: History of the hot pair with limit 1,000;
 - status_digest_p50_ms / max: Status(with_digest) on the leader (peer port, tool certificate);
 - catchup_*: another follower is stopped, the fill goes on until the leader's snapshot index
   is past that follower's last index, then it is started and timed until caught up (from the
   spawn, so it includes the process's start); catchup_snapshot_mb_per_s is the leader's
-  snapshot file size over that time, and catchup_by_snapshot says whether its log shows an
-  install. The caught-up follower's database must then hold every message sent;
+  snapshot file size over that time, catchup_transfer_* the same from the leader's log line
+  "streaming snapshot" to the follower's "installed snapshot" (the transfer and the install,
+  without the start), and catchup_by_snapshot says whether its log shows an install. The
+  caught-up follower's database must then hold every message sent;
 - leader_changes: term increases seen through Status (each second and around every step) after
   the first election, over the whole run. The target is 0.
 
@@ -54,6 +58,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import datetime
 import json
 import random
 import sqlite3
@@ -94,6 +99,7 @@ ACK_SENDERS: Final = 8
 SEND_TIMEOUT_S: Final = 2.0  # one attempt
 GIVE_UP_S: Final = 60.0  # a write resent this long without an answer fails the run
 CATCH_UP_TIMEOUT_S: Final = 300.0
+FULL_INTERVAL: Final = 0.9  # of snapshot.entries past the snapshot at the "full interval" kill
 POLL_S: Final = 0.02
 PASSWORD: Final = "pw"
 HOT: Final = -1  # the hot pair, in a worker's list of targets
@@ -473,6 +479,48 @@ def status_digest_ms(cluster: Cluster, leader: str, rounds: int) -> list[float]:
         channel.close()
 
 
+def _last_logged_at(cluster: Cluster, node: str, needle: str) -> float | None:
+    """The wall time (epoch seconds) of the last line of node's log that contains `needle`
+    (the node's log lines start with asctime, to the millisecond)."""
+    try:
+        lines = cluster.log_path(node).read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return None
+    for line in reversed(lines):
+        if needle in line:
+            stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+            return stamp.timestamp()
+    return None
+
+
+def fill_past_snapshot(
+    plan: Plan,
+    addresses: dict[str, str],
+    leader: str,
+    cluster: Cluster,
+    sampler: Sampler,
+    node: str,
+    entries: int,
+) -> int:
+    """Send more until `node` holds at least `entries` applied entries past its snapshot (a
+    checkpoint interval's worth of log to replay); returns the messages sent."""
+    sent = 0
+    while True:
+        st = _by_id(cluster, sampler)[node]
+        since = (st.applied_index or 0) - (st.snapshot_index or 0)
+        if since >= entries:
+            return sent
+        if sent > 20 * entries:
+            raise BenchError(f"{node} never held {entries} entries past its snapshot")
+        # a Send is one entry, and acks add more: a third of the gap at a time
+        chunk = max(20, (entries - since) // 3)
+        sampler.filling.set()
+        more = asyncio.run(fill(plan, addresses, leader, cluster, chunk, 0))
+        sampler.filling.clear()
+        sent += len(more.message_ids)
+        wait_idle(cluster, sampler)
+
+
 def _installs(cluster: Cluster, node: str) -> int:
     try:
         return cluster.log_path(node).read_text(errors="replace").count("installed snapshot")
@@ -586,6 +634,12 @@ def run(config: ClusterConfig, settings: ScaleSettings) -> dict[str, Any]:
             st = _by_id(cluster, sampler)[follower]
             since = (st.applied_index or 0) - (st.snapshot_index or 0)
             kill_s = restart_s(cluster, sampler, follower, leader, "kill")
+            # Again with (nearly) a whole checkpoint interval past the snapshot to replay.
+            full = int(config.snapshot.entries * FULL_INTERVAL)
+            extra = fill_past_snapshot(plan, addresses, leader, cluster, sampler, follower, full)
+            st = _by_id(cluster, sampler)[follower]
+            since_full = (st.applied_index or 0) - (st.snapshot_index or 0)
+            kill_full_s = restart_s(cluster, sampler, follower, leader, "kill")
             result |= {
                 "restart_empty_sigterm_s": round(empty_term, 3),
                 "restart_empty_sigkill_s": round(empty_kill, 3),
@@ -594,12 +648,14 @@ def run(config: ClusterConfig, settings: ScaleSettings) -> dict[str, Any]:
                 "restart_sigterm_minus_empty_s": round(term_s - empty_term, 3),
                 "restart_sigkill_minus_empty_s": round(kill_s - empty_kill, 3),
                 "restart_sigkill_entries_since_snapshot": since,
+                "restart_sigkill_full_interval_s": round(kill_full_s, 3),
+                "restart_sigkill_full_interval_minus_empty_s": round(kill_full_s - empty_kill, 3),
+                "restart_sigkill_full_interval_entries_since_snapshot": since_full,
             }
 
             # A follower behind the compacted log catches up by snapshot.
             behind = _by_id(cluster, sampler)[other].last_index or 0
             cluster.stop(other)
-            extra = 0
             chunk = max(200, config.snapshot.entries // 2)
             while (_by_id(cluster, sampler)[leader].snapshot_index or 0) <= behind:
                 if extra > 20 * config.snapshot.entries + n:
@@ -611,10 +667,16 @@ def run(config: ClusterConfig, settings: ScaleSettings) -> dict[str, Any]:
                 time.sleep(0.5)  # a snapshot runs in the background
             snapshot_bytes = newest_snapshot_bytes(cluster, leader)
             installs = _installs(cluster, other)
+            streamed_before = _last_logged_at(cluster, leader, f" bytes) to {other}") or 0.0
             started = time.perf_counter()
             cluster.start_node(other, wait=False)
             wait_caught_up(cluster, sampler, other, leader, CATCH_UP_TIMEOUT_S)
             catchup = time.perf_counter() - started
+            streamed = _last_logged_at(cluster, leader, f" bytes) to {other}")
+            installed = _last_logged_at(cluster, other, "installed snapshot")
+            transfer = None
+            if streamed is not None and installed is not None and streamed > streamed_before:
+                transfer = installed - streamed
             wait_idle(cluster, sampler)
             stored_after = stored_messages(cluster, other)
             if stored_after != n + extra:
@@ -625,6 +687,12 @@ def run(config: ClusterConfig, settings: ScaleSettings) -> dict[str, Any]:
                 "catchup_snapshot_mb": _mb(snapshot_bytes),
                 "catchup_s": round(catchup, 3),
                 "catchup_snapshot_mb_per_s": round(snapshot_bytes / MB / catchup, 2),
+                # the leader's "streaming snapshot" line to the follower's "installed": the
+                # transfer and the install, without the process's start
+                "catchup_transfer_s": None if transfer is None else round(transfer, 3),
+                "catchup_transfer_mb_per_s": (
+                    None if not transfer else round(snapshot_bytes / MB / transfer, 2)
+                ),
                 "catchup_by_snapshot": _installs(cluster, other) > installs,
                 "catchup_extra_messages": extra,
                 "catchup_messages_stored": stored_after,

@@ -358,14 +358,12 @@ class ChatService(chat_pb2_grpc.ChatServicer):
 
     async def _require_session(self, rid: cmds.RequestId, session: str, context: Context) -> None:
         """Refuse before the log (issue 11): a write that needs a session is proposed only if
-        this leader's state, caught up with everything committed, knows the session. A retry
-        that the dedup table already answered skips this: the log gives its first reply."""
-        if self._state.answered(rid):
-            return
+        this leader's state, caught up with everything committed, knows the client and the
+        session (an expired client hears so, not "no such session"). A retry that the dedup
+        table already answered passes: the log gives its first reply."""
         wait_s = min(self._timeout(context), self._driver.election_timeout_s)
         await self._driver.wait_caught_up(wait_s)
-        self._state.check_client(rid)  # an expired client hears so, not "no such session"
-        self._state.authenticate(session)
+        self._state.admit(rid, session)
 
     def _times(self) -> tuple[int, int]:
         """(this node's wall clock, the log time it stamps) for a command it proposes."""

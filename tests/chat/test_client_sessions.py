@@ -288,3 +288,30 @@ def test_a_snapshot_keeps_the_highest_client_id_and_the_expired_refusal() -> Non
             assert isinstance(outcome, ChatError) and outcome.code is code, outcome
     assert_alike(twin, node.state)
     assert [m.text for m in twin.queue("alice")] == ["hello"]
+
+
+def test_admit_is_the_one_read_before_a_write_is_proposed() -> None:
+    """Issue 11's refusal before the log, in one read (server._require_session): a live
+    session passes; a retry the table answered passes whatever its session (the log gives
+    its first reply); an unknown session is UNAUTHENTICATED; an expired client hears so
+    (before anything about its session); an id never issued is INVALID_ARGUMENT."""
+    node = Node(log_clock=True)
+    alice = node.user("alice")
+    send = node.send_cmd(alice, "alice", "hello")
+    assert send.request is not None
+    node.state.admit(send.request, alice)  # live
+    with pytest.raises(ChatError) as unknown:
+        node.state.admit(send.request, "f" * 64)
+    assert unknown.value.code is ErrorCode.UNAUTHENTICATED
+    assert node.apply(send).ok
+    node.state.admit(send.request, "f" * 64)  # answered: a retry goes to the log
+    node.advance(SMALL_LIMITS.client_idle_s + 1)
+    node.apply(retry(node, node.send_cmd(node.user("bob"), "bob", "tick")))  # log time moves
+    following = RequestId(send.request.client_id, send.request.seq + 1, send.request.seq + 1)
+    with pytest.raises(ChatError) as gone:
+        node.state.admit(following, "f" * 64)
+    assert gone.value.reason is Reason.CLIENT_EXPIRED
+    never = RequestId(client_id=10**6, seq=1, first_outstanding=1)
+    with pytest.raises(ChatError) as invalid:
+        node.state.admit(never, alice)
+    assert invalid.value.code is ErrorCode.INVALID_ARGUMENT
