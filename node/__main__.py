@@ -276,7 +276,7 @@ async def _serve_with(
             config.cluster,
             driver.step,
             driver.receive_snapshot,
-            members=lambda: driver.core.voters,
+            members=lambda: driver.core.conf.members(),  # learners are peers too
             spool=lambda: driver.snapshot_spool,
             certificates=credentials is not None,
         ),

@@ -338,8 +338,8 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         host for itself and dodge the failed-login limit)."""
         if self._peer_credentials is None:
             return presents_cluster_key(context.invocation_metadata(), self._cluster_key)
-        voters = self._driver.core.voters
-        return certified_member(context, self._config.cluster, voters) is not None
+        members = self._driver.core.conf.members()
+        return certified_member(context, self._config.cluster, members) is not None
 
     def _client_host(self, context: Context) -> str:
         """The client's host; for a call a member forwarded, the host it named."""

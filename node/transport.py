@@ -348,7 +348,10 @@ class RaftService(raft_pb2_grpc.RaftServicer):
 
     A stream carries the messages of one sender: the first message names it, it must be a
     member other than this node, and every later message on that stream must name it too.
-    With `certificates`, the caller's certificate must name the sender as well.
+    With `certificates`, the caller's certificate must name the sender as well. `members`
+    gives the current configuration, learners included; empty on a node that has not learnt
+    one yet (a member being added), which hears any sender the certificate (or the cluster
+    key) vouches for.
     """
 
     def __init__(
@@ -468,7 +471,8 @@ class RaftService(raft_pb2_grpc.RaftServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"message for {m.to} delivered to {self._id}: check the --peer addresses",
             )
-        if m.sender == self._id or m.sender not in self._members():
+        members = self._members()  # empty: not yet told the configuration (being added)
+        if m.sender == self._id or (members and m.sender not in members):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"a message from {m.sender!r}, which is not a peer of {self._id}",

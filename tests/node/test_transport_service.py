@@ -68,8 +68,9 @@ class Inbox:
 
 
 class Server:
-    def __init__(self, spool: Path) -> None:
+    def __init__(self, spool: Path, members: tuple[NodeId, ...] = MEMBERS) -> None:
         self.inbox = Inbox(spool)
+        self.members = members
         self.server: grpc.aio.Server | None = None
         self.channel: grpc.aio.Channel | None = None
 
@@ -81,7 +82,7 @@ class Server:
             CLUSTER,
             self.inbox.deliver,
             self.inbox.deliver_snapshot,
-            lambda: MEMBERS,
+            lambda: self.members,
             spool=lambda: self.inbox.spool,
             certificates=False,
         )
@@ -263,3 +264,23 @@ async def test_a_stream_from_a_non_peer_is_refused(sender: str, tmp_path: Path) 
         code = await call_stream(stub, [[heartbeat(sender)]])
         assert code is grpc.StatusCode.PERMISSION_DENIED
         assert server.inbox.messages == []
+
+
+async def test_a_learner_is_a_peer(tmp_path: Path) -> None:
+    """Peers are judged against the current configuration, learners included (the members
+    the node passes in)."""
+    server = Server(tmp_path, members=(*MEMBERS, NodeId("d")))
+    async with server as stub:
+        assert await call_stream(stub, [[heartbeat("d")]]) is grpc.StatusCode.OK
+        assert [m.sender for m in server.inbox.messages] == ["d"]
+
+
+async def test_a_node_without_a_configuration_hears_any_member(tmp_path: Path) -> None:
+    """A node being added knows no configuration until the leader's log or snapshot brings
+    it: it takes messages from any sender its certificate check (or the cluster key) lets
+    through, and never from itself."""
+    server = Server(tmp_path, members=())
+    async with server as stub:
+        assert await call_stream(stub, [[heartbeat("z")]]) is grpc.StatusCode.OK
+        assert await call_stream(stub, [[heartbeat(ME)]]) is grpc.StatusCode.PERMISSION_DENIED
+        assert [m.sender for m in server.inbox.messages] == ["z"]
