@@ -36,7 +36,9 @@ from typing import Generic, Protocol, TypeVar
 from node.config import ClusterConfig
 from node.raft.core import RaftConfig, RaftCore
 from node.raft.errors import InvariantError, NotLeaderError, ProposalDroppedError, RaftError
+from node.raft.membership import decode_conf
 from node.raft.types import (
+    ConfChange,
     ConfState,
     Entry,
     EntryKind,
@@ -200,6 +202,7 @@ class RaftDriver(Generic[R]):
         self.transport = transport
         self._wake = asyncio.Event()
         self._proposals: dict[int, _Pending[R]] = {}
+        self._conf_proposals: dict[int, _Pending[ConfState]] = {}  # membership changes
         self._deadlines: list[tuple[float, int, int]] = []  # heap of (deadline, index, term)
         self._read_seq = 0
         self._reads: dict[int, asyncio.Future[int]] = {}
@@ -361,18 +364,36 @@ class RaftDriver(Generic[R]):
         self._wake.set()
         return await future
 
+    async def change_membership(self, change: ConfChange, timeout_s: float) -> ConfState:
+        """Propose one single-server membership change (node.raft.membership); the new
+        configuration once its CONFIG entry is committed and applied.
+
+        Raises NotLeaderError / NoQuorumError, ConfChangeBusyError (an earlier change is
+        uncommitted, or this leader has not yet committed in its term: retry) and
+        ConfChangeError (an impossible change) before proposing, when nothing happened; and
+        OutcomeUnknownError after (it may still commit: read the membership to find out)."""
+        self.require_leader()
+        index, term = self.core.propose_conf_change(change)
+        future: asyncio.Future[ConfState] = asyncio.get_running_loop().create_future()
+        self._conf_proposals[index] = _Pending(term, future)
+        heapq.heappush(self._deadlines, (self.clock.monotonic() + timeout_s, index, term))
+        self._wake.set()
+        return await future
+
     def _expire_proposals(self, now: float) -> None:
         while self._deadlines and self._deadlines[0][0] <= now:
             _, index, term = heapq.heappop(self._deadlines)
-            pending = self._proposals.get(index)
-            if pending is not None and pending.term == term:
-                del self._proposals[index]
-                if not pending.future.done():
-                    pending.future.set_exception(
-                        OutcomeUnknownError(
-                            "the deadline passed before the write was applied; it may still commit"
+            for proposals in (self._proposals, self._conf_proposals):
+                pending = proposals.get(index)
+                if pending is not None and pending.term == term:
+                    del proposals[index]
+                    if not pending.future.done():
+                        pending.future.set_exception(
+                            OutcomeUnknownError(
+                                "the deadline passed before the write was applied; "
+                                "it may still commit"
+                            )
                         )
-                    )
 
     async def read_barrier(self, timeout_s: float) -> None:
         """Linearizable reads (thesis §6.4): returns once this leader has confirmed its
@@ -547,10 +568,15 @@ class RaftDriver(Generic[R]):
 
     def _fail_all(self, exc: Exception) -> None:
         proposals, self._proposals = self._proposals, {}
+        changes, self._conf_proposals = self._conf_proposals, {}
         self._deadlines = []
-        for p in proposals.values():
-            if not p.future.done():
-                p.future.set_exception(exc)
+        futures: list[asyncio.Future[R] | asyncio.Future[ConfState]] = [
+            p.future for p in proposals.values()
+        ]
+        futures.extend(c.future for c in changes.values())
+        for future in futures:
+            if not future.done():
+                future.set_exception(exc)
         reads, self._reads = self._reads, {}
         for f in reads.values():
             if not f.done():
@@ -598,6 +624,14 @@ class RaftDriver(Generic[R]):
                 else:
                     pending.future.set_exception(
                         OutcomeUnknownError("the write was replaced by a new leader's entry")
+                    )
+            change = self._conf_proposals.pop(e.index, None)
+            if change is not None and not change.future.done():
+                if change.term == e.term and e.kind is EntryKind.CONFIG:
+                    change.future.set_result(decode_conf(e.data))
+                else:
+                    change.future.set_exception(
+                        OutcomeUnknownError("the change was replaced by a new leader's entry")
                     )
             if result is not None:
                 for listener in list(self._apply_listeners):

@@ -17,13 +17,17 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from node.chat.commands import Login, Register, Send, encode, session_of
 from node.chat.replies import ApplyResult
 from node.chat.state import ChatState
 from node.config import ChatLimits, ClusterConfig, parse_config
 from node.driver import RaftDriver
 from node.memory_transport import MemoryNetwork, NetworkFaults
-from node.raft.types import NodeId, SnapshotMeta
+from node.raft.errors import NotLeaderError
+from node.raft.membership import ConfChangeBusyError, ConfChangeError
+from node.raft.types import ConfChange, ConfChangeOp, ConfState, NodeId, SnapshotMeta
 from node.seams import InlineExecutor
 from node.storage import Storage
 from tests.chat.conftest import fast_hash
@@ -354,3 +358,39 @@ def test_a_node_whose_database_is_gone_restores_it_from_its_snapshot_and_replays
         assert len(cluster.digests()) == 1
 
     vrun(tmp_path, test, snapshot_entries=30)
+
+
+def test_a_membership_change_resolves_once_applied_and_reaches_every_state(
+    tmp_path: Path,
+) -> None:
+    """Thesis §4.1: one change at a time; the driver resolves change_membership with the new
+    configuration only after its CONFIG entry is applied, and every state stores it."""
+
+    async def test(cluster: Cluster) -> None:
+        leader = await setup_accounts(cluster)
+        follower = next(n for n in IDS if n != leader.id)
+        stays = tuple(n for n in IDS if n != follower)
+        change = leader.change_membership(ConfChange(ConfChangeOp.REMOVE, follower), 10.0)
+        task = asyncio.ensure_future(change)
+        await asyncio.sleep(0)
+        with pytest.raises(ConfChangeBusyError):  # the first is not committed yet
+            await leader.change_membership(ConfChange(ConfChangeOp.REMOVE, stays[0]), 10.0)
+        conf = await task
+        assert conf == leader.core.conf == ConfState(conf.voters)
+        assert set(conf.voters) == set(stays) and follower not in conf
+        assert leader.applied_index >= leader.core.pending_conf_index() == 0
+        with pytest.raises(ConfChangeError, match="not a member"):
+            await leader.change_membership(ConfChange(ConfChangeOp.REMOVE, follower), 10.0)
+        other = cluster.drivers[stays[1] if stays[0] == leader.id else stays[0]]
+        with pytest.raises(NotLeaderError):
+            await other.change_membership(ConfChange(ConfChangeOp.ADD_LEARNER, follower), 10.0)
+        await send_many(leader, 20)  # two voters commit without the removed one
+        for node in stays:
+            for _ in range(500):
+                if cluster.drivers[node].applied_index == leader.applied_index:
+                    break
+                await asyncio.sleep(0.01)
+            assert set(cluster.states[node].voters) == set(stays)
+        assert len({cluster.states[n].digest() for n in stays}) == 1
+
+    vrun(tmp_path, test)
