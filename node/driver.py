@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from random import Random
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from node.config import ClusterConfig
 from node.raft.core import RaftConfig, RaftCore
@@ -201,8 +201,8 @@ class RaftDriver(Generic[R]):
         self._apply_pool: Executor = apply_executor or ThreadExecutor(1, f"{node_id}-apply")
         self.transport = transport
         self._wake = asyncio.Event()
-        self._proposals: dict[int, _Pending[R]] = {}
-        self._conf_proposals: dict[int, _Pending[ConfState]] = {}  # membership changes
+        # Writes (resolved with R) and membership changes (with their ConfState), by index.
+        self._proposals: dict[int, _Pending[Any]] = {}
         self._deadlines: list[tuple[float, int, int]] = []  # heap of (deadline, index, term)
         self._read_seq = 0
         self._reads: dict[int, asyncio.Future[int]] = {}
@@ -375,7 +375,7 @@ class RaftDriver(Generic[R]):
         self.require_leader()
         index, term = self.core.propose_conf_change(change)
         future: asyncio.Future[ConfState] = asyncio.get_running_loop().create_future()
-        self._conf_proposals[index] = _Pending(term, future)
+        self._proposals[index] = _Pending(term, future)
         heapq.heappush(self._deadlines, (self.clock.monotonic() + timeout_s, index, term))
         self._wake.set()
         return await future
@@ -383,17 +383,15 @@ class RaftDriver(Generic[R]):
     def _expire_proposals(self, now: float) -> None:
         while self._deadlines and self._deadlines[0][0] <= now:
             _, index, term = heapq.heappop(self._deadlines)
-            for proposals in (self._proposals, self._conf_proposals):
-                pending = proposals.get(index)
-                if pending is not None and pending.term == term:
-                    del proposals[index]
-                    if not pending.future.done():
-                        pending.future.set_exception(
-                            OutcomeUnknownError(
-                                "the deadline passed before the write was applied; "
-                                "it may still commit"
-                            )
+            pending = self._proposals.get(index)
+            if pending is not None and pending.term == term:
+                del self._proposals[index]
+                if not pending.future.done():
+                    pending.future.set_exception(
+                        OutcomeUnknownError(
+                            "the deadline passed before the write was applied; it may still commit"
                         )
+                    )
 
     async def read_barrier(self, timeout_s: float) -> None:
         """Linearizable reads (thesis §6.4): returns once this leader has confirmed its
@@ -568,15 +566,10 @@ class RaftDriver(Generic[R]):
 
     def _fail_all(self, exc: Exception) -> None:
         proposals, self._proposals = self._proposals, {}
-        changes, self._conf_proposals = self._conf_proposals, {}
         self._deadlines = []
-        futures: list[asyncio.Future[R] | asyncio.Future[ConfState]] = [
-            p.future for p in proposals.values()
-        ]
-        futures.extend(c.future for c in changes.values())
-        for future in futures:
-            if not future.done():
-                future.set_exception(exc)
+        for p in proposals.values():
+            if not p.future.done():
+                p.future.set_exception(exc)
         reads, self._reads = self._reads, {}
         for f in reads.values():
             if not f.done():
@@ -619,19 +612,14 @@ class RaftDriver(Generic[R]):
                 self._applied_bytes_since_snapshot += len(e.data)
             pending = self._proposals.pop(e.index, None)
             if pending is not None and not pending.future.done():
-                if pending.term == e.term and result is not None:
-                    pending.future.set_result(result)
+                # The same index and term: our entry (log matching). A CONFIG entry's value
+                # is the configuration it puts in force; a write's, what the state returned.
+                value = decode_conf(e.data) if e.kind is EntryKind.CONFIG else result
+                if pending.term == e.term and value is not None:
+                    pending.future.set_result(value)
                 else:
                     pending.future.set_exception(
                         OutcomeUnknownError("the write was replaced by a new leader's entry")
-                    )
-            change = self._conf_proposals.pop(e.index, None)
-            if change is not None and not change.future.done():
-                if change.term == e.term and e.kind is EntryKind.CONFIG:
-                    change.future.set_result(decode_conf(e.data))
-                else:
-                    change.future.set_exception(
-                        OutcomeUnknownError("the change was replaced by a new leader's entry")
                     )
             if result is not None:
                 for listener in list(self._apply_listeners):
