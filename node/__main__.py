@@ -1,4 +1,12 @@
-"""`python -m node --config cluster.yaml --id a [--peer b=HOST:PORT ...]`: run one node.
+"""`python -m node --config cluster.yaml --id a [--bootstrap ID | --join ID] [--peer b=HOST:PORT]`:
+run one node.
+
+A data directory belongs to one cluster and one member (node.storage.identity). On first start
+the node is told which: `--bootstrap ID` for a member that forms cluster ID with cluster.yaml's
+`nodes`, `--join ID` for one that will be added to it. Once its directory records that, both are
+optional. A node whose directory is empty and which is given neither lost its data (or never had
+any): it exits with code 5 rather than come back as the member it was, since the cluster may
+remember votes and entries that its empty disk does not; it is replaced (`replace N`).
 
 Two gRPC servers: the client port (`port`: Chat, Health, reflection; server TLS) and the peer
 port (`peer_port`: Raft, forwarded Chat calls, digests; mutual TLS with the cluster's CA).
@@ -7,7 +15,7 @@ certificate from the `tls` directory of cluster.yaml (data_dir/tls by default).
 
 Exit codes: 0 after SIGTERM (or SIGINT), 2 bad usage or configuration (missing credentials
 included), 3 storage error (corrupt, locked or failing data directory), 4 address in use,
-1 anything else.
+5 not a member (an empty data directory and neither --bootstrap nor --join), 1 anything else.
 """
 
 from __future__ import annotations
@@ -33,10 +41,10 @@ from node.chat.replies import ApplyResult
 from node.chat.state import ChatState, DatabaseError
 from node.config import ClusterConfig, ConfigError, load_config, read_cluster_key
 from node.driver import FatalNodeError, RaftDriver
-from node.raft.types import NodeId
+from node.raft.types import ConfState, NodeId
 from node.request_guard import UndecodableRequestGuard
 from node.server import ChatService
-from node.storage import Storage
+from node.storage import MemberRecord, Storage
 from node.storage.errors import StorageError
 from node.transport import ClusterKeyInterceptor, GrpcTransport, RaftService
 from protos import chat_pb2, chat_pb2_grpc, raft_pb2_grpc
@@ -44,7 +52,7 @@ from protos.vocabulary import SERVER_OPTIONS
 
 logger = logging.getLogger("node")
 
-EXIT_USAGE, EXIT_STORAGE, EXIT_ADDRESS = 2, 3, 4
+EXIT_USAGE, EXIT_STORAGE, EXIT_ADDRESS, EXIT_NOT_MEMBER = 2, 3, 4, 5
 STATE_DIR = "state"  # the chat state's database, under the node's data dir
 LOG_FILE_BYTES = 10 << 20
 LOG_FILE_BACKUPS = 3
@@ -67,6 +75,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         metavar="ID=HOST:PORT",
         help="dial peer ID at HOST:PORT instead of its configured address (link proxies)",
+    )
+    first = p.add_mutually_exclusive_group()
+    first.add_argument(
+        "--bootstrap",
+        metavar="CLUSTER_ID",
+        help="on first start: form cluster CLUSTER_ID with cluster.yaml's nodes as its members",
+    )
+    first.add_argument(
+        "--join",
+        metavar="CLUSTER_ID",
+        help="on first start: wait, empty, to be added to the running cluster CLUSTER_ID",
     )
     p.add_argument("--log-file", help="also log to this file (size-rotated)")
     p.add_argument(
@@ -190,9 +209,65 @@ async def serve(args: argparse.Namespace) -> int:
     except StorageError as exc:
         raise StartupError(EXIT_STORAGE, f"{me.id}: {exc}") from None
     try:
-        return await _run(config, me.id, peers, key, credentials, storage)
+        member = _establish_member(storage, config, me.id, args.bootstrap, args.join)
+        return await _run(config, me.id, peers, key, credentials, storage, member)
     finally:
         storage.close()
+
+
+def _establish_member(
+    storage: Storage,
+    config: ClusterConfig,
+    node_id: str,
+    bootstrap: str | None,
+    join: str | None,
+) -> MemberRecord:
+    """The data directory's member record, written first if --bootstrap or --join says what it
+    is; StartupError if it has none and may not get one, or belongs to another cluster."""
+    given = bootstrap if bootstrap is not None else join
+    where = storage.data_dir
+    record = storage.member
+    if record is not None:
+        if given is not None and given != record.cluster_id:
+            flag = "--bootstrap" if bootstrap is not None else "--join"
+            raise StartupError(
+                EXIT_USAGE,
+                f"{node_id}: {where} belongs to the cluster with id {record.cluster_id!r}, not "
+                f"{given!r} ({flag}): it is another cluster's data directory",
+            )
+        return record
+    if bootstrap is not None:
+        # A directory of an older chatbooth (Raft data, no record) is adopted here as well.
+        record = MemberRecord(bootstrap, 0, tuple(config.node_ids))
+    elif join is not None:
+        if not storage.holds_nothing():
+            raise StartupError(
+                EXIT_USAGE,
+                f"{node_id}: --join: {where} already holds Raft data; a member joins with an "
+                "empty data directory",
+            )
+        record = MemberRecord(join, None)
+    elif storage.holds_nothing():
+        raise StartupError(
+            EXIT_NOT_MEMBER,
+            f"{node_id}: {where} is empty: this node lost its data (or never had any), and it "
+            f"will not come back as member {node_id}, whose votes and entries the cluster may "
+            f"still count on. Replace it: `replace {node_id}` in the supervisor's REPL (or "
+            f"remove {node_id}, start it with --join CLUSTER_ID and add it). A new cluster's "
+            "members start with --bootstrap CLUSTER_ID (`python -m supervisor up` does that).",
+        )
+    else:
+        raise StartupError(
+            EXIT_USAGE,
+            f"{node_id}: {where} holds Raft data but no member record (an older chatbooth wrote "
+            "it): start it once with --bootstrap CLUSTER_ID to adopt it into that cluster",
+        )
+    storage.record_member(record)
+    how = "formed" if bootstrap is not None else "joining"
+    logger.info(
+        "%s: member of cluster %s (%s), recorded in %s", node_id, record.cluster_id, how, where
+    )
+    return record
 
 
 def _listen(
@@ -216,9 +291,11 @@ async def _run(
     key: bytes,
     credentials: NodeCredentials | None,
     storage: Storage,
+    member: MemberRecord,
 ) -> int:
+    initial = ConfState(tuple(NodeId(n) for n in member.initial_voters))
     try:
-        state = ChatState(config.chat, storage.data_dir / STATE_DIR, voters=config.node_ids)
+        state = ChatState(config.chat, storage.data_dir / STATE_DIR, voters=initial.voters)
         driver = RaftDriver(
             node_id=NodeId(node_id),
             config=config,
@@ -230,12 +307,16 @@ async def _run(
                 cluster=config.cluster,
                 key=key,
                 credentials=credentials.channels if credentials is not None else None,
+                cluster_id=member.cluster_id,
             ),
+            conf=initial,
         )
     except (DatabaseError, FatalNodeError, StorageError) as exc:
         raise StartupError(EXIT_STORAGE, f"{node_id}: {exc}") from None
     try:
-        return await _serve_with(config, node_id, peers, key, credentials, driver, state)
+        return await _serve_with(
+            config, node_id, peers, key, credentials, driver, state, member.cluster_id
+        )
     finally:
         state.close()
 
@@ -248,6 +329,7 @@ async def _serve_with(
     credentials: NodeCredentials | None,
     driver: RaftDriver[ApplyResult],
     state: ChatState,
+    cluster_id: str,
 ) -> int:
     me = config.node(node_id)
     channel_credentials = credentials.channels if credentials is not None else None
@@ -279,6 +361,7 @@ async def _serve_with(
             members=lambda: driver.core.conf.members(),  # learners are peers too
             spool=lambda: driver.snapshot_spool,
             certificates=credentials is not None,
+            cluster_id=cluster_id,
         ),
         peer_server,
     )

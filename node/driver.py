@@ -154,12 +154,15 @@ class RaftDriver(Generic[R]):
         cpu_executor: Executor | None = None,
         apply_executor: Executor | None = None,
         spool_dir: Path | None = None,
+        conf: ConfState | None = None,
     ) -> None:
         """`storage_executor` and `apply_executor` must each run their calls one at a time, in
         order (the writes land in the order the Ready contract asks for; batches in log order);
         the defaults are threads and the real clock. `spool_dir` (default: the storage's) is a
         real directory for the state's copies and snapshots in transit: SQLite, and the
-        transports, write them outside the storage's file layer."""
+        transports, write them outside the storage's file layer. `conf` is the configuration
+        before any snapshot or CONFIG entry: the one the cluster formed with (the member
+        record's), empty for a member that joins; by default cluster.yaml's nodes (tests)."""
         self.id = node_id
         self.config = config
         self.storage = storage
@@ -182,7 +185,7 @@ class RaftDriver(Generic[R]):
                 preferred_leader=config.leader == node_id,
             ),
             rng or Random(),
-            conf=ConfState(tuple(NodeId(n) for n in config.node_ids)),
+            conf=conf if conf is not None else ConfState(tuple(NodeId(n) for n in config.node_ids)),
             hard_state=init.hard_state,
             snapshot=init.snapshot,
             entries=init.entries,

@@ -1,5 +1,5 @@
 """Node-to-node Raft traffic over gRPC: one ordered stream per directed link, snapshots in
-chunks, and the cluster-key check.
+chunks, and the cluster-key and cluster-id checks.
 
 Each peer gets a PeerLink: a task that keeps one client stream (`Raft.Stream`) open and writes
 message batches into it, bounded in bytes; a broken stream is reopened with backoff and the
@@ -39,7 +39,12 @@ from node.seams import (
 )
 from node.wire import WireError, message_from_pb, message_to_pb
 from protos import raft_pb2, raft_pb2_grpc
-from protos.vocabulary import CLUSTER_KEY_KEY, PEER_CHANNEL_OPTIONS, metadata_value
+from protos.vocabulary import (
+    CLUSTER_ID_KEY,
+    CLUSTER_KEY_KEY,
+    PEER_CHANNEL_OPTIONS,
+    metadata_value,
+)
 
 if TYPE_CHECKING:
     Context = grpc.aio.ServicerContext[Any, Any]
@@ -130,10 +135,12 @@ class GrpcTransport:
         cluster: str,
         key: bytes,
         credentials: grpc.ChannelCredentials | None,
+        cluster_id: str = "",
     ) -> None:
         self._node_id = node_id
         self._addresses = dict(peer_addresses)
         self._cluster = cluster
+        self._cluster_id = cluster_id
         self._key = key
         self._credentials = credentials  # None: plaintext (`tls: plaintext`)
         self._links: dict[NodeId, PeerLink] = {}
@@ -148,6 +155,7 @@ class GrpcTransport:
                 key=self._key,
                 events=events,
                 credentials=self._credentials,
+                cluster_id=self._cluster_id,
             )
             self._links[peer] = link
             link.start()
@@ -175,12 +183,13 @@ class PeerLink:
         key: bytes,
         events: TransportEvents,
         credentials: grpc.ChannelCredentials | None,
+        cluster_id: str = "",
     ) -> None:
         self.node_id = node_id
         self.peer = peer
         self.address = address
         self._cluster = cluster
-        self._metadata = ((CLUSTER_KEY_KEY, key.decode()),)
+        self._metadata = ((CLUSTER_KEY_KEY, key.decode()), (CLUSTER_ID_KEY, cluster_id))
         self._events = events
         self._queue: deque[Message] = deque()
         self._ready = asyncio.Event()
@@ -253,6 +262,8 @@ class PeerLink:
                 self._events.on_unreachable(self.peer)
                 if exc.code() is grpc.StatusCode.PERMISSION_DENIED:
                     logger.error("%s: %s refused our cluster key", self.node_id, self.peer)
+                elif exc.code() is grpc.StatusCode.FAILED_PRECONDITION:
+                    logger.error("%s: %s refused us: %s", self.node_id, self.peer, exc.details())
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, 0.2)
 
@@ -351,7 +362,9 @@ class RaftService(raft_pb2_grpc.RaftServicer):
     With `certificates`, the caller's certificate must name the sender as well. `members`
     gives the current configuration, learners included; empty on a node that has not learnt
     one yet (a member being added), which hears any sender the certificate (or the cluster
-    key) vouches for.
+    key) vouches for. Every call must come from the same cluster: its metadata carries the
+    caller's cluster id, which must be `cluster_id` (a data directory of another cluster that
+    shares the name, CA and key is refused).
     """
 
     def __init__(
@@ -364,10 +377,12 @@ class RaftService(raft_pb2_grpc.RaftServicer):
         *,
         spool: Callable[[], Path],
         certificates: bool,
+        cluster_id: str = "",
     ) -> None:
         self._certificates = certificates
         self._id = node_id
         self._cluster = cluster
+        self._cluster_id = cluster_id
         self._deliver = deliver
         self._deliver_snapshot = deliver_snapshot
         self._members = members
@@ -378,6 +393,7 @@ class RaftService(raft_pb2_grpc.RaftServicer):
         request_iterator: AsyncIterator[raft_pb2.MessageBatch],
         context: Context,
     ) -> raft_pb2.StreamSummary:
+        await self._check_cluster_id(context)
         received = 0
         sender: NodeId | None = None
         async for batch in request_iterator:
@@ -404,6 +420,7 @@ class RaftService(raft_pb2_grpc.RaftServicer):
         request_iterator: AsyncIterator[raft_pb2.SnapshotChunk],
         context: Context,
     ) -> raft_pb2.SnapshotReceipt:
+        await self._check_cluster_id(context)
         message: Message | None = None
         spooled: SpoolFile | None = None
         complete = False
@@ -459,6 +476,16 @@ class RaftService(raft_pb2_grpc.RaftServicer):
             # receiver kept it renamed away; anything else here is a partial or refused file.
             if spooled is not None:
                 spooled.discard()
+
+    async def _check_cluster_id(self, context: Context) -> None:
+        theirs = metadata_value(context.invocation_metadata(), CLUSTER_ID_KEY) or ""
+        if theirs != self._cluster_id:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{self._id} belongs to the cluster with id {self._cluster_id!r}, the caller to "
+                f"{theirs!r}: they are different clusters (a data directory of an earlier "
+                "`up --fresh`, or a node started with another --bootstrap or --join id)",
+            )
 
     async def _decode(self, pb: raft_pb2.RaftMessage, context: Context) -> Message:
         try:

@@ -35,6 +35,10 @@ FORWARDED_KEY: Final = "x-chatbooth-forwarded"
 CLIENT_PEER_KEY: Final = "x-chatbooth-client-peer"  # the client's host, as the member saw it
 # Invocation metadata of a member's call: the cluster key (a second check beside mutual TLS).
 CLUSTER_KEY_KEY: Final = "x-chatbooth-cluster-key"
+# Invocation metadata of a Raft call: the caller's cluster id (data_dir/cluster.id, recorded in
+# every member's data directory), so that members of different clusters never exchange Raft
+# messages even when they share a name, a CA and a key.
+CLUSTER_ID_KEY: Final = "x-chatbooth-cluster-id"
 
 
 class Reason(enum.Enum):

@@ -10,6 +10,7 @@ The library, each module importing only those above it in this list:
     links       LinkNetwork: one proxy per directed link between nodes (partition, heal, slow)
     processes   NodeProcess, ProcessTable: spawn, signal and reap node processes
     nodeconfig  a ClusterConfig as cluster.yaml text, the way nodes are handed a relocated one
+    formation   the cluster's id (data_dir/cluster.id) and whether it has formed
     certs       the cluster's CA and certificates (data_dir/tls), and channel credentials
     history     the history checker (pure data in, a Verdict out)
     sender      Sender: leader-following chat calls over raw gRPC, request ids in one place

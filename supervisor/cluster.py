@@ -68,6 +68,7 @@ from node.config import (
 )
 from protos import chat_pb2, chat_pb2_grpc
 from protos.vocabulary import CLIENT_CHANNEL_OPTIONS, describe_rpc_error, role_name
+from supervisor import formation
 from supervisor.certs import (
     Credentials,
     ensure_cluster_credentials,
@@ -275,6 +276,7 @@ class Cluster:
         self._last_contact: dict[str, float] = {}
         self._lock = threading.RLock()
         self._closing = threading.Event()
+        self.cluster_id = ""  # data_dir/cluster.id, after start()
         self._started = False
         self._up = False  # start() completed: later exits are news (during it, errors)
 
@@ -346,6 +348,7 @@ class Cluster:
             check_addresses_free(self.config)
             if self.fresh:
                 self._wipe()
+            self.cluster_id = formation.ensure_cluster_id(self.config)
             self._ensure_key()
             read_cluster_key(self.config)  # ConfigError now rather than a node exiting with 2
             self._ensure_tls()
@@ -367,7 +370,8 @@ class Cluster:
                 self.start_node(node_id, wait=False)
             for node_id in rest:
                 self.wait_serving(node_id)
-            self.wait_leader(self.start_timeout_s)
+            leader = self.wait_leader(self.start_timeout_s)
+            formation.record_formed(self.config, leader)  # no --bootstrap from now on
             self._up = True
         except BaseException:
             self.close()
@@ -405,6 +409,7 @@ class Cluster:
             raise ClusterError(f"node {node_id} is already running (pid {process.pid})")
         check_addresses_free(self.config, [node_id])
         self._drop_channel(node_id)  # a fresh channel: no reconnect backoff from its downtime
+        process.argv = self._node_argv(node_id)  # --bootstrap only until the cluster formed
         pid = process.spawn()
         if wait:
             self.wait_serving(node_id)
@@ -577,16 +582,24 @@ class Cluster:
         if self._closing.is_set():
             raise ClusterClosedError("the cluster is closed")
 
-    def _make_process(self, node_id: str) -> NodeProcess:
+    def _node_argv(self, node_id: str) -> list[str]:
+        """The node's command line for its next start."""
         source = STDIN_PATH if self._node_config is not None else str(self.config.path)
         argv = [*self.node_command, "--config", source, "--id", node_id]
+        if not formation.is_formed(self.config):
+            # Only an initial member forms the cluster, and only until it has: a member whose
+            # data is lost later must not form a cluster of its own (supervisor.formation).
+            argv += ["--bootstrap", self.cluster_id]
         if self.network is not None:
             argv += self.network.peer_arguments(node_id)
         # The node writes its log itself, rotated by size, so that no client can fill the disk
         # through it; the process's own stdout and stderr (Python's last words, if it dies)
         # are appended to the same file.
         log_file = self.config.node_dir(node_id) / LOG_NAME
-        argv += ["--log-file", str(log_file), "--exit-with-parent"]
+        return [*argv, "--log-file", str(log_file), "--exit-with-parent"]
+
+    def _make_process(self, node_id: str) -> NodeProcess:
+        argv = self._node_argv(node_id)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         # The directory holding the `node` package: `python -m node` finds it there whatever
         # the supervisor's working directory (and a node called "node" cannot shadow it).
@@ -688,6 +701,7 @@ class Cluster:
                     node_dir.unlink()
             if self.config.cluster_key is None and self.config.cluster_key_file is None:
                 self.config.default_key_file.unlink(missing_ok=True)
+            formation.wipe(self.config)  # a new cluster, with a new id
         except OSError as error:
             raise ClusterError(f"--fresh: cannot wipe {error.filename}: {error.strerror}") from None
         logger.info("wiped the data of %s under %s", ", ".join(self.node_ids), self.data_dir)

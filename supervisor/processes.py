@@ -52,6 +52,7 @@ EXIT_MEANINGS: Final[Mapping[int, str]] = {
     2: "bad usage or configuration",
     3: "storage error: corrupt, locked or failing data directory",
     4: "address in use",
+    5: "not a member: its data directory is empty; replace it",
 }
 
 

@@ -92,6 +92,7 @@ SUPERVISOR_LIBRARY = (
     "links",
     "processes",
     "nodeconfig",
+    "formation",
     "certs",
     "history",
     "sender",
@@ -214,7 +215,7 @@ RULES: dict[str, Rule] = {
             may=(*_library_below(name), "node.config", "protos"),
             external=_forbid("prompt_toolkit"),
         )
-        for name in ("nodeconfig", "certs", "sender", "chaos")
+        for name in ("nodeconfig", "formation", "certs", "sender", "chaos")
     },
     **{
         f"supervisor.{name}": Rule(

@@ -4,6 +4,7 @@
     data_dir/wal/<seq>-<first_index>.wal       the write-ahead log (wal.py, records.py)
     data_dir/snap/<term>-<index>.snap          snapshots, the newest two (snapshots.py)
     data_dir/spool/                            temporary snapshot files, emptied at open
+    data_dir/MEMBER                            the cluster and member it belongs to (identity.py)
 
 `Storage` is the facade the driver uses; behind it are three narrow stores (protocols.py): the
 log and the stable store are one WriteAheadLog, so entries and hard state share one fsync, and
@@ -48,6 +49,7 @@ from node.storage.errors import (
     UnavailableError,
 )
 from node.storage.files import FileLock, FileSystem, RealFileSystem, ensure_dir
+from node.storage.identity import MemberRecord, read_member, write_member
 from node.storage.protocols import LogStore, SnapshotStore, StableStore
 from node.storage.records import SnapshotMarker
 from node.storage.snapshots import SnapshotFiles, SnapshotReader, check_meta
@@ -59,6 +61,7 @@ __all__ = [
     "CompactedError",
     "FileSystem",
     "InitialState",
+    "MemberRecord",
     "RealFileSystem",
     "SnapshotReader",
     "Storage",
@@ -99,8 +102,13 @@ class Storage:
         log: LogStore,
         stable: StableStore,
         snapshots: SnapshotStore,
+        *,
+        fs: FileSystem,
+        member: MemberRecord | None,
     ) -> None:
         self.data_dir = data_dir
+        self._fs = fs
+        self._member = member
         self._lock: FileLock | None = lock
         self._log = log
         self._stable = stable
@@ -175,9 +183,28 @@ class Storage:
         except BaseException:
             wal.close()
             raise
-        return cls(data_dir, lock, wal, wal, snapshots)
+        try:
+            member = read_member(fs, data_dir)
+        except BaseException:
+            wal.close()
+            raise
+        return cls(data_dir, lock, wal, wal, snapshots, fs=fs, member=member)
 
     # -- reading --------------------------------------------------------------------------
+
+    @property
+    def member(self) -> MemberRecord | None:
+        """Which cluster and member this directory belongs to; None before it joined one."""
+        return self._member
+
+    def holds_nothing(self) -> bool:
+        """Whether the directory has no entry, no snapshot and no term: a new (or wiped) one."""
+        self._check_open()
+        return (
+            self._log.last_index() == 0
+            and self._snapshots.latest() is None
+            and self._stable.hard_state().term == 0
+        )
 
     def initial_state(self) -> InitialState:
         self._check_open()
@@ -238,6 +265,18 @@ class Storage:
         self._check_open()
         with self._failing_on_io_error():
             self._stable.set_hard_state(hard_state)
+
+    def record_member(self, record: MemberRecord) -> None:
+        """Replace the member record (durable on return)."""
+        self._check_open()
+        with self._failing_on_io_error():
+            try:
+                write_member(self._fs, self.data_dir, record)
+            except OSError as exc:
+                raise StorageIOError(
+                    f"{self.data_dir}: cannot write the member record: {exc}"
+                ) from exc
+        self._member = record
 
     def sync(self) -> None:
         """Make every append and hard state written so far durable, with one fsync."""

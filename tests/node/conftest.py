@@ -75,14 +75,16 @@ class NodeProcesses:
             raise AssertionError("start_all first")
         self.cluster.start_node(n)
 
-    def spawn_raw(self, n: str, config: ClusterConfig | None = None) -> subprocess.Popen[bytes]:
+    def spawn_raw(
+        self, n: str, config: ClusterConfig | None = None, flags: Sequence[str] = ()
+    ) -> subprocess.Popen[bytes]:
         """`python -m node` outside the Cluster (a second process on a used port or data
-        directory), given `config` (relocated, on stdin) or the cluster's file; its output
-        goes to raw-N.log."""
+        directory), given `config` (relocated, on stdin) or the cluster's file, and `flags`
+        (`--bootstrap ID`, say); its output goes to raw-N.log."""
         out = open(self.tmp / f"raw-{n}.log", "ab")  # noqa: SIM115 (owned by the process)
         source = STDIN_PATH if config is not None else str(self.config)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "node", "--config", source, "--id", n],
+            [sys.executable, "-m", "node", "--config", source, "--id", n, *flags],
             cwd=ROOT,
             stdin=subprocess.DEVNULL if config is None else subprocess.PIPE,
             stdout=out,

@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import shutil
 import time
 from pathlib import Path
 
 import grpc
 import pytest
 
-from node.config import load_config
+from node.config import load_config, read_cluster_key
 from protos import chat_pb2 as pb
 from protos import chat_pb2_grpc as pbg
 from protos import raft_pb2, raft_pb2_grpc
-from protos.vocabulary import new_session_token
+from protos.vocabulary import CLUSTER_ID_KEY, CLUSTER_KEY_KEY, new_session_token
 from supervisor.cluster import NodeExitedError
 from tests.conftest import peer_channel
 from tests.node.conftest import NodeProcesses
@@ -345,9 +346,74 @@ def test_a_second_node_on_a_used_port_or_data_dir_refuses_to_start(nodes: NodePr
         data_dir=nodes.tmp / "data2",
         tls_dir=nodes.tmp / "data" / "tls",  # the same certificates
     )
-    third = nodes.spawn_raw("a", config=other)
+    # (a new data directory: it forms a cluster of its own, as --bootstrap says, or it would
+    # exit as a member that lost its data before it tried the port)
+    third = nodes.spawn_raw("a", config=other, flags=("--bootstrap", "another"))
     assert third.wait(15) == 4
     assert "cannot listen on" in nodes.raw_log("a")
+
+
+def test_a_node_whose_data_was_wiped_exits_naming_replace_and_the_others_serve_on(
+    nodes: NodeProcesses,
+) -> None:
+    """Issue 14: a member that lost its data never comes back silently as the member it was
+    (it may have voted, and acknowledged entries, that its empty disk no longer holds)."""
+
+    async def scenario() -> None:
+        nodes.start_all()
+        leader = await nodes.wait_leader()
+        follower = next(n for n in nodes.ids if n != leader)
+        nodes.stop(follower)
+        shutil.rmtree(nodes.tmp / "data" / follower)
+        with pytest.raises(NodeExitedError) as exited:
+            nodes.start(follower)
+        assert exited.value.exit.exit_code == 5
+        assert "not a member" in exited.value.exit.describe()
+        log = nodes.log(follower)
+        assert f"replace {follower}" in log and "lost its data" in log
+        assert not (nodes.tmp / "data" / follower / "MEMBER").exists()
+        # The other two still commit writes.
+        s = await Session.open(nodes.channel(leader))
+        await s.register_and_login("hal")
+        reply = await s.send("hal", "still here")
+        assert reply.message_id > 0
+        await s.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_data_directory_of_another_cluster_refuses_to_start(nodes: NodeProcesses) -> None:
+    nodes.start_all()
+    nodes.stop("b")
+    member = (nodes.tmp / "data" / "b" / "MEMBER").read_text()
+    assert nodes.cluster is not None and nodes.cluster.cluster_id in member
+    raw = nodes.spawn_raw("b", flags=("--bootstrap", "0123456789abcdef"))
+    assert raw.wait(15) == 2
+    assert "belongs to the cluster with id" in nodes.raw_log("b")
+    nodes.start("b")  # with no flag, as a member of the cluster its directory records
+
+
+def test_raft_calls_from_another_cluster_id_are_refused(nodes: NodeProcesses) -> None:
+    """Same name, CA and key, another cluster id (a data directory of an earlier `up --fresh`
+    with the key in cluster.yaml): no Raft message is taken from it."""
+
+    async def scenario() -> None:
+        nodes.start_all()
+        await nodes.wait_serving("a")
+        key = read_cluster_key(load_config(nodes.config)).decode()
+        async with peer_channel(nodes.config, "a", certificate="b") as ch:
+            stub = raft_pb2_grpc.RaftStub(ch)
+
+            async def batches():  # type: ignore[no-untyped-def]
+                yield raft_pb2.MessageBatch(cluster="test")
+
+            metadata = ((CLUSTER_KEY_KEY, key), (CLUSTER_ID_KEY, "0123456789abcdef"))
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Stream(batches(), metadata=metadata, timeout=5)
+            assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+            assert "different clusters" in (err.value.details() or "")
+
+    asyncio.run(scenario())
 
 
 def test_a_corrupted_log_stops_its_node_with_a_clear_error(nodes: NodeProcesses) -> None:

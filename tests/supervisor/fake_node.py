@@ -91,6 +91,8 @@ def main() -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--id", required=True)
     parser.add_argument("--peer", action="append", default=[])
+    parser.add_argument("--bootstrap")
+    parser.add_argument("--join")
     parser.add_argument("--log-file")
     parser.add_argument("--exit-with-parent", action="store_true")
     args = parser.parse_args()

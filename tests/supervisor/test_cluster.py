@@ -5,6 +5,7 @@ which is fast enough for the default quick run."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import stat
@@ -176,12 +177,36 @@ def test_fresh_wipes_the_nodes_data_and_nothing_else_and_a_hint_starts_first(
     (tmp_path / "data" / "a" / "old-log").write_text("old")
     (tmp_path / "data" / "notes.txt").write_text("mine")
     (tmp_path / "data" / "cluster.key").write_text("old-key\n")
+    (tmp_path / "data" / "cluster.id").write_text("0ld1d\n")
+    (tmp_path / "data" / "cluster.formed").write_text("formed long ago\n")
     with RecordingCluster(config, node_command=FAKE_NODE, fresh=True) as cluster:
         assert not (tmp_path / "data" / "a" / "old-log").exists()
+        # A new cluster: a new id, formed anew by members started with --bootstrap.
+        assert cluster.cluster_id != "0ld1d"
+        assert (tmp_path / "data" / "cluster.formed").read_text() != "formed long ago\n"
+        assert "--bootstrap" in psutil.Process(cluster.pid("a")).cmdline()
         assert (tmp_path / "data" / "notes.txt").read_text() == "mine"
         assert (tmp_path / "data" / "cluster.key").read_text() != "old-key\n"
         assert cluster.events[:2] == [("spawn", "c"), ("serving", "c")]
         assert cluster.wait_leader(5) == "c"
+
+
+def test_initial_members_get_bootstrap_until_the_cluster_formed_and_never_after(
+    cluster: Cluster,
+) -> None:
+    """Issue 14: `up` writes data_dir/cluster.id, and passes --bootstrap ID only until data_dir
+    records that the cluster formed; a member started after that gets neither flag (a wiped one
+    then exits rather than form a cluster of its own)."""
+    cluster_id = (cluster.data_dir / "cluster.id").read_text().strip()
+    assert re.fullmatch(r"[0-9a-f]{16}", cluster_id) and cluster.cluster_id == cluster_id
+    assert "first leader a" in (cluster.data_dir / "cluster.formed").read_text()
+    for node_id in "abc":
+        command_line = psutil.Process(cluster.pid(node_id)).cmdline()
+        assert command_line[command_line.index("--bootstrap") + 1] == cluster_id
+    cluster.kill("b")
+    cluster.start_node("b")
+    command_line = psutil.Process(cluster.pid("b")).cmdline()
+    assert "--bootstrap" not in command_line and "--join" not in command_line
 
 
 # -- processes --------------------------------------------------------------------------------
