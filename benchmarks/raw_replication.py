@@ -103,7 +103,7 @@ async def run_node(config_path: str, node_id: str, entries: int, inflight: int) 
             config.cluster,
             driver.step,
             driver.receive_snapshot,
-            members=lambda: driver.core.voters,
+            conf=lambda: driver.core.conf,
             spool=lambda: driver.snapshot_spool,
             certificates=False,
         ),

@@ -358,7 +358,8 @@ async def _serve_with(
             config.cluster,
             driver.step,
             driver.receive_snapshot,
-            members=lambda: driver.core.conf.members(),  # learners are peers too
+            conf=lambda: driver.core.conf,  # learners are peers too
+            incarnation=driver.own_incarnation,
             spool=lambda: driver.snapshot_spool,
             certificates=credentials is not None,
             cluster_id=cluster_id,

@@ -24,6 +24,7 @@ Imports the core, storage, chat, transport and config; nothing of the gRPC chat 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import logging
 from collections import deque
@@ -490,6 +491,25 @@ class RaftDriver(Generic[R]):
         self.core.report_snapshot(peer, ok=ok)
         self._wake.set()
 
+    def current_conf(self) -> ConfState:
+        return self.core.conf
+
+    def own_incarnation(self) -> int | None:
+        """From the member record; 0 (an initial member) for storage that has none (tests)."""
+        member = self.storage.member
+        return 0 if member is None else member.incarnation
+
+    async def _learn_incarnation(self, conf: ConfState) -> None:
+        """A joining member records its incarnation once a committed configuration (an
+        applied CONFIG entry, an installed snapshot) has it as a member: from then on it sends
+        it, and refuses messages meant for another incarnation of its name."""
+        member = self.storage.member
+        if member is None or member.incarnation is not None or self.id not in conf:
+            return
+        learnt = dataclasses.replace(member, incarnation=conf.incarnation(self.id))
+        await self._storage_pool.run(self.storage.record_member, learnt)
+        logger.info("%s is incarnation %d of its name", self.id, learnt.incarnation)
+
     async def open_snapshot(self, meta: SnapshotMeta) -> SnapshotSource:
         reader = await self._storage_pool.run(self.storage.open_snapshot)
         if reader is None or reader.meta.index != meta.index:
@@ -603,6 +623,8 @@ class RaftDriver(Generic[R]):
             confs = [e.data for e in batch if e.kind is EntryKind.CONFIG]
             conf = confs[-1].decode() if confs else None
             results = await self._apply_pool.run(self.state.apply_batch, items, conf)
+            if confs:  # before the applied index moves: whoever waits on it sees the record
+                await self._learn_incarnation(decode_conf(confs[-1]))
             self._applied(batch, results)
         self._maybe_snapshot()
 
@@ -670,6 +692,7 @@ class RaftDriver(Generic[R]):
                 # The storage first: once it holds the snapshot, a crash before the state
                 # switches is repaired at start (_restore_from_snapshot).
                 await self._storage_pool.run(self.storage.install_snapshot, meta, path)
+                await self._learn_incarnation(meta.conf)
                 await self._apply_pool.run(self.state.install, path)
                 self.applied_index = LogIndex(max(self.applied_index, meta.index))
                 self._applied_bytes_since_snapshot = 0

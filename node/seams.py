@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from node.raft.types import Message, NodeId, SnapshotMeta
+from node.raft.types import ConfState, Message, NodeId, SnapshotMeta
 
 T = TypeVar("T")
 
@@ -69,6 +69,15 @@ class TransportEvents(Protocol):
     def on_connected(self, peer: NodeId) -> None: ...
 
     def on_snapshot_sent(self, peer: NodeId, ok: bool) -> None: ...
+
+    def current_conf(self) -> ConfState:
+        """The configuration in force here: who the peers are, and their incarnations."""
+        ...
+
+    def own_incarnation(self) -> int | None:
+        """This member's incarnation (ConfState); None while a joining member has not yet
+        learnt it from a committed configuration."""
+        ...
 
     async def open_snapshot(self, meta: SnapshotMeta) -> SnapshotSource:
         """The data of snapshot `meta`, for sending; the transport closes it when done."""

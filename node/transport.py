@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from node.config import certificate_name
-from node.raft.types import Message, MessageType, NodeId
+from node.raft.types import ConfState, Message, MessageType, NodeId
 from node.seams import (
     SNAPSHOT_CHUNK_BYTES,
     SnapshotInvalidError,
@@ -198,6 +198,7 @@ class PeerLink:
         self._tasks: list[asyncio.Task[None]] = []
         self._snapshot_task: asyncio.Task[None] | None = None
         self._closed = False
+        self._last_refusal = ""
         self.connected = False
 
     def start(self) -> None:
@@ -227,6 +228,7 @@ class PeerLink:
                 self._ready.clear()
                 await self._ready.wait()
             batch = raft_pb2.MessageBatch(cluster=self._cluster)
+            batch.incarnations.CopyFrom(self._incarnations())
             size = 0
             while self._queue and size < MAX_BATCH_BYTES:
                 pb = message_to_pb(self._queue.popleft())
@@ -234,6 +236,17 @@ class PeerLink:
                 batch.messages.append(pb)
             self.connected = True
             yield batch
+
+    def _incarnations(self) -> raft_pb2.Incarnations:
+        """Ours and the peer's, as this node knows them now (RaftService checks them)."""
+        stamp = raft_pb2.Incarnations()
+        mine = self._events.own_incarnation()
+        if mine is not None:
+            stamp.sender = mine
+        conf = self._events.current_conf()
+        if self.peer in conf:
+            stamp.receiver = conf.incarnation(self.peer)
+        return stamp
 
     async def _run(self) -> None:
         backoff_s = 0.05
@@ -263,7 +276,10 @@ class PeerLink:
                 if exc.code() is grpc.StatusCode.PERMISSION_DENIED:
                     logger.error("%s: %s refused our cluster key", self.node_id, self.peer)
                 elif exc.code() is grpc.StatusCode.FAILED_PRECONDITION:
-                    logger.error("%s: %s refused us: %s", self.node_id, self.peer, exc.details())
+                    refusal = exc.details() or ""
+                    if refusal != self._last_refusal:  # once, not at every retry
+                        logger.error("%s: %s refused us: %s", self.node_id, self.peer, refusal)
+                    self._last_refusal = refusal
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, 0.2)
 
@@ -301,7 +317,7 @@ class PeerLink:
 
         async def chunks() -> AsyncIterator[raft_pb2.SnapshotChunk]:
             try:
-                async for chunk in snapshot_chunks(m, source):
+                async for chunk in snapshot_chunks(m, source, self._incarnations()):
                     yield chunk
             except Exception as exc:
                 failures.append(exc)
@@ -326,7 +342,7 @@ class SnapshotSourceError(Exception):
 
 
 async def snapshot_chunks(
-    m: Message, source: SnapshotSource
+    m: Message, source: SnapshotSource, incarnations: raft_pb2.Incarnations | None = None
 ) -> AsyncIterator[raft_pb2.SnapshotChunk]:
     """The InstallSnapshot stream of `m`'s snapshot: the first chunk carries the message, the
     last says so. Each chunk is read (in a thread) only when gRPC asks for it, so at most one
@@ -346,6 +362,8 @@ async def snapshot_chunks(
         chunk = raft_pb2.SnapshotChunk(offset=offset, data=piece, last=last)
         if first:
             chunk.message.CopyFrom(message_to_pb(m))
+            if incarnations is not None:
+                chunk.incarnations.CopyFrom(incarnations)
             first = False
         yield chunk
         offset += len(piece)
@@ -359,12 +377,18 @@ class RaftService(raft_pb2_grpc.RaftServicer):
 
     A stream carries the messages of one sender: the first message names it, it must be a
     member other than this node, and every later message on that stream must name it too.
-    With `certificates`, the caller's certificate must name the sender as well. `members`
-    gives the current configuration, learners included; empty on a node that has not learnt
-    one yet (a member being added), which hears any sender the certificate (or the cluster
-    key) vouches for. Every call must come from the same cluster: its metadata carries the
-    caller's cluster id, which must be `cluster_id` (a data directory of another cluster that
-    shares the name, CA and key is refused).
+    With `certificates`, the caller's certificate must name the sender as well. `conf` gives
+    the current configuration, learners included; empty on a node that has not learnt one yet
+    (a member being added), which hears any sender the certificate (or the cluster key)
+    vouches for. Every call must come from the same cluster: its metadata carries the caller's
+    cluster id, which must be `cluster_id` (a data directory of another cluster that shares
+    the name, CA and key is refused).
+
+    And every batch must be between the incarnations each side knows (ConfState): one meant
+    for another incarnation of this node (`incarnation`: ours, None while a joining member has
+    not learnt it) is refused, as is one from another incarnation of the sender than the
+    configuration's. So a member replaced after it lost its disk, and the machine that comes
+    back with the old disk, never exchange a vote or an entry under the one name.
     """
 
     def __init__(
@@ -373,11 +397,12 @@ class RaftService(raft_pb2_grpc.RaftServicer):
         cluster: str,
         deliver: Callable[[Message], None],
         deliver_snapshot: Callable[[Message, Path], Awaitable[None]],
-        members: Callable[[], Collection[NodeId]],
+        conf: Callable[[], ConfState],
         *,
         spool: Callable[[], Path],
         certificates: bool,
         cluster_id: str = "",
+        incarnation: Callable[[], int | None] = lambda: 0,
     ) -> None:
         self._certificates = certificates
         self._id = node_id
@@ -385,7 +410,8 @@ class RaftService(raft_pb2_grpc.RaftServicer):
         self._cluster_id = cluster_id
         self._deliver = deliver
         self._deliver_snapshot = deliver_snapshot
-        self._members = members
+        self._conf = conf
+        self._incarnation = incarnation
         self._spool = spool  # asked per snapshot: the directory incoming ones are written in
 
     async def Stream(
@@ -402,6 +428,7 @@ class RaftService(raft_pb2_grpc.RaftServicer):
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"this node belongs to cluster {self._cluster!r}, not {batch.cluster!r}",
                 )
+            messages = []
             for pb in batch.messages:
                 m = await self._decode(pb, context)
                 if sender is None:
@@ -411,6 +438,10 @@ class RaftService(raft_pb2_grpc.RaftServicer):
                         grpc.StatusCode.PERMISSION_DENIED,
                         f"a message from {m.sender!r} on the stream of {sender!r}",
                     )
+                messages.append(m)
+            if sender is not None and messages:
+                await self._check_incarnations(sender, batch.incarnations, context)
+            for m in messages:
                 self._deliver(m)
                 received += 1
         return raft_pb2.StreamSummary(received=received)
@@ -438,6 +469,7 @@ class RaftService(raft_pb2_grpc.RaftServicer):
                             grpc.StatusCode.INVALID_ARGUMENT,
                             "InstallSnapshot needs a snapshot message",
                         )
+                    await self._check_incarnations(message.sender, chunk.incarnations, context)
                     spooled = await asyncio.to_thread(SpoolFile, self._spool())
                 if spooled is None:
                     raise AssertionError("unreachable: the first chunk made the spool file")
@@ -487,6 +519,38 @@ class RaftService(raft_pb2_grpc.RaftServicer):
                 "`up --fresh`, or a node started with another --bootstrap or --join id)",
             )
 
+    async def _check_incarnations(
+        self, sender: NodeId, stamp: raft_pb2.Incarnations, context: Context
+    ) -> None:
+        mine = self._incarnation()
+        if stamp.HasField("receiver"):
+            meant = stamp.receiver
+            # A joining member is never incarnation 0, an initial member's.
+            if (mine is None and meant == 0) or (mine is not None and meant != mine):
+                known = "not yet known (it joined)" if mine is None else str(mine)
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"{sender}'s configuration has incarnation {meant} of {self._id}, but this "
+                    f"is its incarnation {known}: one of the two was replaced (`replace "
+                    f"{self._id}`), and they share no Raft state",
+                )
+        conf = self._conf()
+        if sender not in conf:
+            return
+        expected = conf.incarnation(sender)
+        if stamp.HasField("sender") and stamp.sender != expected:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"a message from incarnation {stamp.sender} of {sender}, but {self._id}'s "
+                f"configuration has its incarnation {expected}: that {sender} was replaced",
+            )
+        if not stamp.HasField("sender") and expected == 0:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"a message from a joining {sender}, but {self._id}'s configuration has {sender} "
+                "as an initial member: it was not added",
+            )
+
     async def _decode(self, pb: raft_pb2.RaftMessage, context: Context) -> Message:
         try:
             m = message_from_pb(pb)
@@ -498,7 +562,7 @@ class RaftService(raft_pb2_grpc.RaftServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"message for {m.to} delivered to {self._id}: check the --peer addresses",
             )
-        members = self._members()  # empty: not yet told the configuration (being added)
+        members = self._conf().members()  # empty: not yet told the configuration (being added)
         if m.sender == self._id or (members and m.sender not in members):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,

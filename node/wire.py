@@ -44,15 +44,27 @@ class WireError(ValueError):
 
 
 def snapshot_meta_to_pb(meta: SnapshotMeta) -> raft_pb2.SnapshotMeta:
-    conf = raft_pb2.ConfState(voters=list(meta.conf.voters), learners=list(meta.conf.learners))
+    conf = raft_pb2.ConfState(
+        voters=list(meta.conf.voters),
+        learners=list(meta.conf.learners),
+        incarnations=dict(meta.conf.incarnations),
+    )
     return raft_pb2.SnapshotMeta(index=meta.index, term=meta.term, conf=conf)
 
 
 def snapshot_meta_from_pb(pb: raft_pb2.SnapshotMeta) -> SnapshotMeta:
-    conf = ConfState(
-        tuple(NodeId(v) for v in pb.conf.voters), tuple(NodeId(v) for v in pb.conf.learners)
+    voters = tuple(NodeId(v) for v in pb.conf.voters)
+    learners = tuple(NodeId(v) for v in pb.conf.learners)
+    incarnations = tuple(sorted((NodeId(n), i) for n, i in pb.conf.incarnations.items()))
+    for name, incarnation in incarnations:
+        if name not in voters + learners or incarnation == 0:
+            raise WireError(
+                f"snapshot configuration gives {name!r} incarnation {incarnation}: only a "
+                "member's, and only one that is not 0, is listed"
+            )
+    return SnapshotMeta(
+        LogIndex(pb.index), Term(pb.term), ConfState(voters, learners, incarnations)
     )
-    return SnapshotMeta(LogIndex(pb.index), Term(pb.term), conf)
 
 
 def message_to_pb(m: Message) -> raft_pb2.RaftMessage:

@@ -334,9 +334,10 @@ class Cluster:
 
     def start(self) -> None:
         """Check the addresses are free, wipe the data if fresh, write data_dir/cluster.key if
-        the file names no key, start the proxies, start the configured leader and wait until it
-        serves, start the others and wait until they serve, then wait for a leader. Everything
-        is stopped again if any step fails."""
+        the file names no key and data_dir/cluster.id if there is none, start the proxies,
+        start the configured leader and wait until it serves, start the others and wait until
+        they serve, then wait for a leader (and record that the cluster formed). Everything is
+        stopped again if any step fails."""
         with self._lock:
             if self._started:
                 raise ClusterError("the cluster is already started")
@@ -348,9 +349,9 @@ class Cluster:
             check_addresses_free(self.config)
             if self.fresh:
                 self._wipe()
-            self.cluster_id = formation.ensure_cluster_id(self.config)
             self._ensure_key()
             read_cluster_key(self.config)  # ConfigError now rather than a node exiting with 2
+            self.cluster_id = formation.ensure_cluster_id(self.config)
             self._ensure_tls()
             if self.use_links:
                 # The proxies front the peer ports: Raft and forwarded writes, TLS untouched.

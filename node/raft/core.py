@@ -791,7 +791,8 @@ class RaftCore:
             raise ConfChangeBusyError(
                 f"the membership change at index {pending} is not yet committed"
             )
-        return self._append_conf(apply_change(self.conf, change))
+        at = LogIndex(self.log.last_index() + 1)  # where _append_conf puts it
+        return self._append_conf(apply_change(self.conf, change, at))
 
     def _append_conf(self, conf: ConfState) -> tuple[LogIndex, Term]:
         index = LogIndex(self.log.last_index() + 1)

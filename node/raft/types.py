@@ -47,13 +47,28 @@ class ConfState:
     """The cluster's membership: voters count in every majority (node.raft.quorum); learners
     receive the log and snapshots but never vote or campaign. Carried by snapshots and CONFIG
     entries (node.raft.membership), never a constant. Empty on a node that has not yet learnt
-    the configuration (a member being added)."""
+    the configuration (a member being added).
+
+    A server is its name and its incarnation: an initial member is incarnation 0, a member
+    added later the index of the CONFIG entry that added it. So a name that was removed and
+    added again (a machine replaced after it lost its disk) is another server, and messages
+    from or to the other incarnation are refused (node.transport): the single-server rules
+    then hold as they do for servers with different names. `incarnations` lists the members
+    whose incarnation is not 0, sorted by name (one canonical form per configuration)."""
 
     voters: tuple[NodeId, ...]
     learners: tuple[NodeId, ...] = ()
+    incarnations: tuple[tuple[NodeId, int], ...] = ()
 
     def members(self) -> tuple[NodeId, ...]:
         return self.voters + self.learners
+
+    def incarnation(self, node: NodeId) -> int:
+        """The incarnation of member `node` (0 for an initial member)."""
+        for name, incarnation in self.incarnations:
+            if name == node:
+                return incarnation
+        return 0
 
     def __contains__(self, node: object) -> bool:
         return node in self.voters or node in self.learners

@@ -3,8 +3,10 @@
 A file is
 
     magic (8 bytes) | version u32 | flags u32 | index u64 | term u64 | member count u32
-    | per member: role u8 (0 voter, 1 learner), length u16, UTF-8 name | data length u64
-    | data | crc32 u32 of all before it
+    | per member: role u8 (0 voter, 1 learner), incarnation u64, length u16, UTF-8 name
+    | data length u64 | data | crc32 u32 of all before it
+
+(Version 4 had no incarnation: it is read as every member's being 0, an initial member's.)
 
 and is written to `<name>.tmp`, fsynced, renamed into place and the directory fsynced, so a
 crash leaves the old snapshot or the new one, never a half-written one under a real name (a
@@ -56,13 +58,17 @@ from node.storage.files import AppendFile, FileSystem, ReadFile
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_MAGIC = b"\x89CBSNP\r\n"
-FORMAT_VERSION = 4  # 2: sessions as hashes only; 3: the data is SQLite; 4: learners
+# 2: sessions as hashes only; 3: the data is SQLite; 4: learners; 5: incarnations
+FORMAT_VERSION = 5
+READABLE_VERSIONS = (4, 5)
 CHUNK_BYTES = 1 << 20  # what a snapshot is read and written in: never held whole
 KEEP = 2  # the current snapshot and the one before it
 
 _HEAD = struct.Struct("<8sIIQQI")  # magic, version, flags, index, term, member count
 _REPLACES_LOG = 1
-_MEMBER = struct.Struct("<BH")  # role, then the id's length in bytes; then the id (UTF-8)
+# role, incarnation, then the id's length in bytes; then the id (UTF-8)
+_MEMBER = struct.Struct("<BQH")
+_MEMBER_V4 = struct.Struct("<BH")  # role, length: no incarnation
 _VOTER, _LEARNER = 0, 1
 _DATA_LENGTH = struct.Struct("<Q")
 _CRC = struct.Struct("<I")
@@ -405,7 +411,7 @@ class SnapshotReader:
 class _Header:
     """A snapshot file's header as read, before it is trusted."""
 
-    members: list[tuple[int, int, bytes]]  # (offset, role, UTF-8 bytes) of each member id
+    members: list[tuple[int, int, int, bytes]]  # (offset, role, incarnation, UTF-8 id)
     data_length: int
     data_offset: int  # where the data starts: the header's size
     crc: int  # of the header's bytes
@@ -455,7 +461,7 @@ def _encode_header(meta: SnapshotMeta, replaces_log: bool, data_length: int) -> 
     head = _HEAD.pack(SNAPSHOT_MAGIC, FORMAT_VERSION, flags, meta.index, meta.term, len(members))
     for role, member in members:
         name = member.encode("utf-8")
-        head += _MEMBER.pack(role, len(name)) + name
+        head += _MEMBER.pack(role, conf.incarnation(member), len(name)) + name
     return head + _DATA_LENGTH.pack(data_length)
 
 
@@ -493,26 +499,30 @@ def _crc_of_range(stream: ReadFile, end: int) -> int:
 def _read_header(stream: ReadFile, head: bytes, limit: int) -> _Header | tuple[int, str]:
     """Walk the header after its fixed part `head` (the stream is just past it), reading
     nothing at or past `limit`: the header, or (offset, reason) where it runs past `limit`."""
-    member_count = _HEAD.unpack(head)[5]
+    version, member_count = _HEAD.unpack(head)[1], _HEAD.unpack(head)[5]
+    member = _MEMBER if version >= 5 else _MEMBER_V4
     crc = zlib.crc32(head)
     offset = _HEAD.size
     # Every member takes at least its role and length: a count that cannot fit needs no walk
     # (a damaged count would otherwise cost a read per claimed member).
-    if offset + member_count * _MEMBER.size + _DATA_LENGTH.size > limit:
+    if offset + member_count * member.size + _DATA_LENGTH.size > limit:
         return offset, "member list runs past the end"
-    members: list[tuple[int, int, bytes]] = []
+    members: list[tuple[int, int, int, bytes]] = []
     for _ in range(member_count):
-        if offset + _MEMBER.size > limit:
+        if offset + member.size > limit:
             return offset, "member list runs past the end"
-        field = stream.read(_MEMBER.size)
-        role, length = _MEMBER.unpack(field)
+        field = stream.read(member.size)
+        if version >= 5:
+            role, incarnation, length = member.unpack(field)
+        else:
+            (role, length), incarnation = member.unpack(field), 0
         crc = zlib.crc32(field, crc)
-        offset += _MEMBER.size
+        offset += member.size
         if offset + length > limit:
             return offset, "member id runs past the end"
         name = stream.read(length)
         crc = zlib.crc32(name, crc)
-        members.append((offset, role, name))
+        members.append((offset, role, incarnation, name))
         offset += length
     if offset + _DATA_LENGTH.size > limit:
         return offset, "data length runs past the end"
@@ -535,7 +545,7 @@ def _layout(path: Path, stream: ReadFile, *, verify: bool) -> _Layout:
     magic, version, flags, index, term, _ = _HEAD.unpack(head)
     if magic != SNAPSHOT_MAGIC:
         raise StorageCorruptedError(path, 0, f"bad magic number {magic!r} (not a snapshot)")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise StorageFormatError(path, version, FORMAT_VERSION)
     body_end = size - _CRC.size
     if verify:
@@ -571,20 +581,26 @@ def _layout(path: Path, stream: ReadFile, *, verify: bool) -> _Layout:
         raise StorageCorruptedError(path, *header)
     voters: list[NodeId] = []
     learners: list[NodeId] = []
-    for offset, role, raw in header.members:
+    incarnations: list[tuple[NodeId, int]] = []
+    for offset, role, incarnation, raw in header.members:
         if role not in (_VOTER, _LEARNER):
-            raise StorageCorruptedError(path, offset - _MEMBER.size, f"unknown member role {role}")
+            field = (_MEMBER if version >= 5 else _MEMBER_V4).size
+            raise StorageCorruptedError(path, offset - field, f"unknown member role {role}")
         try:
-            (voters if role == _VOTER else learners).append(NodeId(raw.decode("utf-8")))
+            name = NodeId(raw.decode("utf-8"))
         except UnicodeDecodeError:
             raise StorageCorruptedError(path, offset, "member id is not UTF-8") from None
+        (voters if role == _VOTER else learners).append(name)
+        if incarnation:
+            incarnations.append((name, incarnation))
     if header.data_offset + header.data_length != body_end:
         raise StorageCorruptedError(
             path,
             header.data_offset,
             f"data length {header.data_length} disagrees with the file size",
         )
-    meta = SnapshotMeta(LogIndex(index), Term(term), ConfState(tuple(voters), tuple(learners)))
+    conf = ConfState(tuple(voters), tuple(learners), tuple(sorted(incarnations)))
+    meta = SnapshotMeta(LogIndex(index), Term(term), conf)
     return _Layout(
         meta, bool(flags & _REPLACES_LOG), header.data_offset, header.data_length, header.crc
     )

@@ -99,6 +99,12 @@ class Events:
         self.sent.append(ok)
         self.done.set()
 
+    def current_conf(self) -> ConfState:
+        return ConfState(MEMBERS)
+
+    def own_incarnation(self) -> int | None:
+        return 0
+
     async def open_snapshot(self, meta: SnapshotMeta) -> SnapshotSource:
         assert meta == META
         return self.source
@@ -123,7 +129,7 @@ class Receiver:
             CLUSTER,
             lambda m: None,
             self.deliver_snapshot,
-            lambda: MEMBERS,
+            lambda: ConfState(MEMBERS),
             spool=lambda: self.spool,
             certificates=False,
         )
@@ -164,9 +170,11 @@ def counted_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """PeerLink's chunk stream, wrapped to count the chunks gRPC takes from it into the
     RecordingSource it reads (so a read can say how far ahead of gRPC it is)."""
 
-    async def counting(m: Message, source: SnapshotSource) -> AsyncIterator[raft_pb2.SnapshotChunk]:
+    async def counting(
+        m: Message, source: SnapshotSource, incarnations: raft_pb2.Incarnations | None = None
+    ) -> AsyncIterator[raft_pb2.SnapshotChunk]:
         assert isinstance(source, RecordingSource)
-        async for chunk in snapshot_chunks(m, source):
+        async for chunk in snapshot_chunks(m, source, incarnations):
             yield chunk
             source.taken += 1  # gRPC came back for the next one: it took this one
 

@@ -29,12 +29,13 @@ from node.raft.errors import NotLeaderError
 from node.raft.membership import ConfChangeBusyError, ConfChangeError
 from node.raft.types import ConfChange, ConfChangeOp, ConfState, NodeId, SnapshotMeta
 from node.seams import InlineExecutor
-from node.storage import Storage
+from node.storage import MemberRecord, Storage
 from tests.chat.conftest import fast_hash
 from tests.driversim.vloop import SkewedClock, run
 from tests.storage.crashfs import CrashFileSystem
 
 IDS = [NodeId("a"), NodeId("b"), NodeId("c")]
+JOINER = NodeId("d")
 ROOT = Path("/sqlite-drivers")
 LIMITS = ChatLimits()
 
@@ -97,15 +98,20 @@ class Cluster:
         self.driver_class = driver_class
         self.config = config(snapshot_entries)
         self.net = MemoryNetwork(random.Random(7), NetworkFaults(delay_s=(0.0005, 0.002)))
-        self.fs = {n: CrashFileSystem() for n in IDS}
+        self.fs = {n: CrashFileSystem() for n in [*IDS, JOINER]}
         self.drivers: dict[NodeId, RaftDriver[ApplyResult]] = {}
         self.states: dict[NodeId, CountingState] = {}
         self.fsyncs = 0
         self.compacted_ahead: list[str] = []  # every compaction past the database's durable
         self.durable: dict[NodeId, int] = {}
 
-    def start(self, node: NodeId) -> RaftDriver[ApplyResult]:
+    def start(
+        self, node: NodeId, *, joining: MemberRecord | None = None
+    ) -> RaftDriver[ApplyResult]:
+        """Start `node`: an initial member, or with `joining`, a new one to be added."""
         storage = Storage.open(ROOT / node, fs=self.fs[node])
+        if joining is not None and storage.member is None:
+            storage.record_member(joining)
         state = CountingState(self.tmp / node / "state", self.durable.get(node, 0))
         spool = self.tmp / node / "spool"
         spool.mkdir(parents=True, exist_ok=True)
@@ -137,6 +143,7 @@ class Cluster:
             cpu_executor=InlineExecutor(lambda: 0.001),
             apply_executor=InlineExecutor(lambda: 0.0005),
             spool_dir=spool,
+            conf=ConfState(()) if joining is not None else None,
         )
         self.net.attach(node, driver)
         driver.start()
@@ -391,3 +398,40 @@ def test_a_membership_change_resolves_once_applied_and_reaches_every_state(
         assert len({cluster.states[n].digest() for n in stays}) == 1
 
     vrun(tmp_path, test)
+
+
+@pytest.mark.parametrize("snapshot_entries", [1000, 30], ids=["by-log", "by-snapshot"])
+def test_a_joining_member_learns_its_incarnation_from_the_committed_configuration(
+    tmp_path: Path, snapshot_entries: int
+) -> None:
+    """Issue 14: an added member's incarnation is the index of the entry that added it. A
+    member that joins empty does not know it; it records it (member record) once a committed
+    configuration has it as a member, from an applied CONFIG entry or, when the leader has
+    compacted that entry away before the member came up, from the snapshot it installs."""
+
+    async def test(cluster: Cluster) -> None:
+        leader = await setup_accounts(cluster)
+        by_snapshot = snapshot_entries < 1000
+        conf = await leader.change_membership(ConfChange(ConfChangeOp.ADD_LEARNER, JOINER), 10.0)
+        added_at = conf.incarnation(JOINER)
+        assert added_at == leader.core.log.last_index()  # the CONFIG entry's own index
+        assert JOINER in conf.learners and conf.incarnations == ((JOINER, added_at),)
+        if by_snapshot:  # d comes up only once the leader's log starts past its CONFIG entry
+            await send_many(leader, 60)
+            for _ in range(500):  # the snapshot is taken off the apply path: wait for it
+                if leader.core.log.first_index() > added_at:
+                    break
+                await asyncio.sleep(0.01)
+            assert leader.core.log.first_index() > added_at
+        joiner = cluster.start(JOINER, joining=MemberRecord("cid", None))
+        assert joiner.own_incarnation() is None and joiner.current_conf() == ConfState(())
+        await send_many(leader, 5, start=100)
+        await cluster.converged([*IDS, JOINER])
+        assert joiner.own_incarnation() == added_at
+        assert joiner.storage.member == MemberRecord("cid", added_at)
+        installs = cluster.states[JOINER].installs
+        assert installs >= 1 if by_snapshot else installs == 0  # how it came
+        assert joiner.current_conf() == leader.core.conf
+        assert leader.own_incarnation() == 0  # the initial members: incarnation 0, unlisted
+
+    vrun(tmp_path, test, snapshot_entries=snapshot_entries)

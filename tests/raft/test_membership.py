@@ -37,28 +37,39 @@ from tests.simulator.random_sim import SimulationFailure, run_seed
 ADD, PROMOTE, REMOVE = ConfChangeOp.ADD_LEARNER, ConfChangeOp.PROMOTE, ConfChangeOp.REMOVE
 
 
-def conf(voters: str, learners: str = "") -> ConfState:
-    return ConfState(tuple(NodeId(c) for c in voters), tuple(NodeId(c) for c in learners))
+def conf(voters: str, learners: str = "", **incarnations: int) -> ConfState:
+    return ConfState(
+        tuple(NodeId(c) for c in voters),
+        tuple(NodeId(c) for c in learners),
+        tuple(sorted((NodeId(n), i) for n, i in incarnations.items())),
+    )
+
+
+AT = LogIndex(9)  # the index of the CONFIG entry the table's changes are proposed in
 
 
 @pytest.mark.parametrize(
     ("before", "op", "node", "after"),
     [
-        (conf("abc"), ADD, "d", conf("abc", "d")),
-        (conf("abc", "d"), ADD, "e", conf("abc", "de")),
-        (conf("abc", "d"), PROMOTE, "d", conf("abcd")),
-        (conf("abc", "de"), PROMOTE, "e", conf("abce", "d")),
+        (conf("abc"), ADD, "d", conf("abc", "d", d=9)),
+        (conf("abc", "d", d=4), ADD, "e", conf("abc", "de", d=4, e=9)),
+        (conf("abc", "d", d=4), PROMOTE, "d", conf("abcd", d=4)),
+        (conf("abc", "de", e=5), PROMOTE, "e", conf("abce", "d", e=5)),
         (conf("abc"), REMOVE, "b", conf("ac")),
-        (conf("abc", "d"), REMOVE, "d", conf("abc")),
+        (conf("abc", "d", d=4), REMOVE, "d", conf("abc")),
+        (conf("abcd", d=4), REMOVE, "d", conf("abc")),
         (conf("ab"), REMOVE, "a", conf("b")),
+        # Replace b (it lost its disk): remove it, then add it, as another incarnation.
+        (conf("ac"), ADD, "b", conf("ac", "b", b=9)),
     ],
 )
 def test_one_server_at_a_time(
     before: ConfState, op: ConfChangeOp, node: str, after: ConfState
 ) -> None:
     """Thesis §4.1: changes "add or remove a single server at a time"; a server joins as a
-    learner and is promoted once caught up (§4.2.1)."""
-    assert apply_change(before, ConfChange(op, NodeId(node))) == after
+    learner and is promoted once caught up (§4.2.1). An added server's incarnation is the
+    index of the entry that added it; a removed one's is forgotten."""
+    assert apply_change(before, ConfChange(op, NodeId(node)), AT) == after
 
 
 @pytest.mark.parametrize(
@@ -82,7 +93,7 @@ def test_impossible_changes_are_refused_saying_why(
     before: ConfState, op: ConfChangeOp, node: str, reason: str
 ) -> None:
     with pytest.raises(ConfChangeError, match=reason):
-        apply_change(before, ConfChange(op, NodeId(node)))
+        apply_change(before, ConfChange(op, NodeId(node)), AT)
 
 
 def test_config_entries_are_canonical_and_checked() -> None:
@@ -90,6 +101,19 @@ def test_config_entries_are_canonical_and_checked() -> None:
     data = encode_conf(c)
     assert data == b'{"learners":["d"],"voters":["c","a","b"]}'
     assert decode_conf(data) == c
+    d = conf("ab", "d", d=12)
+    assert encode_conf(d) == b'{"incarnations":{"d":12},"learners":["d"],"voters":["a","b"]}'
+    assert decode_conf(encode_conf(d)) == d
+    for bad in (
+        b'{"incarnations":{},"learners":[],"voters":["a"]}',
+        b'{"incarnations":{"z":3},"learners":[],"voters":["a"]}',
+        b'{"incarnations":{"a":0},"learners":[],"voters":["a"]}',
+        b'{"incarnations":{"a":true},"learners":[],"voters":["a"]}',
+        b'{"incarnations":[],"learners":[],"voters":["a"]}',
+        b'{"extra":1,"learners":[],"voters":["a"]}',
+    ):
+        with pytest.raises(RaftError):
+            decode_conf(bad)
     for bad in (
         b"",
         b"[]",
@@ -175,7 +199,7 @@ def test_a_single_voter_adds_a_learner_once_its_noop_is_committed() -> None:
         core.propose_conf_change(ConfChange(ADD, NodeId("b")))
     core.advance(core.ready())
     index, _ = core.propose_conf_change(ConfChange(ADD, NodeId("b")))
-    assert core.conf == conf("a", "b") and core.pending_conf_index() == index
+    assert core.conf == conf("a", "b", b=index) and core.pending_conf_index() == index
 
 
 # The broken cores (tests/simulator/broken.py) on the "membership" profile: each must be caught

@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from node.config import TlsFiles, certificate_name, load_config
 from node.server import FORWARDED_KEY
 from protos import chat_pb2, chat_pb2_grpc, raft_pb2, raft_pb2_grpc
-from protos.vocabulary import CLUSTER_KEY_KEY
+from protos.vocabulary import CLUSTER_ID_KEY, CLUSTER_KEY_KEY
 from supervisor.certs import issue_certificate, make_ca, write_certificate
 from supervisor.cluster import Cluster
 from tests.conftest import peer_channel
@@ -94,16 +94,19 @@ async def test_the_peer_port_refuses_plaintext_no_certificate_and_another_ca(
 
 def _batch(sender: str, to: str) -> raft_pb2.MessageBatch:
     message = raft_pb2.RaftMessage(type=raft_pb2.HEARTBEAT_RESPONSE, sender=sender, to=to, term=0)
-    return raft_pb2.MessageBatch(cluster="test", messages=[message])
+    initial = raft_pb2.Incarnations(sender=0)  # from an initial member
+    return raft_pb2.MessageBatch(cluster="test", messages=[message], incarnations=initial)
 
 
-async def _stream(channel: grpc.aio.Channel, batch: raft_pb2.MessageBatch) -> None:
+async def _stream(
+    channel: grpc.aio.Channel, batch: raft_pb2.MessageBatch, nodes: NodeProcesses
+) -> None:
     async def batches() -> AsyncIterator[raft_pb2.MessageBatch]:
         yield batch
 
-    await raft_pb2_grpc.RaftStub(channel).Stream(
-        batches(), metadata=((CLUSTER_KEY_KEY, "test-key"),), timeout=5
-    )
+    assert nodes.cluster is not None
+    metadata = ((CLUSTER_KEY_KEY, "test-key"), (CLUSTER_ID_KEY, nodes.cluster.cluster_id))
+    await raft_pb2_grpc.RaftStub(channel).Stream(batches(), metadata=metadata, timeout=5)
 
 
 async def test_a_raft_message_must_come_from_the_member_its_certificate_names(
@@ -111,15 +114,15 @@ async def test_a_raft_message_must_come_from_the_member_its_certificate_names(
 ) -> None:
     async with peer_channel(nodes.config, "a", certificate="b") as as_b:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await _stream(as_b, _batch("c", "a"))  # b's certificate, c's name
+            await _stream(as_b, _batch("c", "a"), nodes)  # b's certificate, c's name
         assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
         assert "a message from 'c' over a certificate for 127.0.0.1, b.test.chatbooth" in (
             caught.value.details() or ""
         )
-        await _stream(as_b, _batch("b", "a"))  # b as itself (a stale term: ignored) is taken
+        await _stream(as_b, _batch("b", "a"), nodes)  # b as itself (a stale term: ignored) is taken
     async with peer_channel(nodes.config, "a") as tool:  # the tools' certificate is no member
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await _stream(tool, _batch("b", "a"))
+            await _stream(tool, _batch("b", "a"), nodes)
         assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
 
 

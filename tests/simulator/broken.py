@@ -106,7 +106,9 @@ def _two_changes_at_once(core: RaftCore) -> None:
         core._check_may_propose()
         if core.log.term(core.log.committed) != core.term:
             raise ConfChangeBusyError("not yet committed in its term")
-        return core._append_conf(apply_change(core.conf, change))
+        return core._append_conf(
+            apply_change(core.conf, change, LogIndex(core.log.last_index() + 1))
+        )
 
     core.propose_conf_change = propose  # type: ignore[method-assign]
 
@@ -120,7 +122,9 @@ def _change_before_committing_in_term(core: RaftCore) -> None:
         core._check_may_propose()
         if core.pending_conf_index() and core.log.term(core.log.committed) == core.term:
             raise ConfChangeBusyError("a change is pending")
-        return core._append_conf(apply_change(core.conf, change))
+        return core._append_conf(
+            apply_change(core.conf, change, LogIndex(core.log.last_index() + 1))
+        )
 
     core.propose_conf_change = propose  # type: ignore[method-assign]
 

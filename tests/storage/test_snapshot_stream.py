@@ -7,11 +7,12 @@ from __future__ import annotations
 import os
 import threading
 import tracemalloc
+import zlib
 from pathlib import Path
 
 import pytest
 
-from node.raft.types import SnapshotMeta
+from node.raft.types import ConfState, LogIndex, NodeId, SnapshotMeta, Term
 from node.storage import (
     RealFileSystem,
     Storage,
@@ -20,7 +21,7 @@ from node.storage import (
     StorageMisuseError,
 )
 from node.storage.files import ReadFile
-from node.storage.snapshots import CHUNK_BYTES, FORMAT_VERSION
+from node.storage.snapshots import CHUNK_BYTES
 from tests.storage.crashfs import CrashFileSystem
 from tests.storage.workload import DATA_DIR, data_file, entry, read_snapshot, snap
 
@@ -247,14 +248,57 @@ def test_a_missing_source_is_misuse_and_the_storage_goes_on(tmp_path: Path) -> N
         assert read_snapshot(storage) == (snap(10, 1), b"ten")
 
 
-def test_a_snapshot_file_of_the_previous_format_is_refused(tmp_path: Path) -> None:
-    """Format 3 holds a SQLite database; a format-2 file (JSON) is an older chatbooth's."""
+def test_a_snapshot_file_of_a_format_before_learners_is_refused(tmp_path: Path) -> None:
+    """Format 3 had no learners (and 2 held JSON): an older chatbooth's."""
     with filled(tmp_path / "node") as storage:
         storage.save_snapshot(snap(10, 1), source_file(tmp_path, b"ten"))
     path = snap_path(tmp_path / "node", snap(10, 1))
     with open(path, "r+b") as f:
         f.seek(8)
-        f.write((FORMAT_VERSION - 1).to_bytes(4, "little"))
-    with pytest.raises(StorageFormatError, match=f"version {FORMAT_VERSION - 1}") as err:
+        f.write((3).to_bytes(4, "little"))
+    with pytest.raises(StorageFormatError, match="version 3") as err:
         Storage.open(tmp_path / "node")
     assert err.value.path == path
+
+
+def _as_format_4(path: Path) -> None:
+    """Rewrite a format-5 snapshot file as format 4 wrote it: no incarnation per member."""
+    raw = path.read_bytes()
+    head = bytearray(raw[:36])
+    head[8:12] = (4).to_bytes(4, "little")
+    count = int.from_bytes(raw[32:36], "little")
+    out, offset = bytes(head), 36
+    for _ in range(count):
+        role, incarnation = raw[offset], int.from_bytes(raw[offset + 1 : offset + 9], "little")
+        assert incarnation == 0, "format 4 cannot hold an incarnation"
+        length = int.from_bytes(raw[offset + 9 : offset + 11], "little")
+        out += bytes([role]) + raw[offset + 9 : offset + 11 + length]
+        offset += 11 + length
+    out += raw[offset:-4]
+    path.write_bytes(out + zlib.crc32(out).to_bytes(4, "little"))
+
+
+def test_a_snapshot_of_format_4_is_read_with_every_member_an_initial_one(tmp_path: Path) -> None:
+    """Format 5 added incarnations; a format-4 file (learners, no incarnations) is read as
+    every member's incarnation being 0, as it was then, and its data streams as before."""
+    meta = SnapshotMeta(
+        LogIndex(10), Term(1), ConfState((NodeId("a"), NodeId("b")), (NodeId("d"),))
+    )
+    with filled(tmp_path / "node") as storage:
+        storage.save_snapshot(meta, source_file(tmp_path, b"ten"))
+    _as_format_4(snap_path(tmp_path / "node", meta))
+    with Storage.open(tmp_path / "node") as storage:
+        assert storage.initial_state().snapshot == meta
+        assert read_snapshot(storage) == (meta, b"ten")
+
+
+def test_a_snapshot_keeps_the_members_incarnations(tmp_path: Path) -> None:
+    conf = ConfState(
+        (NodeId("a"), NodeId("d")), (NodeId("e"),), ((NodeId("d"), 7), (NodeId("e"), 9))
+    )
+    meta = SnapshotMeta(LogIndex(10), Term(1), conf)
+    with filled(tmp_path / "node") as storage:
+        storage.save_snapshot(meta, source_file(tmp_path, b"ten"))
+    with Storage.open(tmp_path / "node") as storage:
+        got = storage.initial_state().snapshot
+        assert got is not None and got.conf == conf and got.conf.incarnation(NodeId("d")) == 7
