@@ -76,14 +76,27 @@ class CountingStateMachine:
         return applied, hashlib.sha256(str(applied).encode()).hexdigest()
 
 
+class ClientPorts:
+    """This benchmark's nodes serve Raft on their client ports: no peers file, no proxies."""
+
+    def __init__(self, addresses: dict[str, str]) -> None:
+        self._addresses = addresses
+
+    def known(self) -> list[str]:
+        return list(self._addresses)
+
+    def peer_address(self, node: str) -> str | None:
+        return self._addresses.get(node)
+
+
 async def run_node(config_path: str, node_id: str, entries: int, inflight: int) -> None:
     config = load_config(config_path)
     key = read_cluster_key(config)
     storage = Storage.open(config.node_dir(node_id))
-    peers = {NodeId(n.id): n.address for n in config.nodes if n.id != node_id}
+    peers = ClientPorts({n.id: n.address for n in config.nodes if n.id != node_id})
     transport = GrpcTransport(
         node_id=NodeId(node_id),
-        peer_addresses=peers,
+        peers=peers,
         cluster=config.cluster,
         key=key,
         credentials=None,

@@ -39,8 +39,16 @@ from grpc_reflection.v1alpha import reflection
 from node.chat.commands import COMMAND_FORMAT_VERSION
 from node.chat.replies import ApplyResult
 from node.chat.state import ChatState, DatabaseError
-from node.config import ClusterConfig, ConfigError, load_config, read_cluster_key
+from node.config import (
+    PEERS_FILE,
+    ClusterConfig,
+    ConfigError,
+    PeersFileError,
+    load_config,
+    read_cluster_key,
+)
 from node.driver import FatalNodeError, RaftDriver
+from node.peers import PeerDirectory
 from node.raft.types import ConfState, NodeId
 from node.request_guard import UndecodableRequestGuard
 from node.server import ChatService
@@ -180,17 +188,19 @@ def _read_credentials(config: ClusterConfig, node_id: str) -> NodeCredentials | 
     )
 
 
-def _peer_addresses(config: ClusterConfig, me: str, overrides: list[str]) -> dict[NodeId, str]:
-    peers = {NodeId(n.id): n.peer_address for n in config.nodes if n.id != me}
+def _peer_overrides(config: ClusterConfig, me: str, overrides: list[str]) -> dict[str, str]:
+    """The --peer ID=HOST:PORT arguments, checked: ID is another node of cluster.yaml."""
+    others = [n.id for n in config.nodes if n.id != me]
+    out: dict[str, str] = {}
     for spec in overrides:
         peer, sep, address = spec.partition("=")
         if not sep or ":" not in address:
             raise StartupError(EXIT_USAGE, f"--peer {spec!r}: expected ID=HOST:PORT")
-        if peer not in peers:
-            known = ", ".join(sorted(peers)) or "none"
+        if peer not in others:
+            known = ", ".join(sorted(others)) or "none"
             raise StartupError(EXIT_USAGE, f"--peer {spec!r}: {peer!r} is not a peer ({known})")
-        peers[NodeId(peer)] = address
-    return peers
+        out[peer] = address
+    return out
 
 
 async def serve(args: argparse.Namespace) -> int:
@@ -200,7 +210,7 @@ async def serve(args: argparse.Namespace) -> int:
         key = read_cluster_key(config)
     except ConfigError as exc:
         raise StartupError(EXIT_USAGE, str(exc)) from None
-    peers = _peer_addresses(config, me.id, args.peer)
+    overrides = _peer_overrides(config, me.id, args.peer)
     for warning in config.warnings:
         logger.warning("%s", warning)
     credentials = _read_credentials(config, me.id)
@@ -208,6 +218,11 @@ async def serve(args: argparse.Namespace) -> int:
         storage = Storage.open(Path(config.node_dir(me.id)), command_format=COMMAND_FORMAT_VERSION)
     except StorageError as exc:
         raise StartupError(EXIT_STORAGE, f"{me.id}: {exc}") from None
+    try:
+        peers = PeerDirectory(config, me.id, overrides, storage.data_dir / PEERS_FILE)
+    except PeersFileError as exc:
+        storage.close()
+        raise StartupError(EXIT_USAGE, f"{me.id}: {exc}") from None
     try:
         member = _establish_member(storage, config, me.id, args.bootstrap, args.join)
         return await _run(config, me.id, peers, key, credentials, storage, member)
@@ -287,13 +302,21 @@ def _listen(
 async def _run(
     config: ClusterConfig,
     node_id: str,
-    peers: dict[NodeId, str],
+    peers: PeerDirectory,
     key: bytes,
     credentials: NodeCredentials | None,
     storage: Storage,
     member: MemberRecord,
 ) -> int:
     initial = ConfState(tuple(NodeId(n) for n in member.initial_voters))
+    transport = GrpcTransport(
+        node_id=NodeId(node_id),
+        peers=peers,
+        cluster=config.cluster,
+        key=key,
+        credentials=credentials.channels if credentials is not None else None,
+        cluster_id=member.cluster_id,
+    )
     try:
         state = ChatState(config.chat, storage.data_dir / STATE_DIR, voters=initial.voters)
         driver = RaftDriver(
@@ -301,18 +324,25 @@ async def _run(
             config=config,
             storage=storage,
             state=state,
-            transport=GrpcTransport(
-                node_id=NodeId(node_id),
-                peer_addresses=peers,
-                cluster=config.cluster,
-                key=key,
-                credentials=credentials.channels if credentials is not None else None,
-                cluster_id=member.cluster_id,
-            ),
+            transport=transport,
             conf=initial,
         )
     except (DatabaseError, FatalNodeError, StorageError) as exc:
         raise StartupError(EXIT_STORAGE, f"{node_id}: {exc}") from None
+
+    def on_conf(conf: ConfState) -> None:
+        # The supervisor wrote the peers file before it proposed the change (node.peers).
+        peers.reload()
+        transport.sync_links()
+        logger.info(
+            "%s: configuration voters %s, learners %s; links to %s",
+            node_id,
+            ",".join(conf.voters) or "-",
+            ",".join(conf.learners) or "-",
+            ",".join(sorted(transport.linked())) or "-",
+        )
+
+    driver.add_conf_listener(on_conf)
     try:
         return await _serve_with(
             config, node_id, peers, key, credentials, driver, state, member.cluster_id
@@ -324,7 +354,7 @@ async def _run(
 async def _serve_with(
     config: ClusterConfig,
     node_id: str,
-    peers: dict[NodeId, str],
+    peers: PeerDirectory,
     key: bytes,
     credentials: NodeCredentials | None,
     driver: RaftDriver[ApplyResult],
@@ -346,7 +376,7 @@ async def _serve_with(
         driver=driver,
         state=state,
         config=config,
-        forward_addresses=peers,
+        peers=peers,
         peer_credentials=channel_credentials,
         cluster_key=key,
     )

@@ -16,9 +16,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import json
 import os
 import re
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -696,3 +697,61 @@ def _show(value: object) -> str:
     if isinstance(value, dict):
         return f"a mapping {value!r}"
     return repr(value)
+
+
+# -- the peers override file ----------------------------------------------------------------
+# data_dir/N/peers: where node N reaches members added after the cluster formed (node.peers).
+
+PEERS_FILE = "peers"
+
+
+class PeersFileError(ValueError):
+    """The override file is unreadable or malformed (the message says which and why)."""
+
+
+def _check_peer_address(path: Path, node: str, key: str, value: Any) -> str:
+    if not isinstance(value, str) or ":" not in value or value.rsplit(":", 1)[1] == "":
+        raise PeersFileError(f"{path}: {node}.{key}: expected HOST:PORT, got {value!r}")
+    port = value.rsplit(":", 1)[1]
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise PeersFileError(f"{path}: {node}.{key}: port {port!r} is not 1-65535")
+    return value
+
+
+def read_peers_file(path: Path) -> dict[str, tuple[str, str]]:
+    """{node: (peer address, client address)} from the override file; {} if there is none."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as error:
+        raise PeersFileError(f"{path}: cannot read it: {error}") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise PeersFileError(f"{path}: not JSON: {error}") from None
+    if not isinstance(doc, dict):
+        raise PeersFileError(f"{path}: expected an object of node ids, got {type(doc).__name__}")
+    out: dict[str, tuple[str, str]] = {}
+    for node, entry in doc.items():
+        if not NODE_ID_PATTERN.fullmatch(node):
+            raise PeersFileError(f"{path}: {node!r} is not a node id")
+        if not isinstance(entry, dict) or set(entry) != {"peer", "client"}:
+            raise PeersFileError(f"{path}: {node}: expected exactly `peer` and `client`")
+        out[node] = (
+            _check_peer_address(path, node, "peer", entry["peer"]),
+            _check_peer_address(path, node, "client", entry["client"]),
+        )
+    return out
+
+
+def write_peers_file(path: Path, peers: Mapping[str, tuple[str, str]]) -> None:
+    """Replace the override file atomically (the supervisor's side; durable on return)."""
+    doc = {node: {"peer": p, "client": c} for node, (p, c) in sorted(peers.items())}
+    staged = path.with_name(path.name + ".new")
+    with open(staged, "w", encoding="utf-8") as file:
+        json.dump(doc, file, indent=1, sort_keys=True)
+        file.write("\n")
+        file.flush()
+        os.fsync(file.fileno())
+    staged.replace(path)

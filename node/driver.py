@@ -213,6 +213,8 @@ class RaftDriver(Generic[R]):
         self._apply_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._apply_listeners: list[Callable[[R], None]] = []
         self._leadership_listeners: list[Callable[[], None]] = []
+        self._conf_listeners: list[Callable[[ConfState], None]] = []
+        self._conf_seen: ConfState | None = None  # what the listeners last heard
         # The snapshot the core took from the leader (a file), until the Ready that installs it.
         self._incoming_snapshot: tuple[SnapshotMeta, Path] | None = None
         # A local snapshot (copy, checkpoint, store, compact) and an install from the leader
@@ -310,6 +312,20 @@ class RaftDriver(Generic[R]):
     def add_leadership_listener(self, listener: Callable[[], None]) -> None:
         """Called when this node stops being the leader (or is stopping)."""
         self._leadership_listeners.append(listener)
+
+    def add_conf_listener(self, listener: Callable[[ConfState], None]) -> None:
+        """Called with the configuration in force whenever it changes: a CONFIG entry reached
+        the log (or was truncated from it), or a snapshot was installed (thesis §4.1: in
+        force once in the log, committed or not)."""
+        self._conf_listeners.append(listener)
+
+    def _tell_conf(self) -> None:
+        conf = self.core.conf
+        if conf == self._conf_seen:
+            return
+        self._conf_seen = conf
+        for listener in list(self._conf_listeners):
+            listener(conf)
 
     # ------------------------------------------------------------------ requests
 
@@ -547,6 +563,7 @@ class RaftDriver(Generic[R]):
             self._fail_fatally(exc)
 
     async def _handle_ready(self, rd: Ready) -> None:
+        self._tell_conf()  # first: the links to a member just added carry this Ready's messages
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state)
         self._send(rd.messages)

@@ -35,6 +35,7 @@ from node.config import TOOL_NAME, ClusterConfig, certificate_name
 from node.driver import NoQuorumError, OutcomeUnknownError, RaftDriver
 from node.logclock import LogClock
 from node.login_limiter import LoginLimiter, ceil_s, peer_host
+from node.peers import PeerDirectory
 from node.raft.errors import NotLeaderError
 from node.raft.types import NodeId, Role
 from node.seams import ThreadExecutor
@@ -163,7 +164,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         driver: RaftDriver[ApplyResult],
         state: ChatState,
         config: ClusterConfig,
-        forward_addresses: dict[NodeId, str],
+        peers: PeerDirectory,
         peer_credentials: grpc.ChannelCredentials | None,
         cluster_key: bytes,
     ) -> None:
@@ -172,8 +173,8 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         self._cluster_key = cluster_key  # what a member forwarding under plaintext presents
         self._state = state  # read only here: every change goes through the log
         self._config = config
-        self._forward_addresses = forward_addresses
-        self._channels: dict[NodeId, grpc.aio.Channel] = {}
+        self._peers = peers  # where the leader is (for forwarding, and to tell clients)
+        self._channels: dict[NodeId, tuple[grpc.aio.Channel, str]] = {}  # and its address
         self._subscribers: dict[str, set[_Subscriber]] = {}
         self._log_clock = LogClock(driver.clock)
         self._logins = LoginLimiter()  # the leader's memory of failed logins
@@ -196,7 +197,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._hash_pool.shutdown()
         self._end_all(_Abort(grpc.StatusCode.UNAVAILABLE, "the node is shutting down"))
-        for ch in self._channels.values():
+        for ch, _ in self._channels.values():
             await ch.close(grace=None)
 
     # ------------------------------------------------------------------ plumbing
@@ -204,10 +205,9 @@ class ChatService(chat_pb2_grpc.ChatServicer):
     def _client_address(self, node: NodeId | None) -> str:
         if node is None:
             return ""
-        try:
+        if node == self._driver.id:
             return self._config.node(node).address
-        except Exception:
-            return ""
+        return self._peers.client_address(node) or ""
 
     async def _abort(self, context: Context, exc: _Abort) -> NoReturn:
         leader = exc.leader if exc.leader is not None else self._driver.leader
@@ -300,13 +300,15 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             await self._abort(context, exc)
 
     async def _forward(self, leader: NodeId, method: str, request: Any, context: Context) -> Any:
-        address = self._forward_addresses.get(leader)
+        address = self._peers.peer_address(leader)
         if address is None:
             raise _Abort(grpc.StatusCode.UNAVAILABLE, f"no address for leader {leader}", leader)
-        channel = self._channels.get(leader)
-        if channel is None:
+        channel, dialled = self._channels.get(leader, (None, ""))
+        if channel is None or dialled != address:
+            if channel is not None:
+                self._tasks.append(asyncio.create_task(channel.close(grace=None)))
             channel = peer_channel(address, leader, self._config.cluster, self._peer_credentials)
-            self._channels[leader] = channel
+            self._channels[leader] = (channel, address)
         stub = chat_pb2_grpc.ChatStub(channel)
         try:
             return await getattr(stub, method)(

@@ -24,7 +24,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
@@ -124,29 +124,72 @@ class ClusterKeyInterceptor(grpc.aio.ServerInterceptor):
         return grpc.stream_unary_rpc_method_handler(deny)
 
 
+class PeerAddresses(Protocol):
+    """Where the peers are (node.peers.PeerDirectory)."""
+
+    def known(self) -> Iterable[str]: ...
+
+    def peer_address(self, node: str) -> str | None: ...
+
+
 class GrpcTransport:
-    """The Transport of node.seams over gRPC: one PeerLink per peer."""
+    """The Transport of node.seams over gRPC: one PeerLink per peer of the configuration in
+    force (every known node while there is none: a joining member answers whoever calls).
+    sync_links() matches the links to the configuration and the addresses again: the driver
+    calls it at every configuration change, after the addresses are read again."""
 
     def __init__(
         self,
         *,
         node_id: NodeId,
-        peer_addresses: dict[NodeId, str],
+        peers: PeerAddresses,
         cluster: str,
         key: bytes,
         credentials: grpc.ChannelCredentials | None,
         cluster_id: str = "",
     ) -> None:
         self._node_id = node_id
-        self._addresses = dict(peer_addresses)
+        self._peers = peers
         self._cluster = cluster
         self._cluster_id = cluster_id
         self._key = key
         self._credentials = credentials  # None: plaintext (`tls: plaintext`)
+        self._events: TransportEvents | None = None
         self._links: dict[NodeId, PeerLink] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     def start(self, events: TransportEvents) -> None:
-        for peer, address in self._addresses.items():
+        self._events = events
+        self.sync_links()
+
+    def linked(self) -> dict[NodeId, str]:
+        """Each peer with a link, and the address it dials."""
+        return {peer: link.address for peer, link in self._links.items()}
+
+    def sync_links(self) -> None:
+        """Open a link to every peer of the current configuration that has an address, and
+        close the others (a removed member's; one whose address changed is opened anew)."""
+        events = self._events
+        if events is None:
+            return
+        members = events.current_conf().members()
+        wanted = {NodeId(n) for n in (members or self._peers.known())} - {self._node_id}
+        for peer in sorted(wanted):
+            address = self._peers.peer_address(peer)
+            link = self._links.get(peer)
+            if link is not None and link.address == address:
+                continue
+            if link is not None:
+                self._retire(peer)
+            if address is None:
+                logger.warning(
+                    "%s has no address for member %s: it is in no cluster.yaml `nodes` and "
+                    "not in %s's peers file",
+                    self._node_id,
+                    peer,
+                    self._node_id,
+                )
+                continue
             link = PeerLink(
                 node_id=self._node_id,
                 peer=peer,
@@ -159,6 +202,14 @@ class GrpcTransport:
             )
             self._links[peer] = link
             link.start()
+        for peer in sorted(set(self._links) - wanted):
+            self._retire(peer)
+
+    def _retire(self, peer: NodeId) -> None:
+        link = self._links.pop(peer)
+        task = asyncio.create_task(link.close(), name=f"close-link-{peer}")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def send(self, m: Message) -> None:
         link = self._links.get(m.to)
@@ -168,6 +219,7 @@ class GrpcTransport:
     async def close(self) -> None:
         for link in self._links.values():
             await link.close()
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
 
 class PeerLink:
