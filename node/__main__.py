@@ -9,7 +9,8 @@ any): it exits with code 5 rather than come back as the member it was, since the
 remember votes and entries that its empty disk does not; it is replaced (`replace N`).
 
 Two gRPC servers: the client port (`port`: Chat, Health, reflection; server TLS) and the peer
-port (`peer_port`: Raft, forwarded Chat calls, digests; mutual TLS with the cluster's CA).
+port (`peer_port`: Raft, forwarded Chat calls, digests, Membership; mutual TLS with the
+cluster's CA).
 grpcio cannot ask for an optional client certificate, hence two ports. The node reads its
 certificate from the `tls` directory of cluster.yaml (data_dir/tls by default).
 
@@ -48,6 +49,7 @@ from node.config import (
     read_cluster_key,
 )
 from node.driver import FatalNodeError, RaftDriver
+from node.membership_service import MembershipService
 from node.peers import PeerDirectory
 from node.raft.types import ConfState, NodeId
 from node.request_guard import UndecodableRequestGuard
@@ -55,7 +57,7 @@ from node.server import ChatService
 from node.storage import MemberRecord, Storage
 from node.storage.errors import StorageError
 from node.transport import ClusterKeyInterceptor, GrpcTransport, RaftService
-from protos import chat_pb2, chat_pb2_grpc, raft_pb2_grpc
+from protos import chat_pb2, chat_pb2_grpc, membership_pb2_grpc, raft_pb2_grpc
 from protos.vocabulary import SERVER_OPTIONS
 
 logger = logging.getLogger("node")
@@ -393,6 +395,16 @@ async def _serve_with(
             spool=lambda: driver.snapshot_spool,
             certificates=credentials is not None,
             cluster_id=cluster_id,
+        ),
+        peer_server,
+    )
+    membership_pb2_grpc.add_MembershipServicer_to_server(
+        MembershipService(
+            driver=driver,
+            config=config,
+            peers=peers,
+            cluster_key=key,
+            certificates=credentials is not None,
         ),
         peer_server,
     )

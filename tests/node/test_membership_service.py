@@ -1,0 +1,176 @@
+"""The Membership service on real node processes (issue 14): Members from any member, changes
+from the tool certificate on the leader only, and the two ways a member comes back after it
+was removed: with its old disk (another incarnation: refused, it never catches up) and empty,
+with --join (it learns its incarnation, catches up and is promoted)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+
+import grpc
+import pytest
+
+from protos import membership_pb2 as pb
+from protos import membership_pb2_grpc as pbg
+from protos.vocabulary import LEADER_ID_KEY, RETRY_AFTER_KEY, metadata_value
+from tests.conftest import peer_channel
+from tests.node.conftest import NodeProcesses
+from tests.node.test_node_process import Session
+
+pytestmark = pytest.mark.cluster
+
+
+async def members(nodes: NodeProcesses, n: str) -> pb.MembersReply:
+    async with peer_channel(nodes.config, n) as ch:
+        return await pbg.MembershipStub(ch).Members(pb.MembersRequest(), timeout=5)
+
+
+async def change(
+    nodes: NodeProcesses, n: str, op: pb.ChangeOp.ValueType, node: str, certificate: str = "tool"
+) -> pb.ChangeReply:
+    async with peer_channel(nodes.config, n, certificate=certificate) as ch:
+        return await pbg.MembershipStub(ch).ChangeMembership(
+            pb.ChangeRequest(op=op, node_id=node), timeout=10
+        )
+
+
+async def refused(call: Awaitable[object]) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 15) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s} s: {what}")
+        await asyncio.sleep(0.1)
+
+
+def roles(reply: pb.MembersReply) -> dict[str, str]:
+    return {m.id: pb.Role.Name(m.role) for m in reply.members}
+
+
+async def test_members_from_any_member_and_changes_only_from_the_tool_on_the_leader(
+    nodes: NodeProcesses,
+) -> None:
+    nodes.start_all()
+    leader = await nodes.wait_leader()
+    follower = next(n for n in nodes.ids if n != leader)
+    seen = await members(nodes, follower)
+    assert seen.node_id == follower and seen.leader_id == leader
+    assert roles(seen) == {"a": "VOTER", "b": "VOTER", "c": "VOTER"}
+    assert all(not m.has_progress for m in seen.members)  # progress is the leader's to know
+    on_leader = await members(nodes, leader)
+    assert all(m.has_progress and m.incarnation == 0 for m in on_leader.members)
+    assert {m.id: m.client_address for m in on_leader.members} == {
+        n: nodes.address(n) for n in nodes.ids
+    }
+
+    error = await refused(change(nodes, leader, pb.REMOVE, follower, certificate=follower))
+    assert error.code() is grpc.StatusCode.PERMISSION_DENIED and "tool" in (error.details() or "")
+    error = await refused(change(nodes, follower, pb.REMOVE, follower))
+    assert error.code() is grpc.StatusCode.UNAVAILABLE
+    assert metadata_value(error.trailing_metadata(), LEADER_ID_KEY) == leader
+    error = await refused(change(nodes, leader, pb.REMOVE, "no such"))
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    error = await refused(change(nodes, leader, pb.PROMOTE, follower))
+    assert error.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert f"{follower} is already a voter" in (error.details() or "")
+
+
+async def test_a_removed_member_back_with_its_old_disk_is_another_incarnation_and_refused(
+    nodes: NodeProcesses,
+) -> None:
+    """Remove c and add it again while the old c runs on: the configuration's c is a new
+    incarnation (the index of the entry that added it), and the old c, with its old log and
+    votes, is refused both ways: it never catches up, and it never counts."""
+    nodes.start_all()
+    leader = await nodes.wait_leader()
+    gone = next(n for n in nodes.ids if n != leader)
+    reply = await change(nodes, leader, pb.REMOVE, gone)
+    assert gone not in roles(reply.members)
+    reply = await change(nodes, leader, pb.ADD_LEARNER, gone)
+    added = {m.id: m for m in reply.members.members}[gone]
+    assert added.role == pb.LEARNER and added.incarnation == reply.members.last_index
+    s = await Session.open(nodes.channel(leader))
+    await s.register_and_login("ida")
+    await s.send("ida", "after the replace")
+    await s.close()
+    await asyncio.sleep(1.0)  # many heartbeats
+    now = {m.id: m for m in (await members(nodes, leader)).members}[gone]
+    assert now.match_index < added.incarnation  # the old c got nothing of the new c's log
+    assert "refused" in nodes.log(leader) or "refused" in nodes.log(gone)
+    error = await refused(change(nodes, leader, pb.ADD_LEARNER, gone))
+    assert "already a learner" in (error.details() or "")
+
+
+async def test_a_wiped_member_is_replaced_by_remove_then_join_then_add_and_promote(
+    nodes: NodeProcesses,
+) -> None:
+    """The replace of a member that lost its disk, by hand: remove it, start it empty with
+    --join, add it as a learner, wait until it caught up, promote it. It learns its
+    incarnation, and the cluster commits with it as a voter."""
+    nodes.start_all()
+    leader = await nodes.wait_leader()
+    lost = next(n for n in nodes.ids if n != leader)
+    assert nodes.cluster is not None
+    cluster_id = nodes.cluster.cluster_id
+    s = await Session.open(nodes.channel(leader))
+    await s.register_and_login("jo")
+    for i in range(20):
+        await s.send("jo", f"before {i}")
+    nodes.kill(lost)
+    shutil.rmtree(nodes.tmp / "data" / lost)
+    await change(nodes, leader, pb.REMOVE, lost)
+    raw = nodes.spawn_raw(lost, flags=("--join", cluster_id))
+    reply = await change(nodes, leader, pb.ADD_LEARNER, lost)
+    incarnation = {m.id: m for m in reply.members.members}[lost].incarnation
+
+    async def caught_up() -> bool:
+        view = {m.id: m for m in (await members(nodes, leader)).members}
+        return view[lost].lag == 0
+
+    await until(caught_up, f"{lost} catches up")
+    reply = await change(nodes, leader, pb.PROMOTE, lost)
+    assert roles(reply.members)[lost] == "VOTER"
+    for i in range(5):
+        await s.send("jo", f"after {i}")
+    await s.close()
+    assert f"incarnation {incarnation}" in nodes.raw_log(lost)
+    assert (nodes.tmp / "data" / lost / "MEMBER").read_text().count(f'"incarnation":{incarnation}')
+    assert raw.poll() is None
+    raw.terminate()
+    assert raw.wait(15) == 0
+
+
+async def test_a_second_change_while_one_is_uncommitted_is_busy(nodes: NodeProcesses) -> None:
+    """Thesis §4.1: one change at a time. With both followers frozen the first change cannot
+    commit; a second one is refused as busy, with a hint to retry, before it reaches the log."""
+    nodes.start_all()
+    leader = await nodes.wait_leader()
+    assert nodes.cluster is not None
+    others = [n for n in nodes.ids if n != leader]
+    for n in others:
+        nodes.cluster.pause(n)
+    try:
+        first = asyncio.ensure_future(change(nodes, leader, pb.REMOVE, others[0]))
+        await asyncio.sleep(0.05)  # well inside the election timeout: still the leader
+        error = await refused(change(nodes, leader, pb.REMOVE, others[1]))
+        assert error.code() is grpc.StatusCode.FAILED_PRECONDITION, error.details()
+        assert "not yet committed" in (error.details() or "")
+        assert metadata_value(error.trailing_metadata(), RETRY_AFTER_KEY) is not None
+    finally:
+        for n in others:
+            nodes.cluster.resume(n)
+    # The first may commit, or the leader stepped down meanwhile (CheckQuorum): either way
+    # it answered, and the membership holds at most one change.
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        await first
+    await nodes.wait_leader()
+    assert len((await members(nodes, others[1])).members) >= 2
