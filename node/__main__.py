@@ -41,9 +41,11 @@ from node.chat.commands import COMMAND_FORMAT_VERSION
 from node.chat.replies import ApplyResult
 from node.chat.state import ChatState, DatabaseError
 from node.config import (
+    NODE_ID_PATTERN,
     PEERS_FILE,
     ClusterConfig,
     ConfigError,
+    NodeAddress,
     PeersFileError,
     load_config,
     read_cluster_key,
@@ -97,6 +99,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="CLUSTER_ID",
         help="on first start: wait, empty, to be added to the running cluster CLUSTER_ID",
     )
+    p.add_argument(
+        "--address",
+        metavar="HOST:PORT",
+        help="a member added after the cluster formed (not in cluster.yaml's nodes): its "
+        "client port; needs --peer-address and --join on first start",
+    )
+    p.add_argument("--peer-address", metavar="HOST:PORT", help="with --address: its peer port")
     p.add_argument("--log-file", help="also log to this file (size-rotated)")
     p.add_argument(
         "--exit-with-parent",
@@ -205,13 +214,47 @@ def _peer_overrides(config: ClusterConfig, me: str, overrides: list[str]) -> dic
     return out
 
 
+def _split(flag: str, value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise StartupError(EXIT_USAGE, f"{flag} {value!r}: expected HOST:PORT, port 1-65535")
+    return host, int(port)
+
+
+def _whoami(config: ClusterConfig, args: argparse.Namespace) -> NodeAddress:
+    """Where this node serves: its entry in cluster.yaml's nodes (an initial member), or
+    --address and --peer-address (a member added later)."""
+    if args.id in config.node_ids:
+        if args.address or args.peer_address:
+            raise StartupError(
+                EXIT_USAGE,
+                f"--address/--peer-address: {args.id} is in {config.path}'s nodes, which "
+                "say where it serves",
+            )
+        return config.node(args.id)
+    if not NODE_ID_PATTERN.fullmatch(args.id):
+        raise StartupError(EXIT_USAGE, f"--id {args.id!r}: not a node id (1-32 of A-Za-z0-9_-)")
+    if not (args.address and args.peer_address):
+        raise StartupError(
+            EXIT_USAGE,
+            f"--id {args.id}: not in {config.path}'s nodes ({', '.join(config.node_ids)}); a "
+            "member added later says where it serves with --address and --peer-address",
+        )
+    host, port = _split("--address", args.address)
+    peer_host, peer_port = _split("--peer-address", args.peer_address)
+    if peer_host != host:
+        raise StartupError(EXIT_USAGE, "--address and --peer-address must name the same host")
+    return NodeAddress(args.id, host, port, peer_port)
+
+
 async def serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
-        me = config.node(args.id)
         key = read_cluster_key(config)
     except ConfigError as exc:
         raise StartupError(EXIT_USAGE, str(exc)) from None
+    me = _whoami(config, args)
     overrides = _peer_overrides(config, me.id, args.peer)
     for warning in config.warnings:
         logger.warning("%s", warning)
@@ -227,7 +270,7 @@ async def serve(args: argparse.Namespace) -> int:
         raise StartupError(EXIT_USAGE, f"{me.id}: {exc}") from None
     try:
         member = _establish_member(storage, config, me.id, args.bootstrap, args.join)
-        return await _run(config, me.id, peers, key, credentials, storage, member)
+        return await _run(config, me, peers, key, credentials, storage, member)
     finally:
         storage.close()
 
@@ -253,6 +296,12 @@ def _establish_member(
                 f"{given!r} ({flag}): it is another cluster's data directory",
             )
         return record
+    if bootstrap is not None and node_id not in config.node_ids:
+        raise StartupError(
+            EXIT_USAGE,
+            f"{node_id}: --bootstrap is for the members in {config.path}'s nodes; a member "
+            "added later joins (--join)",
+        )
     if bootstrap is not None:
         # A directory of an older chatbooth (Raft data, no record) is adopted here as well.
         record = MemberRecord(bootstrap, 0, tuple(config.node_ids))
@@ -303,13 +352,14 @@ def _listen(
 
 async def _run(
     config: ClusterConfig,
-    node_id: str,
+    me: NodeAddress,
     peers: PeerDirectory,
     key: bytes,
     credentials: NodeCredentials | None,
     storage: Storage,
     member: MemberRecord,
 ) -> int:
+    node_id = me.id
     initial = ConfState(tuple(NodeId(n) for n in member.initial_voters))
     transport = GrpcTransport(
         node_id=NodeId(node_id),
@@ -347,7 +397,7 @@ async def _run(
     driver.add_conf_listener(on_conf)
     try:
         return await _serve_with(
-            config, node_id, peers, key, credentials, driver, state, member.cluster_id
+            config, me, peers, key, credentials, driver, state, member.cluster_id
         )
     finally:
         state.close()
@@ -355,7 +405,7 @@ async def _run(
 
 async def _serve_with(
     config: ClusterConfig,
-    node_id: str,
+    me: NodeAddress,
     peers: PeerDirectory,
     key: bytes,
     credentials: NodeCredentials | None,
@@ -363,7 +413,7 @@ async def _serve_with(
     state: ChatState,
     cluster_id: str,
 ) -> int:
-    me = config.node(node_id)
+    node_id = me.id
     channel_credentials = credentials.channels if credentials is not None else None
     LOG_CONTEXT.term = lambda: driver.core.term
     # The client port: Chat, Health and reflection, server TLS.
@@ -375,6 +425,7 @@ async def _serve_with(
         interceptors=[UndecodableRequestGuard(), ClusterKeyInterceptor(key)],
     )
     chat = ChatService(
+        address=me,
         driver=driver,
         state=state,
         config=config,
@@ -400,6 +451,7 @@ async def _serve_with(
     )
     membership_pb2_grpc.add_MembershipServicer_to_server(
         MembershipService(
+            address=me,
             driver=driver,
             config=config,
             peers=peers,

@@ -208,8 +208,11 @@ class ClusterConfig:
         raise ConfigError(f"{self.path}: nodes: no node {node_id!r} (nodes are {known})")
 
     def node_dir(self, node_id: str) -> Path:
-        """Where node node_id keeps its log and its output."""
-        return self.data_dir / self.node(node_id).id
+        """Where node node_id keeps its log and its output: one of `nodes`, or a member added
+        later (any valid node id: it names a directory, never a path outside data_dir)."""
+        if not NODE_ID_PATTERN.fullmatch(node_id):
+            raise ConfigError(f"{self.path}: {node_id!r} is not a node id")
+        return self.data_dir / node_id
 
     @property
     def tls(self) -> TlsFiles | None:

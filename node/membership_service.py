@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 
-from node.config import NODE_ID_PATTERN, TOOL_NAME, ClusterConfig, certificate_name
+from node.config import NODE_ID_PATTERN, TOOL_NAME, ClusterConfig, NodeAddress, certificate_name
 from node.driver import NoQuorumError, OutcomeUnknownError, RaftDriver
 from node.peers import PeerDirectory
 from node.raft.errors import NotLeaderError, ProposalDroppedError
@@ -52,12 +52,14 @@ class MembershipService(membership_pb2_grpc.MembershipServicer):
     def __init__(
         self,
         *,
+        address: NodeAddress,
         driver: RaftDriver[Any],
         config: ClusterConfig,
         peers: PeerDirectory,
         cluster_key: bytes,
         certificates: bool,
     ) -> None:
+        self._address = address
         self._driver = driver
         self._config = config
         self._peers = peers
@@ -136,10 +138,7 @@ class MembershipService(membership_pb2_grpc.MembershipServicer):
 
     def _client_address(self, node: str) -> str:
         if node == self._driver.id:
-            try:
-                return self._config.node(node).address
-            except Exception:
-                return ""
+            return self._address.address
         return self._peers.client_address(node) or ""
 
     async def _require_tool(self, context: Context) -> None:

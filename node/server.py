@@ -31,7 +31,7 @@ from node.chat.errors import ChatError
 from node.chat.passwords import SALT_BYTES, PasswordHash, hash_password, verify_password
 from node.chat.replies import ApplyResult, ChatMessage
 from node.chat.state import QUEUE_PAGE, ChatState
-from node.config import TOOL_NAME, ClusterConfig, certificate_name
+from node.config import TOOL_NAME, ClusterConfig, NodeAddress, certificate_name
 from node.driver import NoQuorumError, OutcomeUnknownError, RaftDriver
 from node.logclock import LogClock
 from node.login_limiter import LoginLimiter, ceil_s, peer_host
@@ -161,6 +161,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
     def __init__(
         self,
         *,
+        address: NodeAddress,
         driver: RaftDriver[ApplyResult],
         state: ChatState,
         config: ClusterConfig,
@@ -168,6 +169,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         peer_credentials: grpc.ChannelCredentials | None,
         cluster_key: bytes,
     ) -> None:
+        self._address = address  # where this node serves
         self._driver = driver
         self._peer_credentials = peer_credentials  # None: `tls: plaintext`
         self._cluster_key = cluster_key  # what a member forwarding under plaintext presents
@@ -206,7 +208,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         if node is None:
             return ""
         if node == self._driver.id:
-            return self._config.node(node).address
+            return self._address.address
         return self._peers.client_address(node) or ""
 
     async def _abort(self, context: Context, exc: _Abort) -> NoReturn:
@@ -618,7 +620,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         elif self._may_read_digest(context):
             s = await self._driver.status_with_digest()
         else:
-            peer_port = self._config.node(self._driver.id).peer_port
+            peer_port = self._address.peer_port
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"the state digest is served on the peer port ({peer_port}) to a member or "

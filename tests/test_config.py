@@ -262,11 +262,20 @@ def test_the_repository_cluster_yaml_loads() -> None:
 
 def test_an_unknown_node_id_names_the_known_ones(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, BASE))
-    for call in (config.node, config.node_dir):
-        with pytest.raises(ConfigError) as raised:
-            call("d")
-        assert "no node 'd'" in str(raised.value)
-        assert "a, b, c" in str(raised.value)
+    with pytest.raises(ConfigError) as raised:
+        config.node("d")
+    assert "no node 'd'" in str(raised.value)
+    assert "a, b, c" in str(raised.value)
+
+
+def test_a_member_added_later_has_a_directory_and_a_bad_id_none(tmp_path: Path) -> None:
+    """Members added after the cluster formed are in no `nodes`, but have a data directory;
+    an id that is not one (a path, say) never names a directory."""
+    config = load_config(write(tmp_path, BASE))
+    assert config.node_dir("d") == config.data_dir / "d"
+    for bad in ("../etc", "", "a/b", "."):
+        with pytest.raises(ConfigError, match="is not a node id"):
+            config.node_dir(bad)
 
 
 # -- every kind of mistake ---------------------------------------------------------------------

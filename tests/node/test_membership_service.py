@@ -14,9 +14,12 @@ from collections.abc import Awaitable, Callable
 import grpc
 import pytest
 
+from node.config import PEERS_FILE, load_config, write_peers_file
 from protos import membership_pb2 as pb
 from protos import membership_pb2_grpc as pbg
 from protos.vocabulary import LEADER_ID_KEY, RETRY_AFTER_KEY, metadata_value
+from supervisor.certs import issue
+from supervisor.ports import free_port
 from tests.conftest import peer_channel
 from tests.node.conftest import NodeProcesses
 from tests.node.test_node_process import Session
@@ -174,3 +177,75 @@ async def test_a_second_change_while_one_is_uncommitted_is_busy(nodes: NodeProce
         await first
     await nodes.wait_leader()
     assert len((await members(nodes, others[1])).members) >= 2
+
+
+async def test_a_new_member_outside_cluster_yaml_joins_catches_up_and_votes(
+    nodes: NodeProcesses,
+) -> None:
+    """Grow 3 to 4 by hand, as an operator would without the supervisor: a certificate from
+    the cluster's CA, the new member's addresses in every node's peers file, the node started
+    empty with --join and its own --address/--peer-address (it is in no cluster.yaml), then add
+    as a learner, wait until it caught up, promote. The old members dial it from their peers
+    file (reread at the configuration change), and writes commit with it as a voter."""
+    nodes.start_all()
+    leader = await nodes.wait_leader()
+    assert nodes.cluster is not None
+    config = load_config(nodes.config)
+    files = config.tls
+    assert files is not None
+    issue(config, "d", ["127.0.0.1"], files.directory)
+    port, peer_port = free_port(), free_port()
+    d_peer, d_client = f"127.0.0.1:{peer_port}", f"127.0.0.1:{port}"
+    for n in nodes.ids:
+        write_peers_file(config.node_dir(n) / PEERS_FILE, {"d": (d_peer, d_client)})
+    s = await Session.open(nodes.channel(leader))
+    await s.register_and_login("kim")
+    for i in range(30):
+        await s.send("kim", f"before d {i}")
+    raw = nodes.spawn_raw(
+        "d",
+        flags=(
+            "--join",
+            nodes.cluster.cluster_id,
+            "--address",
+            d_client,
+            "--peer-address",
+            d_peer,
+        ),
+    )
+    reply = await change(nodes, leader, pb.ADD_LEARNER, "d")
+    assert {m.id: m.client_address for m in reply.members.members}["d"] == d_client
+
+    async def caught_up() -> bool:
+        view = {m.id: m for m in (await members(nodes, leader)).members}
+        return view["d"].lag == 0 and view["d"].match_index > 30
+
+    await until(caught_up, "d catches up")
+    reply = await change(nodes, leader, pb.PROMOTE, "d")
+    assert roles(reply.members) == {"a": "VOTER", "b": "VOTER", "c": "VOTER", "d": "VOTER"}
+    for i in range(5):
+        await s.send("kim", f"with d {i}")
+    await s.close()
+    view = {m.id: m for m in (await members(nodes, leader)).members}
+    assert view["d"].lag == 0
+    # d serves Members itself, and knows the leader
+    async with peer_channel(nodes.config, "d", address=d_peer) as ch:
+        seen = await pbg.MembershipStub(ch).Members(pb.MembersRequest(), timeout=5)
+    assert seen.node_id == "d" and seen.leader_id == leader
+    raw.terminate()
+    assert raw.wait(15) == 0
+
+
+def test_a_member_outside_cluster_yaml_must_say_where_it_serves(nodes: NodeProcesses) -> None:
+    nodes.start_all()  # makes the CA
+    config = load_config(nodes.config)
+    assert config.tls is not None
+    issue(config, "d", ["127.0.0.1"], config.tls.directory)
+    raw = nodes.spawn_raw("d", flags=("--join", "x"))
+    assert raw.wait(15) == 2
+    assert "--address and --peer-address" in nodes.raw_log("d")
+    raw = nodes.spawn_raw(
+        "d", flags=("--bootstrap", "x", "--address", "127.0.0.1:1", "--peer-address", "127.0.0.1:2")
+    )
+    assert raw.wait(15) == 2
+    assert "--bootstrap is for the members in" in nodes.raw_log("d")
