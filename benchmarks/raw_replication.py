@@ -100,6 +100,7 @@ async def run_node(config_path: str, node_id: str, entries: int, inflight: int) 
         cluster=config.cluster,
         key=key,
         credentials=None,
+        cluster_id="raw-replication",
     )
     driver: RaftDriver[int] = RaftDriver(
         node_id=NodeId(node_id),
@@ -116,9 +117,11 @@ async def run_node(config_path: str, node_id: str, entries: int, inflight: int) 
             config.cluster,
             driver.step,
             driver.receive_snapshot,
-            conf=lambda: driver.core.conf,
+            confs=driver.peer_confs,
             spool=lambda: driver.snapshot_spool,
             certificates=False,
+            cluster_id="raw-replication",
+            incarnation=driver.own_incarnation,
         ),
         server,
     )

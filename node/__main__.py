@@ -1,18 +1,21 @@
-"""`python -m node --config cluster.yaml --id a [--bootstrap ID | --join ID] [--peer b=HOST:PORT]`:
-run one node.
+"""`python -m node --config cluster.yaml --id a [--bootstrap ID | --join ID --incarnation N]
+[--peer b=HOST:PORT]`: run one node.
 
 A data directory belongs to one cluster and one member (node.storage.identity). On first start
 the node is told which: `--bootstrap ID` for a member that forms cluster ID with cluster.yaml's
-`nodes`, `--join ID` for one that will be added to it. Once its directory records that, both are
-optional. A node whose directory is empty and which is given neither lost its data (or never had
-any): it exits with code 5 rather than come back as the member it was, since the cluster may
-remember votes and entries that its empty disk does not; it is replaced (`replace N`).
+`nodes`; `--join ID --incarnation N` for one that was added to it (as a learner) by the CONFIG
+entry at index N, which Membership.ChangeMembership answered with. Once its directory records
+that, the flags are optional. A node whose directory is empty and which is given neither lost
+its data (or never had any): it exits with code 5 rather than come back as the member it was,
+since the cluster may remember votes and entries that its empty disk does not; it is replaced
+(`replace N`). `--bootstrap` on an empty directory is trusted to mean a new cluster: the
+supervisor passes it only until the cluster formed, and a person who passes it later brings
+an empty member back under its old incarnation (a known limit: etcd asks its peers first).
 
 Two gRPC servers: the client port (`port`: Chat, Health, reflection; server TLS) and the peer
 port (`peer_port`: Raft, forwarded Chat calls, digests, Membership; mutual TLS with the
-cluster's CA).
-grpcio cannot ask for an optional client certificate, hence two ports. The node reads its
-certificate from the `tls` directory of cluster.yaml (data_dir/tls by default).
+cluster's CA). grpcio cannot ask for an optional client certificate, hence two ports. The
+node reads its certificate from the `tls` directory of cluster.yaml (data_dir/tls by default).
 
 Exit codes: 0 after SIGTERM (or SIGINT), 2 bad usage or configuration (missing credentials
 included), 3 storage error (corrupt, locked or failing data directory), 4 address in use,
@@ -97,7 +100,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     first.add_argument(
         "--join",
         metavar="CLUSTER_ID",
-        help="on first start: wait, empty, to be added to the running cluster CLUSTER_ID",
+        help="on first start: join the running cluster CLUSTER_ID, empty, as the member its "
+        "add made (needs --incarnation)",
+    )
+    p.add_argument(
+        "--incarnation",
+        type=int,
+        metavar="N",
+        help="with --join: the index of the CONFIG entry that added this member",
     )
     p.add_argument(
         "--address",
@@ -269,7 +279,9 @@ async def serve(args: argparse.Namespace) -> int:
         storage.close()
         raise StartupError(EXIT_USAGE, f"{me.id}: {exc}") from None
     try:
-        member = _establish_member(storage, config, me.id, args.bootstrap, args.join)
+        member = _establish_member(
+            storage, config, me.id, args.bootstrap, args.join, args.incarnation
+        )
         return await _run(config, me, peers, key, credentials, storage, member)
     finally:
         storage.close()
@@ -281,12 +293,27 @@ def _establish_member(
     node_id: str,
     bootstrap: str | None,
     join: str | None,
+    incarnation: int | None,
 ) -> MemberRecord:
     """The data directory's member record, written first if --bootstrap or --join says what it
     is; StartupError if it has none and may not get one, or belongs to another cluster."""
     given = bootstrap if bootstrap is not None else join
     where = storage.data_dir
     record = storage.member
+    if (join is None) != (incarnation is None):
+        raise StartupError(
+            EXIT_USAGE,
+            f"{node_id}: --join and --incarnation go together: a member joins as the "
+            "incarnation its add made (the index Membership.ChangeMembership answered)",
+        )
+    if incarnation is not None and incarnation < 1:
+        raise StartupError(EXIT_USAGE, f"{node_id}: --incarnation {incarnation}: must be >= 1")
+    if record is not None and incarnation is not None and incarnation != record.incarnation:
+        raise StartupError(
+            EXIT_USAGE,
+            f"{node_id}: {where} is incarnation {record.incarnation} of {node_id}, not "
+            f"{incarnation}: the data of an earlier incarnation (replace it with an empty one)",
+        )
     if record is not None:
         if given is not None and given != record.cluster_id:
             flag = "--bootstrap" if bootstrap is not None else "--join"
@@ -312,14 +339,16 @@ def _establish_member(
                 f"{node_id}: --join: {where} already holds Raft data; a member joins with an "
                 "empty data directory",
             )
-        record = MemberRecord(join, None)
+        assert incarnation is not None  # checked above
+        record = MemberRecord(join, incarnation)
     elif storage.holds_nothing():
         raise StartupError(
             EXIT_NOT_MEMBER,
             f"{node_id}: {where} is empty: this node lost its data (or never had any), and it "
             f"will not come back as member {node_id}, whose votes and entries the cluster may "
             f"still count on. Replace it: `replace {node_id}` in the supervisor's REPL (or "
-            f"remove {node_id}, start it with --join CLUSTER_ID and add it). A new cluster's "
+            f"remove {node_id}, add it, and start it with --join CLUSTER_ID --incarnation N). "
+            "A new cluster's "
             "members start with --bootstrap CLUSTER_ID (`python -m supervisor up` does that).",
         )
     else:
@@ -441,7 +470,7 @@ async def _serve_with(
             config.cluster,
             driver.step,
             driver.receive_snapshot,
-            conf=lambda: driver.core.conf,  # learners are peers too
+            confs=driver.peer_confs,  # learners are peers too
             incarnation=driver.own_incarnation,
             spool=lambda: driver.snapshot_spool,
             certificates=credentials is not None,

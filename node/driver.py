@@ -24,7 +24,6 @@ Imports the core, storage, chat, transport and config; nothing of the gRPC chat 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import heapq
 import logging
 from collections import deque
@@ -507,24 +506,16 @@ class RaftDriver(Generic[R]):
         self.core.report_snapshot(peer, ok=ok)
         self._wake.set()
 
-    def current_conf(self) -> ConfState:
-        return self.core.conf
+    def peer_confs(self) -> tuple[ConfState, ...]:
+        latest = self.core.conf
+        committed = self.core.conf_at(max(self.core.log.committed, self.core.log.snapshot_index()))
+        return (latest,) if committed == latest else (latest, committed)
 
-    def own_incarnation(self) -> int | None:
-        """From the member record; 0 (an initial member) for storage that has none (tests)."""
+    def own_incarnation(self) -> int:
+        """From the member record, which node.__main__ never starts without; a storage that
+        has none is an initial member's (the driver-level tests)."""
         member = self.storage.member
         return 0 if member is None else member.incarnation
-
-    async def _learn_incarnation(self, conf: ConfState) -> None:
-        """A joining member records its incarnation once a committed configuration (an
-        applied CONFIG entry, an installed snapshot) has it as a member: from then on it sends
-        it, and refuses messages meant for another incarnation of its name."""
-        member = self.storage.member
-        if member is None or member.incarnation is not None or self.id not in conf:
-            return
-        learnt = dataclasses.replace(member, incarnation=conf.incarnation(self.id))
-        await self._storage_pool.run(self.storage.record_member, learnt)
-        logger.info("%s is incarnation %d of its name", self.id, learnt.incarnation)
 
     async def open_snapshot(self, meta: SnapshotMeta) -> SnapshotSource:
         reader = await self._storage_pool.run(self.storage.open_snapshot)
@@ -600,9 +591,26 @@ class RaftDriver(Generic[R]):
             logger.info("%s became leader at term %d", self.id, soft.term)
         elif was_leader:
             logger.info("%s lost leadership at term %d", self.id, soft.term)
-            self._fail_all(OutcomeUnknownError("leadership was lost before the write was applied"))
+            self._fail_uncommitted(
+                OutcomeUnknownError("leadership was lost before the write was applied")
+            )
             for listener in list(self._leadership_listeners):
                 listener()
+
+    def _fail_uncommitted(self, exc: Exception) -> None:
+        """Leadership lost: what this node knows committed will be applied here and resolved
+        then (a leader that removed itself steps down the moment its removal commits); the
+        rest may or may not commit under the next leader."""
+        committed = self.core.log.committed
+        for index in [i for i in self._proposals if i > committed]:
+            pending = self._proposals.pop(index)
+            if not pending.future.done():
+                pending.future.set_exception(exc)
+        # The kept ones keep their deadlines (in _deadlines), should they never be applied.
+        reads, self._reads = self._reads, {}
+        for f in reads.values():
+            if not f.done():
+                f.set_exception(NoQuorumError())
 
     def _fail_all(self, exc: Exception) -> None:
         proposals, self._proposals = self._proposals, {}
@@ -640,8 +648,6 @@ class RaftDriver(Generic[R]):
             confs = [e.data for e in batch if e.kind is EntryKind.CONFIG]
             conf = confs[-1].decode() if confs else None
             results = await self._apply_pool.run(self.state.apply_batch, items, conf)
-            if confs:  # before the applied index moves: whoever waits on it sees the record
-                await self._learn_incarnation(decode_conf(confs[-1]))
             self._applied(batch, results)
         self._maybe_snapshot()
 
@@ -709,7 +715,6 @@ class RaftDriver(Generic[R]):
                 # The storage first: once it holds the snapshot, a crash before the state
                 # switches is repaired at start (_restore_from_snapshot).
                 await self._storage_pool.run(self.storage.install_snapshot, meta, path)
-                await self._learn_incarnation(meta.conf)
                 await self._apply_pool.run(self.state.install, path)
                 self.applied_index = LogIndex(max(self.applied_index, meta.index))
                 self._applied_bytes_since_snapshot = 0

@@ -70,13 +70,15 @@ class TransportEvents(Protocol):
 
     def on_snapshot_sent(self, peer: NodeId, ok: bool) -> None: ...
 
-    def current_conf(self) -> ConfState:
-        """The configuration in force here: who the peers are, and their incarnations."""
+    def peer_confs(self) -> tuple[ConfState, ...]:
+        """The configuration in force here, then the committed one if it differs: the peers
+        are the members of either, with their incarnations. A leader that removed itself goes
+        on leading until its removal commits (thesis §4.2.2), so its followers, which put the
+        removal in force as soon as it reached their logs, must still hear and answer it."""
         ...
 
-    def own_incarnation(self) -> int | None:
-        """This member's incarnation (ConfState); None while a joining member has not yet
-        learnt it from a committed configuration."""
+    def own_incarnation(self) -> int:
+        """This member's incarnation (ConfState), from its member record."""
         ...
 
     async def open_snapshot(self, meta: SnapshotMeta) -> SnapshotSource:

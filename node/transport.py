@@ -146,7 +146,7 @@ class GrpcTransport:
         cluster: str,
         key: bytes,
         credentials: grpc.ChannelCredentials | None,
-        cluster_id: str = "",
+        cluster_id: str,
     ) -> None:
         self._node_id = node_id
         self._peers = peers
@@ -172,7 +172,7 @@ class GrpcTransport:
         events = self._events
         if events is None:
             return
-        members = events.current_conf().members()
+        members = {m for conf in events.peer_confs() for m in conf.members()}
         wanted = {NodeId(n) for n in (members or self._peers.known())} - {self._node_id}
         for peer in sorted(wanted):
             address = self._peers.peer_address(peer)
@@ -235,7 +235,7 @@ class PeerLink:
         key: bytes,
         events: TransportEvents,
         credentials: grpc.ChannelCredentials | None,
-        cluster_id: str = "",
+        cluster_id: str,
     ) -> None:
         self.node_id = node_id
         self.peer = peer
@@ -291,13 +291,11 @@ class PeerLink:
 
     def _incarnations(self) -> raft_pb2.Incarnations:
         """Ours and the peer's, as this node knows them now (RaftService checks them)."""
-        stamp = raft_pb2.Incarnations()
-        mine = self._events.own_incarnation()
-        if mine is not None:
-            stamp.sender = mine
-        conf = self._events.current_conf()
-        if self.peer in conf:
-            stamp.receiver = conf.incarnation(self.peer)
+        stamp = raft_pb2.Incarnations(sender=self._events.own_incarnation())
+        for conf in self._events.peer_confs():
+            if self.peer in conf:
+                stamp.receiver = conf.incarnation(self.peer)
+                break
         return stamp
 
     async def _run(self) -> None:
@@ -315,6 +313,7 @@ class PeerLink:
                     wait_for_ready=True,
                 )
                 backoff_s = 0.05
+                self._last_refusal = ""  # a later refusal is news again
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError as exc:
@@ -394,7 +393,7 @@ class SnapshotSourceError(Exception):
 
 
 async def snapshot_chunks(
-    m: Message, source: SnapshotSource, incarnations: raft_pb2.Incarnations | None = None
+    m: Message, source: SnapshotSource, incarnations: raft_pb2.Incarnations
 ) -> AsyncIterator[raft_pb2.SnapshotChunk]:
     """The InstallSnapshot stream of `m`'s snapshot: the first chunk carries the message, the
     last says so. Each chunk is read (in a thread) only when gRPC asks for it, so at most one
@@ -414,8 +413,7 @@ async def snapshot_chunks(
         chunk = raft_pb2.SnapshotChunk(offset=offset, data=piece, last=last)
         if first:
             chunk.message.CopyFrom(message_to_pb(m))
-            if incarnations is not None:
-                chunk.incarnations.CopyFrom(incarnations)
+            chunk.incarnations.CopyFrom(incarnations)
             first = False
         yield chunk
         offset += len(piece)
@@ -429,16 +427,17 @@ class RaftService(raft_pb2_grpc.RaftServicer):
 
     A stream carries the messages of one sender: the first message names it, it must be a
     member other than this node, and every later message on that stream must name it too.
-    With `certificates`, the caller's certificate must name the sender as well. `conf` gives
-    the current configuration, learners included; empty on a node that has not learnt one yet
-    (a member being added), which hears any sender the certificate (or the cluster key)
+    With `certificates`, the caller's certificate must name the sender as well. `confs` gives
+    the configuration in force and the committed one (TransportEvents.peer_confs): a member
+    of either, learners included, is a peer. Both are empty on a node that has not learnt one
+    yet (a member being added), which hears any sender the certificate (or the cluster key)
     vouches for. Every call must come from the same cluster: its metadata carries the caller's
     cluster id, which must be `cluster_id` (a data directory of another cluster that shares
     the name, CA and key is refused).
 
     And every batch must be between the incarnations each side knows (ConfState): one meant
-    for another incarnation of this node (`incarnation`: ours, None while a joining member has
-    not learnt it) is refused, as is one from another incarnation of the sender than the
+    for another incarnation of this node (`incarnation`: ours) is refused, as is one that does
+    not say which incarnation of the sender it is from, or from another one than the
     configuration's. So a member replaced after it lost its disk, and the machine that comes
     back with the old disk, never exchange a vote or an entry under the one name.
     """
@@ -449,12 +448,12 @@ class RaftService(raft_pb2_grpc.RaftServicer):
         cluster: str,
         deliver: Callable[[Message], None],
         deliver_snapshot: Callable[[Message, Path], Awaitable[None]],
-        conf: Callable[[], ConfState],
+        confs: Callable[[], tuple[ConfState, ...]],
         *,
         spool: Callable[[], Path],
         certificates: bool,
-        cluster_id: str = "",
-        incarnation: Callable[[], int | None] = lambda: 0,
+        cluster_id: str,
+        incarnation: Callable[[], int],
     ) -> None:
         self._certificates = certificates
         self._id = node_id
@@ -462,7 +461,7 @@ class RaftService(raft_pb2_grpc.RaftServicer):
         self._cluster_id = cluster_id
         self._deliver = deliver
         self._deliver_snapshot = deliver_snapshot
-        self._conf = conf
+        self._confs = confs
         self._incarnation = incarnation
         self._spool = spool  # asked per snapshot: the directory incoming ones are written in
 
@@ -575,32 +574,26 @@ class RaftService(raft_pb2_grpc.RaftServicer):
         self, sender: NodeId, stamp: raft_pb2.Incarnations, context: Context
     ) -> None:
         mine = self._incarnation()
-        if stamp.HasField("receiver"):
-            meant = stamp.receiver
-            # A joining member is never incarnation 0, an initial member's.
-            if (mine is None and meant == 0) or (mine is not None and meant != mine):
-                known = "not yet known (it joined)" if mine is None else str(mine)
-                await context.abort(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"{sender}'s configuration has incarnation {meant} of {self._id}, but this "
-                    f"is its incarnation {known}: one of the two was replaced (`replace "
-                    f"{self._id}`), and they share no Raft state",
-                )
-        conf = self._conf()
-        if sender not in conf:
-            return
-        expected = conf.incarnation(sender)
-        if stamp.HasField("sender") and stamp.sender != expected:
+        if stamp.HasField("receiver") and stamp.receiver != mine:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{sender}'s configuration has incarnation {stamp.receiver} of {self._id}, but "
+                f"this is its incarnation {mine}: one of the two is the data of a replaced "
+                "member, and they share no Raft state",
+            )
+        if not stamp.HasField("sender"):
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"a batch from {sender} that does not say which incarnation of {sender} it is "
+                "from (every member stamps its own)",
+            )
+        conf = next((c for c in self._confs() if sender in c), None)
+        if conf is not None and stamp.sender != conf.incarnation(sender):
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"a message from incarnation {stamp.sender} of {sender}, but {self._id}'s "
-                f"configuration has its incarnation {expected}: that {sender} was replaced",
-            )
-        if not stamp.HasField("sender") and expected == 0:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"a message from a joining {sender}, but {self._id}'s configuration has {sender} "
-                "as an initial member: it was not added",
+                f"configuration has its incarnation {conf.incarnation(sender)}: one of the two "
+                "is the data of a replaced member",
             )
 
     async def _decode(self, pb: raft_pb2.RaftMessage, context: Context) -> Message:
@@ -614,7 +607,8 @@ class RaftService(raft_pb2_grpc.RaftServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"message for {m.to} delivered to {self._id}: check the --peer addresses",
             )
-        members = self._conf().members()  # empty: not yet told the configuration (being added)
+        # Empty: not yet told the configuration (a member being added).
+        members = {m for conf in self._confs() for m in conf.members()}
         if m.sender == self._id or (members and m.sender not in members):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,

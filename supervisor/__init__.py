@@ -16,6 +16,7 @@ The library, each module importing only those above it in this list:
     sender      Sender: leader-following chat calls over raw gRPC, request ids in one place
     cluster     Cluster: the API tests, benchmarks and the tools use, from a cluster.yaml path
                 or a ClusterConfig (relocate one with dataclasses.replace)
+    membership  Membership: members, add, remove, replace on a running Cluster
     chaos       Chaos, ChaosRunner: one random fault per interval, at most a minority
 
 The tools, which nothing in the library imports:

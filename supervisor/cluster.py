@@ -59,12 +59,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import node as node_package
 from node.config import (
+    PEERS_FILE,
     TOOL_NAME,
     ClusterConfig,
     ConfigError,
+    NodeAddress,
     certificate_name,
     load_config,
     read_cluster_key,
+    write_peers_file,
 )
 from protos import chat_pb2, chat_pb2_grpc
 from protos.vocabulary import CLIENT_CHANNEL_OPTIONS, describe_rpc_error, role_name
@@ -277,6 +280,8 @@ class Cluster:
         self._lock = threading.RLock()
         self._closing = threading.Event()
         self.cluster_id = ""  # data_dir/cluster.id, after start()
+        self._added: dict[str, formation.AddedMember] = {}  # data_dir/members.json
+        self._removed: set[str] = set()  # members removed: no longer this cluster's nodes
         self._started = False
         self._up = False  # start() completed: later exits are news (during it, errors)
 
@@ -284,11 +289,25 @@ class Cluster:
 
     @property
     def node_ids(self) -> tuple[str, ...]:
-        return self.config.node_ids
+        """cluster.yaml's nodes, then the members added since (data_dir/members.json)."""
+        initial = self.config.node_ids
+        ids = (*initial, *(n for n in self._added if n not in initial))
+        return tuple(n for n in ids if n not in self._removed)
 
     @property
     def size(self) -> int:
-        return len(self.config.nodes)
+        return len(self.node_ids)
+
+    def node_address(self, node_id: str) -> NodeAddress:
+        """Where the node serves: its cluster.yaml entry, or what `add` gave it."""
+        if self._known(node_id) in self.config.node_ids:
+            return self.config.node(node_id)
+        return self._added[node_id].address
+
+    def added(self) -> dict[str, formation.AddedMember]:
+        """The members added after the cluster formed, in the order they were added."""
+        with self._lock:
+            return dict(self._added)
 
     @property
     def data_dir(self) -> Path:
@@ -301,7 +320,7 @@ class Cluster:
     def address(self, node_id: str) -> str:
         """Where clients reach the node (its configured host:port; clients never go through the
         proxies)."""
-        return self.config.node(self._known(node_id)).address
+        return self.node_address(node_id).address
 
     def log_path(self, node_id: str) -> Path:
         return self.config.node_dir(self._known(node_id)) / "node.log"
@@ -352,13 +371,15 @@ class Cluster:
             self._ensure_key()
             read_cluster_key(self.config)  # ConfigError now rather than a node exiting with 2
             self.cluster_id = formation.ensure_cluster_id(self.config)
+            self._added = formation.read_added(self.config)
+            self._removed = formation.read_removed(self.config)
             self._ensure_tls()
             if self.use_links:
                 # The proxies front the peer ports: Raft and forwarded writes, TLS untouched.
-                self.network = LinkNetwork({n.id: (n.host, n.peer_port) for n in self.config.nodes})
-                self.network.start(
-                    avoid_ports={p for n in self.config.nodes for p in (n.port, n.peer_port)}
-                )
+                nodes = [self.node_address(n) for n in self.node_ids]
+                self.network = LinkNetwork({n.id: (n.host, n.peer_port) for n in nodes})
+                self.network.start(avoid_ports={p for n in nodes for p in (n.port, n.peer_port)})
+            self.write_peers_files()  # the added members' addresses, proxies or not
             self._table = ProcessTable(
                 {node_id: self._make_process(node_id) for node_id in self.node_ids},
                 on_exit=self._node_exited,
@@ -408,8 +429,11 @@ class Cluster:
         self._check_open()
         if process.running:
             raise ClusterError(f"node {node_id} is already running (pid {process.pid})")
-        check_addresses_free(self.config, [node_id])
+        self._check_free(node_id)
         self._drop_channel(node_id)  # a fresh channel: no reconnect backoff from its downtime
+        added = self._added.get(node_id)
+        if added is not None and not added.joined and added.incarnation < 1:
+            raise ClusterError(f"{node_id} is not added yet: `replace {node_id}` adds it")
         process.argv = self._node_argv(node_id)  # --bootstrap only until the cluster formed
         pid = process.spawn()
         if wait:
@@ -559,10 +583,8 @@ class Cluster:
     # -- internals ----------------------------------------------------------------------------
 
     def _known(self, node_id: str) -> str:
-        if node_id not in self.config.node_ids:
-            raise UnknownNodeError(
-                f"no node {node_id!r} (nodes are {', '.join(self.config.node_ids)})"
-            )
+        if node_id not in self.node_ids:
+            raise UnknownNodeError(f"no node {node_id!r} (nodes are {', '.join(self.node_ids)})")
         return node_id
 
     def _process(self, node_id: str) -> NodeProcess:
@@ -587,12 +609,24 @@ class Cluster:
         """The node's command line for its next start."""
         source = STDIN_PATH if self._node_config is not None else str(self.config.path)
         argv = [*self.node_command, "--config", source, "--id", node_id]
-        if not formation.is_formed(self.config):
+        added = self._added.get(node_id)
+        if added is not None and node_id not in self.config.node_ids:
+            # A member added later: in no cluster.yaml, so it says where it serves.
+            argv += ["--address", added.address.address]
+            argv += ["--peer-address", added.address.peer_address]
+        if added is not None and not added.joined:
+            # Added (or replaced): --join as the incarnation its add made, on its first start
+            # only. After that an empty data directory must not join again as if nothing had
+            # happened: it exits, and is replaced.
+            argv += ["--join", self.cluster_id, "--incarnation", str(added.incarnation)]
+        elif added is None and not formation.is_formed(self.config):
             # Only an initial member forms the cluster, and only until it has: a member whose
             # data is lost later must not form a cluster of its own (supervisor.formation).
             argv += ["--bootstrap", self.cluster_id]
         if self.network is not None:
-            argv += self.network.peer_arguments(node_id)
+            # The added members' proxies are in the node's peers file (write_peers_files).
+            initial = [n for n in self.config.node_ids if n in self.node_ids]  # not removed
+            argv += self.network.peer_arguments(node_id, initial)
         # The node writes its log itself, rotated by size, so that no client can fill the disk
         # through it; the process's own stdout and stderr (Python's last words, if it dies)
         # are appended to the same file.
@@ -613,6 +647,104 @@ class Cluster:
             env=env,
             stdin_data=self._node_config,
         )
+
+    def _check_free(self, node_id: str) -> None:
+        if node_id in self.config.node_ids:
+            check_addresses_free(self.config, [node_id])
+            return
+        node = self.node_address(node_id)
+        where = f"{formation.ADDED_NAME}: {node_id}"
+        _check_free(where, node.host, "port", node.port, node.address)
+        _check_free(where, node.host, "peer_port", node.peer_port, node.peer_address)
+
+    def write_peers_files(self) -> None:
+        """Write every node's data_dir/N/peers: how it reaches each member added after the
+        cluster formed (through the proxy of that link), and the client address it names to
+        clients. Written before an add is proposed: nodes read it at every configuration
+        change (node.peers)."""
+        with self._lock:
+            added = dict(self._added)
+        for node_id in self.node_ids:
+            peers = {}
+            for member, entry in added.items():
+                if member == node_id or member in self.config.node_ids:
+                    continue  # the initial members are in cluster.yaml (and --peer)
+                dial = entry.address.peer_address
+                if self.network is not None:
+                    dial = self.network.address(node_id, member)
+                peers[member] = (dial, entry.address.address)
+            node_dir = self.config.node_dir(node_id)
+            node_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_peers_file(node_dir / PEERS_FILE, peers)
+
+    def register_member(self, address: NodeAddress) -> None:
+        """Make a new member known (main thread): recorded in data_dir/members.json (not yet
+        joined), its links added, its process made, every peers file rewritten. It is not
+        started, and not yet in the configuration (supervisor.membership adds it)."""
+        with self._lock:
+            if address.id in self.node_ids:
+                raise ClusterError(f"node {address.id} is already known")
+            self._removed.discard(address.id)
+            self._added[address.id] = formation.AddedMember(address)
+            formation.write_added(self.config, self._added, self._removed)
+        if self.network is not None and address.id not in self.network.nodes:
+            self.network.add_node(address.id, (address.host, address.peer_port))
+        if self._table is None:
+            raise ClusterError("the cluster is not started")
+        if address.id not in self._table.processes:  # (a member removed before has one)
+            self._table.add(self._make_process(address.id))
+        self.write_peers_files()
+
+    def set_incarnation(self, node_id: str, incarnation: int) -> None:
+        """The member's add was made, at index `incarnation`: its first start joins as that."""
+        with self._lock:
+            entry = self._added[node_id]
+            self._added[node_id] = formation.AddedMember(entry.address, incarnation)
+            formation.write_added(self.config, self._added, self._removed)
+
+    def mark_joined(self, node_id: str) -> None:
+        """The member started once (its data directory records it): no --join from now on."""
+        with self._lock:
+            entry = self._added.get(node_id)
+            if entry is None or entry.joined:
+                return
+            self._added[node_id] = formation.AddedMember(
+                entry.address, entry.incarnation, joined=True
+            )
+            formation.write_added(self.config, self._added, self._removed)
+
+    def mark_rejoining(self, node_id: str) -> None:
+        """The member is being replaced (its data wiped): it is added again, then joins."""
+        with self._lock:
+            address = self.node_address(node_id)
+            self._added[node_id] = formation.AddedMember(address, joined=False)
+            formation.write_added(self.config, self._added, self._removed)
+
+    def mark_removed(self, node_id: str) -> None:
+        """The member was removed and its process stopped: no longer one of this cluster's
+        nodes (status, `up`), until it is added again."""
+        if self._process(node_id).running:
+            raise ClusterError(f"node {node_id} is running: stop it before it is forgotten")
+        with self._lock:
+            self._removed.add(node_id)
+            self._added.pop(node_id, None)
+            formation.write_added(self.config, self._added, self._removed)
+
+    def removed(self) -> set[str]:
+        with self._lock:
+            return set(self._removed)
+
+    def wipe_node(self, node_id: str) -> None:
+        """Remove the data directory of a node that is down (`replace`)."""
+        if self._process(node_id).running:
+            raise ClusterError(f"node {node_id} is running: stop it before its data is wiped")
+        node_dir = self.config.node_dir(node_id)
+        try:
+            if node_dir.is_dir() and not node_dir.is_symlink():
+                shutil.rmtree(node_dir)
+        except OSError as error:
+            raise ClusterError(f"cannot wipe {error.filename}: {error.strerror}") from None
+        self.write_peers_files()
 
     def _node_exited(self, exit: NodeExit) -> None:
         self.unexpected_exits.append(exit)
@@ -635,6 +767,10 @@ class Cluster:
                 self._channels[node_id] = channel
             return channel
 
+    def peer_channel(self, node_id: str) -> grpc.Channel:
+        """A channel to the node's peer port with the tool certificate (Membership, digests)."""
+        return self._peer_channel(node_id)
+
     def _peer_channel(self, node_id: str) -> grpc.Channel:
         """A channel to the node's peer port (directly, not through a proxy) with the tool
         certificate, checked against the node's member name."""
@@ -643,7 +779,7 @@ class Cluster:
             channel = self._peer_channels.get(node_id)
             if channel is None:
                 channel = secure_channel(
-                    self.config.node(node_id).peer_address,
+                    self.node_address(node_id).peer_address,
                     self.tool_credentials,
                     CLIENT_CHANNEL_OPTIONS,
                     target_name=certificate_name(node_id, self.config.cluster),
@@ -694,7 +830,9 @@ class Cluster:
         """--fresh: remove each node's directory and a cluster key the supervisor wrote. Only
         those: data_dir may hold other things, which are not ours to delete."""
         try:
-            for node_id in self.node_ids:
+            # and every member added since (data_dir/members.json, which is wiped below)
+            added = formation.read_added(self.config) if self.config.data_dir.exists() else {}
+            for node_id in dict.fromkeys([*self.config.node_ids, *added]):
                 node_dir = self.config.node_dir(node_id)
                 if node_dir.is_dir() and not node_dir.is_symlink():
                     shutil.rmtree(node_dir)

@@ -2,6 +2,11 @@
 
     data_dir/cluster.id       the cluster's id: made once, by the `up` that forms the cluster
     data_dir/cluster.formed   written when that cluster first elected a leader
+    data_dir/members.json     the members added after it formed (`add`, `replace`): where
+                              each serves, its incarnation (the index of the entry that
+                              added it), and whether it has joined: `up` resumes them, and
+                              passes --join only until the member first started; and the
+                              members removed since (`up` starts them no more)
 
 A node learns which cluster it belongs to on its first start: the supervisor passes
 `--bootstrap ID` to the initial members until cluster.formed exists, and neither flag after it.
@@ -16,14 +21,17 @@ Standard library only, plus node.config.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 
-from node.config import ClusterConfig, ConfigError
+from node.config import ClusterConfig, ConfigError, NodeAddress
 
 ID_NAME = "cluster.id"
 FORMED_NAME = "cluster.formed"
+ADDED_NAME = "members.json"
 ID_BYTES = 8  # 16 hex digits: ids are compared for equality, never guessed at
 
 
@@ -77,9 +85,80 @@ def record_formed(config: ClusterConfig, leader: str) -> None:
 
 
 def wipe(config: ClusterConfig) -> None:
-    """`up --fresh`: forget the cluster's id and that it formed."""
-    for path in (id_file(config), formed_file(config)):
+    """`up --fresh`: forget the cluster's id, that it formed, and the members added to it."""
+    for path in (id_file(config), formed_file(config), config.data_dir / ADDED_NAME):
         path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True, slots=True)
+class AddedMember:
+    """A member added after the cluster formed (or replaced): where it serves, its incarnation
+    (0 until its add is made), and whether it has started once (until then it starts with
+    --join ID --incarnation N)."""
+
+    address: NodeAddress
+    incarnation: int = 0
+    joined: bool = False
+
+
+def read_added(config: ClusterConfig) -> dict[str, AddedMember]:
+    """The members added to the cluster of data_dir, in the order they were added."""
+    return _read_members(config)[0]
+
+
+def read_removed(config: ClusterConfig) -> set[str]:
+    """The members removed from the cluster of data_dir."""
+    return _read_members(config)[1]
+
+
+def _read_members(config: ClusterConfig) -> tuple[dict[str, AddedMember], set[str]]:
+    path = config.data_dir / ADDED_NAME
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}, set()
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{config.path}: data_dir: cannot read {path}: {error}") from None
+    try:
+        added = {
+            node: AddedMember(
+                NodeAddress(node, str(e["host"]), int(e["port"]), int(e["peer_port"])),
+                int(e["incarnation"]),
+                bool(e["joined"]),
+            )
+            for node, e in doc["added"].items()
+        }
+        return added, {str(n) for n in doc["removed"]}
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        raise ConfigError(f"{config.path}: data_dir: {path} is malformed: {error!r}") from None
+
+
+def write_added(
+    config: ClusterConfig, added: dict[str, AddedMember], removed: set[str] | None = None
+) -> None:
+    """Replace data_dir/members.json (atomically, durably)."""
+    doc = {
+        "added": {
+            node: {
+                "host": m.address.host,
+                "port": m.address.port,
+                "peer_port": m.address.peer_port,
+                "incarnation": m.incarnation,
+                "joined": m.joined,
+            }
+            for node, m in added.items()
+        },
+        "removed": sorted(removed or ()),
+    }
+    path = config.data_dir / ADDED_NAME
+    staged = path.with_name(path.name + ".new")
+    with open(staged, "w", encoding="utf-8") as file:
+        json.dump(doc, file, indent=1)
+        file.write("\n")
+        file.flush()
+        os.fsync(file.fileno())
+    staged.replace(path)
+    _fsync_dir(config.data_dir)
 
 
 def _write_new(config: ClusterConfig, path: Path, text: str) -> None:
@@ -97,7 +176,11 @@ def _write_new(config: ClusterConfig, path: Path, text: str) -> None:
         file.write(text)
         file.flush()
         os.fsync(file.fileno())
-    dir_fd = os.open(config.data_dir, os.O_RDONLY | os.O_DIRECTORY)
+    _fsync_dir(config.data_dir)
+
+
+def _fsync_dir(path: Path) -> None:
+    dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)
     finally:

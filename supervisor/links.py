@@ -486,6 +486,7 @@ class LinkNetwork:
         if len(targets) < 1:
             raise LinkError("a network needs at least one node")
         self.nodes: tuple[str, ...] = tuple(targets)
+        self._targets = dict(targets)  # node -> the (host, port) its proxies forward to
         self._links: dict[tuple[str, str], Link] = {
             (source, target): Link(source, target, targets[target])
             for source in self.nodes
@@ -574,13 +575,37 @@ class LinkNetwork:
         """Where `source` dials to reach `target` (`127.0.0.1:port`)."""
         return self._link(source, target).address
 
-    def peer_arguments(self, source: str) -> list[str]:
-        """The node's `--peer ID=HOST:PORT` arguments: every peer through its proxy."""
+    def peer_arguments(self, source: str, targets: Iterable[str] | None = None) -> list[str]:
+        """The node's `--peer ID=HOST:PORT` arguments: every peer (of `targets`, default
+        all) through its proxy."""
         arguments: list[str] = []
-        for target in self.nodes:
+        for target in self.nodes if targets is None else targets:
             if target != source:
                 arguments += ["--peer", f"{target}={self.address(source, target)}"]
         return arguments
+
+    def add_node(self, node: str, target: tuple[str, int]) -> None:
+        """Give a new node (a member added to the cluster) its links to and from every other
+        node, each through a proxy of its own. During a partition it is a group of its own,
+        cut off from every other, until heal() or a partition that names it."""
+        with self._lock:
+            if node in self._slow_ms:
+                raise LinkError(f"node {node!r} already has its links")
+            self._call(self._add_links(node, target), timeout_s=30)
+            self.nodes = (*self.nodes, node)
+            self._slow_ms[node] = 0.0
+            if self._groups is not None:
+                self._groups = (*self._groups, (node,))
+            self._apply()
+        logger.info("links for %s added", node)
+
+    async def _add_links(self, node: str, target: tuple[str, int]) -> None:
+        new = [Link(node, other, self._targets[other]) for other in self.nodes]
+        new += [Link(other, node, target) for other in self.nodes]
+        for link in new:
+            await link.start()
+            self._links[(link.source, link.target)] = link
+        self._targets[node] = target
 
     def partition(self, groups: Iterable[Iterable[str]]) -> Groups:
         """Cut every link between different groups (the nodes no group names form one more);

@@ -397,6 +397,12 @@ class ProcessTable:
     def __getitem__(self, node_id: str) -> NodeProcess:
         return self.processes[node_id]
 
+    def add(self, process: NodeProcess) -> None:
+        """A node added to the cluster (not started); the monitor watches it from now on."""
+        if process.node_id in self.processes:
+            raise ProcessError(f"node {process.node_id} already has a process")
+        self.processes = {**self.processes, process.node_id: process}
+
     def start_monitor(self) -> None:
         if self._monitor is None:
             self._monitor = threading.Thread(target=self._watch, name="node-monitor", daemon=True)

@@ -55,6 +55,7 @@ from supervisor.chaos import (
 from supervisor.cluster import Cluster, NodeStatus, majority_leader
 from supervisor.errors import SupervisorError
 from supervisor.links import Groups, format_groups
+from supervisor.membership import Membership, MembersView
 from supervisor.processes import NodeExit, ProcessState, describe_exit
 
 T = TypeVar("T")
@@ -232,6 +233,7 @@ class Repl:
         self.failures = 0
         self.view: list[NodeStatus] = []  # the last status seen (the toolbar's roles)
         self.chaos: ChaosRunner | None = None  # running while not None
+        self.membership = Membership(cluster)
 
     async def close(self) -> None:
         """The session ends (quit, Ctrl-D, end of script): stop chaos's timer once its step in
@@ -482,6 +484,91 @@ async def _restart(repl: Repl, args: list[str]) -> None:
     if repl.cluster.pid(node_id) is not None:
         await repl.blocking(repl.cluster.stop, node_id)
     await _spawn_and_wait(repl, node_id)
+
+
+def _format_members(view: MembersView) -> str:
+    lines = [f"members (as {view.answered_by} sees them; leader {view.leader or 'unknown'}):"]
+    for m in view.members:
+        progress = f"  match {m.match_index}, lag {m.lag}" if m.match_index is not None else ""
+        born = "initial" if m.incarnation == 0 else f"incarnation {m.incarnation}"
+        lines.append(f"  {m.id:<6} {m.role:<8} {born}{progress}")
+    if view.pending_change_index:
+        lines.append(f"  a change at index {view.pending_change_index} is not yet committed")
+    return "\n".join(lines)
+
+
+@command(
+    "members",
+    "",
+    "the cluster's membership: voters, learners, incarnations, lag",
+    "members",
+    "Asks the leader's Membership service (with the tool certificate) who the members are: "
+    "each one's role, its incarnation (initial, or the index of the entry that added it) and, "
+    "on the leader, how far its log is behind.",
+)
+async def _members(repl: Repl, args: list[str]) -> None:
+    if args:
+        raise CommandError(f"members takes no arguments, got {args}")
+    repl.out.info(_format_members(await repl.blocking(repl.membership.members)))
+
+
+@command(
+    "add",
+    "N",
+    "add a new member N: it joins empty, catches up as a learner, then votes",
+    "add d",
+    "Gives the new member free ports on 127.0.0.1, a certificate from the cluster's CA and "
+    "links through proxies (so partitions cut it like any other), writes every node's peers "
+    "file, adds it as a learner (that entry's index is its incarnation), starts it empty with "
+    "--join ID --incarnation N, waits until its log has caught up and promotes it to voter. "
+    "One change at a time (single-server changes).",
+)
+async def _add(repl: Repl, args: list[str]) -> None:
+    if len(args) != 1:
+        raise CommandError("add takes one new node id: add d")
+    node_id = args[0]
+    started = time.monotonic()
+    await repl.blocking(repl.membership.prepare_add, node_id)
+    repl.cluster.start_node(node_id, wait=False)  # here: the main thread spawns
+    view = await repl.blocking(repl.membership.finish_join, node_id)
+    repl.out.info(f"added {node_id} in {time.monotonic() - started:.1f}s\n" + _format_members(view))
+
+
+@command(
+    "remove",
+    "N",
+    "take member N out of the cluster, then stop it",
+    "remove c",
+    "Proposes the removal of N (a voter or a learner) through the leader and stops its process "
+    "once the change is applied. A leader that removes itself steps down and hands over.",
+    Complete.NODE,
+)
+async def _remove(repl: Repl, args: list[str]) -> None:
+    node_id = repl.node_arg(args)
+    view = await repl.blocking(repl.membership.remove, node_id)
+    repl.out.info(f"removed {node_id}\n" + _format_members(view))
+
+
+@command(
+    "replace",
+    "N",
+    "give member N a new, empty disk: wipe, remove, join, add, promote",
+    "replace b",
+    "For a member that lost its disk (its node exits with code 5) or should get a new one: "
+    "kills it, wipes its data directory, removes it from the configuration and adds it back "
+    "as another incarnation of its name, then starts it empty with --join, so nothing its old "
+    "disk held can ever count again.",
+    Complete.NODE,
+)
+async def _replace(repl: Repl, args: list[str]) -> None:
+    node_id = repl.node_arg(args)
+    started = time.monotonic()
+    await repl.blocking(repl.membership.prepare_replace, node_id)
+    repl.cluster.start_node(node_id, wait=False)  # here: the main thread spawns
+    view = await repl.blocking(repl.membership.finish_join, node_id)
+    repl.out.info(
+        f"replaced {node_id} in {time.monotonic() - started:.1f}s\n" + _format_members(view)
+    )
 
 
 @command(

@@ -97,6 +97,7 @@ SUPERVISOR_LIBRARY = (
     "history",
     "sender",
     "cluster",
+    "membership",
     "chaos",
 )
 
@@ -215,7 +216,7 @@ RULES: dict[str, Rule] = {
             may=(*_library_below(name), "node.config", "protos"),
             external=_forbid("prompt_toolkit"),
         )
-        for name in ("nodeconfig", "formation", "certs", "sender", "chaos")
+        for name in ("nodeconfig", "formation", "certs", "sender", "membership", "chaos")
     },
     **{
         f"supervisor.{name}": Rule(

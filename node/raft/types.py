@@ -60,6 +60,16 @@ class ConfState:
     learners: tuple[NodeId, ...] = ()
     incarnations: tuple[tuple[NodeId, int], ...] = ()
 
+    def __post_init__(self) -> None:
+        names = [name for name, _ in self.incarnations]
+        if names != sorted(set(names)):
+            raise ValueError(f"incarnations must be sorted by name, once each: {self.incarnations}")
+        for name, incarnation in self.incarnations:
+            if name not in self or incarnation < 1:
+                raise ValueError(
+                    f"incarnations list members whose incarnation is not 0: {self.incarnations}"
+                )
+
     def members(self) -> tuple[NodeId, ...]:
         return self.voters + self.learners
 

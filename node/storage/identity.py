@@ -11,8 +11,9 @@ whose directory has none does not start unless told how to form or join one (nod
 The record holds
 - `cluster_id`: the cluster's identity, made once by whoever forms it (`supervisor up` writes
   it to data_dir/cluster.id); Raft traffic between different clusters is refused;
-- `incarnation`: which incarnation of this member's name the directory is. 0 for a member that
-  formed the cluster; None for a member that joined and has not yet learnt it;
+- `incarnation`: which incarnation of this member's name the directory is: 0 for a member that
+  formed the cluster, else the index of the CONFIG entry that added it (the add is made
+  first, and the member is started with its incarnation: `--join ID --incarnation N`);
 - `initial_voters`: the configuration the cluster was formed with (bootstrap members only), the
   base configuration before any snapshot or CONFIG entry says otherwise: it is recorded once
   and never read from cluster.yaml again.
@@ -45,7 +46,7 @@ class MemberRecord:
     """Which cluster a data directory belongs to, and which incarnation of its member it is."""
 
     cluster_id: str
-    incarnation: int | None  # None: joined, not yet told its incarnation
+    incarnation: int  # 0: formed the cluster; else the index of the entry that added it
     initial_voters: tuple[str, ...] = ()  # the configuration it formed with; () if it joined
 
     def encode(self) -> bytes:
@@ -78,9 +79,7 @@ def decode_member(path: Path, raw: bytes) -> MemberRecord:
     cluster_id, incarnation, voters = doc["cluster_id"], doc["incarnation"], doc["initial_voters"]
     if not isinstance(cluster_id, str) or not cluster_id:
         raise StorageCorruptedError(path, 0, f"member record cluster_id {cluster_id!r}")
-    if incarnation is not None and (
-        isinstance(incarnation, bool) or not isinstance(incarnation, int) or incarnation < 0
-    ):
+    if isinstance(incarnation, bool) or not isinstance(incarnation, int) or incarnation < 0:
         raise StorageCorruptedError(path, 0, f"member record incarnation {incarnation!r}")
     if not isinstance(voters, list) or not all(isinstance(v, str) and v for v in voters):
         raise StorageCorruptedError(path, 0, f"member record initial_voters {voters!r}")

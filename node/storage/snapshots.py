@@ -499,7 +499,8 @@ def _crc_of_range(stream: ReadFile, end: int) -> int:
 def _read_header(stream: ReadFile, head: bytes, limit: int) -> _Header | tuple[int, str]:
     """Walk the header after its fixed part `head` (the stream is just past it), reading
     nothing at or past `limit`: the header, or (offset, reason) where it runs past `limit`."""
-    version, member_count = _HEAD.unpack(head)[1], _HEAD.unpack(head)[5]
+    fields = _HEAD.unpack(head)
+    version, member_count = fields[1], fields[5]
     member = _MEMBER if version >= 5 else _MEMBER_V4
     crc = zlib.crc32(head)
     offset = _HEAD.size
@@ -599,7 +600,10 @@ def _layout(path: Path, stream: ReadFile, *, verify: bool) -> _Layout:
             header.data_offset,
             f"data length {header.data_length} disagrees with the file size",
         )
-    conf = ConfState(tuple(voters), tuple(learners), tuple(sorted(incarnations)))
+    try:
+        conf = ConfState(tuple(voters), tuple(learners), tuple(sorted(incarnations)))
+    except ValueError as exc:
+        raise StorageCorruptedError(path, _HEAD.size, f"impossible member list: {exc}") from None
     meta = SnapshotMeta(LogIndex(index), Term(term), conf)
     return _Layout(
         meta, bool(flags & _REPLACES_LOG), header.data_offset, header.data_length, header.crc

@@ -116,9 +116,9 @@ async def test_a_removed_member_back_with_its_old_disk_is_another_incarnation_an
 async def test_a_wiped_member_is_replaced_by_remove_then_join_then_add_and_promote(
     nodes: NodeProcesses,
 ) -> None:
-    """The replace of a member that lost its disk, by hand: remove it, start it empty with
-    --join, add it as a learner, wait until it caught up, promote it. It learns its
-    incarnation, and the cluster commits with it as a voter."""
+    """The replace of a member that lost its disk, by hand: remove it, add it as a learner,
+    start it empty with --join and the incarnation the add answered, wait until it caught up,
+    promote it. The cluster commits with it as a voter."""
     nodes.start_all()
     leader = await nodes.wait_leader()
     lost = next(n for n in nodes.ids if n != leader)
@@ -131,9 +131,13 @@ async def test_a_wiped_member_is_replaced_by_remove_then_join_then_add_and_promo
     nodes.kill(lost)
     shutil.rmtree(nodes.tmp / "data" / lost)
     await change(nodes, leader, pb.REMOVE, lost)
-    raw = nodes.spawn_raw(lost, flags=("--join", cluster_id))
     reply = await change(nodes, leader, pb.ADD_LEARNER, lost)
     incarnation = {m.id: m for m in reply.members.members}[lost].incarnation
+    assert incarnation == reply.members.last_index
+    join = ("--join", cluster_id, "--incarnation", str(incarnation))
+    refused_old = nodes.spawn_raw(lost, flags=("--join", cluster_id))  # no incarnation
+    assert refused_old.wait(15) == 2
+    raw = nodes.spawn_raw(lost, flags=join)
 
     async def caught_up() -> bool:
         view = {m.id: m for m in (await members(nodes, leader)).members}
@@ -145,8 +149,8 @@ async def test_a_wiped_member_is_replaced_by_remove_then_join_then_add_and_promo
     for i in range(5):
         await s.send("jo", f"after {i}")
     await s.close()
-    assert f"incarnation {incarnation}" in nodes.raw_log(lost)
-    assert (nodes.tmp / "data" / lost / "MEMBER").read_text().count(f'"incarnation":{incarnation}')
+    assert "--join and --incarnation go together" in nodes.raw_log(lost)
+    assert f'"incarnation":{incarnation}' in (nodes.tmp / "data" / lost / "MEMBER").read_text()
     assert raw.poll() is None
     raw.terminate()
     assert raw.wait(15) == 0
@@ -183,9 +187,10 @@ async def test_a_new_member_outside_cluster_yaml_joins_catches_up_and_votes(
     nodes: NodeProcesses,
 ) -> None:
     """Grow 3 to 4 by hand, as an operator would without the supervisor: a certificate from
-    the cluster's CA, the new member's addresses in every node's peers file, the node started
-    empty with --join and its own --address/--peer-address (it is in no cluster.yaml), then add
-    as a learner, wait until it caught up, promote. The old members dial it from their peers
+    the cluster's CA, the new member's addresses in every node's peers file, the add as a
+    learner, the node started empty with --join, the add's index as its incarnation and its
+    own --address/--peer-address (it is in no cluster.yaml), then wait until it caught up and
+    promote. The old members dial it from their peers
     file (reread at the configuration change), and writes commit with it as a voter."""
     nodes.start_all()
     leader = await nodes.wait_leader()
@@ -202,19 +207,22 @@ async def test_a_new_member_outside_cluster_yaml_joins_catches_up_and_votes(
     await s.register_and_login("kim")
     for i in range(30):
         await s.send("kim", f"before d {i}")
+    reply = await change(nodes, leader, pb.ADD_LEARNER, "d")
+    added = {m.id: m for m in reply.members.members}["d"]
+    assert added.client_address == d_client
     raw = nodes.spawn_raw(
         "d",
         flags=(
             "--join",
             nodes.cluster.cluster_id,
+            "--incarnation",
+            str(added.incarnation),
             "--address",
             d_client,
             "--peer-address",
             d_peer,
         ),
     )
-    reply = await change(nodes, leader, pb.ADD_LEARNER, "d")
-    assert {m.id: m.client_address for m in reply.members.members}["d"] == d_client
 
     async def caught_up() -> bool:
         view = {m.id: m for m in (await members(nodes, leader)).members}
@@ -241,7 +249,7 @@ def test_a_member_outside_cluster_yaml_must_say_where_it_serves(nodes: NodeProce
     config = load_config(nodes.config)
     assert config.tls is not None
     issue(config, "d", ["127.0.0.1"], config.tls.directory)
-    raw = nodes.spawn_raw("d", flags=("--join", "x"))
+    raw = nodes.spawn_raw("d", flags=("--join", "x", "--incarnation", "9"))
     assert raw.wait(15) == 2
     assert "--address and --peer-address" in nodes.raw_log("d")
     raw = nodes.spawn_raw(

@@ -111,10 +111,10 @@ class Events:
     async def open_snapshot(self, meta: SnapshotMeta) -> SnapshotSource:
         raise AssertionError("no snapshots here")
 
-    def current_conf(self) -> ConfState:
-        return self.conf
+    def peer_confs(self) -> tuple[ConfState, ...]:
+        return (self.conf,)
 
-    def own_incarnation(self) -> int | None:
+    def own_incarnation(self) -> int:
         return 0
 
 
@@ -131,7 +131,12 @@ def test_links_follow_the_configuration_and_the_addresses(tmp_path: Path) -> Non
     async def scenario() -> None:
         peers = directory(tmp_path)
         transport = GrpcTransport(
-            node_id=NodeId("a"), peers=peers, cluster="test", key=b"k", credentials=None
+            node_id=NodeId("a"),
+            peers=peers,
+            cluster="test",
+            key=b"k",
+            credentials=None,
+            cluster_id="",
         )
         events = Events(conf("abc"))
         transport.start(events)

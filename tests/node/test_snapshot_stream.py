@@ -99,10 +99,10 @@ class Events:
         self.sent.append(ok)
         self.done.set()
 
-    def current_conf(self) -> ConfState:
-        return ConfState(MEMBERS)
+    def peer_confs(self) -> tuple[ConfState, ...]:
+        return (ConfState(MEMBERS),)
 
-    def own_incarnation(self) -> int | None:
+    def own_incarnation(self) -> int:
         return 0
 
     async def open_snapshot(self, meta: SnapshotMeta) -> SnapshotSource:
@@ -129,9 +129,11 @@ class Receiver:
             CLUSTER,
             lambda m: None,
             self.deliver_snapshot,
-            lambda: ConfState(MEMBERS),
+            lambda: (ConfState(MEMBERS),),
             spool=lambda: self.spool,
             certificates=False,
+            cluster_id="",
+            incarnation=lambda: 0,
         )
         server, port = await serve_raft(service)
         self.server, self.port = server, port
@@ -150,6 +152,7 @@ class Receiver:
             key=b"unused without the interceptor",
             events=events,
             credentials=None,
+            cluster_id="",
         )
 
 
@@ -171,7 +174,7 @@ def counted_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     RecordingSource it reads (so a read can say how far ahead of gRPC it is)."""
 
     async def counting(
-        m: Message, source: SnapshotSource, incarnations: raft_pb2.Incarnations | None = None
+        m: Message, source: SnapshotSource, incarnations: raft_pb2.Incarnations
     ) -> AsyncIterator[raft_pb2.SnapshotChunk]:
         assert isinstance(source, RecordingSource)
         async for chunk in snapshot_chunks(m, source, incarnations):
@@ -347,12 +350,16 @@ class ListSource:
 
 
 async def test_a_source_that_disagrees_with_its_size_ends_the_stream() -> None:
-    chunks = snapshot_chunks(snapshot_message(), ListSource([b"abc"], size=5))
+    chunks = snapshot_chunks(
+        snapshot_message(), ListSource([b"abc"], size=5), raft_pb2.Incarnations(sender=0)
+    )
     first = await chunks.__anext__()
     assert (first.HasField("message"), first.data, first.last) == (True, b"abc", False)
     with pytest.raises(SnapshotSourceError, match="said 5 bytes but gave 3 and then ended"):
         await chunks.__anext__()
-    chunks = snapshot_chunks(snapshot_message(), ListSource([b"abc", b"def"], size=4))
+    chunks = snapshot_chunks(
+        snapshot_message(), ListSource([b"abc", b"def"], size=4), raft_pb2.Incarnations(sender=0)
+    )
     await chunks.__anext__()
     with pytest.raises(SnapshotSourceError, match="said 4 bytes but gave 6"):
         await chunks.__anext__()

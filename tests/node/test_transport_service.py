@@ -74,10 +74,12 @@ class Server:
         members: tuple[NodeId, ...] = MEMBERS,
         *,
         incarnations: tuple[tuple[NodeId, int], ...] = (),
-        incarnation: int | None = 0,
+        incarnation: int = 0,
+        committed: tuple[NodeId, ...] | None = None,
     ) -> None:
         self.inbox = Inbox(spool)
         self.conf = ConfState(members, (), incarnations)
+        self.confs = (self.conf,) if committed is None else (self.conf, ConfState(committed))
         self.incarnation = incarnation  # ours
         self.server: grpc.aio.Server | None = None
         self.channel: grpc.aio.Channel | None = None
@@ -90,9 +92,10 @@ class Server:
             CLUSTER,
             self.inbox.deliver,
             self.inbox.deliver_snapshot,
-            lambda: self.conf,
+            lambda: self.confs,
             spool=lambda: self.inbox.spool,
             certificates=False,
+            cluster_id="",
             incarnation=lambda: self.incarnation,
         )
         server, port = await serve_raft(service)
@@ -325,18 +328,16 @@ def stamp(sender: int | None = None, receiver: int | None = None) -> raft_pb2.In
         (12, stamp(0, 12), 0, True),  # we were added at 12, and the sender knows it
         (0, stamp(0, 12), 0, False),  # meant for incarnation 12 of us: we are the old one
         (12, stamp(0, 0), 0, False),  # meant for the initial member of our name: not us
-        (None, stamp(0, 12), 0, True),  # we joined and have not learnt ours: any added one
-        (None, stamp(0, 0), 0, False),  # but never an initial member's
         (0, stamp(30, 0), 30, True),  # b was added at 30, and it is that b
         (0, stamp(0, 0), 30, False),  # the old b, replaced at 30, with its old disk
-        (0, stamp(None, 0), 30, True),  # a joining b that has not learnt it is b@30 yet
-        (0, stamp(None, 0), 0, False),  # a joining b where the conf has the initial b
+        (0, stamp(None, 0), 30, False),  # a batch that does not say which b it is from
+        (0, stamp(None, 0), 0, False),  # not even from an initial member's
         (0, stamp(31, 0), 30, False),  # another b than the one the conf added
     ],
 )
 async def test_messages_between_other_incarnations_are_refused(
     tmp_path: Path,
-    ours: int | None,
+    ours: int,
     theirs: raft_pb2.Incarnations,
     conf_b: int,
     accepted: bool,
@@ -367,3 +368,15 @@ async def test_a_snapshot_from_a_replaced_incarnation_is_refused(tmp_path: Path)
         code, _ = await call_snapshot(stub, [first])
         assert code is grpc.StatusCode.OK
         assert len(server.inbox.snapshots) == 1
+
+
+async def test_a_leader_removed_by_an_uncommitted_change_is_still_heard(tmp_path: Path) -> None:
+    """Thesis §4.2.2: a leader that removes itself leads until the removal commits, and its
+    followers put the removal in force as soon as it is in their logs: they must still take
+    its messages (and answer them) while the committed configuration has it."""
+    server = Server(tmp_path, members=(ME, NodeId("c")), committed=MEMBERS)
+    async with server as stub:
+        assert await call_stream(stub, [[heartbeat("b")]]) is grpc.StatusCode.OK
+    server = Server(tmp_path, members=(ME, NodeId("c")))  # once the removal is committed
+    async with server as stub:
+        assert await call_stream(stub, [[heartbeat("b")]]) is grpc.StatusCode.PERMISSION_DENIED

@@ -17,8 +17,8 @@ from tests.storage.crashfs import CrashFileSystem, PowerCut
 from tests.storage.workload import DATA_DIR, open_storage
 
 FORMED = MemberRecord("c0ffee", 0, ("a", "b", "c"))
-JOINED = MemberRecord("c0ffee", None)
-TOLD = MemberRecord("c0ffee", 57)
+JOINED = MemberRecord("c0ffee", 57)  # added by the CONFIG entry at index 57
+TOLD = MemberRecord("c0ffee", 90)  # (a record is rewritten only by tests; still atomic)
 
 
 def test_a_new_directory_holds_nothing_and_no_record(tmp_path: Path) -> None:
@@ -36,7 +36,7 @@ def test_the_record_survives_a_restart(tmp_path: Path, record: MemberRecord) -> 
         assert storage.member == record
 
 
-def test_a_directory_with_a_term_an_entry_or_a_snapshot_holds_something(tmp_path: Path) -> None:
+def test_a_directory_with_a_term_or_an_entry_holds_something(tmp_path: Path) -> None:
     with Storage.open(tmp_path / "term") as storage:
         storage.set_hard_state(HardState(term=Term(3)))
         storage.sync()
@@ -73,6 +73,7 @@ def test_a_record_with_a_valid_checksum_but_impossible_content_is_refused() -> N
         {"cluster_id": "", "format": 1, "incarnation": 0, "initial_voters": []},
         {"cluster_id": "x", "format": 1, "incarnation": -1, "initial_voters": []},
         {"cluster_id": "x", "format": 1, "incarnation": True, "initial_voters": []},
+        {"cluster_id": "x", "format": 1, "incarnation": None, "initial_voters": []},
         {"cluster_id": "x", "format": 2, "incarnation": 0, "initial_voters": []},
         {"cluster_id": "x", "format": 1, "incarnation": 0, "initial_voters": [""]},
         {"cluster_id": "x", "format": 1, "incarnation": 0},

@@ -477,6 +477,31 @@ def test_network_slow_adds_latency_on_every_link_of_the_node(network: LinkNetwor
     assert all(s.delay_ms == 0 for s in network.states())
 
 
+def test_a_node_added_to_the_network_gets_links_both_ways(network: LinkNetwork) -> None:
+    """Issue 14: a member added later is behind proxies like the others, so faults reach it;
+    added during a partition it is a group of its own until heal."""
+    extra = EchoThreads(["d"])
+    try:
+        network.partition([["a"], ["b", "c"]])
+        network.add_node("d", extra.targets()["d"])
+        assert network.nodes == ("a", "b", "c", "d")
+        assert network.groups == (("a",), ("b", "c"), ("d",))
+        assert not any(reachable(network, s, "d") or reachable(network, "d", s) for s in "abc")
+        network.heal()
+        assert all(reachable(network, s, "d") and reachable(network, "d", s) for s in "abc")
+        network.isolate("d")
+        assert not reachable(network, "a", "d") and reachable(network, "a", "b")
+        network.heal()
+        network.slow("d", 20)
+        delays = {(s.source, s.target): s.delay_ms for s in network.states()}
+        assert delays[("a", "d")] == delays[("d", "c")] == 20
+        assert network.peer_arguments("d", ["a", "b", "c"])[1] == f"a={network.address('d', 'a')}"
+        with pytest.raises(LinkError, match="already has its links"):
+            network.add_node("d", extra.targets()["d"])
+    finally:
+        extra.close()
+
+
 def test_network_close_is_idempotent_and_final() -> None:
     echoes = EchoThreads(["a", "b"])
     try:

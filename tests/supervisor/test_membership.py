@@ -1,0 +1,195 @@
+"""Membership changes on real node processes through supervisor.membership (issue 14): grow 3
+to 5 with the new members behind proxies (a partition cuts them too), shrink, remove the
+leader, replace a member that lost its disk, and `up` resuming the added members; the REPL's
+commands on a live supervisor."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from supervisor.cluster import Cluster, NodeExitedError
+from supervisor.membership import Membership, MembershipError
+from tests.conftest import node_channel
+from tests.node.test_node_process import Session
+from tests.supervisor.conftest import Supervisor, assert_gone, needs_real_node, write_config
+
+pytestmark = [pytest.mark.cluster, needs_real_node]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    started = Cluster(write_config(tmp_path, key=True), stop_grace_s=3)
+    started.start()
+    try:
+        yield started
+    finally:
+        pids = set(started.pids().values())
+        started.close()
+        assert_gone(sorted(pids))
+
+
+def writes(cluster: Cluster, count: int, tag: str) -> None:
+    """`count` sends through the leader, each acknowledged."""
+
+    async def run() -> None:
+        leader = cluster.wait_leader(15)
+        s = await Session.open(node_channel(cluster.config, cluster.address(leader)))
+        try:
+            await s.register_and_login(f"u{tag}")
+            for i in range(count):
+                await s.send(f"u{tag}", f"{tag} {i}")
+        finally:
+            await s.close()
+
+    asyncio.run(run())
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s} s: {what}")
+        time.sleep(0.1)
+
+
+def test_grow_to_five_behind_the_proxies_and_a_partition_cuts_an_added_member(
+    cluster: Cluster,
+) -> None:
+    membership = Membership(cluster)
+    writes(cluster, 20, "before")
+    started = time.monotonic()
+    view = membership.add("d")
+    took_s = time.monotonic() - started
+    assert view.voters() == ("a", "b", "c", "d")
+    d = view.member("d")
+    assert d is not None and d.incarnation > 0
+    view = membership.add("e")
+    assert set(view.voters()) == set("abcde")
+    assert took_s < 30
+    # The added members dial and are dialled through proxies: the supervisor's links.
+    assert cluster.network is not None
+    assert set(cluster.network.nodes) == set("abcde")
+    peers = (cluster.data_dir / "a" / "peers").read_text()
+    assert cluster.network.address("a", "d") in peers and cluster.network.address("a", "e") in peers
+    d_pid = cluster.pid("d")
+    assert d_pid is not None and "--join" in psutil.Process(d_pid).cmdline()  # its first start
+    writes(cluster, 10, "five")
+
+    cluster.isolate("d")  # an added member is cut like any other
+    before = membership.members().member("d")
+    writes(cluster, 10, "cut")  # four of five commit without it
+    cut = membership.members().member("d")
+    assert before is not None and cut is not None and cut.lag is not None and cut.lag > 0
+    cluster.heal()
+
+    def d_caught_up() -> bool:
+        member = membership.members().member("d")
+        return member is not None and member.lag == 0
+
+    wait_until(d_caught_up, "d catches up after heal")
+    status = {s.id: s for s in cluster.status()}
+    assert set(status) == set("abcde")
+    assert status["d"].role is not None
+
+
+def test_shrink_and_remove_the_leader(cluster: Cluster) -> None:
+    membership = Membership(cluster)
+    leader = cluster.wait_leader(15)
+    follower = next(n for n in "abc" if n != leader)
+    view = membership.remove(follower)
+    assert follower not in view.voters() and len(view.voters()) == 2
+    # stopped once removed, and no longer one of the cluster's nodes (nor of `up`'s)
+    assert follower in cluster.removed() and follower not in cluster.node_ids
+    assert cluster.wait_leader(15) == leader
+    writes(cluster, 5, "two")
+    view = membership.remove(leader)  # it steps down once the removal commits, and hands over
+    (last,) = view.voters()
+    assert last not in (leader, follower)
+
+    def new_leader() -> bool:
+        return any(s.role == "leader" and s.id == last for s in cluster.status())
+
+    wait_until(new_leader, f"{last} leads alone")
+    writes(cluster, 5, "one")
+    with pytest.raises(MembershipError, match="only voter"):
+        membership.remove(last)
+
+
+def test_a_member_that_lost_its_disk_is_replaced_and_up_resumes_the_added_ones(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, key=True)
+    with Cluster(config, stop_grace_s=3) as cluster:
+        membership = Membership(cluster)
+        writes(cluster, 20, "old")
+        leader = cluster.wait_leader(15)
+        lost = next(n for n in "abc" if n != leader)
+        cluster.kill(lost)
+        shutil.rmtree(cluster.data_dir / lost)
+        with pytest.raises(NodeExitedError) as exited:
+            cluster.start_node(lost)  # it will not come back as the member it was
+        assert exited.value.exit.exit_code == 5
+        view = membership.replace(lost)
+        replaced = view.member(lost)
+        assert replaced is not None and replaced.role == "voter" and replaced.incarnation > 0
+        membership.add("d")
+        writes(cluster, 10, "new")
+        pids = set(cluster.pids().values())
+    assert_gone(sorted(pids))
+    # `up` again (no --fresh): every member comes back, none with --join any more
+    with Cluster(config, stop_grace_s=3) as again:
+        assert set(again.pids()) == {"a", "b", "c", "d"}
+        for node_id, pid in again.pids().items():
+            assert "--join" not in psutil.Process(pid).cmdline(), node_id
+        view = Membership(again).members()
+        assert set(view.voters()) == set("abcd")
+        resumed = view.member(lost)
+        assert resumed is not None and resumed.incarnation == replaced.incarnation
+        writes(again, 5, "resumed")
+
+
+def test_the_repl_commands(tmp_path: Path, supervisors: Callable[..., Supervisor]) -> None:
+    supervisor = supervisors(write_config(tmp_path), real=True)
+    supervisor.wait_up(45)
+    supervisor.command("members", r"^members \(as a sees them; leader a\)")
+    supervisor.command("add d", r"^added d in \d+\.\ds", timeout_s=60)
+    line = supervisor.command("members", r"^  d +voter +incarnation \d+")
+    assert re.search(r"incarnation \d+", line)
+    supervisor.command("remove d", r"^removed d", timeout_s=30)
+    supervisor.command("add a", r"^error: a is already a node of this cluster")
+    supervisor.command("replace b", r"^replaced b in \d+\.\ds", timeout_s=60)
+    supervisor.command("members", r"^  b +voter +incarnation \d+")
+    supervisor.send("quit")
+    assert supervisor.wait() == 1  # `add a` failed on purpose
+
+
+def test_up_does_not_start_a_removed_member_and_fresh_forgets_the_added_ones(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, key=True)
+    with Cluster(config, stop_grace_s=3) as cluster:
+        membership = Membership(cluster)
+        leader = cluster.wait_leader(15)
+        gone = next(n for n in "abc" if n != leader)
+        membership.remove(gone)
+        membership.add("d")
+        pids = set(cluster.pids().values())
+    assert_gone(sorted(pids))
+    with Cluster(config, stop_grace_s=3) as again:
+        assert gone not in again.node_ids and set(again.pids()) == {*"abc", "d"} - {gone}
+        writes(again, 3, "without")
+        pids = set(again.pids().values())
+    assert_gone(sorted(pids))
+    with Cluster(config, stop_grace_s=3, fresh=True) as fresh:
+        assert set(fresh.pids()) == set("abc")  # a new cluster: its initial members only
+        assert not (fresh.data_dir / "d").exists()
+        pids = set(fresh.pids().values())
+    assert_gone(sorted(pids))
