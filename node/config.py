@@ -752,7 +752,9 @@ def write_peers_file(path: Path, peers: Mapping[str, tuple[str, str]]) -> None:
     """Replace the override file atomically (the supervisor's side; durable on return)."""
     doc = {node: {"peer": p, "client": c} for node, (p, c) in sorted(peers.items())}
     staged = path.with_name(path.name + ".new")
-    with open(staged, "w", encoding="utf-8") as file:
+    staged.unlink(missing_ok=True)  # a crash left it: O_EXCL below makes it ours, 0600
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
         json.dump(doc, file, indent=1, sort_keys=True)
         file.write("\n")
         file.flush()

@@ -607,10 +607,7 @@ class RaftDriver(Generic[R]):
             if not pending.future.done():
                 pending.future.set_exception(exc)
         # The kept ones keep their deadlines (in _deadlines), should they never be applied.
-        reads, self._reads = self._reads, {}
-        for f in reads.values():
-            if not f.done():
-                f.set_exception(NoQuorumError())
+        self._fail_reads()
 
     def _fail_all(self, exc: Exception) -> None:
         proposals, self._proposals = self._proposals, {}
@@ -618,6 +615,9 @@ class RaftDriver(Generic[R]):
         for p in proposals.values():
             if not p.future.done():
                 p.future.set_exception(exc)
+        self._fail_reads()
+
+    def _fail_reads(self) -> None:
         reads, self._reads = self._reads, {}
         for f in reads.values():
             if not f.done():

@@ -152,7 +152,9 @@ def write_added(
     }
     path = config.data_dir / ADDED_NAME
     staged = path.with_name(path.name + ".new")
-    with open(staged, "w", encoding="utf-8") as file:
+    staged.unlink(missing_ok=True)  # a crash left it: O_EXCL below makes it ours, 0600
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
         json.dump(doc, file, indent=1)
         file.write("\n")
         file.flush()

@@ -526,12 +526,18 @@ async def _members(repl: Repl, args: list[str]) -> None:
 async def _add(repl: Repl, args: list[str]) -> None:
     if len(args) != 1:
         raise CommandError("add takes one new node id: add d")
-    node_id = args[0]
+    await _join(repl, args[0], repl.membership.prepare_add, "added")
+
+
+async def _join(repl: Repl, node_id: str, prepare: Callable[[str], None], done: str) -> None:
+    """add and replace: prepare in a thread, start the node here (the main thread spawns),
+    then wait in a thread until it caught up and was promoted."""
     started = time.monotonic()
-    await repl.blocking(repl.membership.prepare_add, node_id)
-    repl.cluster.start_node(node_id, wait=False)  # here: the main thread spawns
+    await repl.blocking(prepare, node_id)
+    repl.cluster.start_node(node_id, wait=False)
     view = await repl.blocking(repl.membership.finish_join, node_id)
-    repl.out.info(f"added {node_id} in {time.monotonic() - started:.1f}s\n" + _format_members(view))
+    took = f"{done} {node_id} in {time.monotonic() - started:.1f}s"
+    repl.out.info(took + "\n" + _format_members(view))
 
 
 @command(
@@ -561,14 +567,7 @@ async def _remove(repl: Repl, args: list[str]) -> None:
     Complete.NODE,
 )
 async def _replace(repl: Repl, args: list[str]) -> None:
-    node_id = repl.node_arg(args)
-    started = time.monotonic()
-    await repl.blocking(repl.membership.prepare_replace, node_id)
-    repl.cluster.start_node(node_id, wait=False)  # here: the main thread spawns
-    view = await repl.blocking(repl.membership.finish_join, node_id)
-    repl.out.info(
-        f"replaced {node_id} in {time.monotonic() - started:.1f}s\n" + _format_members(view)
-    )
+    await _join(repl, repl.node_arg(args), repl.membership.prepare_replace, "replaced")
 
 
 @command(

@@ -65,6 +65,11 @@ async def test_members_from_any_member_and_changes_only_from_the_tool_on_the_lea
     nodes.start_all()
     leader = await nodes.wait_leader()
     follower = next(n for n in nodes.ids if n != leader)
+
+    async def follower_knows_the_leader() -> bool:  # a majority does; this one may lag
+        return (await members(nodes, follower)).leader_id == leader
+
+    await until(follower_knows_the_leader, f"{follower} hears from {leader}")
     seen = await members(nodes, follower)
     assert seen.node_id == follower and seen.leader_id == leader
     assert roles(seen) == {"a": "VOTER", "b": "VOTER", "c": "VOTER"}
