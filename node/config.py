@@ -751,12 +751,23 @@ def read_peers_file(path: Path) -> dict[str, tuple[str, str]]:
 def write_peers_file(path: Path, peers: Mapping[str, tuple[str, str]]) -> None:
     """Replace the override file atomically (the supervisor's side; durable on return)."""
     doc = {node: {"peer": p, "client": c} for node, (p, c) in sorted(peers.items())}
+    write_json_atomically(path, doc)
+
+
+def write_json_atomically(path: Path, doc: object) -> None:
+    """Replace `path` with `doc` as JSON (mode 0600): written to a new file, fsynced, renamed
+    over `path` and the directory fsynced, so a crash leaves the old file or the new one."""
     staged = path.with_name(path.name + ".new")
     staged.unlink(missing_ok=True)  # a crash left it: O_EXCL below makes it ours, 0600
     fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as file:
-        json.dump(doc, file, indent=1, sort_keys=True)
+        json.dump(doc, file, indent=1)
         file.write("\n")
         file.flush()
         os.fsync(file.fileno())
     staged.replace(path)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

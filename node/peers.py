@@ -42,24 +42,22 @@ class PeerDirectory:
         self._base = {n.id: (n.peer_address, n.address) for n in config.nodes if n.id != me}
         for node, address in overrides.items():
             self._base[node] = (address, self._base[node][1])
-        self._peers = dict(self._base)
-        self._peers.update(
-            (n, a) for n, a in self._read().items() if n != me
-        )  # PeersFileError at start
+        self._peers = self._merged(read_peers_file(file))  # PeersFileError at start
 
-    def _read(self) -> dict[str, tuple[str, str]]:
-        return read_peers_file(self.file)
+    def _merged(self, extra: Mapping[str, tuple[str, str]]) -> dict[str, tuple[str, str]]:
+        """cluster.yaml and --peer, then the file's entries (never this node's own)."""
+        peers = dict(self._base)
+        peers.update((n, a) for n, a in extra.items() if n != self.me)
+        return peers
 
     def reload(self) -> bool:
         """Read the override file again; whether any address changed. A bad file is logged
         and the addresses known before are kept."""
         try:
-            extra = self._read()
+            peers = self._merged(read_peers_file(self.file))
         except PeersFileError as error:
             logger.error("%s; keeping the addresses read before", error)
             return False
-        peers = dict(self._base)
-        peers.update((n, a) for n, a in extra.items() if n != self.me)
         changed = peers != self._peers
         self._peers = peers
         return changed

@@ -479,9 +479,10 @@ class RaftService(raft_pb2_grpc.RaftServicer):
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"this node belongs to cluster {self._cluster!r}, not {batch.cluster!r}",
                 )
+            confs = self._confs()  # once per batch, not per message
             messages = []
             for pb in batch.messages:
-                m = await self._decode(pb, context)
+                m = await self._decode(pb, confs, context)
                 if sender is None:
                     sender = m.sender
                 elif m.sender != sender:
@@ -491,7 +492,7 @@ class RaftService(raft_pb2_grpc.RaftServicer):
                     )
                 messages.append(m)
             if sender is not None and messages:
-                await self._check_incarnations(sender, batch.incarnations, context)
+                await self._check_incarnations(sender, batch.incarnations, confs, context)
             for m in messages:
                 self._deliver(m)
                 received += 1
@@ -514,13 +515,16 @@ class RaftService(raft_pb2_grpc.RaftServicer):
                             grpc.StatusCode.INVALID_ARGUMENT,
                             "the first chunk must carry the message",
                         )
-                    message = await self._decode(chunk.message, context)
+                    confs = self._confs()
+                    message = await self._decode(chunk.message, confs, context)
                     if message.type is not MessageType.SNAPSHOT:
                         await context.abort(
                             grpc.StatusCode.INVALID_ARGUMENT,
                             "InstallSnapshot needs a snapshot message",
                         )
-                    await self._check_incarnations(message.sender, chunk.incarnations, context)
+                    await self._check_incarnations(
+                        message.sender, chunk.incarnations, confs, context
+                    )
                     spooled = await asyncio.to_thread(SpoolFile, self._spool())
                 if spooled is None:
                     raise AssertionError("unreachable: the first chunk made the spool file")
@@ -571,7 +575,11 @@ class RaftService(raft_pb2_grpc.RaftServicer):
             )
 
     async def _check_incarnations(
-        self, sender: NodeId, stamp: raft_pb2.Incarnations, context: Context
+        self,
+        sender: NodeId,
+        stamp: raft_pb2.Incarnations,
+        confs: tuple[ConfState, ...],
+        context: Context,
     ) -> None:
         mine = self._incarnation()
         if stamp.HasField("receiver") and stamp.receiver != mine:
@@ -587,7 +595,7 @@ class RaftService(raft_pb2_grpc.RaftServicer):
                 f"a batch from {sender} that does not say which incarnation of {sender} it is "
                 "from (every member stamps its own)",
             )
-        conf = next((c for c in self._confs() if sender in c), None)
+        conf = next((c for c in confs if sender in c), None)
         if conf is not None and stamp.sender != conf.incarnation(sender):
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -596,7 +604,9 @@ class RaftService(raft_pb2_grpc.RaftServicer):
                 "is the data of a replaced member",
             )
 
-    async def _decode(self, pb: raft_pb2.RaftMessage, context: Context) -> Message:
+    async def _decode(
+        self, pb: raft_pb2.RaftMessage, confs: tuple[ConfState, ...], context: Context
+    ) -> Message:
         try:
             m = message_from_pb(pb)
         except WireError as exc:
@@ -607,9 +617,9 @@ class RaftService(raft_pb2_grpc.RaftServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"message for {m.to} delivered to {self._id}: check the --peer addresses",
             )
-        # Empty: not yet told the configuration (a member being added).
-        members = {m for conf in self._confs() for m in conf.members()}
-        if m.sender == self._id or (members and m.sender not in members):
+        # No member at all: not yet told the configuration (a member being added).
+        known = any(conf.members() for conf in confs)
+        if m.sender == self._id or (known and not any(m.sender in conf for conf in confs)):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"a message from {m.sender!r}, which is not a peer of {self._id}",

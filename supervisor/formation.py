@@ -27,7 +27,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.config import ClusterConfig, ConfigError, NodeAddress
+from node.config import ClusterConfig, ConfigError, NodeAddress, write_json_atomically
 
 ID_NAME = "cluster.id"
 FORMED_NAME = "cluster.formed"
@@ -150,17 +150,7 @@ def write_added(
         },
         "removed": sorted(removed or ()),
     }
-    path = config.data_dir / ADDED_NAME
-    staged = path.with_name(path.name + ".new")
-    staged.unlink(missing_ok=True)  # a crash left it: O_EXCL below makes it ours, 0600
-    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as file:
-        json.dump(doc, file, indent=1)
-        file.write("\n")
-        file.flush()
-        os.fsync(file.fileno())
-    staged.replace(path)
-    _fsync_dir(config.data_dir)
+    write_json_atomically(config.data_dir / ADDED_NAME, doc)
 
 
 def _write_new(config: ClusterConfig, path: Path, text: str) -> None:

@@ -19,7 +19,13 @@ from supervisor.cluster import Cluster, NodeExitedError
 from supervisor.membership import Membership, MembershipError
 from tests.conftest import node_channel
 from tests.node.test_node_process import Session
-from tests.supervisor.conftest import Supervisor, assert_gone, needs_real_node, write_config
+from tests.supervisor.conftest import (
+    Supervisor,
+    assert_gone,
+    needs_real_node,
+    poll,
+    write_config,
+)
 
 pytestmark = [pytest.mark.cluster, needs_real_node]
 
@@ -50,14 +56,6 @@ def writes(cluster: Cluster, count: int, tag: str) -> None:
             await s.close()
 
     asyncio.run(run())
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s} s: {what}")
-        time.sleep(0.1)
 
 
 def test_grow_to_five_behind_the_proxies_and_a_partition_cuts_an_added_member(
@@ -94,7 +92,7 @@ def test_grow_to_five_behind_the_proxies_and_a_partition_cuts_an_added_member(
         member = membership.members().member("d")
         return member is not None and member.lag == 0
 
-    wait_until(d_caught_up, "d catches up after heal")
+    poll(d_caught_up, 20, "d catches up after heal")
     status = {s.id: s for s in cluster.status()}
     assert set(status) == set("abcde")
     assert status["d"].role is not None
@@ -117,7 +115,7 @@ def test_shrink_and_remove_the_leader(cluster: Cluster) -> None:
     def new_leader() -> bool:
         return any(s.role == "leader" and s.id == last for s in cluster.status())
 
-    wait_until(new_leader, f"{last} leads alone")
+    poll(new_leader, 20, f"{last} leads alone")
     writes(cluster, 5, "one")
     with pytest.raises(MembershipError, match="only voter"):
         membership.remove(last)
