@@ -25,7 +25,8 @@ barrier), it reports:
 - data_dir_mb: each node's directory after the fill (and its state/wal/snap parts);
   largest_db_wal_mb and largest_raft_wal_mb: the largest database `-wal` file and Raft WAL
   directory seen on any node, sampled every second during the fill; snapshot_mb: the leader's
-  newest snapshot file after the fill;
+  database after the fill (what a copy for a follower holds: a compaction copies nothing, its
+  snapshot file records the metadata only);
 - restart_*: one follower stopped by SIGTERM, then by SIGKILL, then started again: seconds from
   spawning the process to its applied index reaching the leader's commit index (Status). The
   same is measured on the empty cluster first, in the same run, and *_minus_empty_s is the
@@ -38,10 +39,11 @@ barrier), it reports:
 - status_digest_p50_ms / max: Status(with_digest) on the leader (peer port, tool certificate);
 - catchup_*: another follower is stopped, the fill goes on until the leader's snapshot index
   is past that follower's last index, then it is started and timed until caught up (from the
-  spawn, so it includes the process's start); catchup_snapshot_mb_per_s is the leader's
-  snapshot file size over that time, catchup_transfer_* the same from the leader's log line
-  "streaming snapshot" to the follower's "installed snapshot" (the transfer and the install,
-  without the start), and catchup_by_snapshot says whether its log shows an install. The
+  spawn, so it includes the process's start and the leader's copy of its state);
+  catchup_snapshot_mb is the size the leader's log line "streaming snapshot" gives, and
+  catchup_snapshot_mb_per_s that over the catch-up's time, catchup_transfer_* the same from
+  that line to the follower's "installed snapshot" (the transfer and the install, without the
+  start or the copy), and catchup_by_snapshot says whether its log shows an install. The
   caught-up follower's database must then hold every message sent;
 - leader_changes: term increases seen through Status (each second and around every step) after
   the first election, over the whole run. The target is 0.
@@ -61,6 +63,7 @@ import dataclasses
 import datetime
 import json
 import random
+import re
 import sqlite3
 import sys
 import tempfile
@@ -450,9 +453,22 @@ def stored_messages(cluster: Cluster, node: str) -> int:
         connection.close()
 
 
-def newest_snapshot_bytes(cluster: Cluster, node: str) -> int:
-    snaps = sorted((cluster.config.node_dir(node) / "snap").glob("*.snap"))
-    return _size(snaps[-1]) if snaps else 0
+def database_bytes(cluster: Cluster, node: str) -> int:
+    """The node's database file (its WAL aside): what a copy of the state holds."""
+    return sum(_size(p) for p in (cluster.config.node_dir(node) / "state").glob("chat-*.db"))
+
+
+def streamed_snapshot_bytes(cluster: Cluster, node: str, peer: str) -> int:
+    """The size in the last "streaming snapshot N (B bytes) to peer" line of node's log."""
+    try:
+        lines = cluster.log_path(node).read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return 0
+    for line in reversed(lines):
+        found = re.search(rf"streaming snapshot \d+ \((\d+) bytes\) to {re.escape(peer)}$", line)
+        if found:
+            return int(found[1])
+    return 0
 
 
 def status_digest_ms(cluster: Cluster, leader: str, rounds: int) -> list[float]:
@@ -615,7 +631,7 @@ def run(config: ClusterConfig, settings: ScaleSettings) -> dict[str, Any]:
             }
             result["largest_db_wal_mb"] = _mb(sampler.largest_db_wal)
             result["largest_raft_wal_mb"] = _mb(sampler.largest_raft_wal)
-            result["snapshot_mb"] = _mb(newest_snapshot_bytes(cluster, leader))
+            result["snapshot_mb"] = _mb(database_bytes(cluster, leader))
             if settings.fill_only:
                 del result["messages_stored"], result["stored_check"]
                 result["leader_changes"] = _leader_changes(sampler, first_term)
@@ -665,7 +681,6 @@ def run(config: ClusterConfig, settings: ScaleSettings) -> dict[str, Any]:
                 sampler.filling.clear()
                 extra += len(more.message_ids)
                 time.sleep(0.5)  # a snapshot runs in the background
-            snapshot_bytes = newest_snapshot_bytes(cluster, leader)
             installs = _installs(cluster, other)
             streamed_before = _last_logged_at(cluster, leader, f" bytes) to {other}") or 0.0
             started = time.perf_counter()
@@ -674,6 +689,7 @@ def run(config: ClusterConfig, settings: ScaleSettings) -> dict[str, Any]:
             catchup = time.perf_counter() - started
             streamed = _last_logged_at(cluster, leader, f" bytes) to {other}")
             installed = _last_logged_at(cluster, other, "installed snapshot")
+            snapshot_bytes = streamed_snapshot_bytes(cluster, leader, other)
             transfer = None
             if streamed is not None and installed is not None and streamed > streamed_before:
                 transfer = installed - streamed

@@ -10,13 +10,18 @@ transaction each (node.chat.state), and only after a batch's COMMIT do its propo
 its results reach the listeners and the applied index that read barriers wait on advance.
 Slow work (storage, the state's copies and checkpoints) runs off the event loop.
 
-Snapshots are copies of the state machine's database (DESIGN, "State machine storage"). The
-log is compacted only up to what the state holds durably: a snapshot is taken by copying the
-state (at index B), then checkpointing it on the apply thread; only if that checkpoint was
-complete (it covers every batch committed before it, so at least B) is the copy stored and the
-log compacted to B. After a crash the state may be behind the log (a power cut returns the
-database to a commit at or after its last complete checkpoint): the node replays the log from
-the state's applied index, or, if the state is behind the snapshot, installs the snapshot first.
+The state machine keeps its state durably itself (DESIGN, "State machine storage"), so the
+log is compacted without copying it: the state is checkpointed on the apply thread, and only
+if that checkpoint was complete is the log compacted, to the applied index read just before it
+(B: the state holds it durably), the storage recording the snapshot's metadata only
+(Storage.compact). After a crash the state may be behind the log (a power cut returns the
+database to a commit at or after its last complete checkpoint), never behind B: the node
+replays the log from the state's applied index. A follower that needs a snapshot gets a
+consistent copy of the state made when it is asked for, at some applied index A >= B (every
+entry up to A is committed, so the follower's log will agree with it); the copy is kept for the
+next follower while A >= the snapshot's index. A follower installs it (after the storage holds
+it, so that a crash before the state switches is repaired at start from that file) and skips
+the entries up to A that the leader then sends.
 
 Imports the core, storage, chat, transport and config; nothing of the gRPC chat service.
 """
@@ -54,6 +59,7 @@ from node.raft.types import (
 from node.seams import (
     Clock,
     Executor,
+    FileSource,
     SnapshotInvalidError,
     SnapshotSource,
     SystemClock,
@@ -216,8 +222,10 @@ class RaftDriver(Generic[R]):
         self._conf_seen: ConfState | None = None  # what the listeners last heard
         # The snapshot the core took from the leader (a file), until the Ready that installs it.
         self._incoming_snapshot: tuple[SnapshotMeta, Path] | None = None
-        # A local snapshot (copy, checkpoint, store, compact) and an install from the leader
-        # never run at once; each apply batch and an install never run at once either.
+        # The last copy of the state made for a follower, and the applied index it holds.
+        self._outgoing_copy: tuple[int, Path] | None = None
+        # A compaction (checkpoint, store), a copy for a follower and an install from the
+        # leader never run at once; each apply batch and an install never run at once either.
         self._snapshot_lock = asyncio.Lock()
         self._apply_lock = asyncio.Lock()
         self._apply_queue: deque[Entry] = deque()  # committed, not yet applied
@@ -253,6 +261,7 @@ class RaftDriver(Generic[R]):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.transport.close()
         self._fail_all(OutcomeUnknownError("the node stopped before the write was applied"))
+        self._drop_outgoing_copy()
         self._storage_pool.shutdown()
         self.cpu_pool.shutdown()
         self._apply_pool.shutdown()
@@ -266,6 +275,12 @@ class RaftDriver(Generic[R]):
             t.cancel()
         self._fail_all(OutcomeUnknownError("the node crashed before the write was applied"))
         self.stopped.set()
+
+    def _drop_outgoing_copy(self) -> None:
+        """Senders still reading it keep their own file handles."""
+        if self._outgoing_copy is not None:
+            self._outgoing_copy[1].unlink(missing_ok=True)
+            self._outgoing_copy = None
 
     def _fail_fatally(self, exc: BaseException) -> None:
         if self.fatal is None:
@@ -477,7 +492,7 @@ class RaftDriver(Generic[R]):
             return
         try:
             index = await self.cpu_pool.run(self.state.validate_copy, path)
-            if index != meta.index:
+            if index < meta.index:  # a copy made later than the snapshot it serves is sound
                 raise ValueError(f"the database holds index {index}, the message says {meta.index}")
         except ValueError as exc:
             logger.error("%s refused snapshot %d from %s: %s", self.id, meta.index, m.sender, exc)
@@ -518,12 +533,29 @@ class RaftDriver(Generic[R]):
         return 0 if member is None else member.incarnation
 
     async def open_snapshot(self, meta: SnapshotMeta) -> SnapshotSource:
-        reader = await self._storage_pool.run(self.storage.open_snapshot)
-        if reader is None or reader.meta.index != meta.index:
-            if reader is not None:
-                reader.close()
-            raise NodeError(f"snapshot {meta.index} is no longer on disk")
-        return reader
+        if not self.storage.snapshot_held_by_state():
+            reader = await self._storage_pool.run(self.storage.open_snapshot)
+            if reader is None or reader.meta.index != meta.index:
+                if reader is not None:
+                    reader.close()
+                raise NodeError(f"snapshot {meta.index} is no longer on disk")
+            return reader
+        async with self._snapshot_lock:  # an install would switch the database under the copy
+            if self._outgoing_copy is None or self._outgoing_copy[0] < meta.index:
+                self._drop_outgoing_copy()
+                path = self._spool_path("outgoing")
+                started = self.clock.monotonic()
+                index = await self.cpu_pool.run(self.state.copy_to, path)
+                self._outgoing_copy = (index, path)
+                logger.info(
+                    "%s copied its state at index %d for snapshot %d: %d bytes in %.0f ms",
+                    self.id,
+                    index,
+                    meta.index,
+                    path.stat().st_size,
+                    (self.clock.monotonic() - started) * 1000,
+                )
+            return FileSource(self._outgoing_copy[1])
 
     # ------------------------------------------------------------------ the loops
 
@@ -689,6 +721,12 @@ class RaftDriver(Generic[R]):
     def _restore_from_snapshot(self, meta: SnapshotMeta) -> None:
         """At start, before any loop runs: the state is behind the stored snapshot (it was
         lost, or a crash came between storing an install and switching the state to it)."""
+        if self.storage.snapshot_held_by_state():
+            raise FatalNodeError(
+                f"the state database is at index {self.state.applied_index}, behind the log, "
+                f"which was compacted to {meta.index} when the database held that durably: "
+                "the database was lost or rolled back; replace this member"
+            )
         reader = self.storage.open_snapshot()
         if reader is None:
             raise FatalNodeError(f"snapshot {meta.index} is recorded but cannot be opened")
@@ -716,7 +754,10 @@ class RaftDriver(Generic[R]):
                 # switches is repaired at start (_restore_from_snapshot).
                 await self._storage_pool.run(self.storage.install_snapshot, meta, path)
                 await self._apply_pool.run(self.state.install, path)
-                self.applied_index = LogIndex(max(self.applied_index, meta.index))
+                self._drop_outgoing_copy()
+                # The copy may hold more than the snapshot (open_snapshot): the entries up
+                # to its index are skipped when they come.
+                self.applied_index = LogIndex(max(self.applied_index, self.state.applied_index))
                 self._applied_bytes_since_snapshot = 0
                 self._wake_apply_waiters()
         finally:
@@ -736,45 +777,41 @@ class RaftDriver(Generic[R]):
         self._tasks.append(asyncio.create_task(self._take_snapshot(), name="snapshot"))
 
     async def _take_snapshot(self) -> None:
-        path = self._spool_path("snapshot")
         try:
             async with self._snapshot_lock:
                 started = self.clock.monotonic()
-                index = LogIndex(await self.cpu_pool.run(self.state.copy_to, path))
                 async with self._apply_lock:
                     durable = await self._apply_pool.run(self.state.checkpoint)
-                if durable is None or durable < index:
-                    # TRAPS: a partial checkpoint makes nothing durable we could compact to.
+                # TRAPS: a partial checkpoint makes nothing durable we could compact to.
+                index = LogIndex(durable) if durable is not None else None
+                if index is None or index <= self.core.log.snapshot_index():
                     self._snapshot_due = self.applied_index + max(
                         1, self.config.snapshot.entries // 4
                     )
-                    logger.warning(
-                        "%s: the state's checkpoint was partial (a reader held it back): the "
-                        "log is not compacted this time",
-                        self.id,
-                    )
+                    if index is None:
+                        logger.warning(
+                            "%s: the state's checkpoint was partial (a reader held it back): "
+                            "the log is not compacted this time",
+                            self.id,
+                        )
                     return
-                # An install from the leader may have overtaken us while we copied.
                 term = self.core.log.term(index)
-                if index <= self.core.log.snapshot_index() or term is None:
+                if term is None:  # an install from the leader overtook us meanwhile
                     return
                 meta = SnapshotMeta(index, term, self.core.conf_at(index))
-                size = path.stat().st_size
-                await self._storage_pool.run(self.storage.save_snapshot, meta, path)
+                await self._storage_pool.run(self.storage.compact, meta)
                 if index > self.core.log.snapshot_index():
                     self.core.compact(index)
             self._applied_bytes_since_snapshot = 0
             logger.info(
-                "%s snapshot at index %d term %d: %d bytes in %.0f ms",
+                "%s compacted its log to index %d term %d (the state is durable there): %.0f ms",
                 self.id,
                 index,
                 term,
-                size,
                 (self.clock.monotonic() - started) * 1000,
             )
         except Exception as exc:
             self._fail_fatally(exc)
         finally:
-            path.unlink(missing_ok=True)
             self._snapshotting = False
             self._wake.set()

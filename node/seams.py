@@ -9,7 +9,7 @@ inline in the event loop (real threads reorder completions, and a seed would not
 - Snapshots travel as files, never whole in memory (one is a SQLite database of up to hundreds
   of MB): a sender reads a SnapshotSource SNAPSHOT_CHUNK_BYTES at a time, a receiving transport
   writes the chunks into a SpoolFile in the receiver's spool directory and hands the receiver
-  its path.
+  its path. A FileSource reads a plain file (the state's copy made for a follower).
 - Clock: the monotonic time the driver ticks and times out by, the wall clock that stamps
   log time, and sleeping.
 - Executor: where blocking work runs (storage writes, snapshot serialization, scrypt).
@@ -114,6 +114,25 @@ class SpoolFile:
             self._file.close()
         with contextlib.suppress(OSError):  # FileNotFoundError: the receiver took it
             os.remove(self.path)
+
+
+class FileSource:
+    """A SnapshotSource over a plain file: a copy of the state made for a follower. It opens
+    its own handle, so the file may be removed while it is read."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "rb")  # noqa: SIM115 - closed by close(), as a source is
+        self._size = os.fstat(self._file.fileno()).st_size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def read(self, n: int) -> bytes:
+        return self._file.read(n)
+
+    def close(self) -> None:
+        self._file.close()
 
 
 class Transport(Protocol):

@@ -22,6 +22,9 @@ a time (a SnapshotReader from open_snapshot() is the exception: it has its own f
 A snapshot's data is a file (a SQLite database, up to hundreds of MB), so it is never held in
 memory whole: save_snapshot and install_snapshot stream it from a file the caller made (in
 spool_dir, on the snapshots' file system, so a rename works), and open_snapshot streams it back.
+A state machine that keeps its state durably itself (chatbooth's database) compacts with
+compact() instead: the snapshot then records the metadata only, and the caller makes a copy of
+its state when a follower needs one (snapshot_held_by_state()).
 
 Standard library only, plus node.raft.types: no asyncio, no grpc, nothing else from chatbooth.
 """
@@ -247,8 +250,9 @@ class Storage:
 
     def open_snapshot(self) -> SnapshotReader | None:
         """The current snapshot, open for reading its data a piece at a time (None: there is
-        none). The reader has its own file handle: it may be used from any thread while this
-        storage goes on, and a later prune that removes the file does not disturb it. Close it."""
+        none, or its data is the state machine's: snapshot_held_by_state()). The reader has
+        its own file handle: it may be used from any thread while this storage goes on, and a
+        later prune that removes the file does not disturb it. Close it."""
         self._check_open()
         return self._snapshots.open_current()
 
@@ -292,22 +296,25 @@ class Storage:
         before. Entries <= meta.index are gone afterwards; the log must hold entry meta.index,
         of meta.term.
         """
+        self._check_compaction(meta)
+        with self._failing_on_io_error():
+            self._snapshots.save(meta, source)
+            self._record_snapshot(meta, reset=False)
+
+    def compact(self, meta: SnapshotMeta) -> None:
+        """Compact the log to `meta` for a state machine that holds its state durably itself,
+        at meta.index or later (its caller checkpointed it): the snapshot records the metadata
+        only, and open_snapshot() returns None while it is the current one. Durable on
+        return, with everything written before; the same rules as save_snapshot."""
+        self._check_compaction(meta)
+        with self._failing_on_io_error():
+            self._snapshots.save_held(meta)
+            self._record_snapshot(meta, reset=False)
+
+    def snapshot_held_by_state(self) -> bool:
+        """Whether the current snapshot came from compact(): its data is the state machine's."""
         self._check_open()
-        snapshot_index = self._log.first_index() - 1
-        if meta.index <= snapshot_index:
-            raise StorageMisuseError(
-                f"snapshot at index {meta.index} is not after the current one at {snapshot_index}"
-            )
-        if meta.index > self._log.last_index():
-            raise StorageMisuseError(
-                f"cannot snapshot at index {meta.index}: the log ends at {self._log.last_index()}"
-            )
-        if self._log.term(meta.index) != meta.term:
-            raise StorageMisuseError(
-                f"snapshot at index {meta.index} says term {meta.term}, "
-                f"the log's entry there is of term {self._log.term(meta.index)}"
-            )
-        self._store_snapshot(meta, source, reset=False)
+        return self._snapshots.latest_held_by_state()
 
     def check_install(self, meta: SnapshotMeta) -> None:
         """Raise StorageMisuseError if install_snapshot(meta, ...) would refuse `meta`.
@@ -344,7 +351,10 @@ class Storage:
         self.check_install(meta)
         if validate is not None:
             validate(source)
-        self._store_snapshot(meta, source, reset=True)
+        with self._failing_on_io_error():
+            # The file first: once the marker is durable the log may depend on it.
+            self._snapshots.save(meta, source, replaces_log=True)
+            self._record_snapshot(meta, reset=True)
 
     def close(self) -> None:
         """Sync what was written (unless a write failed), close the files, release the lock."""
@@ -369,14 +379,30 @@ class Storage:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _store_snapshot(self, meta: SnapshotMeta, source: Path, *, reset: bool) -> None:
-        with self._failing_on_io_error():
-            # The file first: once the marker is durable the log may depend on it.
-            self._snapshots.save(meta, source, replaces_log=reset)
-            self._log.mark_snapshot(SnapshotMarker(meta.index, meta.term, reset))
-            self._log.sync()
-            self._log.release_segments()
-            self._snapshots.prune()
+    def _check_compaction(self, meta: SnapshotMeta) -> None:
+        self._check_open()
+        snapshot_index = self._log.first_index() - 1
+        if meta.index <= snapshot_index:
+            raise StorageMisuseError(
+                f"snapshot at index {meta.index} is not after the current one at {snapshot_index}"
+            )
+        if meta.index > self._log.last_index():
+            raise StorageMisuseError(
+                f"cannot snapshot at index {meta.index}: the log ends at {self._log.last_index()}"
+            )
+        if self._log.term(meta.index) != meta.term:
+            raise StorageMisuseError(
+                f"snapshot at index {meta.index} says term {meta.term}, "
+                f"the log's entry there is of term {self._log.term(meta.index)}"
+            )
+
+    def _record_snapshot(self, meta: SnapshotMeta, *, reset: bool) -> None:
+        """After the snapshot file is durable (the log may depend on it only then): the
+        marker, then the segments it made unneeded, then the older snapshots."""
+        self._log.mark_snapshot(SnapshotMarker(meta.index, meta.term, reset))
+        self._log.sync()
+        self._log.release_segments()
+        self._snapshots.prune()
 
     def _check_open(self) -> None:
         if self._lock is None:

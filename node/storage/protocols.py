@@ -60,13 +60,21 @@ class StableStore(Protocol):
 class SnapshotStore(Protocol):
     def latest(self) -> SnapshotMeta | None: ...
 
+    def latest_held_by_state(self) -> bool:
+        """Whether the current snapshot's data is the state machine's (save_held)."""
+
     def open_current(self) -> SnapshotReader | None:
-        """The current snapshot, open for streaming its data (None: there is none)."""
+        """The current snapshot, open for streaming its data (None: there is none, or the
+        state machine holds its data)."""
 
     def save(self, meta: SnapshotMeta, source: Path, *, replaces_log: bool = False) -> None:
         """Durably store a snapshot whose data is the file `source` (streamed, never held
         whole) and make it the current one; `replaces_log` records that it came from the
         leader and the log restarts after it."""
+
+    def save_held(self, meta: SnapshotMeta) -> None:
+        """Durably store a snapshot whose data the state machine holds itself (the metadata
+        only) and make it the current one."""
 
     def prune(self) -> int:
         """Delete snapshots too old to be needed; returns how many."""

@@ -12,8 +12,12 @@ and is written to `<name>.tmp`, fsynced, renamed into place and the directory fs
 crash leaves the old snapshot or the new one, never a half-written one under a real name (a
 torn `.tmp` is removed at open). Only then does the log record it (Storage writes the marker),
 so a file the log never recorded is an interrupted save. Flag 1, REPLACES_LOG, marks a snapshot
-installed from the leader: the log restarts after it. Nothing here validates the data: the
-state machine must (Storage.install_snapshot's `validate`) before the snapshot is stored.
+installed from the leader: the log restarts after it. Flag 2, HELD_BY_STATE (version 6), marks
+a compaction of the node's own: the state machine keeps its data durably itself (at the index
+or later), so the file holds the metadata only, with a data length of 0; copying a whole
+database for every compaction made the cost of compaction grow with the state. Nothing here
+validates the data: the state machine must (Storage.install_snapshot's `validate`) before the
+snapshot is stored.
 
 A file whose checksum fails is StorageCorruptedError naming it and the offset, saying whether it
 was cut short (its size disagrees with what its header describes) or damaged in place.
@@ -41,6 +45,7 @@ import os
 import re
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -58,14 +63,16 @@ from node.storage.files import AppendFile, FileSystem, ReadFile
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_MAGIC = b"\x89CBSNP\r\n"
-# 2: sessions as hashes only; 3: the data is SQLite; 4: learners; 5: incarnations
-FORMAT_VERSION = 5
-READABLE_VERSIONS = (4, 5)
+# 2: sessions as hashes only; 3: the data is SQLite; 4: learners; 5: incarnations; 6: a
+# snapshot may be held by the state machine (HELD_BY_STATE)
+FORMAT_VERSION = 6
+READABLE_VERSIONS = (4, 5, 6)
 CHUNK_BYTES = 1 << 20  # what a snapshot is read and written in: never held whole
 KEEP = 2  # the current snapshot and the one before it
 
 _HEAD = struct.Struct("<8sIIQQI")  # magic, version, flags, index, term, member count
 _REPLACES_LOG = 1
+_HELD_BY_STATE = 2
 # role, incarnation, then the id's length in bytes; then the id (UTF-8)
 _MEMBER = struct.Struct("<BQH")
 _MEMBER_V4 = struct.Struct("<BH")  # role, length: no incarnation
@@ -99,6 +106,7 @@ class SnapshotFiles:
         self._current: SnapshotFile | None = None
         self._current_meta: SnapshotMeta | None = None
         self._current_replaces_log = False
+        self._current_held = False
 
     @classmethod
     def open(cls, fs: FileSystem, snap_dir: Path) -> SnapshotFiles:
@@ -141,14 +149,14 @@ class SnapshotFiles:
             key=SnapshotFile.key,
         )
         problems: list[StorageCorruptedError] = []
-        chosen: tuple[SnapshotFile, SnapshotMeta, bool] | None = None
+        chosen: tuple[SnapshotFile, _Layout] | None = None
         for file in (own + newer) if needed > 0 else []:
             try:
-                meta, replaces_log = self._read(file)
+                layout = self._read(file)
             except StorageCorruptedError as exc:
                 problems.append(exc)
                 continue
-            chosen = file, meta, replaces_log
+            chosen = file, layout
             break
         if needed > 0 and chosen is None:
             if problems:
@@ -168,8 +176,9 @@ class SnapshotFiles:
         for problem in problems:
             logger.warning("%s; using %s instead", problem, chosen[0].path.name if chosen else "")
         self._current = chosen[0] if chosen else None
-        self._current_meta = chosen[1] if chosen else None
-        self._current_replaces_log = chosen[2] if chosen else False
+        self._current_meta = chosen[1].meta if chosen else None
+        self._current_replaces_log = chosen[1].replaces_log if chosen else False
+        self._current_held = chosen[1].held_by_state if chosen else False
         self._drop_unrecorded(files)
         return self._current_meta
 
@@ -201,10 +210,14 @@ class SnapshotFiles:
         """Whether the current snapshot was installed from the leader (the log restarts)."""
         return self._current_replaces_log
 
+    def latest_held_by_state(self) -> bool:
+        """Whether the current snapshot's data is held by the state machine (no data here)."""
+        return self._current_held
+
     def open_current(self) -> SnapshotReader | None:
-        """The current snapshot, open for reading (None: there is none). Its header is checked
-        here; its data's checksum while it is read."""
-        if self._current is None:
+        """The current snapshot, open for reading (None: there is none, or the state machine
+        holds its data). Its header is checked here; its data's checksum while it is read."""
+        if self._current is None or self._current_held:
             return None
         file = self._current
         try:
@@ -232,31 +245,53 @@ class SnapshotFiles:
         `replaces_log`: installed from the leader, so every stored entry is discarded.
         """
         check_meta(meta)
-        file = SnapshotFile(meta.term, meta.index, self._dir / snapshot_name(meta.term, meta.index))
-        tmp = file.path.with_name(file.path.name + _TMP_SUFFIX)
         with _open_source(source) as data:
             try:
                 length = os.fstat(data.fileno()).st_size
             except OSError as exc:
                 raise StorageIOError(f"{source}: cannot read the snapshot data: {exc}") from exc
-            head = _encode_header(meta, replaces_log, length)
+
+            def write_data(staged: AppendFile, crc: int) -> int:
+                return _stream_into(staged, data, source, length, crc)
+
+            self._write(meta, _REPLACES_LOG if replaces_log else 0, write_data, length)
+
+    def save_held(self, meta: SnapshotMeta) -> None:
+        """Write, durably, a snapshot whose data the state machine holds itself (at meta.index
+        or later): the metadata only. Makes it current; the caller then prune()s."""
+        check_meta(meta)
+        self._write(meta, _HELD_BY_STATE, lambda staged, crc: crc, 0)
+
+    def _write(
+        self,
+        meta: SnapshotMeta,
+        flags: int,
+        write_data: Callable[[AppendFile, int], int],
+        length: int,
+    ) -> None:
+        """Stage, fsync and rename into place one snapshot file; `write_data(staged, crc)`
+        writes its `length` bytes of data and returns the crc continued over them."""
+        file = SnapshotFile(meta.term, meta.index, self._dir / snapshot_name(meta.term, meta.index))
+        tmp = file.path.with_name(file.path.name + _TMP_SUFFIX)
+        head = _encode_header(meta, flags, length)
+        try:
+            if self._fs.exists(tmp):
+                self._fs.remove(tmp)
+            staged = self._fs.open_append(tmp)
             try:
-                if self._fs.exists(tmp):
-                    self._fs.remove(tmp)
-                staged = self._fs.open_append(tmp)
-                try:
-                    staged.write(head)
-                    crc = _stream_into(staged, data, source, length, zlib.crc32(head))
-                    staged.write(_CRC.pack(crc))
-                    staged.sync()
-                finally:
-                    staged.close()
-                self._fs.rename(tmp, file.path)
-                self._fs.fsync_dir(self._dir)
-            except OSError as exc:
-                raise StorageIOError(f"{file.path}: writing the snapshot failed: {exc}") from exc
+                staged.write(head)
+                crc = write_data(staged, zlib.crc32(head))
+                staged.write(_CRC.pack(crc))
+                staged.sync()
+            finally:
+                staged.close()
+            self._fs.rename(tmp, file.path)
+            self._fs.fsync_dir(self._dir)
+        except OSError as exc:
+            raise StorageIOError(f"{file.path}: writing the snapshot failed: {exc}") from exc
         self._current, self._current_meta = file, meta
-        self._current_replaces_log = replaces_log
+        self._current_replaces_log = bool(flags & _REPLACES_LOG)
+        self._current_held = bool(flags & _HELD_BY_STATE)
 
     def prune(self) -> int:
         """Delete all but the newest KEEP snapshots (never the current one); returns how many."""
@@ -271,8 +306,8 @@ class SnapshotFiles:
             raise StorageIOError(f"{self._dir}: removing old snapshots failed: {exc}") from exc
         return len(doomed)
 
-    def _read(self, file: SnapshotFile) -> tuple[SnapshotMeta, bool]:
-        """Verify one snapshot file whole, streaming it: (meta, replaces_log)."""
+    def _read(self, file: SnapshotFile) -> _Layout:
+        """Verify one snapshot file whole, streaming it."""
         try:
             stream = self._fs.open_read(file.path)
         except OSError as exc:
@@ -284,7 +319,7 @@ class SnapshotFiles:
         finally:
             stream.close()
         _check_name(file, layout.meta)
-        return layout.meta, layout.replaces_log
+        return layout
 
 
 class SnapshotReader:
@@ -423,6 +458,7 @@ class _Layout:
 
     meta: SnapshotMeta
     replaces_log: bool
+    held_by_state: bool
     data_offset: int
     data_length: int
     head_crc: int  # crc32 of the bytes before the data
@@ -454,8 +490,7 @@ def _create_copy(dest: Path) -> BinaryIO:
     return os.fdopen(fd, "wb")
 
 
-def _encode_header(meta: SnapshotMeta, replaces_log: bool, data_length: int) -> bytes:
-    flags = _REPLACES_LOG if replaces_log else 0
+def _encode_header(meta: SnapshotMeta, flags: int, data_length: int) -> bytes:
     conf = meta.conf
     members = [(_VOTER, n) for n in conf.voters] + [(_LEARNER, n) for n in conf.learners]
     head = _HEAD.pack(SNAPSHOT_MAGIC, FORMAT_VERSION, flags, meta.index, meta.term, len(members))
@@ -574,7 +609,8 @@ def _layout(path: Path, stream: ReadFile, *, verify: bool) -> _Layout:
             raise StorageCorruptedError(path, body_end, "snapshot checksum mismatch")
     # With `verify` the checksum holds, so what follows fails only on a file written by a
     # broken writer; without it, the data's checksum is the reader's to verify.
-    if flags & ~_REPLACES_LOG:
+    known = _REPLACES_LOG | (_HELD_BY_STATE if version >= 6 else 0)
+    if flags & ~known or flags == _REPLACES_LOG | _HELD_BY_STATE:
         raise StorageCorruptedError(path, 12, f"unknown snapshot flags {flags:#x}")
     stream.seek(_HEAD.size)
     header = _read_header(stream, head, body_end)
@@ -604,9 +640,21 @@ def _layout(path: Path, stream: ReadFile, *, verify: bool) -> _Layout:
         conf = ConfState(tuple(voters), tuple(learners), tuple(sorted(incarnations)))
     except ValueError as exc:
         raise StorageCorruptedError(path, _HEAD.size, f"impossible member list: {exc}") from None
+    held = bool(flags & _HELD_BY_STATE)
+    if held and header.data_length:
+        raise StorageCorruptedError(
+            path,
+            header.data_offset - _DATA_LENGTH.size,
+            f"a snapshot held by the state machine has no data, not {header.data_length} bytes",
+        )
     meta = SnapshotMeta(LogIndex(index), Term(term), conf)
     return _Layout(
-        meta, bool(flags & _REPLACES_LOG), header.data_offset, header.data_length, header.crc
+        meta,
+        bool(flags & _REPLACES_LOG),
+        held,
+        header.data_offset,
+        header.data_length,
+        header.crc,
     )
 
 

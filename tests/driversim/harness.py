@@ -529,21 +529,21 @@ class Sim:
 
     def _watch_snapshots(self, slot: Slot, storage: Storage) -> None:
         """The log may be compacted only up to what the state holds durably (issue 13), checked
-        where storage compacts it (save_snapshot), not only at the next restart: a power cut
-        must follow, and draw a commit below the snapshot, for the restart check to see it."""
-        save = storage.save_snapshot
+        where storage compacts it (compact), not only at the next restart: a power cut must
+        follow, and draw a commit below the snapshot, for the restart check to see it."""
+        compact = storage.compact
 
-        def watched(meta: SnapshotMeta, source: Path) -> None:
+        def watched(meta: SnapshotMeta) -> None:
             if meta.index > slot.disk.durable:
                 self.violate(
                     "compacted-ahead",
                     f"{slot.id} compacted its log to {meta.index}, but its state holds only "
                     f"{slot.disk.durable} durably",
                 )
-            slot.local_snapshots.add(meta.index)  # first: a power cut may strike in save
-            save(meta, source)
+            slot.local_snapshots.add(meta.index)  # first: a power cut may strike in compact
+            compact(meta)
 
-        storage.save_snapshot = watched  # type: ignore[method-assign]
+        storage.compact = watched  # type: ignore[method-assign]
 
     def _kill(self, slot: Slot, how: str) -> bool:
         driver, transport = slot.driver, slot.transport

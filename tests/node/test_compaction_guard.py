@@ -8,9 +8,10 @@ checkpoint; these tests take the worst, the checkpoint itself (the copy Counting
 the file right after each complete checkpoint).
 
 A driver that compacts whatever the checkpoint says (tests.driversim.broken) is run through the
-same tests to show they fail on it. It is instructive that the digests still agree then: at
-restart the driver finds its database behind the stored snapshot and installs that snapshot
-again. Only the direct checks (the log reaches the database; nothing was installed) see it."""
+same tests to show they fail on it. A compaction records the snapshot's metadata only (the
+database holds the data), so at restart the broken driver finds its database behind its own
+snapshot with nothing to restore it from, and refuses to start: the entries in between are
+lost, which is exactly the bug."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from typing import Any
 import pytest
 
 from node.chat.replies import ApplyResult
-from node.driver import RaftDriver
+from node.driver import FatalNodeError, RaftDriver
 from node.raft.types import NodeId
 from tests.driversim.broken import _PartialIgnoredState
 from tests.node.test_sqlite_drivers import IDS, Cluster, send_many, setup_accounts, vrun
@@ -120,39 +121,42 @@ def test_a_power_cut_after_partial_checkpoints_finds_the_log_reaching_the_databa
         await send_many(leader, 100, start=50)  # two or three snapshots due, all partial
         await cluster.converged()
         power_cut(cluster, follower)
-        restarted = cluster.start(follower)
+        try:
+            restarted = cluster.start(follower)
+        except FatalNodeError as exc:
+            found["fatal"] = str(exc)
+            return
         found["reverted"] = cluster.states[follower].applied_index
         found["first"] = restarted.storage.first_index()
         found["installs"] = cluster.states[follower].installs
         await cluster.converged()
-        assert len(cluster.digests()) == 1  # alike even for the broken driver (see above)
+        assert len(cluster.digests()) == 1
 
     cluster = vrun(
         tmp_path, test, clean=driver == "real", snapshot_entries=40, driver_class=DRIVERS[driver]
     )
-    reaches = found["first"] <= found["reverted"] + 1 and found["installs"] == 0
     if driver == "real":
-        assert reaches, found
+        assert "fatal" not in found, found
+        assert found["first"] <= found["reverted"] + 1 and found["installs"] == 0, found
     else:  # the checks above fail on it
-        assert not reaches and cluster.compacted_ahead, (found, cluster.compacted_ahead)
+        assert "behind the log" in found.get("fatal", ""), found
+        assert cluster.compacted_ahead, found
 
 
-@pytest.mark.parametrize("durable", ["none", "below the copy", "complete"])
+@pytest.mark.parametrize("durable", ["none", "complete"])
 @pytest.mark.parametrize("driver", ["real", "ignores-checkpoint"])
 def test_the_log_is_never_compacted_past_what_the_database_holds_durably(
     tmp_path: Path, durable: str, driver: str
 ) -> None:
     """The rule of issue 13: compact only after a complete checkpoint, and only up to the
-    applied index read just before it. A state whose checkpoints are partial (None), or
-    report less than the copy holds, must leave the log uncompacted; with complete ones (the
-    control) the log is compacted. The broken driver compacts either way, and fails."""
+    applied index read just before it. A state whose checkpoints are partial (None) must
+    leave the log uncompacted; with complete ones (the control) the log is compacted. The
+    broken driver compacts either way, and fails."""
 
     async def test(cluster: Cluster) -> None:
         for state in cluster.states.values():
             if durable == "none":
                 state.refuse_checkpoints = True
-            elif durable == "below the copy":
-                state.checkpoint = lambda: 1  # type: ignore[method-assign]
         leader = await setup_accounts(cluster)
         await send_many(leader, 60)
         await cluster.converged()
@@ -171,3 +175,30 @@ def test_the_log_is_never_compacted_past_what_the_database_holds_durably(
         assert all(d.core.log.snapshot_index() == 0 for d in cluster.drivers.values())
     else:  # the guard's assertions above fail on the broken driver
         assert any(c > 0 for c in compacted.values()) and cluster.compacted_ahead
+
+
+def test_the_log_is_compacted_to_the_index_the_checkpoint_reports_not_to_the_applied_one(
+    tmp_path: Path,
+) -> None:
+    """The checkpoint says which applied index it made durable (the one read just before it);
+    the driver compacts to that, never to what has been applied since. Here every checkpoint
+    completes but reports index 2: every log is compacted to 2 and no further."""
+
+    async def test(cluster: Cluster) -> None:
+        for state in cluster.states.values():
+            checkpoint = state.checkpoint
+
+            def reports_two(checkpoint: Any = checkpoint) -> int | None:
+                return None if checkpoint() is None else 2
+
+            state.checkpoint = reports_two  # type: ignore[method-assign]
+        leader = await setup_accounts(cluster)
+        await send_many(leader, 60)
+        await cluster.converged()
+        await asyncio.sleep(1.0)  # every snapshot due has had its time
+
+    cluster = vrun(tmp_path, test, snapshot_entries=10)
+    assert {n: d.storage.first_index() - 1 for n, d in cluster.drivers.items()} == dict.fromkeys(
+        IDS, 2
+    )
+    assert cluster.compacted_ahead == []

@@ -92,8 +92,9 @@ class RecordingTransport:
 class ThreadLikeExecutor:
     """The CPU pool as two threads would run it: calls overlap in time (each takes `delay_s`
     of virtual time between starting and finishing), and a call named in `held` waits at a
-    gate until the test releases it. Records every pair of state.copy_to()/state.install()
-    calls that were under way at once (the test gives it as the CPU and the apply executor)."""
+    gate until the test releases it. Records every pair of state.copy_to()/state.checkpoint()
+    and state.install() calls that were under way at once (the test gives it as the CPU and
+    the apply executor)."""
 
     def __init__(self, delay_s: float = 0.001, held: tuple[str, ...] = ()) -> None:
         self.delay_s = delay_s
@@ -113,7 +114,7 @@ class ThreadLikeExecutor:
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         name = getattr(fn, "__name__", repr(fn))
         for other in self.active:
-            if {name, other} <= {"copy_to", "install"}:
+            if "install" in {name, other} and {name, other} <= {"copy_to", "checkpoint", "install"}:
                 self.overlaps.append((other, name))
         self.active.append(name)
         try:
@@ -260,26 +261,25 @@ def test_a_local_snapshot_and_an_install_never_run_at_once_and_the_stale_one_is_
     """Fix: _state_lock around state.snapshot() and state.restore(), and the guard
     `if index > self.core.log.snapshot_index(): compact`.
 
-    The follower starts a local snapshot (its serialization is slow: held at a gate) and,
+    The follower starts a local compaction (its checkpoint is slow: held at a gate) and,
     meanwhile, the leader's InstallSnapshot for a later index arrives. Without the lock, the
-    install restores the state while snapshot() is still serializing it (an overlap, on two
-    threads a torn snapshot), and then the stale local snapshot's save is refused by storage
-    and stops the node. Without the guard, core.compact() of the stale index (already inside
-    the installed snapshot) raises and stops the node."""
+    install replaces the state while it is being checkpointed (an overlap), and then the stale
+    compaction is refused by storage and stops the node. Without the guard, core.compact() of
+    the stale index (already inside the installed snapshot) raises and stops the node."""
 
     async def test() -> None:
-        cpu = ThreadLikeExecutor(held=("copy_to",))
+        cpu = ThreadLikeExecutor(held=("checkpoint",))
         driver, _ = make_driver(cfg=config(snapshot_entries=3), cpu=cpu)
         driver.start()
         driver.step(append(0, entries(1, 5), commit=5))
-        await until(lambda: cpu.waiting("copy_to"))
+        await until(lambda: cpu.waiting("checkpoint"))
         assert applied(driver) == 5
 
         m, path = snapshot_of(20)
         data = path.read_bytes()
         await driver.receive_snapshot(m, path)
         await asyncio.sleep(0.5)  # the install has every chance to run now
-        cpu.release("copy_to")
+        cpu.release("checkpoint")
         await until(lambda: applied(driver) == 20 or driver.fatal is not None)
 
         assert cpu.overlaps == []

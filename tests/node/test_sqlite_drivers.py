@@ -23,7 +23,7 @@ from node.chat.commands import Login, Register, Send, encode, session_of
 from node.chat.replies import ApplyResult
 from node.chat.state import ChatState
 from node.config import ChatLimits, ClusterConfig, parse_config
-from node.driver import RaftDriver
+from node.driver import FatalNodeError, RaftDriver
 from node.memory_transport import MemoryNetwork, NetworkFaults
 from node.raft.errors import NotLeaderError
 from node.raft.membership import ConfChangeBusyError, ConfChangeError
@@ -122,15 +122,15 @@ class Cluster:
             sync()
 
         storage.sync = counted_sync  # type: ignore[method-assign]
-        save = storage.save_snapshot
+        compact = storage.compact
 
-        def watched_save(meta: SnapshotMeta, source: Path) -> None:
-            # save_snapshot compacts the stored log: never past the last complete checkpoint
+        def watched_compact(meta: SnapshotMeta) -> None:
+            # compact() compacts the stored log: never past the last complete checkpoint
             if meta.index > state.durable:
                 self.compacted_ahead.append(f"{node}: log to {meta.index}, db {state.durable}")
-            save(meta, source)
+            compact(meta)
 
-        storage.save_snapshot = watched_save  # type: ignore[method-assign]
+        storage.compact = watched_compact  # type: ignore[method-assign]
         driver: RaftDriver[ApplyResult] = self.driver_class(
             node_id=node,
             config=self.config,
@@ -340,12 +340,13 @@ def test_a_follower_behind_the_compacted_log_installs_the_database(tmp_path: Pat
     vrun(tmp_path, test, snapshot_entries=30)
 
 
-def test_a_node_whose_database_is_gone_restores_it_from_its_snapshot_and_replays(
+def test_a_node_whose_database_is_gone_after_its_own_compaction_refuses_to_start(
     tmp_path: Path,
 ) -> None:
-    """The state behind the stored snapshot (here its files are gone; also a crash between
-    storing an install and switching the state to it): the driver installs its own snapshot
-    at start, then replays the log after it."""
+    """A compaction of its own records the snapshot's metadata only: the database holds the
+    data (Storage.compact). With the database gone the entries compacted away are gone too,
+    so the node must not start as the member it was (it would apply the log after the
+    snapshot to an empty state): it stops with an error that names the way out."""
 
     async def test(cluster: Cluster) -> None:
         leader = await setup_accounts(cluster)
@@ -354,13 +355,46 @@ def test_a_node_whose_database_is_gone_restores_it_from_its_snapshot_and_replays
         follower = next(n for n in IDS if n != leader.id)
         snapshot = cluster.drivers[follower].core.log.snapshot_index()
         assert snapshot > 0
+        assert cluster.drivers[follower].storage.snapshot_held_by_state()
         cluster.crash(follower)
         shutil.rmtree(cluster.tmp / follower / "state")
         cluster.durable.pop(follower, None)
-        restarted = cluster.start(follower)
-        assert cluster.states[follower].applied_index == snapshot  # restored at start
-        assert restarted.applied_index == snapshot
+        with pytest.raises(FatalNodeError, match=f"compacted to {snapshot}.*replace"):
+            cluster.start(follower)
+
+    vrun(tmp_path, test, snapshot_entries=30)
+
+
+def test_a_compaction_copies_nothing_and_a_follower_gets_a_copy_made_when_it_needs_one(
+    tmp_path: Path,
+) -> None:
+    """The snapshot files of a node's own compactions hold no data (the cost of compacting
+    must not grow with the state); a follower behind the compacted log is sent a copy of the
+    leader's state made then, which may hold more than the snapshot's index: it installs it
+    and skips the entries it already holds, to the same digest as everyone."""
+
+    async def test(cluster: Cluster) -> None:
+        leader = await setup_accounts(cluster)
+        lagging = next(n for n in IDS if n != leader.id)
+        cluster.crash(lagging)
+        await send_many(leader, 100)
+        for _ in range(1000):  # the leader compacts off the loop, soon after it applies
+            if leader.core.log.snapshot_index() > 0:
+                break
+            await asyncio.sleep(0.01)
+        snapshot = leader.core.log.snapshot_index()
+        assert snapshot > 0 and leader.storage.snapshot_held_by_state()
+        fs, snap_dir = cluster.fs[leader.id], ROOT / leader.id / "snap"
+        sizes = [len(fs.read_bytes(snap_dir / name)) for name in fs.listdir(snap_dir)]
+        assert sizes and max(sizes) < 200, sizes  # metadata only
+        await send_many(leader, 5, start=100)  # applied past the snapshot: the copy holds more
+        restarted = cluster.start(lagging)
         await cluster.converged()
+        state = cluster.states[lagging]
+        assert state.installs == 1
+        copied = leader._outgoing_copy
+        assert copied is not None and copied[0] > restarted.core.log.snapshot_index() >= snapshot
+        assert not restarted.storage.snapshot_held_by_state()  # the install's file holds it
         assert len(cluster.digests()) == 1
 
     vrun(tmp_path, test, snapshot_entries=30)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
@@ -284,3 +286,109 @@ def test_a_snapshot_file_cut_short_is_an_error_naming_it(tmp_path: Path) -> None
     path.write_bytes(whole)
     with Storage.open(tmp_path) as storage:
         assert read_snapshot(storage) == (snap(10, 1), snapshot_data(snap(10, 1)))
+
+
+# -- compactions whose data the state machine holds (Storage.compact) ---------------------
+
+
+def test_compact_records_the_metadata_only_and_a_reopen_finds_it(tmp_path: Path) -> None:
+    """The state machine keeps its own data durably: a compaction copies none of it, and the
+    snapshot still says where the log was compacted to and in which configuration."""
+    conf = ConfState((NodeId("a"), NodeId("b")), (NodeId("d"),), ((NodeId("d"), 7),))
+    meta = SnapshotMeta(LogIndex(10), Term(1), conf)
+    with filled(tmp_path) as storage:
+        storage.compact(meta)
+        assert storage.snapshot_held_by_state()
+        assert storage.open_snapshot() is None  # no data to read: it is the state's
+        assert storage.first_index() == 11
+    (name,) = snap_files(tmp_path)
+    assert (tmp_path / "snap" / name).stat().st_size < 100
+    with Storage.open(tmp_path) as storage:
+        state = storage.initial_state()
+        assert state.snapshot == meta
+        assert [e.index for e in state.entries] == list(range(11, 21))
+        assert storage.snapshot_held_by_state()
+        # an install from the leader brings data again
+        storage.install_snapshot(snap(30, 2), data_file(b"thirty"))
+        assert not storage.snapshot_held_by_state()
+        assert read_snapshot(storage) == (snap(30, 2), b"thirty")
+
+
+def test_compact_follows_the_rules_of_save_snapshot(tmp_path: Path) -> None:
+    with filled(tmp_path) as storage:
+        storage.compact(snap(10, 1))
+        with pytest.raises(StorageMisuseError, match="not after"):
+            storage.compact(snap(10, 1))
+        with pytest.raises(StorageMisuseError, match="log ends at 20"):
+            storage.compact(snap(21, 1))
+        with pytest.raises(StorageMisuseError, match="term"):
+            storage.compact(snap(15, 2))
+
+
+def test_a_crash_inside_compact_leaves_the_old_snapshot_or_the_new_one() -> None:
+    def prepare() -> tuple[CrashFileSystem, Storage]:
+        fs = CrashFileSystem()
+        storage = Storage.open(DATA_DIR, fs=fs)
+        storage.append([entry(1, i) for i in range(1, 21)])
+        storage.set_hard_state(hard(1, "a", 20))
+        storage.sync()
+        storage.save_snapshot(snap(10, 1), data_file(b"ten"))
+        return fs, storage
+
+    fs, storage = prepare()
+    start = fs.ops
+    storage.compact(snap(15, 1))
+    total = fs.ops - start
+    outcomes: set[str] = set()
+    for cut in range(total + 1):
+        fs, storage = prepare()
+        fs.cut_power_after(cut)
+        with contextlib.suppress(PowerCut):
+            storage.compact(snap(15, 1))
+        fs.crash()
+        reopened = Storage.open(DATA_DIR, fs=fs)
+        state = reopened.initial_state()
+        if state.snapshot == snap(10, 1):
+            assert read_snapshot(reopened) == (snap(10, 1), b"ten"), f"cut {cut}"
+            assert [e.index for e in state.entries] == list(range(11, 21))
+            outcomes.add("old")
+        else:
+            assert state.snapshot == snap(15, 1), f"cut {cut}: {state.snapshot}"
+            assert reopened.snapshot_held_by_state()
+            assert [e.index for e in state.entries] == list(range(16, 21))
+            outcomes.add("new")
+        reopened.close()
+    assert outcomes == {"old", "new"}
+
+
+def _rewrite_held(path: Path, *, version: int, flags: int, data: bytes) -> None:
+    """Rewrite a held snapshot file (no data) with another version, flags and data, under a
+    checksum that holds: only the format's own rules can refuse it."""
+    raw = path.read_bytes()
+    head = bytearray(raw[: len(raw) - _CRC_BYTES - _LENGTH_BYTES])  # no data: length, crc
+    struct.pack_into("<II", head, 8, version, flags)
+    body = bytes(head) + struct.pack("<Q", len(data)) + data
+    path.write_bytes(body + struct.pack("<I", zlib.crc32(body)))
+
+
+_CRC_BYTES, _LENGTH_BYTES = 4, 8
+
+
+@pytest.mark.parametrize(
+    "version, flags, data, reason",
+    [
+        (6, 2, b"x", "held by the state machine has no data"),
+        (5, 2, b"", "unknown snapshot flags"),
+        (6, 3, b"", "unknown snapshot flags"),
+    ],
+)
+def test_a_held_snapshot_that_breaks_its_format_is_an_error_naming_it(
+    tmp_path: Path, version: int, flags: int, data: bytes, reason: str
+) -> None:
+    with filled(tmp_path) as storage:
+        storage.compact(snap(10, 1))
+    path = tmp_path / "snap" / f"{1:016x}-{10:016x}.snap"
+    _rewrite_held(path, version=version, flags=flags, data=data)
+    with pytest.raises(StorageCorruptedError, match=reason) as err:
+        Storage.open(tmp_path)
+    assert err.value.path == path
