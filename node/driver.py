@@ -802,6 +802,8 @@ class RaftDriver(Generic[R]):
                 await self._storage_pool.run(self.storage.compact, meta)
                 if index > self.core.log.snapshot_index():
                     self.core.compact(index)
+                if self._outgoing_copy is not None and self._outgoing_copy[0] < index:
+                    self._drop_outgoing_copy()  # it no longer covers the snapshot
             self._applied_bytes_since_snapshot = 0
             logger.info(
                 "%s compacted its log to index %d term %d (the state is durable there): %.0f ms",

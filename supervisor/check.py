@@ -4,7 +4,10 @@ acknowledged was lost, doubled or reordered.
 It starts the cluster of cluster.yaml (same nodes and ports, data in a temporary directory,
 so the cluster's own data is never touched), runs --clients clients that send numbered
 messages to each other and read their history, and injects one fault per --interval from
---nemesis (kill, pause, partition; at most a minority at once), undoing it at the next step.
+--nemesis (kill, pause, partition; at most a minority at once), undoing it at the next step;
+replace, a membership change, wipes one member's disk and replaces it (remove, add as a new
+incarnation, catch up, promote: supervisor.membership) while the clients go on, and needs no
+undoing.
 The schedule comes from --seed, printed, so a run can be repeated. Then it heals everything,
 drains every inbox, checks the history (supervisor.history) and that every node's state
 digest is identical, prints the verdict, the counts and the timeline, and exits non-zero on a
@@ -15,7 +18,8 @@ outcome is unknown is resent with its one request id until it is answered, and i
 unknown only if it never is; only a definite refusal records it as failed.
 
 A tool on top of the supervisor library: imports node.config, supervisor.cluster,
-supervisor.history and supervisor.sender; never client or node internals.
+supervisor.history, supervisor.membership and supervisor.sender; never client or node
+internals.
 """
 
 from __future__ import annotations
@@ -37,9 +41,10 @@ from node.config import ClusterConfig, load_config
 from supervisor.certs import Credentials
 from supervisor.cluster import Cluster
 from supervisor.history import Delivery, Outcome, ReadRecord, SendRecord, check, render
+from supervisor.membership import Membership, MembershipError
 from supervisor.sender import OutcomeUnknownError, RefusedError, Sender, SenderError
 
-NEMESES = ("kill", "pause", "partition")
+NEMESES = ("kill", "pause", "partition", "replace")
 PASSWORD: Final = "pw"
 SETUP_TIMEOUT_S: Final = 20.0  # registering and logging in, on a healthy cluster
 READ_TIMEOUT_S: Final = 5.0
@@ -56,6 +61,7 @@ class Run:
     reads: list[ReadRecord] = field(default_factory=list)
     deliveries: list[Delivery] = field(default_factory=list)
     timeline: list[str] = field(default_factory=list)
+    failed_changes: list[str] = field(default_factory=list)  # replaces that did not complete
 
     def now(self) -> float:
         return time.monotonic() - self.started
@@ -128,10 +134,12 @@ async def drain(
             run.deliveries.append(Delivery(m.recipient, m.id, m.sender, m.text))
 
 
-def nemesis_step(
+async def nemesis_step(
     cluster: Cluster, run: Run, rng: random.Random, kinds: list[str], faulted: dict[str, str]
 ) -> None:
-    """Undo the current fault, or make a new one (control calls stay on the main thread)."""
+    """Undo the current fault, or make a new one. A replace waits in a thread (for the change
+    to commit, the new member to catch up) while the clients go on; it is the only Cluster
+    caller then."""
     ids = list(cluster.node_ids)
     if faulted or cluster.groups is not None:
         for node, how in sorted(faulted.items()):
@@ -147,6 +155,21 @@ def nemesis_step(
             run.event("heal")
         return
     kind = rng.choice(kinds)
+    if kind == "replace":
+        node = rng.choice(ids)
+        run.event(f"replace {node} (its disk wiped)")
+        membership = Membership(cluster)
+        try:  # the process starts on this thread (the node's parent-death signal), the rest waits
+            await asyncio.to_thread(membership.prepare_replace, node)
+            cluster.start_node(node, wait=False)
+            view = await asyncio.to_thread(membership.finish_join, node)
+        except MembershipError as exc:
+            run.event(f"replace {node} failed: {exc}")
+            run.failed_changes.append(f"replace {node}: {exc}")
+            return
+        member = view.member(node)
+        run.event(f"{node} is a voter again, incarnation {member.incarnation if member else '?'}")
+        return
     count = rng.randint(1, max((len(ids) - 1) // 2, 1))
     victims = sorted(rng.sample(ids, count))
     if kind == "partition":
@@ -197,9 +220,9 @@ async def run_check(args: argparse.Namespace) -> int:
             while run.now() < until:
                 await asyncio.sleep(args.interval)
                 if run.now() < until:
-                    nemesis_step(cluster, run, rng, kinds, faulted)
+                    await nemesis_step(cluster, run, rng, kinds, faulted)
             if faulted or cluster.groups is not None:
-                nemesis_step(cluster, run, rng, kinds, faulted)  # undo the last fault
+                await nemesis_step(cluster, run, rng, kinds, faulted)  # undo the last fault
             run.event(f"faults over; leader {cluster.wait_leader(30)}")
             await asyncio.gather(*tasks)
             run.event("senders done; draining every inbox")
@@ -211,6 +234,8 @@ async def run_check(args: argparse.Namespace) -> int:
     verdict = check(run.sends, run.deliveries, run.reads)
     if not digests_equal:
         verdict.violations.append("the nodes' state digests differ at the same applied index")
+    for failed in run.failed_changes:  # not a lost write, but the cluster did not heal
+        verdict.violations.append(f"a membership change did not complete: {failed}")
     print("\ntimeline:")
     print("\n".join(f"  {line}" for line in run.timeline))
     print()

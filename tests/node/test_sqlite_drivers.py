@@ -396,6 +396,12 @@ def test_a_compaction_copies_nothing_and_a_follower_gets_a_copy_made_when_it_nee
         assert copied is not None and copied[0] > restarted.core.log.snapshot_index() >= snapshot
         assert not restarted.storage.snapshot_held_by_state()  # the install's file holds it
         assert len(cluster.digests()) == 1
+        await send_many(leader, 40, start=105)  # the leader compacts past what the copy holds
+        for _ in range(1000):
+            if leader.core.log.snapshot_index() > copied[0]:
+                break
+            await asyncio.sleep(0.01)
+        assert leader._outgoing_copy is None and not copied[1].exists()  # not kept for nothing
 
     vrun(tmp_path, test, snapshot_entries=30)
 
