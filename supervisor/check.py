@@ -4,10 +4,11 @@ acknowledged was lost, doubled or reordered.
 It starts the cluster of cluster.yaml (same nodes and ports, data in a temporary directory,
 so the cluster's own data is never touched), runs --clients clients that send numbered
 messages to each other and read their history, and injects one fault per --interval from
---nemesis (kill, pause, partition; at most a minority at once), undoing it at the next step;
-replace, a membership change, wipes one member's disk and replaces it (remove, add as a new
-incarnation, catch up, promote: supervisor.membership) while the clients go on, and needs no
-undoing.
+--nemesis (kill, pause, partition; at most a minority at once), undoing it at the next step.
+membership changes the members while the clients go on (supervisor.membership): either it
+removes one member (stopping it: its clients must move on), and the undoing adds it back as a
+new incarnation, or it wipes one member's disk and replaces it (remove, add as a new
+incarnation, catch up, promote), which needs no undoing.
 The schedule comes from --seed, printed, so a run can be repeated. Then it heals everything,
 drains every inbox, checks the history (supervisor.history) and that every node's state
 digest is identical, prints the verdict, the counts and the timeline, and exits non-zero on a
@@ -44,7 +45,7 @@ from supervisor.history import Delivery, Outcome, ReadRecord, SendRecord, check,
 from supervisor.membership import Membership, MembershipError
 from supervisor.sender import OutcomeUnknownError, RefusedError, Sender, SenderError
 
-NEMESES = ("kill", "pause", "partition", "replace")
+NEMESES = ("kill", "pause", "partition", "membership")
 PASSWORD: Final = "pw"
 SETUP_TIMEOUT_S: Final = 20.0  # registering and logging in, on a healthy cluster
 READ_TIMEOUT_S: Final = 5.0
@@ -61,7 +62,7 @@ class Run:
     reads: list[ReadRecord] = field(default_factory=list)
     deliveries: list[Delivery] = field(default_factory=list)
     timeline: list[str] = field(default_factory=list)
-    failed_changes: list[str] = field(default_factory=list)  # replaces that did not complete
+    failed_changes: list[str] = field(default_factory=list)  # membership changes not done
 
     def now(self) -> float:
         return time.monotonic() - self.started
@@ -137,15 +138,17 @@ async def drain(
 async def nemesis_step(
     cluster: Cluster, run: Run, rng: random.Random, kinds: list[str], faulted: dict[str, str]
 ) -> None:
-    """Undo the current fault, or make a new one. A replace waits in a thread (for the change
-    to commit, the new member to catch up) while the clients go on; it is the only Cluster
-    caller then."""
+    """Undo the current fault, or make a new one. A membership change waits in a thread (for
+    the change to commit, a new member to catch up) while the clients go on; it is the only
+    Cluster caller then."""
     ids = list(cluster.node_ids)
     if faulted or cluster.groups is not None:
         for node, how in sorted(faulted.items()):
             if how == "kill":
                 cluster.start_node(node, wait=False)
                 run.event(f"start {node}")
+            elif how == "remove":
+                await _join(cluster, run, node, "add")
             else:
                 cluster.resume(node)
                 run.event(f"resume {node}")
@@ -155,20 +158,19 @@ async def nemesis_step(
             run.event("heal")
         return
     kind = rng.choice(kinds)
-    if kind == "replace":
+    if kind == "membership":
         node = rng.choice(ids)
-        run.event(f"replace {node} (its disk wiped)")
-        membership = Membership(cluster)
-        try:  # the process starts on this thread (the node's parent-death signal), the rest waits
-            await asyncio.to_thread(membership.prepare_replace, node)
-            cluster.start_node(node, wait=False)
-            view = await asyncio.to_thread(membership.finish_join, node)
-        except MembershipError as exc:
-            run.event(f"replace {node} failed: {exc}")
-            run.failed_changes.append(f"replace {node}: {exc}")
+        if rng.random() < 0.5:
+            await _join(cluster, run, node, "replace")
             return
-        member = view.member(node)
-        run.event(f"{node} is a voter again, incarnation {member.incarnation if member else '?'}")
+        run.event(f"remove {node}")
+        try:
+            await asyncio.to_thread(Membership(cluster).remove, node)
+        except MembershipError as exc:
+            run.event(f"remove {node} failed: {exc}")
+            run.failed_changes.append(f"remove {node}: {exc}")
+            return
+        faulted[node] = "remove"
         return
     count = rng.randint(1, max((len(ids) - 1) // 2, 1))
     victims = sorted(rng.sample(ids, count))
@@ -184,6 +186,24 @@ async def nemesis_step(
             cluster.pause(node)
         faulted[node] = kind
         run.event(f"{kind} {node}")
+
+
+async def _join(cluster: Cluster, run: Run, node: str, how: str) -> None:
+    """`add` a removed member back, or `replace` one (its disk wiped), as a new incarnation;
+    the process starts on this thread (the node's parent-death signal), the rest waits."""
+    membership = Membership(cluster)
+    run.event(f"{how} {node}" + (" (its disk wiped)" if how == "replace" else ""))
+    try:
+        prepare = membership.prepare_replace if how == "replace" else membership.prepare_add
+        await asyncio.to_thread(prepare, node)
+        cluster.start_node(node, wait=False)
+        view = await asyncio.to_thread(membership.finish_join, node)
+    except MembershipError as exc:
+        run.event(f"{how} {node} failed: {exc}")
+        run.failed_changes.append(f"{how} {node}: {exc}")
+        return
+    member = view.member(node)
+    run.event(f"{node} is a voter again, incarnation {member.incarnation if member else '?'}")
 
 
 async def run_check(args: argparse.Namespace) -> int:
