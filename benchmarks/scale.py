@@ -460,15 +460,10 @@ def database_bytes(cluster: Cluster, node: str) -> int:
 
 def streamed_snapshot_bytes(cluster: Cluster, node: str, peer: str) -> int:
     """The size in the last "streaming snapshot N (B bytes) to peer" line of node's log."""
-    try:
-        lines = cluster.log_path(node).read_text(errors="replace").splitlines()
-    except FileNotFoundError:
-        return 0
-    for line in reversed(lines):
-        found = re.search(rf"streaming snapshot \d+ \((\d+) bytes\) to {re.escape(peer)}$", line)
-        if found:
-            return int(found[1])
-    return 0
+    found = _last_match(
+        cluster, node, rf"streaming snapshot \d+ \((\d+) bytes\) to {re.escape(peer)}$"
+    )
+    return 0 if found is None else int(found[1])
 
 
 def status_digest_ms(cluster: Cluster, leader: str, rounds: int) -> list[float]:
@@ -495,18 +490,27 @@ def status_digest_ms(cluster: Cluster, leader: str, rounds: int) -> list[float]:
         channel.close()
 
 
-def _last_logged_at(cluster: Cluster, node: str, needle: str) -> float | None:
-    """The wall time (epoch seconds) of the last line of node's log that contains `needle`
-    (the node's log lines start with asctime, to the millisecond)."""
+def _last_match(cluster: Cluster, node: str, pattern: str) -> re.Match[str] | None:
+    """The match of `pattern` (re.search) in the last line of node's log it matches."""
     try:
         lines = cluster.log_path(node).read_text(errors="replace").splitlines()
     except FileNotFoundError:
         return None
     for line in reversed(lines):
-        if needle in line:
-            stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
-            return stamp.timestamp()
+        found = re.search(pattern, line)
+        if found:
+            return found
     return None
+
+
+def _last_logged_at(cluster: Cluster, node: str, needle: str) -> float | None:
+    """The wall time (epoch seconds) of the last line of node's log that contains `needle`
+    (the node's log lines start with asctime, to the millisecond)."""
+    found = _last_match(cluster, node, re.escape(needle))
+    if found is None:
+        return None
+    stamp = datetime.datetime.strptime(found.string[:23], "%Y-%m-%d %H:%M:%S,%f")
+    return stamp.timestamp()
 
 
 def fill_past_snapshot(

@@ -189,15 +189,12 @@ async def nemesis_step(
 
 
 async def _join(cluster: Cluster, run: Run, node: str, how: str) -> None:
-    """`add` a removed member back, or `replace` one (its disk wiped), as a new incarnation;
-    the process starts on this thread (the node's parent-death signal), the rest waits."""
+    """`add` a removed member back, or `replace` one (its disk wiped), as a new incarnation."""
     membership = Membership(cluster)
     run.event(f"{how} {node}" + (" (its disk wiped)" if how == "replace" else ""))
     try:
         prepare = membership.prepare_replace if how == "replace" else membership.prepare_add
-        await asyncio.to_thread(prepare, node)
-        cluster.start_node(node, wait=False)
-        view = await asyncio.to_thread(membership.finish_join, node)
+        view = await membership.join_from_loop(node, prepare)
     except MembershipError as exc:
         run.event(f"{how} {node} failed: {exc}")
         run.failed_changes.append(f"{how} {node}: {exc}")

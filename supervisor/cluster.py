@@ -38,6 +38,7 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import dataclasses
 import datetime
 import errno
 import logging
@@ -303,11 +304,6 @@ class Cluster:
         if self._known(node_id) in self.config.node_ids:
             return self.config.node(node_id)
         return self._added[node_id].address
-
-    def added(self) -> dict[str, formation.AddedMember]:
-        """The members added after the cluster formed, in the order they were added."""
-        with self._lock:
-            return dict(self._added)
 
     @property
     def data_dir(self) -> Path:
@@ -685,8 +681,7 @@ class Cluster:
             if address.id in self.node_ids:
                 raise ClusterError(f"node {address.id} is already known")
             self._removed.discard(address.id)
-            self._added[address.id] = formation.AddedMember(address)
-            formation.write_added(self.config, self._added, self._removed)
+            self._record_added(address.id, formation.AddedMember(address))
         if self.network is not None and address.id not in self.network.nodes:
             self.network.add_node(address.id, (address.host, address.peer_port))
         if self._table is None:
@@ -699,8 +694,7 @@ class Cluster:
         """The member's add was made, at index `incarnation`: its first start joins as that."""
         with self._lock:
             entry = self._added[node_id]
-            self._added[node_id] = formation.AddedMember(entry.address, incarnation)
-            formation.write_added(self.config, self._added, self._removed)
+            self._record_added(node_id, dataclasses.replace(entry, incarnation=incarnation))
 
     def mark_joined(self, node_id: str) -> None:
         """The member started once (its data directory records it): no --join from now on."""
@@ -708,17 +702,12 @@ class Cluster:
             entry = self._added.get(node_id)
             if entry is None or entry.joined:
                 return
-            self._added[node_id] = formation.AddedMember(
-                entry.address, entry.incarnation, joined=True
-            )
-            formation.write_added(self.config, self._added, self._removed)
+            self._record_added(node_id, dataclasses.replace(entry, joined=True))
 
     def mark_rejoining(self, node_id: str) -> None:
         """The member is being replaced (its data wiped): it is added again, then joins."""
         with self._lock:
-            address = self.node_address(node_id)
-            self._added[node_id] = formation.AddedMember(address, joined=False)
-            formation.write_added(self.config, self._added, self._removed)
+            self._record_added(node_id, formation.AddedMember(self.node_address(node_id)))
 
     def mark_removed(self, node_id: str) -> None:
         """The member was removed and its process stopped: no longer one of this cluster's
@@ -729,6 +718,11 @@ class Cluster:
             self._removed.add(node_id)
             self._added.pop(node_id, None)
             formation.write_added(self.config, self._added, self._removed)
+
+    def _record_added(self, node_id: str, entry: formation.AddedMember) -> None:
+        """Under the lock: set the member's entry and write data_dir/members.json."""
+        self._added[node_id] = entry
+        formation.write_added(self.config, self._added, self._removed)
 
     def removed(self) -> set[str]:
         with self._lock:

@@ -18,9 +18,10 @@ Main thread only: add and replace start a process (PR_SET_PDEATHSIG, supervisor.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -153,10 +154,10 @@ class Membership:
         deadline = time.monotonic() + timeout_s
         lag: int | None = None
         while time.monotonic() < deadline:
-            view = self.members()
-            member = view.member(node_id)
+            member = self.members().member(node_id)
             lag = member.lag if member is not None else None
-            if lag is not None and lag <= CATCH_UP_LAG and (member and member.match_index):
+            caught_up = lag is not None and lag <= CATCH_UP_LAG
+            if member is not None and member.match_index and caught_up:
                 return
             time.sleep(0.1)
         raise MembershipError(
@@ -175,6 +176,14 @@ class Membership:
         self.prepare_replace(node_id)
         self.cluster.start_node(node_id, wait=False)
         return self.finish_join(node_id)
+
+    async def join_from_loop(self, node_id: str, prepare: Callable[[str], None]) -> MembersView:
+        """add or replace from an event loop on the main thread: `prepare` (prepare_add or
+        prepare_replace) and the wait in threads, the node started here (the main thread
+        spawns: the node's parent-death signal)."""
+        await asyncio.to_thread(prepare, node_id)
+        self.cluster.start_node(node_id, wait=False)
+        return await asyncio.to_thread(self.finish_join, node_id)
 
     def remove(self, node_id: str) -> MembersView:
         """Take the member out of the configuration, then stop its process."""
@@ -205,9 +214,7 @@ class Membership:
         }
         config = self.cluster.config
         again = node_id in self.cluster.removed()  # removed before: a new, empty incarnation
-        if node_id in config.node_ids:
-            if not again:
-                raise MembershipError(f"{node_id} is already a node of this cluster")
+        if node_id in config.node_ids:  # so removed before: cluster.node_ids did not have it
             address = config.node(node_id)
         else:
             port = free_port(taken)

@@ -530,12 +530,9 @@ async def _add(repl: Repl, args: list[str]) -> None:
 
 
 async def _join(repl: Repl, node_id: str, prepare: Callable[[str], None], done: str) -> None:
-    """add and replace: prepare in a thread, start the node here (the main thread spawns),
-    then wait in a thread until it caught up and was promoted."""
+    """add and replace (Membership.join_from_loop), timed."""
     started = time.monotonic()
-    await repl.blocking(prepare, node_id)
-    repl.cluster.start_node(node_id, wait=False)
-    view = await repl.blocking(repl.membership.finish_join, node_id)
+    view = await repl.membership.join_from_loop(node_id, prepare)
     took = f"{done} {node_id} in {time.monotonic() - started:.1f}s"
     repl.out.info(took + "\n" + _format_members(view))
 

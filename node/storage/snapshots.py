@@ -104,9 +104,7 @@ class SnapshotFiles:
         self._fs = fs
         self._dir = snap_dir
         self._current: SnapshotFile | None = None
-        self._current_meta: SnapshotMeta | None = None
-        self._current_replaces_log = False
-        self._current_held = False
+        self._current_layout: _Layout | None = None  # what its header says
 
     @classmethod
     def open(cls, fs: FileSystem, snap_dir: Path) -> SnapshotFiles:
@@ -175,12 +173,9 @@ class SnapshotFiles:
             )
         for problem in problems:
             logger.warning("%s; using %s instead", problem, chosen[0].path.name if chosen else "")
-        self._current = chosen[0] if chosen else None
-        self._current_meta = chosen[1].meta if chosen else None
-        self._current_replaces_log = chosen[1].replaces_log if chosen else False
-        self._current_held = chosen[1].held_by_state if chosen else False
+        self._current, self._current_layout = chosen if chosen else (None, None)
         self._drop_unrecorded(files)
-        return self._current_meta
+        return self.latest()
 
     def _drop_unrecorded(self, files: list[SnapshotFile]) -> None:
         """Remove the files newer than the current snapshot: no log recorded them."""
@@ -204,20 +199,20 @@ class SnapshotFiles:
 
     def latest(self) -> SnapshotMeta | None:
         """The current snapshot's metadata (None: there is none)."""
-        return self._current_meta
+        return None if self._current_layout is None else self._current_layout.meta
 
     def latest_replaces_log(self) -> bool:
         """Whether the current snapshot was installed from the leader (the log restarts)."""
-        return self._current_replaces_log
+        return self._current_layout is not None and self._current_layout.replaces_log
 
     def latest_held_by_state(self) -> bool:
         """Whether the current snapshot's data is held by the state machine (no data here)."""
-        return self._current_held
+        return self._current_layout is not None and self._current_layout.held_by_state
 
     def open_current(self) -> SnapshotReader | None:
         """The current snapshot, open for reading (None: there is none, or the state machine
         holds its data). Its header is checked here; its data's checksum while it is read."""
-        if self._current is None or self._current_held:
+        if self._current is None or self.latest_held_by_state():
             return None
         file = self._current
         try:
@@ -274,13 +269,14 @@ class SnapshotFiles:
         file = SnapshotFile(meta.term, meta.index, self._dir / snapshot_name(meta.term, meta.index))
         tmp = file.path.with_name(file.path.name + _TMP_SUFFIX)
         head = _encode_header(meta, flags, length)
+        head_crc = zlib.crc32(head)
         try:
             if self._fs.exists(tmp):
                 self._fs.remove(tmp)
             staged = self._fs.open_append(tmp)
             try:
                 staged.write(head)
-                crc = write_data(staged, zlib.crc32(head))
+                crc = write_data(staged, head_crc)
                 staged.write(_CRC.pack(crc))
                 staged.sync()
             finally:
@@ -289,9 +285,15 @@ class SnapshotFiles:
             self._fs.fsync_dir(self._dir)
         except OSError as exc:
             raise StorageIOError(f"{file.path}: writing the snapshot failed: {exc}") from exc
-        self._current, self._current_meta = file, meta
-        self._current_replaces_log = bool(flags & _REPLACES_LOG)
-        self._current_held = bool(flags & _HELD_BY_STATE)
+        self._current = file
+        self._current_layout = _Layout(
+            meta,
+            bool(flags & _REPLACES_LOG),
+            bool(flags & _HELD_BY_STATE),
+            len(head),
+            length,
+            head_crc,
+        )
 
     def prune(self) -> int:
         """Delete all but the newest KEEP snapshots (never the current one); returns how many."""

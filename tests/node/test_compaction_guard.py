@@ -27,7 +27,14 @@ from node.chat.replies import ApplyResult
 from node.driver import FatalNodeError, RaftDriver
 from node.raft.types import NodeId
 from tests.driversim.broken import _PartialIgnoredState
-from tests.node.test_sqlite_drivers import IDS, Cluster, send_many, setup_accounts, vrun
+from tests.node.test_sqlite_drivers import (
+    IDS,
+    Cluster,
+    send_many,
+    setup_accounts,
+    until,
+    vrun,
+)
 
 
 class IgnoresCheckpointDriver(RaftDriver[ApplyResult]):
@@ -57,14 +64,6 @@ def power_cut(cluster: Cluster, node: NodeId) -> None:
         Path(f"{state.path}{suffix}").unlink(missing_ok=True)
     shutil.copyfile(state.checkpoint_copy, state.path)
     cluster.fs[node].crash(random.Random(node))
-
-
-async def until(condition: Any, what: str) -> None:
-    for _ in range(2000):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"never: {what}")
 
 
 def test_after_the_worst_power_cut_the_database_replays_to_the_same_digest(

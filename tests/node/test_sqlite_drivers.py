@@ -40,6 +40,15 @@ ROOT = Path("/sqlite-drivers")
 LIMITS = ChatLimits()
 
 
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Wait (in virtual time, at most 20 s of it) until `condition` holds."""
+    for _ in range(2000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never: {what}")
+
+
 def config(snapshot_entries: int) -> ClusterConfig:
     nodes = "".join(
         f"  {n}: {{host: 127.0.0.1, port: {i + 1}, peer_port: {i + 101}}}\n"
@@ -322,11 +331,8 @@ def test_a_follower_behind_the_compacted_log_installs_the_database(tmp_path: Pat
         cluster.net.partition([follower], [n for n in IDS if n != follower])
         await send_many(leader, 150)
         behind = cluster.drivers[follower].core.log.last_index()
-        for _ in range(1000):  # the leader snapshots off the loop, soon after it applies
-            if leader.core.log.snapshot_index() > behind:
-                break
-            await asyncio.sleep(0.01)
-        assert leader.core.log.snapshot_index() > behind
+        # the leader snapshots off the loop, soon after it applies
+        await until(lambda: leader.core.log.snapshot_index() > behind, "the leader compacted")
         cluster.net.heal()
         await cluster.converged()
         state = cluster.states[follower]
@@ -378,10 +384,7 @@ def test_a_compaction_copies_nothing_and_a_follower_gets_a_copy_made_when_it_nee
         lagging = next(n for n in IDS if n != leader.id)
         cluster.crash(lagging)
         await send_many(leader, 100)
-        for _ in range(1000):  # the leader compacts off the loop, soon after it applies
-            if leader.core.log.snapshot_index() > 0:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: leader.core.log.snapshot_index() > 0, "the leader compacted")
         snapshot = leader.core.log.snapshot_index()
         assert snapshot > 0 and leader.storage.snapshot_held_by_state()
         fs, snap_dir = cluster.fs[leader.id], ROOT / leader.id / "snap"
@@ -397,10 +400,7 @@ def test_a_compaction_copies_nothing_and_a_follower_gets_a_copy_made_when_it_nee
         assert not restarted.storage.snapshot_held_by_state()  # the install's file holds it
         assert len(cluster.digests()) == 1
         await send_many(leader, 40, start=105)  # the leader compacts past what the copy holds
-        for _ in range(1000):
-            if leader.core.log.snapshot_index() > copied[0]:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: leader.core.log.snapshot_index() > copied[0], "compacted past it")
         assert leader._outgoing_copy is None and not copied[1].exists()  # not kept for nothing
 
     vrun(tmp_path, test, snapshot_entries=30)

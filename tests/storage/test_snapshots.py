@@ -337,6 +337,9 @@ def test_a_crash_inside_compact_leaves_the_old_snapshot_or_the_new_one() -> None
     assert _crash_inside("compact") == {"old", "new"}
 
 
+_CRC_BYTES, _LENGTH_BYTES = 4, 8  # a snapshot file's trailer, and its data length field
+
+
 def _rewrite_held(path: Path, *, version: int, flags: int, data: bytes) -> None:
     """Rewrite a held snapshot file (no data) with another version, flags and data, under a
     checksum that holds: only the format's own rules can refuse it."""
@@ -345,9 +348,6 @@ def _rewrite_held(path: Path, *, version: int, flags: int, data: bytes) -> None:
     struct.pack_into("<II", head, 8, version, flags)
     body = bytes(head) + struct.pack("<Q", len(data)) + data
     path.write_bytes(body + struct.pack("<I", zlib.crc32(body)))
-
-
-_CRC_BYTES, _LENGTH_BYTES = 4, 8
 
 
 @pytest.mark.parametrize(

@@ -39,13 +39,24 @@ def test_added_members_round_trip_in_order(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["{", '{"d": {"host": "h"}}', '{"d": {"host": "h", "port": "x", "peer_port": 1}}']
+    "text, wrong",
+    [
+        ("{", "Expecting property name"),
+        ('{"d": {"host": "h"}}', "KeyError\\('added'\\)"),
+        ('{"added": {"d": {"host": "h"}}, "removed": []}', "KeyError\\('port'\\)"),
+        (
+            '{"added": {"d": {"host": "h", "port": "x", "peer_port": 1}}, "removed": []}',
+            "invalid literal for int",
+        ),
+    ],
 )
-def test_a_damaged_members_file_is_named_with_what_is_wrong(tmp_path: Path, text: str) -> None:
+def test_a_damaged_members_file_is_named_with_what_is_wrong(
+    tmp_path: Path, text: str, wrong: str
+) -> None:
     config = load_config(write_config(tmp_path))
     config.data_dir.mkdir(parents=True)
     (config.data_dir / formation.ADDED_NAME).write_text(text)
-    with pytest.raises(ConfigError, match=r"members\.json"):
+    with pytest.raises(ConfigError, match=r"members\.json.*" + wrong):
         formation.read_added(config)
 
 

@@ -6,7 +6,6 @@ commands on a live supervisor."""
 from __future__ import annotations
 
 import asyncio
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -82,10 +81,9 @@ def test_grow_to_five_behind_the_proxies_and_a_partition_cuts_an_added_member(
     writes(cluster, 10, "five")
 
     cluster.isolate("d")  # an added member is cut like any other
-    before = membership.members().member("d")
     writes(cluster, 10, "cut")  # four of five commit without it
     cut = membership.members().member("d")
-    assert before is not None and cut is not None and cut.lag is not None and cut.lag > 0
+    assert cut is not None and cut.lag is not None and cut.lag > 0
     cluster.heal()
 
     def d_caught_up() -> bool:
@@ -159,8 +157,7 @@ def test_the_repl_commands(tmp_path: Path, supervisors: Callable[..., Supervisor
     supervisor.wait_up(45)
     supervisor.command("members", r"^members \(as a sees them; leader a\)")
     supervisor.command("add d", r"^added d in \d+\.\ds", timeout_s=60)
-    line = supervisor.command("members", r"^  d +voter +incarnation \d+")
-    assert re.search(r"incarnation \d+", line)
+    supervisor.command("members", r"^  d +voter +incarnation \d+")
     supervisor.command("remove d", r"^removed d", timeout_s=30)
     supervisor.command("add a", r"^error: a is already a node of this cluster")
     supervisor.command("replace b", r"^replaced b in \d+\.\ds", timeout_s=60)
