@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from node.chat.commands import Login, session_of
-from node.chat.errors import ChatError, ErrorCode
+from node.chat.commands import Login, Tick, encode, session_of
+from node.chat.errors import ChatError, CommandDecodeError, ErrorCode
 from node.chat.replies import LogoutReply
 from node.chat.state import MAX_SESSIONS_PER_ACCOUNT
 
@@ -160,3 +160,18 @@ def test_a_login_retried_opens_the_one_session_it_names(node: Node) -> None:
     other = node.refused(replace(retry, session=session_of("other")), ErrorCode.INVALID_ARGUMENT)
     assert other.message.startswith("request id reused for a different request")
     assert node.state.session_count == 1
+
+
+def test_a_rolled_back_batch_leaves_its_expiries_to_the_next_entry(node: Node) -> None:
+    """Expiry skips its queries while it knows nothing can be idle yet; a batch that is rolled
+    back after ending sessions puts them back, and the next entry must end them again."""
+    node.user("alice")
+    node.user("bob")
+    node.advance(SMALL_LIMITS.session_idle_s + 1)
+    tick = encode(Tick(timestamp_ms=node.now_ms, log_time_ms=node.now_ms))
+    with pytest.raises(CommandDecodeError):
+        node.state.apply_batch([(node.index + 1, tick), (node.index + 2, b"not a command")])
+    assert node.state.session_count == 2  # the batch, expiries included, was undone
+    result = node.state.apply(node.index + 1, tick)
+    assert len(result.ended_sessions) == 2
+    assert node.state.session_count == 0
