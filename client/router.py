@@ -64,6 +64,7 @@ R = TypeVar("R")
 
 FIRST_BACKOFF_S: Final = 0.05
 MAX_BACKOFF_S: Final = 1.0
+MEMBERS_REFRESH_S: Final = 5.0  # a client that is being served asks who the members are this often
 
 Invoke = Callable[[ChatStub, float], Awaitable[R]]  # invoke(stub, timeout_s): one attempt
 
@@ -325,6 +326,8 @@ class Router:
         self._last_round_end = float("-inf")
         self._round_waiters: list[asyncio.Future[None]] = []
         self._leader_probe: asyncio.Task[None] | None = None
+        self._status_asked = float("-inf")  # when a Status (leader, members) was last asked
+        self._departed: list[Node] = []  # left the membership: channels closed with the router
         self._closed = False
 
     # --- what it knows -------------------------------------------------------------------
@@ -501,8 +504,9 @@ class Router:
         self._current = node
         self._hopeless_since = None
         self._set_state(ConnectionState.OK)
-        if self._leader is not node:
-            self._ask_leader(node)
+        due = asyncio.get_running_loop().time() - self._status_asked >= MEMBERS_REFRESH_S
+        if self._leader is not node or due:
+            self._ask_status(node)
 
     def observe_leader(self, node: Node) -> None:
         """node served what only the leader serves (a Subscribe stream)."""
@@ -552,11 +556,43 @@ class Router:
         node.detail = detail
 
     def observe_status(self, node: Node, reply: chat_pb2.StatusReply) -> None:
-        """node's Status: its id, and the leader it knows."""
+        """node's Status: its id, the leader it knows, and the committed membership, which
+        the candidates follow (never when pinned)."""
         if reply.node_id and node.name == node.address:
             node.name = reply.node_id
+        if reply.members and not self._pinned:
+            self._follow_members(reply.members)
         if reply.leader_address or reply.leader_id:
             self._learn_leader(LeaderHint(reply.leader_address or None, reply.leader_id or None))
+
+    def _follow_members(self, members: Iterable[chat_pb2.ClusterMember]) -> None:
+        """Members added since the client started become candidates (appended, so the
+        configured order stays first); a candidate known by its id that is no longer a member
+        stops being asked (its channel is closed with the router: a stream on it ends as the
+        node goes). A member is matched by id, or by address for a node not yet named."""
+        members = list(members)
+        ids = {m.node_id for m in members}
+        for member in members:
+            if not member.address:
+                continue
+            known = next(
+                (n for n in self._nodes if member.node_id == n.name or member.address == n.address),
+                None,
+            )
+            if known is None:
+                self._nodes.append(Node(member.node_id, member.address))
+                logger.info("learned of member %s at %s", member.node_id, member.address)
+            elif known.name == known.address:
+                known.name = member.node_id
+        gone = [n for n in self._nodes if n.name != n.address and n.name not in ids]
+        if not gone or len(gone) == len(self._nodes):
+            return  # nothing left would be no better: keep asking what there is
+        for node in gone:
+            self._nodes.remove(node)
+            self._departed.append(node)
+            logger.info("%s is no longer a member: not asked any more", node.label())
+        if self._leader in gone:
+            self._leader = None
 
     def end_round(self, tried: Sequence[Node]) -> None:
         """A whole round failed: judge whether any node offered a way to a leader."""
@@ -585,7 +621,7 @@ class Router:
         if probe is not None and not probe.done():
             probe.cancel()
             await asyncio.gather(probe, return_exceptions=True)
-        for node in {*self._nodes, *([self._leader] if self._leader else [])}:
+        for node in {*self._nodes, *self._departed, *([self._leader] if self._leader else [])}:
             if node.channel is not None:
                 await node.channel.close()
                 node.channel = node.stub = None
@@ -649,11 +685,13 @@ class Router:
         self._leader = node
         return node
 
-    def _ask_leader(self, node: Node) -> None:
+    def _ask_status(self, node: Node) -> None:
         """In the background, ask a node that served (a follower may forward) who leads, so
-        that the next calls go straight there and a UI can show it."""
+        that the next calls go straight there and a UI can show it, and who the members are
+        (again every MEMBERS_REFRESH_S while calls are served)."""
         if self._leader_probe is not None and not self._leader_probe.done():
             return
+        self._status_asked = asyncio.get_running_loop().time()
 
         async def probe() -> None:
             try:

@@ -313,6 +313,11 @@ class RaftDriver(Generic[R]):
             digest="",
         )
 
+    def committed_conf(self) -> ConfState:
+        """The membership as of the commit index (a change still in the log not included)."""
+        core = self.core
+        return core.conf_at(core.log.committed)
+
     async def status_with_digest(self) -> NodeStatus:
         """status() with the state's digest and the applied index it is the digest of, read
         together from the committed state: one row, however large the state (the digest is

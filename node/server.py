@@ -638,7 +638,18 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             state_digest=s.digest,
             snapshot_index=s.snapshot_index,
             last_index=s.last_index,
+            members=self._members_pb(),
         )
+
+    def _members_pb(self) -> list[chat_pb2.ClusterMember]:
+        """The committed membership with client addresses, for clients to fail over along."""
+        conf = self._driver.committed_conf()
+        return [
+            chat_pb2.ClusterMember(
+                node_id=node, address=self._client_address(node), voter=node in conf.voters
+            )
+            for node in conf.members()
+        ]
 
     # ------------------------------------------------------------------ delivery
 

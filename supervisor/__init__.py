@@ -24,6 +24,7 @@ The tools, which nothing in the library imports:
     repl        the fault REPL (prompt `cluster NAME> `)
     check       python -m supervisor check cluster.yaml   (random faults + the history check)
     bench       python -m supervisor bench cluster.yaml   (benchmarks/cluster.py wraps it)
+    member_command  python -m supervisor member list|add-learner|promote|remove (other machines)
     __main__    python -m supervisor up cluster.yaml      (a cluster and its fault REPL)
 
 The tools, the tests and the benchmarks import what they use from those modules

@@ -1,8 +1,9 @@
 """`python -m supervisor up cluster.yaml [--fresh] [--no-repl] [--script FILE]`: run a whole
 cluster on this machine and break it on purpose. `python -m supervisor cert ID --host H`
-issues a certificate of the cluster's CA for a node on another machine. (`check` and `bench`
-run their own copy of the cluster, data in a temporary directory: supervisor/check.py,
-supervisor/bench.py.)
+issues a certificate of the cluster's CA for a node on another machine, and `python -m
+supervisor member ...` changes the membership of a cluster grown to other machines. (`check`
+and `bench` run their own copy of the cluster, data in a temporary directory:
+supervisor/check.py, supervisor/bench.py.)
 
 - In a terminal: the fault REPL (supervisor/repl.py) with completion, history and a live
   toolbar.
@@ -38,6 +39,7 @@ from types import FrameType
 from node.config import NODE_ID_PATTERN, TOOL_NAME, ConfigError, certificate_name, load_config
 from supervisor import bench as bench_command
 from supervisor import check as check_command
+from supervisor import member_command
 from supervisor.certs import issue
 from supervisor.cluster import Cluster, PortInUseError
 from supervisor.errors import SupervisorError
@@ -120,7 +122,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, metavar="DIR", help="default: the cluster's tls directory"
     )
     cert.set_defaults(run=_cert)
+    member = commands.add_parser(
+        "member",
+        help="list the members, or add, promote or remove one (members on other machines)",
+        description=member_command.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    member_command.add_arguments(member)
+    member.set_defaults(run=_member)
     return parser
+
+
+def _member(args: argparse.Namespace, node_command: Sequence[str] | None) -> int:
+    return member_command.run(args)
 
 
 def _cert(args: argparse.Namespace, node_command: Sequence[str] | None) -> int:

@@ -55,6 +55,7 @@ from protos import chat_pb2_grpc as pbg
 from supervisor.certs import Credentials
 from supervisor.cluster import Cluster, NodeStatus, PortInUseError
 from supervisor.errors import SupervisorError
+from supervisor.membership import Membership
 from supervisor.ports import free_port
 from supervisor.sender import Sender, client_channel
 
@@ -291,8 +292,8 @@ async def failover(
 
 
 async def cluster_figures(cluster: Cluster, settings: BenchSettings) -> dict[str, Any]:
-    addresses = {n: cluster.address(n) for n in cluster.node_ids}
     leader = cluster.wait_leader(LEADER_TIMEOUT_S)
+    addresses = Membership(cluster).client_addresses()  # the members, from Members
     tls = cluster.credentials
     token = await login(addresses, leader, tls, "bench")
     await login(addresses, leader, tls, "sink")

@@ -1,5 +1,11 @@
-"""Chaos on demand: one random fault per interval (kill, pause, partition, slow), the previous
-one undone first (start, resume, heal, unslow), for the REPL's `chaos start` / `chaos stop`.
+"""Chaos on demand: one random fault per interval (kill, pause, partition, slow, and with
+`--membership` a membership change), the previous one undone first (start, resume, heal,
+unslow, add back), for the REPL's `chaos start` / `chaos stop`.
+
+A membership change removes a member (its process stops; it is added back, as a new incarnation
+with an empty disk, at the next step) or replaces one (its disk wiped, removed and added again
+at once, leader included). Either takes one member out of the majority while it lasts, so it
+counts against the minority as a kill does.
 
 Two layers:
 
@@ -51,9 +57,10 @@ class FaultKind(enum.Enum):
     PAUSE = "pause"
     PARTITION = "partition"
     SLOW = "slow"
+    MEMBERSHIP = "membership"
 
 
-ALL_KINDS: Final = tuple(FaultKind)
+ALL_KINDS: Final = tuple(k for k in FaultKind if k is not FaultKind.MEMBERSHIP)  # the default
 NETWORK_KINDS: Final = (FaultKind.PARTITION, FaultKind.SLOW)
 
 
@@ -65,6 +72,9 @@ class Op(enum.Enum):
     PARTITION = "partition"
     HEAL = "heal"
     SLOW = "slow"
+    REMOVE = "remove"
+    ADD = "add"
+    REPLACE = "replace"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +98,7 @@ class Action:
     @property
     def spawns(self) -> bool:
         """Whether it starts a process (main thread only)."""
-        return self.op is Op.START
+        return self.op in (Op.START, Op.ADD, Op.REPLACE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +109,7 @@ class Fault:
     nodes: tuple[str, ...]  # killed, paused or slowed; for a partition, the side cut off
     groups: Groups = ()  # PARTITION only: nodes first, then the others
     slow_ms: float = 0.0  # SLOW only
+    replace: bool = False  # MEMBERSHIP only: replace the member, else remove it
 
     def describe(self) -> str:
         if self.kind is FaultKind.PARTITION:
@@ -106,6 +117,8 @@ class Fault:
         names = ",".join(self.nodes)
         if self.kind is FaultKind.SLOW:
             return f"slow {names} {self.slow_ms:g}ms"
+        if self.kind is FaultKind.MEMBERSHIP:
+            return f"{'replace' if self.replace else 'remove'} {names}"
         return f"{self.kind.value} {names}"
 
     def faulted(self, size: int) -> tuple[str, ...]:
@@ -120,6 +133,8 @@ class Fault:
             return [Action(Op.PARTITION, groups=self.groups)]
         if self.kind is FaultKind.SLOW:
             return [Action(Op.SLOW, n, slow_ms=self.slow_ms) for n in self.nodes]
+        if self.kind is FaultKind.MEMBERSHIP:
+            return [Action(Op.REPLACE if self.replace else Op.REMOVE, n) for n in self.nodes]
         op = Op.KILL if self.kind is FaultKind.KILL else Op.PAUSE
         return [Action(op, n) for n in self.nodes]
 
@@ -141,6 +156,19 @@ class ChaosTarget(Protocol):
     def heal(self) -> None: ...
     def slow(self, node_id: str, ms: float) -> None: ...
     def wait_leader(self, timeout_s: float = 30.0) -> str: ...
+
+
+class MemberChanges(Protocol):
+    """What chaos needs to change the membership (supervisor.membership.Membership has it;
+    tests pass a fake). `add` and `replace` spawn (main thread); `join_from_loop` runs either
+    from the main thread's event loop, `prepare` being `prepare_add` or `prepare_replace`."""
+
+    def remove(self, node_id: str) -> object: ...
+    def add(self, node_id: str) -> object: ...
+    def replace(self, node_id: str) -> object: ...
+    def prepare_add(self, node_id: str) -> None: ...
+    def prepare_replace(self, node_id: str) -> None: ...
+    async def join_from_loop(self, node_id: str, prepare: Callable[[str], None]) -> object: ...
 
 
 def minority(size: int) -> int:
@@ -168,7 +196,7 @@ def choose_fault(
     if budget < 1:
         return None
     kind = rng.choice(list(kinds))
-    count = rng.randint(1, budget)
+    count = 1 if kind is FaultKind.MEMBERSHIP else rng.randint(1, budget)  # one at a time
     chosen = rng.sample(candidates, count)
     victims = tuple(n for n in node_ids if n in chosen)
     if kind is FaultKind.PARTITION:
@@ -178,6 +206,8 @@ def choose_fault(
         return Fault(kind, victims, (victims, rest))
     if kind is FaultKind.SLOW:
         return Fault(kind, victims, slow_ms=rng.choice(SLOW_CHOICES_MS))
+    if kind is FaultKind.MEMBERSHIP:
+        return Fault(kind, victims, replace=rng.random() < 0.5)
     return Fault(kind, victims)
 
 
@@ -191,10 +221,14 @@ class Chaos:
         seed: int,
         kinds: Sequence[FaultKind] = ALL_KINDS,
         unsafe: bool = False,
+        members: MemberChanges | None = None,
     ) -> None:
         if not kinds:
             raise ValueError("chaos needs at least one kind of fault")
+        if FaultKind.MEMBERSHIP in kinds and members is None:
+            raise ValueError("membership changes need a MemberChanges")
         self.target = target
+        self.members = members
         self.seed = seed
         self.kinds = tuple(kinds)
         self.unsafe = unsafe
@@ -226,6 +260,11 @@ class Chaos:
             if self.target.groups is not None:
                 yield Action(Op.HEAL)
             return
+        if fault.kind is FaultKind.MEMBERSHIP:  # a replace that completed left nothing to do
+            for node in fault.nodes:
+                if node not in self.target.node_ids:
+                    yield Action(Op.ADD, node)
+            return
         for node in fault.nodes:
             state = self.target.process_state(node)
             if fault.kind is FaultKind.KILL and state is ProcessState.DOWN:
@@ -248,8 +287,9 @@ class Chaos:
         yield Action(Op.HEAL)  # also removes latency; cheap when there is nothing to heal
 
 
-def apply(target: ChaosTarget, action: Action) -> None:
-    """Make one call on the cluster. Op.START spawns: call it from the main thread."""
+def apply(target: ChaosTarget, action: Action, members: MemberChanges | None = None) -> None:
+    """Make one call on the cluster. Op.START, ADD and REPLACE spawn: call them from the main
+    thread. A membership change needs `members`."""
     match action.op:
         case Op.KILL:
             target.kill(action.node)
@@ -265,13 +305,20 @@ def apply(target: ChaosTarget, action: Action) -> None:
             target.heal()
         case Op.SLOW:
             target.slow(action.node, action.slow_ms)
+        case Op.REMOVE | Op.ADD | Op.REPLACE:
+            if members is None:
+                raise ValueError(f"{action.describe()}: a membership change needs MemberChanges")
+            change = {Op.REMOVE: members.remove, Op.ADD: members.add, Op.REPLACE: members.replace}
+            change[action.op](action.node)
 
 
-def run_sync(target: ChaosTarget, actions: Iterator[Action]) -> list[Action]:
+def run_sync(
+    target: ChaosTarget, actions: Iterator[Action], members: MemberChanges | None = None
+) -> list[Action]:
     """Apply a step's actions one after the other in this thread (tests; a fake cluster)."""
     done = []
     for action in actions:
-        apply(target, action)
+        apply(target, action, members)
         done.append(action)
     return done
 
@@ -351,12 +398,19 @@ class ChaosRunner:
     async def _do(self, action: Action) -> None:
         """Apply one action (a spawn here, on the loop's thread; the rest in a worker) and
         announce it; a failure is announced, and chaos goes on."""
-        target = self.chaos.target
+        target, members = self.chaos.target, self.chaos.members
         try:
+            if action.op in (Op.ADD, Op.REPLACE) and members is not None:
+                # Announced first: a join waits (in threads) for the member to catch up.
+                self.say(f"chaos: {action.describe()}")
+                prepare = members.prepare_add if action.op is Op.ADD else members.prepare_replace
+                await members.join_from_loop(action.node, prepare)
+                self.say(f"chaos: {action.node} is a voter again")
+                return
             if action.spawns:
-                apply(target, action)
+                apply(target, action, members)
             else:
-                await asyncio.to_thread(apply, target, action)
+                await asyncio.to_thread(apply, target, action, members)
             self.say(f"chaos: {action.describe()}")
             if action.spawns:  # the next fault must find a majority that serves
                 await asyncio.to_thread(target.wait_serving, action.node, SERVE_TIMEOUT_S)

@@ -79,13 +79,9 @@ def scratch_config(config: ClusterConfig, directory: Path) -> ClusterConfig:
     return dataclasses.replace(config, data_dir=directory / "data", cluster_key_file=None)
 
 
-def addresses(config: ClusterConfig) -> dict[str, str]:
-    return {node.id: node.address for node in config.nodes}
-
-
 async def sender(
     run: Run,
-    config: ClusterConfig,
+    nodes: dict[str, str],
     tls: Credentials | None,
     user: str,
     users: list[str],
@@ -99,7 +95,7 @@ async def sender(
     rng = random.Random(seed)
     others = [u for u in users if u != user] or [user]
     partner = others[0]
-    async with Sender(addresses(config), retry_pause_s=RETRY_PAUSE_S, tls=tls) as client:
+    async with Sender(nodes, retry_pause_s=RETRY_PAUSE_S, tls=tls) as client:
         token = await client.login(user, PASSWORD, timeout_s=SETUP_TIMEOUT_S)
         n = 0
         while run.now() < until:
@@ -126,10 +122,10 @@ async def sender(
 
 
 async def drain(
-    run: Run, config: ClusterConfig, tls: Credentials | None, user: str, idle_s: float = 2.0
+    run: Run, nodes: dict[str, str], tls: Credentials | None, user: str, idle_s: float = 2.0
 ) -> None:
     """Every message queued for user, read once (nothing acked)."""
-    async with Sender(addresses(config), retry_pause_s=RETRY_PAUSE_S, tls=tls) as client:
+    async with Sender(nodes, retry_pause_s=RETRY_PAUSE_S, tls=tls) as client:
         token = await client.login(user, PASSWORD, timeout_s=SETUP_TIMEOUT_S)
         for m in await client.messages(token, idle_s=idle_s, timeout_s=60.0):
             run.deliveries.append(Delivery(m.recipient, m.id, m.sender, m.text))
@@ -221,16 +217,16 @@ async def run_check(args: argparse.Namespace) -> int:
     run = Run()
     try:
         with Cluster(scratch_config(config, tmp), fresh=True) as cluster:
-            scratch = cluster.config
             run.event(f"cluster up, leader {cluster.wait_leader(30)}")
             users = [f"user{i}" for i in range(args.clients)]
             tls = cluster.credentials
-            async with Sender(addresses(scratch), retry_pause_s=RETRY_PAUSE_S, tls=tls) as setup:
+            nodes = Membership(cluster).client_addresses()  # the members, from Members
+            async with Sender(nodes, retry_pause_s=RETRY_PAUSE_S, tls=tls) as setup:
                 for u in users:
                     await setup.register(u, PASSWORD, timeout_s=SETUP_TIMEOUT_S)
             until = run.now() + args.duration
             tasks = [
-                asyncio.create_task(sender(run, scratch, tls, u, users, until, seed + i))
+                asyncio.create_task(sender(run, nodes, tls, u, users, until, seed + i))
                 for i, u in enumerate(users)
             ]
             faulted: dict[str, str] = {}
@@ -243,8 +239,9 @@ async def run_check(args: argparse.Namespace) -> int:
             run.event(f"faults over; leader {cluster.wait_leader(30)}")
             await asyncio.gather(*tasks)
             run.event("senders done; draining every inbox")
+            nodes = await asyncio.to_thread(Membership(cluster).client_addresses)
             for u in users:
-                await drain(run, scratch, tls, u)
+                await drain(run, nodes, tls, u)
             digests_equal = await _digests_agree(cluster, run)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

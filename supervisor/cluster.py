@@ -151,6 +151,9 @@ class NodeStatus:
     group: int | None  # 1-based partition group, None when there is no partition
     slow_ms: float
     last_exit: str | None  # how its last process ended, if one did
+    # The committed membership as this node knows it (Status); None: it did not answer.
+    voters: tuple[str, ...] | None = None
+    learners: tuple[str, ...] | None = None
 
     @property
     def answered(self) -> bool:
@@ -182,6 +185,21 @@ def majority_leader(statuses: Iterable[NodeStatus], cluster_size: int) -> str | 
         if count > cluster_size // 2 and (leader, term) in leaders:
             return leader
     return None
+
+
+def committed_members(
+    statuses: Sequence[NodeStatus], cluster_size: int
+) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """(voters, learners) as the leader known to a majority reports them (else as the node
+    that has committed most does), or None when no node answered with a membership."""
+    leader = majority_leader(statuses, cluster_size)
+    known = [s for s in statuses if s.voters is not None]
+    if not known:
+        return None
+    best = next((s for s in known if s.id == leader), None)
+    if best is None:
+        best = max(known, key=lambda s: s.commit_index or 0)
+    return best.voters or (), best.learners or ()
 
 
 def check_addresses_free(config: ClusterConfig, node_ids: Iterable[str] | None = None) -> None:
@@ -818,6 +836,8 @@ class Cluster:
             group=network.group_of(node_id) if network is not None else None,
             slow_ms=network.slow_ms(node_id) if network is not None else 0.0,
             last_exit=describe_exit(last_exit.exit_code) if last_exit is not None else None,
+            voters=_members(reply, voter=True),
+            learners=_members(reply, voter=False),
         )
 
     def _wipe(self) -> None:
@@ -888,3 +908,9 @@ def _describe_view(status: NodeStatus) -> str:
         return f"{status.id}: {status.error or 'no answer'}"
     leader = status.leader or "none"
     return f"{status.id}: {status.role} at term {status.term}, leader {leader}"
+
+
+def _members(reply: chat_pb2.StatusReply | None, *, voter: bool) -> tuple[str, ...] | None:
+    if reply is None or not reply.members:
+        return None
+    return tuple(m.node_id for m in reply.members if m.voter == voter)

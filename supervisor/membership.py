@@ -53,6 +53,7 @@ class MemberView:
     incarnation: int
     match_index: int | None  # None: the answering node is not the leader
     lag: int | None
+    client_address: str = ""  # host:port of its client port, as the answering node knows it
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +71,8 @@ class MembersView:
         return next((m for m in self.members if m.id == node_id), None)
 
 
-def _view(reply: pb.MembersReply) -> MembersView:
+def members_view(reply: pb.MembersReply) -> MembersView:
+    """A Members (or ChangeMembership) reply as a MembersView."""
     return MembersView(
         answered_by=reply.node_id,
         leader=reply.leader_id or None,
@@ -81,12 +83,25 @@ def _view(reply: pb.MembersReply) -> MembersView:
                 m.incarnation,
                 m.match_index if m.has_progress else None,
                 m.lag if m.has_progress else None,
+                m.client_address,
             )
             for m in reply.members
         ),
         pending_change_index=reply.pending_change_index,
         commit_index=reply.commit_index,
     )
+
+
+def format_members(view: MembersView) -> str:
+    """The REPL's `members` table (and `supervisor member`'s)."""
+    lines = [f"members (as {view.answered_by} sees them; leader {view.leader or 'unknown'}):"]
+    for m in view.members:
+        progress = f"  match {m.match_index}, lag {m.lag}" if m.match_index is not None else ""
+        born = "initial" if m.incarnation == 0 else f"incarnation {m.incarnation}"
+        lines.append(f"  {m.id:<6} {m.role:<8} {born}{progress}")
+    if view.pending_change_index:
+        lines.append(f"  a change at index {view.pending_change_index} is not yet committed")
+    return "\n".join(lines)
 
 
 class Membership:
@@ -109,10 +124,21 @@ class Membership:
             if self.cluster.pid(node_id) is None:
                 continue
             try:
-                return _view(self._stub(node_id).Members(pb.MembersRequest(), timeout=timeout_s))
+                return members_view(
+                    self._stub(node_id).Members(pb.MembersRequest(), timeout=timeout_s)
+                )
             except grpc.RpcError as error:
                 errors.append(f"{node_id}: {cast(grpc.Call, error).code().name}")
         raise MembershipError("no node answered Members: " + ("; ".join(errors) or "none up"))
+
+    def client_addresses(self, timeout_s: float = 2.0) -> dict[str, str]:
+        """Member id -> client address, from Members (not cluster.yaml's `nodes:`): what a
+        tool's clients connect to, members added since the cluster formed included."""
+        view = self.members(timeout_s)
+        found = {m.id: m.client_address for m in view.members if m.client_address}
+        if not found:
+            raise MembershipError(f"{view.answered_by} knows no member's client address")
+        return found
 
     def change(
         self, op: pb.ChangeOp.ValueType, node_id: str, timeout_s: float = CHANGE_TIMEOUT_S
@@ -130,7 +156,7 @@ class Membership:
                     pb.ChangeRequest(op=op, node_id=node_id), timeout=remaining
                 )
                 logger.info("membership: %s done", what)
-                return _view(reply.members)
+                return members_view(reply.members)
             except grpc.RpcError as error:
                 call = cast(grpc.Call, error)
                 code = call.code()

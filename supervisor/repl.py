@@ -51,11 +51,12 @@ from supervisor.chaos import (
     NETWORK_KINDS,
     Chaos,
     ChaosRunner,
+    FaultKind,
 )
-from supervisor.cluster import Cluster, NodeStatus, majority_leader
+from supervisor.cluster import Cluster, NodeStatus, committed_members, majority_leader
 from supervisor.errors import SupervisorError
 from supervisor.links import Groups, format_groups
-from supervisor.membership import Membership, MembersView
+from supervisor.membership import Membership, format_members
 from supervisor.processes import NodeExit, ProcessState, describe_exit
 
 T = TypeVar("T")
@@ -304,8 +305,10 @@ class Repl:
         self.view = await self.blocking(lambda: self.cluster.status(timeout_s=timeout_s))
 
     def toolbar_fragments(self) -> list[tuple[str, str]]:
-        """The bottom toolbar: each node's role, process state and group; the partition."""
+        """The bottom toolbar: each node's role (a learner or a member not yet in the committed
+        membership marked so), process state and group; the partition."""
         roles = {s.id: s for s in self.view}
+        members = committed_members(self.view, self.cluster.size)
         fragments: list[tuple[str, str]] = []
         for node_id in self.cluster.node_ids:
             try:
@@ -327,6 +330,12 @@ class Repl:
             group = self.cluster.network.group_of(node_id) if self.cluster.network else None
             slow = self.cluster.network.slow_ms(node_id) if self.cluster.network else 0.0
             text = f" {node_id} {role} {state.value}"
+            if members is not None:
+                voters, learners = members
+                if node_id in learners:
+                    text += " learner"
+                elif node_id not in voters:
+                    text += " not a member yet"
             if group is not None:
                 text += f" [{group}]"
             if slow:
@@ -416,6 +425,13 @@ async def _status(repl: Repl, args: list[str]) -> None:
     lines = [format_table(statuses)]
     leader = majority_leader(statuses, repl.cluster.size)
     lines.append(f"leader: {leader or 'none known to a majority'}")
+    members = committed_members(statuses, repl.cluster.size)
+    if members is not None:
+        voters, learners = members
+        lines.append(
+            f"members: {', '.join(voters)} voting"
+            + (f"; {', '.join(learners)} learning" if learners else "")
+        )
     if repl.cluster.groups is not None:
         lines.append(f"partition: {format_groups(repl.cluster.groups)}")
     repl.out.info("\n".join(lines))
@@ -486,17 +502,6 @@ async def _restart(repl: Repl, args: list[str]) -> None:
     await _spawn_and_wait(repl, node_id)
 
 
-def _format_members(view: MembersView) -> str:
-    lines = [f"members (as {view.answered_by} sees them; leader {view.leader or 'unknown'}):"]
-    for m in view.members:
-        progress = f"  match {m.match_index}, lag {m.lag}" if m.match_index is not None else ""
-        born = "initial" if m.incarnation == 0 else f"incarnation {m.incarnation}"
-        lines.append(f"  {m.id:<6} {m.role:<8} {born}{progress}")
-    if view.pending_change_index:
-        lines.append(f"  a change at index {view.pending_change_index} is not yet committed")
-    return "\n".join(lines)
-
-
 @command(
     "members",
     "",
@@ -509,7 +514,7 @@ def _format_members(view: MembersView) -> str:
 async def _members(repl: Repl, args: list[str]) -> None:
     if args:
         raise CommandError(f"members takes no arguments, got {args}")
-    repl.out.info(_format_members(await repl.blocking(repl.membership.members)))
+    repl.out.info(format_members(await repl.blocking(repl.membership.members)))
 
 
 @command(
@@ -534,7 +539,7 @@ async def _join(repl: Repl, node_id: str, prepare: Callable[[str], None], done: 
     started = time.monotonic()
     view = await repl.membership.join_from_loop(node_id, prepare)
     took = f"{done} {node_id} in {time.monotonic() - started:.1f}s"
-    repl.out.info(took + "\n" + _format_members(view))
+    repl.out.info(took + "\n" + format_members(view))
 
 
 @command(
@@ -549,7 +554,7 @@ async def _join(repl: Repl, node_id: str, prepare: Callable[[str], None], done: 
 async def _remove(repl: Repl, args: list[str]) -> None:
     node_id = repl.node_arg(args)
     view = await repl.blocking(repl.membership.remove, node_id)
-    repl.out.info(f"removed {node_id}\n" + _format_members(view))
+    repl.out.info(f"removed {node_id}\n" + format_members(view))
 
 
 @command(
@@ -733,14 +738,31 @@ async def _sleep(repl: Repl, args: list[str]) -> None:
     await asyncio.sleep(parse_number(args[0], "SECONDS", high=MAX_SLEEP_S))
 
 
-def _parse_chaos_start(args: list[str]) -> tuple[float, bool, int | None]:
-    """`[SECONDS] [--unsafe] [--seed N]`, in any order: interval, unsafe, seed."""
-    interval_s, unsafe, seed = DEFAULT_INTERVAL_S, False, None
+@dataclass(frozen=True, slots=True)
+class ChaosStart:
+    """The arguments of `chaos start`."""
+
+    interval_s: float = DEFAULT_INTERVAL_S
+    unsafe: bool = False
+    seed: int | None = None
+    membership: bool = False
+
+    def command(self, seed: int) -> str:
+        """The command that repeats this session with `seed`."""
+        options = " --unsafe" * self.unsafe + " --membership" * self.membership
+        return f"chaos start {self.interval_s:g}{options} --seed {seed}"
+
+
+def _parse_chaos_start(args: list[str]) -> ChaosStart:
+    """`[SECONDS] [--unsafe] [--membership] [--seed N]`, in any order."""
+    interval_s, unsafe, seed, membership = DEFAULT_INTERVAL_S, False, None, False
     words = iter(args)
     seen_interval = False
     for word in words:
         if word == "--unsafe":
             unsafe = True
+        elif word == "--membership":
+            membership = True
         elif word == "--seed":
             value = next(words, None)
             if value is None:
@@ -753,19 +775,21 @@ def _parse_chaos_start(args: list[str]) -> tuple[float, bool, int | None]:
             seen_interval = True
         else:
             raise CommandError(f"unexpected argument {word!r}")
-    return interval_s, unsafe, seed
+    return ChaosStart(interval_s, unsafe, seed, membership)
 
 
 @command(
     "chaos",
-    "start [SECONDS] [--unsafe] [--seed N] | stop",
+    "start [SECONDS] [--unsafe] [--membership] [--seed N] | stop",
     "random faults, one per interval, each undone at the next",
     "chaos start 5",
     f"`chaos start [SECONDS]` (default {DEFAULT_INTERVAL_S:g}) makes one random fault every "
     "SECONDS (kill, pause, partition or slow, on one or more nodes) and first undoes the "
     "previous one (start, resume, heal, unslow); each is announced (`chaos: kill b`). At most "
     "a minority of the nodes is faulted at once, nodes already down counted, unless --unsafe "
-    "(then any number, quorum lost included). The seed is printed; --seed N repeats a session. "
+    "(then any number, quorum lost included). --membership adds membership changes: a member "
+    "removed (added back, with an empty disk, at the next step) or replaced (wiped, removed and "
+    "added again), the leader too. The seed is printed; --seed N repeats a session. "
     "`chaos stop` undoes the current fault and leaves the cluster whole: every node up and "
     "serving, resumed, healed, no latency; it then waits for a leader. `chaos` alone says "
     "whether it is on. The toolbar shows it while it runs; quit or Ctrl-D stops it.\n"
@@ -793,19 +817,19 @@ async def _chaos(repl: Repl, args: list[str]) -> None:
         raise CommandError(f"expected `chaos start` or `chaos stop`, got {args[0]!r}")
     if repl.chaos is not None:
         raise CommandError(f"chaos is running already ({repl.chaos.describe()}); `chaos stop`")
-    interval_s, unsafe, seed = _parse_chaos_start(args[1:])
-    if seed is None:
-        seed = random.SystemRandom().randrange(1 << 31)
-    kinds = ALL_KINDS
+    start = _parse_chaos_start(args[1:])
+    seed = start.seed if start.seed is not None else random.SystemRandom().randrange(1 << 31)
+    kinds = ALL_KINDS + (FaultKind.MEMBERSHIP,) * start.membership
     if repl.cluster.network is None:  # no link proxies: no partitions, no latency
-        kinds = tuple(k for k in ALL_KINDS if k not in NETWORK_KINDS)
-    chaos = Chaos(repl.cluster, seed=seed, kinds=kinds, unsafe=unsafe)
-    runner = ChaosRunner(chaos, interval_s, repl.out.info)
-    again = f"chaos start {interval_s:g}{' --unsafe' if unsafe else ''} --seed {seed}"
+        kinds = tuple(k for k in kinds if k not in NETWORK_KINDS)
+    chaos = Chaos(
+        repl.cluster, seed=seed, kinds=kinds, unsafe=start.unsafe, members=repl.membership
+    )
+    runner = ChaosRunner(chaos, start.interval_s, repl.out.info)
     repl.out.info(
-        f"chaos: on, a fault every {interval_s:g} s ({', '.join(k.value for k in kinds)}"
-        f"{'; unsafe: any number of nodes' if unsafe else '; at most a minority'}), "
-        f"seed {seed} (repeat with `{again}`)"
+        f"chaos: on, a fault every {start.interval_s:g} s ({', '.join(k.value for k in kinds)}"
+        f"{'; unsafe: any number of nodes' if start.unsafe else '; at most a minority'}), "
+        f"seed {seed} (repeat with `{start.command(seed)}`)"
     )
     repl.chaos = runner
     runner.start()

@@ -36,6 +36,7 @@ from client.router import (
     offers_no_leader,
     summarize,
 )
+from protos import chat_pb2
 from protos.vocabulary import LEADER_ADDRESS_KEY, LEADER_ID_KEY, REASON_KEY, Reason
 
 Code = grpc.StatusCode
@@ -465,3 +466,63 @@ def test_a_pinned_router_learns_the_leader_but_never_follows_it() -> None:
     assert router.leader is not None and router.leader.name == "a"  # shown, not used
     assert [n.name for n in router.nodes] == ["b"]
     assert router.new_round().next_node() is b
+
+
+def _members_status(answered_by: str, leader: str, *members: str) -> chat_pb2.StatusReply:
+    """A Status reply whose committed membership is `members` ("d" at 127.0.0.1:8004, ...)."""
+    return chat_pb2.StatusReply(
+        node_id=answered_by,
+        leader_id=leader,
+        members=[
+            chat_pb2.ClusterMember(
+                node_id=m, address=f"127.0.0.1:800{ord(m) - ord('a') + 1}", voter=True
+            )
+            for m in members
+        ],
+    )
+
+
+def test_the_candidates_follow_the_committed_membership() -> None:
+    """A client started from cluster.yaml's a, b, c learns of d and e from a Status, in
+    the membership's order after the configured ones, and stops asking a, b and c once they
+    have left: its rounds then go to d and e only."""
+    router, (a, *_) = _router("a", "b", "c")
+    router.observe_status(a, _members_status("a", "a", "a", "b", "c", "d", "e"))
+    assert [n.name for n in router.nodes] == ["a", "b", "c", "d", "e"]
+    assert [n.address for n in router.nodes[3:]] == ["127.0.0.1:8004", "127.0.0.1:8005"]
+    d = router.nodes[3]
+    router.observe_status(d, _members_status("d", "d", "d", "e"))
+    assert [n.name for n in router.nodes] == ["d", "e"]
+    assert router.leader is d
+    round_ = router.new_round()
+    assert [round_.next_node(), round_.next_node(), round_.next_node()] == [
+        d,
+        router.nodes[1],
+        None,
+    ]
+
+
+def test_a_node_not_yet_named_is_matched_by_address_and_never_dropped_unnamed() -> None:
+    first, second = (Node(address, address) for address in ("127.0.0.1:8001", "127.0.0.1:8002"))
+    router = Router(
+        [first, second],
+        pinned=False,
+        ca=None,
+        call_timeout_s=1.0,
+        overall_timeout_s=1.0,
+        no_majority_grace_s=1.0,
+    )
+    router.observe_status(first, _members_status("a", "", "a", "c"))
+    assert [n.name for n in router.nodes] == ["a", "127.0.0.1:8002", "c"]  # unnamed: kept
+    assert router.nodes[:2] == [first, second]
+
+
+def test_a_membership_that_leaves_no_candidate_is_not_followed_and_pinned_never() -> None:
+    router, _ = _router("a", "b")
+    reply = _members_status("a", "")
+    reply.members.add(node_id="z")  # a member whose address this node does not know
+    router.observe_status(router.nodes[0], reply)
+    assert [n.name for n in router.nodes] == ["a", "b"]
+    pinned, _ = _router("b", pinned=True)
+    pinned.observe_status(pinned.nodes[0], _members_status("b", "d", "d", "e"))
+    assert [n.name for n in pinned.nodes] == ["b"]

@@ -35,7 +35,7 @@ class FakeCluster:
     """The ChaosTarget protocol over plain state, refusing what a real cluster refuses."""
 
     def __init__(self, ids: str = "abc") -> None:
-        self.node_ids = tuple(ids)
+        self.all_ids = self.node_ids = tuple(ids)  # node_ids: the members (FakeMembers)
         self.states = dict.fromkeys(self.node_ids, ProcessState.UP)
         self.groups: Groups | None = None
         self.slow_ms = dict.fromkeys(self.node_ids, 0.0)
@@ -89,6 +89,7 @@ class FakeCluster:
     def faulted(self) -> set[str]:
         """Every node out of a majority now: not up, slowed, or in a minority group."""
         out = {n for n, s in self.states.items() if s is not ProcessState.UP}
+        out |= set(self.all_ids) - set(self.node_ids)  # removed
         out |= {n for n, ms in self.slow_ms.items() if ms}
         if self.groups is not None:
             size = len(self.node_ids)
@@ -97,6 +98,57 @@ class FakeCluster:
 
     def whole(self) -> bool:
         return not self.faulted() and self.groups is None
+
+
+class FakeMembers:
+    """The MemberChanges protocol over a FakeCluster: a removed member leaves node_ids (its
+    process stopped), an added one comes back up, a replace keeps it a member."""
+
+    def __init__(self, cluster: FakeCluster) -> None:
+        self.cluster = cluster
+        self.changes: list[str] = []
+
+    def _members(self, ids: Iterable[str]) -> None:
+        kept = set(ids)
+        self.cluster.node_ids = tuple(n for n in self.cluster.all_ids if n in kept)
+
+    def remove(self, node_id: str) -> object:
+        if node_id not in self.cluster.node_ids:
+            raise AssertionError(f"remove {node_id}: not a member")
+        self._members(set(self.cluster.node_ids) - {node_id})
+        self.cluster.states[node_id] = ProcessState.DOWN
+        self.changes.append(f"remove {node_id}")
+        return None
+
+    def prepare_add(self, node_id: str) -> None:
+        if node_id in self.cluster.node_ids:
+            raise AssertionError(f"add {node_id}: a member already")
+        self._members({*self.cluster.node_ids, node_id})
+
+    def prepare_replace(self, node_id: str) -> None:
+        if node_id not in self.cluster.node_ids:
+            raise AssertionError(f"replace {node_id}: not a member")
+        self.cluster.states[node_id] = ProcessState.DOWN  # killed and wiped
+
+    def _join(self, node_id: str, prepare: Callable[[str], None]) -> None:
+        prepare(node_id)
+        self.cluster.start_node(node_id, wait=False)
+        self.changes.append(f"{'add' if prepare == self.prepare_add else 'replace'} {node_id}")
+
+    def add(self, node_id: str) -> object:
+        self._join(node_id, self.prepare_add)
+        return None
+
+    def replace(self, node_id: str) -> object:
+        self._join(node_id, self.prepare_replace)
+        return None
+
+    async def join_from_loop(self, node_id: str, prepare: Callable[[str], None]) -> object:
+        self._join(node_id, prepare)
+        return None
+
+
+WITH_MEMBERSHIP = (*ALL_KINDS, FaultKind.MEMBERSHIP)
 
 
 def test_minority() -> None:
@@ -161,7 +213,39 @@ def test_every_kind_of_fault_and_its_undo_is_made() -> None:
     cluster = FakeCluster("abc")
     chaos = Chaos(cluster, seed=5)
     ops = {a.op for _ in range(60) for a in run_sync(cluster, chaos.step())}
+    assert ops == set(Op) - {Op.REMOVE, Op.ADD, Op.REPLACE}  # only with --membership
+    cluster = FakeCluster("abc")
+    members = FakeMembers(cluster)
+    chaos = Chaos(cluster, seed=5, kinds=WITH_MEMBERSHIP, members=members)
+    ops = {a.op for _ in range(80) for a in run_sync(cluster, chaos.step(), members)}
     assert ops == set(Op)
+
+
+@pytest.mark.parametrize("ids", ["abc", "abcde"])
+def test_membership_changes_one_member_at_a_time_and_a_removed_one_comes_back(ids: str) -> None:
+    """A membership fault names one member; a removed one is added back by the next step (and
+    by stop), so the members are never more than a minority short, and stop leaves them all."""
+    for seed in range(30):
+        cluster = FakeCluster(ids)
+        members = FakeMembers(cluster)
+        chaos = Chaos(cluster, seed=seed, kinds=WITH_MEMBERSHIP, members=members)
+        for _ in range(20):
+            run_sync(cluster, chaos.step(), members)
+            fault = chaos.current
+            assert fault is not None
+            if fault.kind is FaultKind.MEMBERSHIP:
+                assert len(fault.nodes) == 1
+                gone = set(cluster.all_ids) - set(cluster.node_ids)
+                assert gone == (set() if fault.replace else set(fault.nodes)), (seed, fault)
+            assert len(cluster.faulted()) <= minority(len(ids)), (seed, fault)
+        run_sync(cluster, chaos.make_whole(), members)
+        assert cluster.node_ids == cluster.all_ids and cluster.whole(), (seed, members.changes)
+    assert {c.split()[0] for c in members.changes} == {"remove", "add", "replace"}
+
+
+def test_membership_changes_need_someone_to_make_them() -> None:
+    with pytest.raises(ValueError, match="MemberChanges"):
+        Chaos(FakeCluster("abc"), seed=1, kinds=WITH_MEMBERSHIP)
 
 
 def test_stop_leaves_nothing_faulted_even_what_the_user_broke() -> None:
@@ -219,11 +303,14 @@ def test_the_runner_steps_on_the_loop_and_stop_makes_whole() -> None:
 
 
 def test_chaos_start_arguments() -> None:
-    from supervisor.repl import CommandError, _parse_chaos_start
+    from supervisor.repl import ChaosStart, CommandError, _parse_chaos_start
 
-    assert _parse_chaos_start([]) == (5.0, False, None)
-    assert _parse_chaos_start(["2", "--unsafe", "--seed", "9"]) == (2.0, True, 9)
-    assert _parse_chaos_start(["--seed", "9", "0.5"]) == (0.5, False, 9)
+    assert _parse_chaos_start([]) == ChaosStart(5.0, False, None, False)
+    assert _parse_chaos_start(["2", "--unsafe", "--seed", "9"]) == ChaosStart(2.0, True, 9)
+    assert _parse_chaos_start(["--seed", "9", "0.5"]) == ChaosStart(0.5, False, 9)
+    start = _parse_chaos_start(["--membership", "3"])
+    assert start == ChaosStart(3.0, False, None, True)
+    assert start.command(7) == "chaos start 3 --membership --seed 7"
     for bad in (["0"], ["-1"], ["x"], ["1", "2"], ["--seed"], ["--fast"]):
         with pytest.raises(CommandError):
             _parse_chaos_start(bad)
@@ -290,4 +377,48 @@ def test_chaos_in_piped_mode_with_real_nodes(
     assert all(n["slow_ms"] == 0 for n in final["nodes"]), final
     assert final["partition"] is None
     assert final["leader"] in after
+    assert supervisor.wait(30) == 0, supervisor.output
+
+
+MEMBERSHIP_SEED = 101  # on a, b, c: remove a (the first leader), then replace b
+CHANGE = re.compile(r"^chaos: (remove|add|replace) (\w+)$")
+
+
+@pytest.mark.cluster
+@needs_real_node
+def test_chaos_with_membership_changes_on_real_nodes(
+    tmp_path: Path, supervisors: Callable[..., Supervisor]
+) -> None:
+    """`chaos start --membership`: the leader is removed and added back at the next step as a
+    new incarnation, a follower is replaced, and after `chaos stop` every node is a voter of
+    one membership again, with one leader."""
+    supervisor = supervisors(write_config(tmp_path), real=True)
+    supervisor.wait_up(45)
+    supervisor.command(f"chaos start 1 --membership --seed {MEMBERSHIP_SEED}", r"membership\)?")
+    deadline = time.monotonic() + 60
+
+    def changes() -> list[tuple[str, str]]:
+        return [(m[1], m[2]) for line in supervisor.out if (m := CHANGE.match(line))]
+
+    while time.monotonic() < deadline:
+        joined = [line for line in supervisor.out if re.match(r"chaos: \w+ is a voter again", line)]
+        if {"remove", "add", "replace"} <= {op for op, _ in changes()} and len(joined) >= 2:
+            break  # a added back, b replaced
+        time.sleep(0.1)
+    supervisor.command("chaos stop", r"^chaos: off after \d+ faults", timeout_s=60)
+    made = changes()
+    assert made[:3] == [("remove", "a"), ("add", "a"), ("replace", "b")], made
+    assert not [line for line in supervisor.out if re.match(r"chaos: .* failed", line)], (
+        supervisor.output
+    )
+    start = len(supervisor.out)
+    supervisor.command("members", r"^members ", timeout_s=20)
+    time.sleep(0.3)  # the rest of the table
+    member_row = re.compile(r"^\s+(\w+)\s+(voter|learner)\s+(.*)$")
+    rows = {m[1]: m for line in supervisor.out[start:] if (m := member_row.match(line))}
+    table = supervisor.out[start:]
+    assert set(rows) == {"a", "b", "c"}, table
+    assert all(m[2] == "voter" for m in rows.values()), table
+    assert rows["a"][3].startswith("incarnation ") and rows["b"][3].startswith("incarnation ")
+    assert rows["c"][3].startswith("initial"), table
     assert supervisor.wait(30) == 0, supervisor.output

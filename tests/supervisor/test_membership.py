@@ -6,7 +6,10 @@ commands on a live supervisor."""
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,8 +17,12 @@ from pathlib import Path
 import psutil
 import pytest
 
+from client.api import ChatClient
+from client.router import MEMBERS_REFRESH_S
+from node.config import read_peers_file, write_peers_file
 from supervisor.cluster import Cluster, NodeExitedError
 from supervisor.membership import Membership, MembershipError
+from supervisor.ports import free_port
 from tests.conftest import node_channel
 from tests.node.test_node_process import Session
 from tests.supervisor.conftest import (
@@ -27,6 +34,7 @@ from tests.supervisor.conftest import (
 )
 
 pytestmark = [pytest.mark.cluster, needs_real_node]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -94,6 +102,146 @@ def test_grow_to_five_behind_the_proxies_and_a_partition_cuts_an_added_member(
     status = {s.id: s for s in cluster.status()}
     assert set(status) == set("abcde")
     assert status["d"].role is not None
+
+
+def test_a_client_from_cluster_yaml_follows_the_members_to_added_nodes(cluster: Cluster) -> None:
+    """A client knows cluster.yaml's a, b and c. d and e are added while it sends, then a, b
+    and c (the leader among them) are removed: its sends go on through d and e, and a
+    subscription that was on the removed leader moves on, every message delivered once, in
+    order."""
+    membership = Membership(cluster)
+    sent: list[str] = []
+
+    def client() -> ChatClient:  # from cluster.yaml's nodes, as `python -m client` is
+        return ChatClient(
+            cluster.config, call_timeout_s=1.0, overall_timeout_s=20.0, no_majority_grace_s=5.0
+        )
+
+    async def send_for(alice: ChatClient, seconds: float, tag: str) -> None:
+        deadline = time.monotonic() + seconds
+        while not sent or time.monotonic() < deadline:
+            text = f"{tag} {len(sent)}"
+            await alice.send("bob", text)
+            sent.append(text)
+            await asyncio.sleep(0.05)
+
+    async def run() -> list[str]:
+        async with client() as alice, client() as bob:
+            for user, name in ((alice, "alice"), (bob, "bob")):
+                await user.register(name, "pw")
+                await user.login(name, "pw")
+            received: list[str] = []
+
+            async def read() -> None:
+                async for message in bob.subscribe():
+                    received.append(message.text)
+
+            reader = asyncio.create_task(read())
+            await send_for(alice, 0.5, "three")
+            for node in ("d", "e"):
+                await membership.join_from_loop(node, membership.prepare_add)
+            # Longer than MEMBERS_REFRESH_S: the clients, being served, ask who the members are.
+            await send_for(alice, MEMBERS_REFRESH_S + 1, "five")
+            leader = cluster.wait_leader(15)
+            for node in sorted("abc", key=lambda n: n == leader):  # the leader last
+                await asyncio.to_thread(membership.remove, node)
+            assert set(cluster.node_ids) == {"d", "e"}
+            await send_for(alice, 1.0, "two")
+            assert {n.name for n in alice.nodes} == {"d", "e"}
+
+            async def delivered() -> None:
+                while len(received) < len(sent):
+                    await asyncio.sleep(0.05)
+
+            await asyncio.wait_for(delivered(), 20)
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            return received
+
+    received = asyncio.run(run())
+    assert received == sent  # once each, in order
+
+
+def test_a_member_on_another_machine_joins_with_the_member_command(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """README, "Growing to another machine", step by step, with a node the supervisor does not
+    run: its certificate (`supervisor cert`), its addresses in every member's peers file,
+    `supervisor member add-learner`, `python -m node --join ID --incarnation N --address
+    --peer-address`, and `supervisor member promote` once it caught up."""
+    path = cluster.config.path
+    assert path is not None
+    writes(cluster, 10, "before")
+    host = "127.0.0.1"
+    port = free_port()
+    peer_port = free_port(avoid=[port])
+    tool = [sys.executable, "-m", "supervisor"]
+
+    def run(*args: str) -> str:
+        done = subprocess.run(
+            [*tool, *args], capture_output=True, text=True, timeout=60, check=False, cwd=ROOT
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    run("cert", "d", "--host", host, "--config", str(path))
+    for node in cluster.node_ids:  # what an operator writes on each member's machine
+        peers_file = cluster.config.node_dir(node) / "peers"
+        peers = read_peers_file(peers_file)
+        peers["d"] = (f"{host}:{peer_port}", f"{host}:{port}")
+        write_peers_file(peers_file, peers)
+    added = run("member", "add-learner", "d", "--config", str(path))
+    found = re.search(r"^\s+d\s+learner\s+incarnation (\d+)", added, re.MULTILINE)
+    assert found is not None, added
+    cluster_id = (cluster.config.data_dir / "cluster.id").read_text().strip()
+    d = subprocess.Popen(
+        [
+            sys.executable, "-m", "node", "--config", str(path), "--id", "d",
+            "--join", cluster_id, "--incarnation", found[1],
+            "--address", f"{host}:{port}", "--peer-address", f"{host}:{peer_port}",
+            "--log-file", str(tmp_path / "d.log"), "--exit-with-parent",
+        ],
+        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        extra = ["--config", str(path), "--node", f"d={host}:{peer_port}"]
+
+        def caught_up() -> bool:
+            listed = run("member", "list", *extra)
+            return re.search(r"^\s+d\s+learner\s+.*lag 0$", listed, re.MULTILINE) is not None
+
+        poll(caught_up, 30, "d catches up as a learner")
+        promoted = run("member", "promote", "d", *extra)
+        assert re.search(r"^\s+d\s+voter\s+incarnation", promoted, re.MULTILINE), promoted
+        writes(cluster, 10, "four")  # committed by four voters now
+
+        def d_holds_everything() -> bool:
+            member = Membership(cluster).members().member("d")
+            return member is not None and member.role == "voter" and member.lag == 0
+
+        poll(d_holds_everything, 20, "d, a voter, holds every entry")
+    finally:
+        d.kill()
+        d.wait(10)
+
+
+def test_the_member_command_says_what_is_wrong(tmp_path: Path) -> None:
+    config = write_config(tmp_path, key=True)
+    tool = [sys.executable, "-m", "supervisor", "member"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*tool, *args], capture_output=True, text=True, timeout=60, check=False, cwd=ROOT
+        )
+
+    done = run("promote", "--config", str(config))
+    assert done.returncode == 2 and "needs a node id" in done.stderr
+    done = run("list", "--config", str(config), "--node", "d=nowhere")
+    assert done.returncode == 2 and "expected ID=HOST:PORT" in done.stderr
+    done = run("list", "--config", str(tmp_path / "missing.yaml"))
+    assert done.returncode == 2 and "missing.yaml" in done.stderr
+    done = run("list", "--config", str(config))  # never `up`: no CA, no tool certificate
+    assert done.returncode == 2 and "ca.pem" in done.stderr, done.stderr
 
 
 def test_shrink_and_remove_the_leader(cluster: Cluster) -> None:

@@ -243,3 +243,28 @@ def test_terminal_mode_needs_both_ends_to_be_terminals(tmp_path: Path) -> None:
         assert not terminal_mode(regular, regular)
     with open("/dev/null") as null:
         assert not terminal_mode(null, sys.stdout)
+
+
+def test_status_and_the_toolbar_show_the_committed_membership(tmp_path: Path) -> None:
+    """The membership the leader reports: `status` names voters and learners, and the toolbar
+    marks a learner and a node the committed membership does not have yet."""
+    from supervisor.cluster import committed_members
+    from supervisor.repl import Repl
+
+    leader = status("a", "leader", ProcessState.UP, voters=("a", "b"), learners=("c",))
+    stale = status("b", "follower", ProcessState.UP, voters=("a", "b", "c"), learners=())
+    statuses = [leader, stale, status("c", None, ProcessState.PAUSED)]
+    assert committed_members(statuses, 3) == (("a", "b"), ("c",))  # the leader's, not b's
+    assert committed_members([status("a", None, ProcessState.PAUSED)], 1) is None
+    lagging = status("b", "follower", ProcessState.UP, voters=("a",), learners=(), commit_index=3)
+    no_leader = [status("a", "candidate", ProcessState.UP, voters=("a", "b")), lagging]
+    assert committed_members(no_leader, 2) == (("a", "b"), ())  # who has committed most
+
+    cluster = Cluster(write_config(tmp_path))
+    repl = Repl(cluster, Recorded())
+    repl.view = [leader, stale]
+    text = "".join(fragment for _, fragment in repl.toolbar_fragments())  # not started: down
+    assert " a - down  " in text and " b - down  " in text and " c - down learner " in text
+    repl.view = [status("a", "leader", ProcessState.UP, voters=("a", "b"), learners=())]
+    text = "".join(fragment for _, fragment in repl.toolbar_fragments())
+    assert " c - down not a member yet " in text and "learner" not in text
