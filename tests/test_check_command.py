@@ -105,3 +105,30 @@ def test_a_sixty_second_check_with_all_three_nemeses_passes(tmp_path: Path) -> N
     )
     print(result.stdout[-4000:])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_sixty_second_check_with_the_membership_nemesis_passes(tmp_path: Path) -> None:
+    """Issue 14: a 60-second `check` with kill, pause, partition and membership changes
+    (removals added back, replaces) loses, doubles and reorders nothing, and every change
+    completes."""
+    config = _config(tmp_path)
+    result = _check(
+        config,
+        "--duration",
+        "60",
+        "--nemesis",
+        "kill,pause,partition,membership",
+        "--clients",
+        "8",
+        "--seed",
+        "11",
+        timeout_s=280,
+    )
+    print(result.stdout[-4000:])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "PASS: sends" in result.stdout and "violations 0" in result.stdout
+    assert "is a voter again, incarnation" in result.stdout, result.stdout[-3000:]
+    assert "one digest" in result.stdout

@@ -386,6 +386,7 @@ CHANGE = re.compile(r"^chaos: (remove|add|replace) (\w+)$")
 
 @pytest.mark.cluster
 @needs_real_node
+@pytest.mark.slow  # about 15 s; .ci/run runs it
 def test_chaos_with_membership_changes_on_real_nodes(
     tmp_path: Path, supervisors: Callable[..., Supervisor]
 ) -> None:

@@ -162,6 +162,7 @@ def test_a_client_from_cluster_yaml_follows_the_members_to_added_nodes(cluster: 
     assert received == sent  # once each, in order
 
 
+@pytest.mark.slow  # about 15 s; .ci/run runs it
 def test_a_member_on_another_machine_joins_with_the_member_command(
     cluster: Cluster, tmp_path: Path
 ) -> None:
