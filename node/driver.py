@@ -143,6 +143,8 @@ class NodeStatus:
     snapshot_index: int
     last_index: int
     digest: str
+    last_contact_ms: int = -1  # since the leader was last heard (0: this node leads; -1: never)
+    leader_changes: int = 0  # the known leader changed to another node, since start
 
 
 class RaftDriver(Generic[R]):
@@ -240,6 +242,9 @@ class RaftDriver(Generic[R]):
         self.fatal: BaseException | None = None
         self.stopped = asyncio.Event()
         self.soft = SoftState(Role.FOLLOWER, None, self.core.term)
+        self._leader_heard: float | None = None  # monotonic time of the leader's last message
+        self._last_leader: NodeId | None = None  # the last leader known (None between them)
+        self.leader_changes = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -311,7 +316,25 @@ class RaftDriver(Generic[R]):
             snapshot_index=c.log.snapshot_index(),
             last_index=c.log.last_index(),
             digest="",
+            last_contact_ms=self._last_contact_ms(),
+            leader_changes=self.leader_changes,
         )
+
+    def _note_leader(self) -> None:
+        """After each input to the core: count a change to another leader (not to none), as
+        etcd's leader_changes_seen does."""
+        leader = self.core.leader
+        if leader != self._last_leader:
+            if leader is not None:
+                self.leader_changes += 1
+            self._last_leader = leader
+
+    def _last_contact_ms(self) -> int:
+        if self.core.role is Role.LEADER:
+            return 0
+        if self._leader_heard is None:
+            return -1
+        return int((self.clock.monotonic() - self._leader_heard) * 1000)
 
     def committed_conf(self) -> ConfState:
         """The membership as of the commit index (a change still in the log not included)."""
@@ -474,6 +497,9 @@ class RaftDriver(Generic[R]):
         except RaftError as exc:
             logger.warning("%s dropped a %s from %s: %s", self.id, m.type.name, m.sender, exc)
             return
+        if m.sender == self.core.leader and m.term == self.core.term:
+            self._leader_heard = self.clock.monotonic()
+        self._note_leader()
         self._wake.set()
 
     @property
@@ -576,6 +602,7 @@ class RaftDriver(Generic[R]):
             await clock.sleep(delay)
             self._expire_proposals(clock.monotonic())
             self.core.tick()
+            self._note_leader()
             self._wake.set()
 
     async def _ready_loop(self) -> None:
@@ -624,6 +651,7 @@ class RaftDriver(Generic[R]):
     def _on_soft_state(self, soft: SoftState) -> None:
         was_leader = self.soft.role is Role.LEADER
         self.soft = soft
+        self._note_leader()
         if soft.role is Role.LEADER:
             logger.info("%s became leader at term %d", self.id, soft.term)
         elif was_leader:

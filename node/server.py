@@ -639,6 +639,8 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             snapshot_index=s.snapshot_index,
             last_index=s.last_index,
             members=self._members_pb(),
+            last_contact_ms=s.last_contact_ms,
+            leader_changes=s.leader_changes,
         )
 
     def _members_pb(self) -> list[chat_pb2.ClusterMember]:

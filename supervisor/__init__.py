@@ -9,15 +9,20 @@ The library, each module importing only those above it in this list:
     ports       free_port
     links       LinkNetwork: one proxy per directed link between nodes (partition, heal, slow)
     processes   NodeProcess, ProcessTable: spawn, signal and reap node processes
+    events      EventFeed: what happened to a cluster (faults, exits, elections), timestamped
     nodeconfig  a ClusterConfig as cluster.yaml text, the way nodes are handed a relocated one
     formation   the cluster's id (data_dir/cluster.id) and whether it has formed
     certs       the cluster's CA and certificates (data_dir/tls), and channel credentials
     history     the history checker (pure data in, a Verdict out)
+    report      one self-contained HTML file of a check or bench run, with its charts
     sender      Sender: leader-following chat calls over raw gRPC, request ids in one place
     cluster     Cluster: the API tests, benchmarks and the tools use, from a cluster.yaml path
                 or a ClusterConfig (relocate one with dataclasses.replace)
     membership  Membership: members, add, remove, replace on a running Cluster
     chaos       Chaos, ChaosRunner: one random fault per interval, at most a minority
+    web         the live web page `up` serves: web.guard (secret, Host, Origin), web.observer
+                (what the page shows, from rounds of Status), web.server (WebView: aiohttp on a
+                thread and loop of its own); the page itself is web/static
 
 The tools, which nothing in the library imports:
 

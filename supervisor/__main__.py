@@ -10,6 +10,9 @@ supervisor/check.py, supervisor/bench.py.)
 - With stdin not a terminal (a pipe, /dev/null) or `--script FILE`: the same commands line by
   line, each echoed; the cluster is shut down when they end; exit status 1 if one failed.
 - `--no-repl`: the cluster runs until Ctrl-C, SIGTERM or SIGHUP.
+- Unless `--no-web`: a live web page of the cluster (supervisor/web), on 127.0.0.1 and the
+  port of `--web PORT` (0, the default: any free one), its address printed with a one-time
+  secret. Its buttons run the REPL's fault commands, on this (main) thread's loop.
 
 The mode is chosen before any prompt_toolkit object exists. However the supervisor ends
 (quit, Ctrl-D, Ctrl-C, SIGTERM, an error of its own) every node is stopped by PID and reaped;
@@ -44,7 +47,8 @@ from supervisor.certs import issue
 from supervisor.cluster import Cluster, PortInUseError
 from supervisor.errors import SupervisorError
 from supervisor.processes import NodeExit
-from supervisor.repl import run_plain, run_terminal, terminal_mode
+from supervisor.repl import PlainOutput, Repl, run_plain, run_terminal, terminal_mode
+from supervisor.web.server import WebError, WebView
 
 logger = logging.getLogger("supervisor")
 
@@ -80,6 +84,21 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--no-repl", action="store_true", help="no REPL: run until Ctrl-C or SIGTERM")
     mode.add_argument(
         "--script", type=Path, metavar="FILE", help="run the commands in FILE, then stop"
+    )
+    web = up.add_mutually_exclusive_group()
+    web.add_argument(
+        "--web",
+        type=_port,
+        default=0,
+        metavar="PORT",
+        help="serve the live web page on this port (default 0: any free one; printed)",
+    )
+    web.add_argument("--no-web", action="store_true", help="no web page")
+    up.add_argument(
+        "--web-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="the address the web page listens on (default 127.0.0.1: this machine only)",
     )
     up.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
     up.set_defaults(run=_up)
@@ -131,6 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
     member_command.add_arguments(member)
     member.set_defaults(run=_member)
     return parser
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (0..65535; 0: any free one)")
+    return port
 
 
 def _member(args: argparse.Namespace, node_command: Sequence[str] | None) -> int:
@@ -249,6 +278,13 @@ def _run_up(args: argparse.Namespace, node_command: Sequence[str] | None, mode: 
         return EXIT_USAGE
     for warning in cluster.config.warnings:
         _say(f"warning: {warning}")
+    web: WebView | None = None
+    if not args.no_web:
+        try:
+            web = WebView(cluster, host=args.web_host, port=args.web)  # bound now, served later
+        except WebError as error:
+            _say(f"error: {error}")
+            return EXIT_USAGE
 
     previous = {sig: signal.getsignal(sig) for sig in (*STOP_SIGNALS, signal.SIGINT)}
     for sig in STOP_SIGNALS:
@@ -268,11 +304,17 @@ def _run_up(args: argparse.Namespace, node_command: Sequence[str] | None, mode: 
                 f"TLS: cluster CA {files.ca}, valid until {cluster.ca_expiry:%Y-%m-%d}; "
                 f"clients: python -m client --cluster {cluster.config.path}"
             )
+        if web is not None:
+            web.start()
+            _say(f"web view: {web.new_url()}  (the secret works once; `web` prints a new one)")
         if mode is Mode.NO_REPL:
             _say("running until Ctrl-C or SIGTERM")
-            _wait_for_signal()
+            if web is None:
+                _wait_for_signal()
+            else:
+                asyncio.run(_front_end(cluster, mode, None, web))
         else:
-            status = asyncio.run(_front_end(cluster, mode, script))
+            status = asyncio.run(_front_end(cluster, mode, script, web))
     except (ConfigError, PortInUseError) as error:
         _say(f"error: {error}")
         status = EXIT_USAGE
@@ -286,11 +328,26 @@ def _run_up(args: argparse.Namespace, node_command: Sequence[str] | None, mode: 
         status = EXIT_FAILED if mode is Mode.PLAIN else EXIT_OK
     finally:
         _ignore_stop_signals()
+        if web is not None:
+            web.close()
         cluster.close()
         _say("every node is stopped")
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return status
+
+
+async def _page_commands(cluster: Cluster, web: WebView | None) -> int:
+    """--no-repl with the web page: no prompt, but the page's commands run here (the main
+    thread, which spawns nodes) and are logged; until a signal cancels this."""
+    repl = Repl(cluster, PlainOutput())
+    repl.attach_web(web)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        repl.attach_web(None)
+        await repl.close()
+    return EXIT_OK
 
 
 def _wait_for_signal() -> None:
@@ -304,7 +361,9 @@ def _log_exit(exit: NodeExit) -> None:
     logger.warning("%s", exit.describe())
 
 
-async def _front_end(cluster: Cluster, mode: Mode, script: list[str] | None) -> int:
+async def _front_end(
+    cluster: Cluster, mode: Mode, script: list[str] | None, web: WebView | None
+) -> int:
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     if task is None:
@@ -313,8 +372,10 @@ async def _front_end(cluster: Cluster, mode: Mode, script: list[str] | None) -> 
         loop.add_signal_handler(sig, task.cancel, sig.name)
     try:
         if mode is Mode.TERMINAL:
-            return await run_terminal(cluster)
-        return await run_plain(cluster, script)
+            return await run_terminal(cluster, web=web)
+        if mode is Mode.NO_REPL:
+            return await _page_commands(cluster, web)
+        return await run_plain(cluster, script, web=web)
     finally:
         for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)

@@ -80,7 +80,8 @@ from supervisor.certs import (
     secure_channel,
 )
 from supervisor.errors import SupervisorError
-from supervisor.links import Groups, LinkNetwork
+from supervisor.events import EventFeed, EventKind
+from supervisor.links import Groups, LinkNetwork, format_groups
 from supervisor.nodeconfig import STDIN_PATH, render
 from supervisor.processes import (
     LOG_NAME,
@@ -154,6 +155,9 @@ class NodeStatus:
     # The committed membership as this node knows it (Status); None: it did not answer.
     voters: tuple[str, ...] | None = None
     learners: tuple[str, ...] | None = None
+    # Since the node last heard from its leader, in ms (0: it leads; -1: none since it started).
+    leader_contact_ms: int | None = None
+    leader_changes: int | None = None  # how often the leader it knows changed, since it started
 
     @property
     def answered(self) -> bool:
@@ -303,6 +307,8 @@ class Cluster:
         self._removed: set[str] = set()  # members removed: no longer this cluster's nodes
         self._started = False
         self._up = False  # start() completed: later exits are news (during it, errors)
+        # Every fault made and undone, exits and membership, for watchers (the web view).
+        self.events = EventFeed()
 
     # -- properties ---------------------------------------------------------------------------
 
@@ -450,6 +456,7 @@ class Cluster:
             raise ClusterError(f"{node_id} is not added yet: `replace {node_id}` adds it")
         process.argv = self._node_argv(node_id)  # --bootstrap only until the cluster formed
         pid = process.spawn()
+        self.events.publish(EventKind.REPAIR, f"started {node_id} (pid {pid})", node_id)
         if wait:
             self.wait_serving(node_id)
         return pid
@@ -457,12 +464,17 @@ class Cluster:
     def kill(self, node_id: str) -> NodeExit:
         """SIGKILL the node (a crash; works on a paused node too) and reap it."""
         self._check_open()
-        return self._process(node_id).kill()
+        exit = self._process(node_id).kill()
+        self.events.publish(EventKind.FAULT, f"killed {node_id} (pid {exit.pid})", node_id)
+        return exit
 
     def stop(self, node_id: str) -> NodeExit:
         """SIGTERM, SIGCONT, up to stop_grace_s, then SIGKILL; reaped."""
         self._check_open()
-        return self._process(node_id).stop(self.stop_grace_s)
+        exit = self._process(node_id).stop(self.stop_grace_s)
+        how = describe_exit(exit.exit_code)
+        self.events.publish(EventKind.FAULT, f"stopped {node_id} (pid {exit.pid}): {how}", node_id)
+        return exit
 
     def restart(self, node_id: str) -> int:
         """Stop the node if it runs, start it again and wait until it serves; its new PID."""
@@ -475,11 +487,13 @@ class Cluster:
         """SIGSTOP: the node freezes with its sockets open (a stalled machine)."""
         self._check_open()
         self._process(node_id).pause()
+        self.events.publish(EventKind.FAULT, f"paused {node_id}", node_id)
 
     def resume(self, node_id: str) -> None:
         """SIGCONT a paused node."""
         self._check_open()
         self._process(node_id).resume()
+        self.events.publish(EventKind.REPAIR, f"resumed {node_id}", node_id)
 
     # -- network ------------------------------------------------------------------------------
 
@@ -487,21 +501,30 @@ class Cluster:
         """Cut the links between groups: `partition(["a"], ["b", "c"])`; nodes no group names
         form one more group. Returns the partition as applied."""
         checked = [[self._known(node_id) for node_id in group] for group in groups]
-        return self._links().partition(checked)
+        applied = self._links().partition(checked)
+        self.events.publish(EventKind.FAULT, f"partition {format_groups(applied)}")
+        return applied
 
     def isolate(self, node_id: str) -> Groups:
         """Cut one node off from all the others."""
         node_id = self._known(node_id)
-        return self._links().isolate(node_id)
+        applied = self._links().isolate(node_id)
+        self.events.publish(EventKind.FAULT, f"isolated {node_id}: {format_groups(applied)}")
+        return applied
 
     def heal(self) -> None:
         """End the partition and any added latency; connections open across the cut are reset."""
         self._links().heal()
+        self.events.publish(EventKind.REPAIR, "healed: every link whole, no added latency")
 
     def slow(self, node_id: str, ms: float) -> None:
         """Add ms of latency each way on every link of the node (0 removes it)."""
         node_id = self._known(node_id)
         self._links().slow(node_id, ms)
+        if ms:
+            self.events.publish(EventKind.FAULT, f"slowed {node_id}: +{ms:g} ms each way", node_id)
+        else:
+            self.events.publish(EventKind.REPAIR, f"{node_id}: no added latency", node_id)
 
     @property
     def groups(self) -> Groups | None:
@@ -707,6 +730,7 @@ class Cluster:
         if address.id not in self._table.processes:  # (a member removed before has one)
             self._table.add(self._make_process(address.id))
         self.write_peers_files()
+        self.events.publish(EventKind.MEMBER, f"{address.id} is being added", address.id)
 
     def set_incarnation(self, node_id: str, incarnation: int) -> None:
         """The member's add was made, at index `incarnation`: its first start joins as that."""
@@ -736,6 +760,7 @@ class Cluster:
             self._removed.add(node_id)
             self._added.pop(node_id, None)
             formation.write_added(self.config, self._added, self._removed)
+        self.events.publish(EventKind.MEMBER, f"{node_id} was removed", node_id)
 
     def _record_added(self, node_id: str, entry: formation.AddedMember) -> None:
         """Under the lock: set the member's entry and write data_dir/members.json."""
@@ -760,6 +785,9 @@ class Cluster:
 
     def _node_exited(self, exit: NodeExit) -> None:
         self.unexpected_exits.append(exit)
+        how = describe_exit(exit.exit_code)
+        text = f"{exit.node_id} (pid {exit.pid}) exited on its own: {how}"
+        self.events.publish(EventKind.EXIT, text, exit.node_id)
         if self._up and not self._listeners:
             logger.warning("%s", exit.describe())
         for listener in list(self._listeners):
@@ -838,6 +866,8 @@ class Cluster:
             last_exit=describe_exit(last_exit.exit_code) if last_exit is not None else None,
             voters=_members(reply, voter=True),
             learners=_members(reply, voter=False),
+            leader_contact_ms=reply.last_contact_ms if reply is not None else None,
+            leader_changes=reply.leader_changes if reply is not None else None,
         )
 
     def _wipe(self) -> None:

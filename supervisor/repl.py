@@ -27,6 +27,7 @@ of the client.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import difflib
 import enum
@@ -58,6 +59,7 @@ from supervisor.errors import SupervisorError
 from supervisor.links import Groups, format_groups
 from supervisor.membership import Membership, format_members
 from supervisor.processes import NodeExit, ProcessState, describe_exit
+from supervisor.web.server import CommandResult, CommandRunner, WebView
 
 T = TypeVar("T")
 
@@ -235,6 +237,9 @@ class Repl:
         self.view: list[NodeStatus] = []  # the last status seen (the toolbar's roles)
         self.chaos: ChaosRunner | None = None  # running while not None
         self.membership = Membership(cluster)
+        self.web: WebView | None = None  # the live page, when `up` serves one
+        # One command at a time, whether typed here or clicked on the web page.
+        self._command_lock = asyncio.Lock()
 
     async def close(self) -> None:
         """The session ends (quit, Ctrl-D, end of script): stop chaos's timer once its step in
@@ -249,6 +254,31 @@ class Repl:
     async def execute(self, line: str) -> Outcome:
         """Run one command line; print its result or what was wrong. Never raises for a bad
         command or a failed action (those are FAILED); cancellation passes through."""
+        async with self._command_lock:
+            return await self._execute(line)
+
+    async def execute_from_web(self, line: str) -> CommandResult:
+        """A command clicked on the web page: echoed to this REPL's output as `[web] LINE`,
+        run as if typed (after any command in progress), its output returned to the page."""
+        async with self._command_lock:
+            self.out.info(f"[web] {prompt(self.cluster.config.cluster)}{line}")
+            capture = _Capture(self.out)
+            self.out = capture
+            try:
+                outcome = await self._execute(line)
+            finally:
+                self.out = capture.inner
+        return CommandResult(line, outcome is Outcome.OK, "\n".join(capture.lines))
+
+    def web_runner(self, loop: asyncio.AbstractEventLoop) -> CommandRunner:
+        """What the web view calls (from its own thread) to run a command on this loop."""
+
+        def run(line: str) -> concurrent.futures.Future[CommandResult]:
+            return asyncio.run_coroutine_threadsafe(self.execute_from_web(line), loop)
+
+        return run
+
+    async def _execute(self, line: str) -> Outcome:
         current: Command | None = None
         try:
             words = split_line(line)
@@ -270,6 +300,14 @@ class Repl:
         if current is not None:
             message += f"\nusage: {current.usage}    e.g. {current.example}"
         self.out.error(message)
+
+    def attach_web(self, web: WebView | None) -> None:
+        """Take the web page's commands (web) or stop taking them (None)."""
+        if self.web is not None:
+            self.web.serve_commands(None)
+        self.web = web
+        if web is not None:
+            web.serve_commands(self.web_runner(asyncio.get_running_loop()))
 
     def announce(self, exit: NodeExit) -> None:
         """A node exited on its own (called from the monitor thread)."""
@@ -836,6 +874,22 @@ async def _chaos(repl: Repl, args: list[str]) -> None:
 
 
 @command(
+    "web",
+    "",
+    "print the live web page's address, with a new one-time secret",
+    "web",
+    "`supervisor up` serves a live page of the cluster (unless --no-web). Its address carries "
+    "a secret that works once, exchanged for a session cookie; `web` prints a new one, for "
+    "another browser or after a restart of the browser.",
+)
+async def _web(repl: Repl, args: list[str]) -> None:
+    repl.no_args(args)
+    if repl.web is None:
+        raise CommandError("the web view is off (`supervisor up` without --no-web serves it)")
+    repl.out.info(f"web view: {repl.web.new_url()}")
+
+
+@command(
     "help",
     "[COMMAND]",
     "list the commands, or explain one",
@@ -887,13 +941,17 @@ async def _script_lines(lines: Iterable[str]) -> AsyncIterator[str]:
 
 
 async def run_plain(
-    cluster: Cluster, lines: Iterable[str] | None = None, out: Output | None = None
+    cluster: Cluster,
+    lines: Iterable[str] | None = None,
+    out: Output | None = None,
+    web: WebView | None = None,
 ) -> int:
     """The line-by-line front end: each command echoed and run; 0 if every command succeeded,
-    1 otherwise. `lines` None reads stdin."""
+    1 otherwise. `lines` None reads stdin. With `web`, the page's buttons run commands here."""
     output = out or PlainOutput()
     repl = Repl(cluster, output)
     cluster.add_exit_listener(repl.announce)
+    repl.attach_web(web)
     source: AsyncIterator[str] = LineReader(sys.stdin) if lines is None else _script_lines(lines)
     try:
         async for raw in source:
@@ -904,8 +962,28 @@ async def run_plain(
             if await repl.execute(line) is Outcome.QUIT:
                 break
     finally:
+        repl.attach_web(None)
         await repl.close()
     return 1 if repl.failures else 0
+
+
+class _Capture:
+    """An Output that passes everything on and keeps a copy (a web command's answer)."""
+
+    def __init__(self, inner: Output) -> None:
+        self.inner = inner
+        self.lines: list[str] = []
+
+    def info(self, text: str) -> None:
+        self.lines.append(text)
+        self.inner.info(text)
+
+    def error(self, text: str) -> None:
+        self.lines.append(text)
+        self.inner.error(text)
+
+    def event(self, text: str) -> None:
+        self.inner.event(text)
 
 
 class TerminalOutput:
@@ -978,7 +1056,9 @@ def make_completer(cluster: Cluster) -> Any:
     return CommandCompleter()
 
 
-async def run_terminal(cluster: Cluster, history_path: Path | None = None) -> int:
+async def run_terminal(
+    cluster: Cluster, history_path: Path | None = None, web: WebView | None = None
+) -> int:
     """The interactive front end (stdin and stdout must be terminals). Ends on `quit`,
     Ctrl-D or Ctrl-C; returns 0."""
     from prompt_toolkit import PromptSession
@@ -991,6 +1071,7 @@ async def run_terminal(cluster: Cluster, history_path: Path | None = None) -> in
     output = TerminalOutput(loop)
     repl = Repl(cluster, output)
     cluster.add_exit_listener(repl.announce)
+    repl.attach_web(web)
     history_path = history_path or cluster.data_dir / HISTORY_NAME
     try:
         history: Any = FileHistory(str(history_path))
@@ -1038,6 +1119,7 @@ async def run_terminal(cluster: Cluster, history_path: Path | None = None) -> in
                 if await repl.execute(line) is Outcome.QUIT:
                     break
         finally:
+            repl.attach_web(None)
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller

@@ -91,14 +91,19 @@ SUPERVISOR_LIBRARY = (
     "ports",
     "links",
     "processes",
+    "events",
     "nodeconfig",
     "formation",
     "certs",
     "history",
+    "report",
     "sender",
     "cluster",
     "membership",
     "chaos",
+    "web.guard",
+    "web.observer",
+    "web.server",
 )
 
 
@@ -216,7 +221,17 @@ RULES: dict[str, Rule] = {
             may=(*_library_below(name), "node.config", "protos"),
             external=_forbid("prompt_toolkit"),
         )
-        for name in ("nodeconfig", "formation", "certs", "sender", "membership", "chaos")
+        for name in (
+            "nodeconfig",
+            "formation",
+            "certs",
+            "report",
+            "sender",
+            "membership",
+            "chaos",
+            "web.observer",
+            "web.server",
+        )
     },
     **{
         f"supervisor.{name}": Rule(
@@ -224,7 +239,7 @@ RULES: dict[str, Rule] = {
             "supervisor.errors only, nothing from node, client or protos",
             may=("supervisor.errors",),
         )
-        for name in ("errors", "ports", "links", "processes")
+        for name in ("errors", "ports", "links", "processes", "events", "web.guard")
     },
     "supervisor.history": Rule(
         "supervisor/history.py's docstring: pure data in, a verdict out: no I/O, no grpc, "
@@ -402,7 +417,7 @@ def test_a_new_node_module_falls_under_a_sensible_rule() -> None:
     assert match is not None and match[0] == "node"
     match = rule_for("node.raft.quorum")
     assert match is not None and match[0] == "node.raft"
-    match = rule_for("supervisor.web")
+    match = rule_for("supervisor.webhooks")
     assert match is not None and match[0] == "supervisor"
 
 

@@ -480,3 +480,54 @@ def test_propose_on_a_stopping_driver_is_refused() -> None:
             await asyncio.wait_for(driver.propose(b"later", 5.0), 5.0)
 
     vrun(test)
+
+
+# ------------------------------------------------------------------ status for the web view
+
+
+def test_status_tells_the_last_contact_with_the_leader_and_counts_leader_changes() -> None:
+    """Status.last_contact_ms: -1 before any leader is heard, then the time since the leader's
+    last message (0 on the leader itself); leader_changes counts each new leader, as etcd's
+    leader_changes_seen does."""
+
+    async def test() -> None:
+        driver, _ = make_driver(B)
+        driver.start()
+        try:
+            before = driver.status()
+            assert (before.last_contact_ms, before.leader_changes) == (-1, 0)
+            driver.step(heartbeat(0))
+            await until(lambda: driver.leader == A)
+            await asyncio.sleep(0.04)
+            heard = driver.status()
+            assert 35 <= heard.last_contact_ms <= 60, heard.last_contact_ms
+            assert heard.leader_changes == 1
+            driver.step(heartbeat(0))  # the same leader again: no change, contact renewed
+            await asyncio.sleep(0)
+            assert driver.status().last_contact_ms <= 5
+            new_leader = Message(MessageType.HEARTBEAT, C, B, Term(2), commit=LogIndex(0))
+            driver.step(new_leader)
+            await until(lambda: driver.leader == C)
+            assert driver.status().leader_changes == 2
+            stale = Message(MessageType.HEARTBEAT, A, B, Term(1), commit=LogIndex(0))
+            await asyncio.sleep(0.02)
+            driver.step(stale)  # an old leader's message is not contact with the leader
+            assert driver.status().last_contact_ms >= 15
+        finally:
+            await driver.stop()
+
+    vrun(test)
+
+
+def test_a_leader_reports_its_contact_as_zero() -> None:
+    async def test() -> None:
+        driver, _ = make_driver(A, cfg=config("a"))
+        driver.start()
+        try:
+            await until(lambda: driver.is_leader)
+            status = driver.status()
+            assert (status.last_contact_ms, status.leader_changes) == (0, 1)
+        finally:
+            await driver.stop()
+
+    vrun(test)

@@ -28,6 +28,7 @@ from supervisor.cluster import (
     UnknownNodeError,
     majority_leader,
 )
+from supervisor.events import Event, EventKind
 from supervisor.processes import NodeExit, ProcessState
 from tests.conftest import node_channel_sync, peer_channel_sync
 from tests.supervisor.conftest import (
@@ -69,15 +70,15 @@ class RecordingCluster(Cluster):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.events: list[tuple[str, str]] = []
+        self.calls: list[tuple[str, str]] = []
 
     def start_node(self, node_id: str, *, wait: bool = True) -> int:
-        self.events.append(("spawn", node_id))
+        self.calls.append(("spawn", node_id))
         return super().start_node(node_id, wait=wait)
 
     def wait_serving(self, node_id: str, timeout_s: float | None = None) -> None:
         super().wait_serving(node_id, timeout_s)
-        self.events.append(("serving", node_id))
+        self.calls.append(("serving", node_id))
 
 
 @pytest.fixture(params=KINDS)
@@ -139,8 +140,8 @@ def test_start_writes_a_private_key_and_starts_the_configured_leader_first(
     key = cluster.data_dir / "cluster.key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600 and len(key.read_text().strip()) >= 32
     # a is spawned and serving before anyone else is spawned, then b and c, then a leader.
-    assert cluster.events[:2] == [("spawn", "a"), ("serving", "a")]
-    assert sorted(cluster.events[2:]) == sorted(
+    assert cluster.calls[:2] == [("spawn", "a"), ("serving", "a")]
+    assert sorted(cluster.calls[2:]) == sorted(
         [("spawn", "b"), ("spawn", "c"), ("serving", "b"), ("serving", "c")]
     )
     statuses = cluster.status()
@@ -187,7 +188,7 @@ def test_fresh_wipes_the_nodes_data_and_nothing_else_and_a_hint_starts_first(
         assert "--bootstrap" in psutil.Process(cluster.pid("a")).cmdline()
         assert (tmp_path / "data" / "notes.txt").read_text() == "mine"
         assert (tmp_path / "data" / "cluster.key").read_text() != "old-key\n"
-        assert cluster.events[:2] == [("spawn", "c"), ("serving", "c")]
+        assert cluster.calls[:2] == [("spawn", "c"), ("serving", "c")]
         assert cluster.wait_leader(5) == "c"
 
 
@@ -265,6 +266,41 @@ def test_a_node_exiting_on_its_own_is_reported(cluster: Cluster) -> None:
     assert cluster.unexpected_exits == exits
     assert not psutil.pid_exists(pid)  # reaped
     assert cluster.process_state("b") is ProcessState.DOWN
+
+
+only_fake = pytest.mark.parametrize("kind", ["fake"], indirect=True)
+
+
+@only_fake
+def test_every_fault_its_undoing_and_an_exit_are_published_as_events(cluster: Cluster) -> None:
+    """What the web view's event feed shows: each Cluster operation the REPL, chaos or the
+    page makes is published by the Cluster itself, with the node and its pid."""
+    heard: list[Event] = []
+    cluster.events.subscribe(heard.append)
+    killed = cluster.kill("c")
+    started = cluster.start_node("c")
+    cluster.pause("b")
+    cluster.resume("b")
+    cluster.partition(["a"])
+    cluster.slow("b", 30)
+    cluster.slow("b", 0)
+    cluster.heal()
+    pid = cluster.pid("b")
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)  # on its own, as far as the supervisor knows
+    poll(lambda: any(e.kind is EventKind.EXIT for e in heard), 5, "the exit event")
+    assert [(e.kind, e.text, e.node) for e in heard] == [
+        (EventKind.FAULT, f"killed c (pid {killed.pid})", "c"),
+        (EventKind.REPAIR, f"started c (pid {started})", "c"),
+        (EventKind.FAULT, "paused b", "b"),
+        (EventKind.REPAIR, "resumed b", "b"),
+        (EventKind.FAULT, "partition a | b,c", None),
+        (EventKind.FAULT, "slowed b: +30 ms each way", "b"),
+        (EventKind.REPAIR, "b: no added latency", "b"),
+        (EventKind.REPAIR, "healed: every link whole, no added latency", None),
+        (EventKind.EXIT, f"b (pid {pid}) exited on its own: killed by SIGKILL", "b"),
+    ]
+    assert cluster.events.recent()[-len(heard) :] == heard
 
 
 def test_a_crash_with_an_exit_code_is_reported_with_its_log_and_links_are_optional(
