@@ -33,6 +33,7 @@ from protos import membership_pb2_grpc
 from protos.vocabulary import LEADER_ID_KEY, RETRY_AFTER_KEY, metadata_value
 from supervisor.certs import issue
 from supervisor.cluster import Cluster, ClusterError
+from supervisor.events import EventKind
 from supervisor.ports import free_port
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,17 @@ def members_view(reply: pb.MembersReply) -> MembersView:
         pending_change_index=reply.pending_change_index,
         commit_index=reply.commit_index,
     )
+
+
+def _describe_change(op: pb.ChangeOp.ValueType, node_id: str, view: MembersView) -> str:
+    """A committed change, for the event feed: `d joined as a learner (incarnation 41)`."""
+    member = view.member(node_id)
+    if op == pb.ADD_LEARNER:
+        born = f" (incarnation {member.incarnation})" if member is not None else ""
+        return f"{node_id} joined the configuration as a learner{born}"
+    if op == pb.PROMOTE:
+        return f"{node_id} was promoted to voter: voters {', '.join(view.voters())}"
+    return f"{node_id} left the configuration: voters {', '.join(view.voters())}"
 
 
 def format_members(view: MembersView) -> str:
@@ -156,7 +168,9 @@ class Membership:
                     pb.ChangeRequest(op=op, node_id=node_id), timeout=remaining
                 )
                 logger.info("membership: %s done", what)
-                return members_view(reply.members)
+                view = members_view(reply.members)
+                self.cluster.events.publish(EventKind.MEMBER, _describe_change(op, node_id, view))
+                return view
             except grpc.RpcError as error:
                 call = cast(grpc.Call, error)
                 code = call.code()

@@ -21,6 +21,7 @@ from client.api import ChatClient
 from client.router import MEMBERS_REFRESH_S
 from node.config import read_peers_file, write_peers_file
 from supervisor.cluster import Cluster, NodeExitedError
+from supervisor.events import EventKind
 from supervisor.membership import Membership, MembershipError
 from supervisor.ports import free_port
 from tests.conftest import node_channel
@@ -76,6 +77,13 @@ def test_grow_to_five_behind_the_proxies_and_a_partition_cuts_an_added_member(
     assert view.voters() == ("a", "b", "c", "d")
     d = view.member("d")
     assert d is not None and d.incarnation > 0
+    # what the web view's feed shows of it, in order
+    news = [e.text for e in cluster.events.recent() if e.kind is EventKind.MEMBER]
+    assert news == [
+        "d is being added",
+        f"d joined the configuration as a learner (incarnation {d.incarnation})",
+        "d was promoted to voter: voters a, b, c, d",
+    ]
     view = membership.add("e")
     assert set(view.voters()) == set("abcde")
     assert took_s < 30
@@ -251,6 +259,12 @@ def test_shrink_and_remove_the_leader(cluster: Cluster) -> None:
     follower = next(n for n in "abc" if n != leader)
     view = membership.remove(follower)
     assert follower not in view.voters() and len(view.voters()) == 2
+    news = [e.text for e in cluster.events.recent() if e.kind is EventKind.MEMBER]
+    remaining = ", ".join(view.voters())
+    assert news[-2:] == [
+        f"{follower} left the configuration: voters {remaining}",
+        f"{follower} was removed",
+    ]
     # stopped once removed, and no longer one of the cluster's nodes (nor of `up`'s)
     assert follower in cluster.removed() and follower not in cluster.node_ids
     assert cluster.wait_leader(15) == leader
