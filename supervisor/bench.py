@@ -23,15 +23,23 @@ figures) as a child process: the supervisor does not import the benchmarks.
 The result is a table, or one JSON object with --json; `run_benchmark` returns the same
 document to callers, given a ClusterConfig (benchmarks/cluster.py is a thin wrapper around it).
 
+With --report DIR it also writes DIR/report.html (supervisor.report): every cluster send of each
+phase over time (warm-up, latency, throughput, stability, failover), the failovers' kills as
+fault intervals (from the kill to the restart, the time to the next commit in the label), every
+node's role and term sampled four times a second, and the figures table. Only then is anything
+recorded: a (start, end) pair per send, and the Status rounds of the sampler's thread.
+
 A tool on top of the supervisor library: imports node.config, protos, grpc and the supervisor
-modules cluster, errors, ports and sender; never node internals or client (it sends through
-supervisor/sender.py, raw gRPC, so that it measures the cluster and not the client library).
+modules cluster, errors, history, membership, ports, report and sender; never node internals or
+client (it sends through supervisor/sender.py, raw gRPC, so that it measures the cluster and not
+the client library).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
 import math
 import os
@@ -42,7 +50,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -55,8 +63,18 @@ from protos import chat_pb2_grpc as pbg
 from supervisor.certs import Credentials
 from supervisor.cluster import Cluster, NodeStatus, PortInUseError
 from supervisor.errors import SupervisorError
+from supervisor.history import Outcome
 from supervisor.membership import Membership
 from supervisor.ports import free_port
+from supervisor.report import (
+    FaultInterval,
+    Operation,
+    ReportError,
+    RoleSampler,
+    describe_written,
+    prepare_report_dir,
+    write_report,
+)
 from supervisor.sender import Sender, client_channel
 
 ROOT: Final = Path(__file__).resolve().parents[1]  # where `python -m benchmarks.echo_server` runs
@@ -121,6 +139,47 @@ class BenchSettings:
 
 QUICK: Final = BenchSettings(count=100, seconds=1.0, failovers=3, stability_s=0.0, quick=True)
 
+Spans = list[tuple[float, float]]  # (start, end) of each send, time.perf_counter()
+
+
+@dataclass
+class Recording:
+    """What `bench --report` draws, recorded only when it is asked for: each phase's sends as
+    (start, end) pairs of time.perf_counter(), the failovers' kills, the role samples. Times
+    in the report count from `origin`, set when the cluster is up."""
+
+    origin: float = field(default_factory=time.perf_counter)
+    phases: dict[str, Spans] = field(default_factory=dict)
+    # (node, kill, next commit, restart), time.perf_counter()
+    kills: list[tuple[str, float, float, float]] = field(default_factory=list)
+    sampler: RoleSampler | None = None
+    ended_s: float = 0.0  # since origin: when the cluster's figures were done
+
+    def now(self) -> float:
+        return time.perf_counter() - self.origin
+
+    def phase(self, name: str) -> Spans:
+        """The list the sends of phase `name` are appended to."""
+        return self.phases.setdefault(name, [])
+
+    def operations(self) -> list[Operation]:
+        o = self.origin
+        return [
+            Operation(name, start - o, end - o, Outcome.OK)  # a send that fails stops the run
+            for name, spans in self.phases.items()
+            for start, end in spans
+        ]
+
+    def faults(self) -> list[FaultInterval]:
+        return [
+            FaultInterval(
+                f"kill {node} (leader): next commit {(commit - kill) * 1000:.0f} ms later",
+                kill - self.origin,
+                restart - self.origin,
+            )
+            for node, kill, commit, restart in self.kills
+        ]
+
 
 # -- figures ---------------------------------------------------------------------------------
 
@@ -156,14 +215,19 @@ class Latency:
     calls_per_s: float  # one call at a time
 
 
-async def latency(call: Callable[[], Awaitable[object]], count: int) -> Latency:
-    """`count` calls one after the other."""
+async def latency(
+    call: Callable[[], Awaitable[object]], count: int, spans: Spans | None = None
+) -> Latency:
+    """`count` calls one after the other (each one's start and end appended to spans)."""
     times: list[float] = []
     started = time.perf_counter()
     for _ in range(count):
         t0 = time.perf_counter()
         await call()
-        times.append((time.perf_counter() - t0) * 1000)
+        t1 = time.perf_counter()
+        times.append((t1 - t0) * 1000)
+        if spans is not None:
+            spans.append((t0, t1))
     elapsed = time.perf_counter() - started
     return Latency(
         round(percentile(times, 0.5), 3), round(percentile(times, 0.99), 3), count / elapsed
@@ -171,18 +235,24 @@ async def latency(call: Callable[[], Awaitable[object]], count: int) -> Latency:
 
 
 async def throughput(
-    make_call: Callable[[int], Callable[[], Awaitable[object]]], inflight: int, seconds: float
+    make_call: Callable[[int], Callable[[], Awaitable[object]]],
+    inflight: int,
+    seconds: float,
+    spans: Spans | None = None,
 ) -> float:
-    """Calls per second with `inflight` workers, each calling again as soon as one returns."""
+    """Calls per second with `inflight` workers, each calling again as soon as one returns
+    (each call's start and end appended to spans)."""
     done = 0
     stop_at = time.perf_counter() + seconds
 
     async def worker(k: int) -> None:
         nonlocal done
         call = make_call(k)
-        while time.perf_counter() < stop_at:
+        while (t0 := time.perf_counter()) < stop_at:
             await call()
             done += 1
+            if spans is not None:
+                spans.append((t0, time.perf_counter()))
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker(k) for k in range(inflight)))
@@ -254,21 +324,23 @@ async def failover(
     tls: Credentials | None,
     token: str,
     rounds: int,
+    recording: Recording | None = None,
 ) -> dict[str, Any]:
     """SIGKILL the leader `rounds` times; from each kill until the next send commits. Kills and
     restarts are made here, on the main thread (spawning needs it: TRAPS, PR_SET_PDEATHSIG)."""
     totals: list[float] = []
     detect: list[float] = []
     elect: list[float] = []
+    spans = recording.phase("failover") if recording is not None else None
     for _ in range(rounds):
         leader = cluster.wait_leader(LEADER_TIMEOUT_S)
         client = new_sender(addresses, leader, tls)
-        await send(client, token)  # warm: a connection to the leader
+        await _timed(send(client, token), spans)  # warm: a connection to the leader
         survivors = [n for n in addresses if n != leader]
         t_kill = time.perf_counter()
         cluster.kill(leader)
         watcher = asyncio.create_task(_watch_election(addresses, tls, survivors, leader))
-        await send(client, token)
+        await _timed(send(client, token), spans)
         t_commit = time.perf_counter()
         try:
             t_detect, t_elect = await asyncio.wait_for(watcher, 5)
@@ -279,6 +351,8 @@ async def failover(
         totals.append((t_commit - t_kill) * 1000)
         await client.close()
         cluster.start_node(leader)
+        if recording is not None:  # down from the kill until it serves again
+            recording.kills.append((leader, t_kill, t_commit, time.perf_counter()))
         await _caught_up(cluster)
     return {
         "failover_rounds": rounds,
@@ -291,7 +365,36 @@ async def failover(
     }
 
 
-async def cluster_figures(cluster: Cluster, settings: BenchSettings) -> dict[str, Any]:
+async def _timed(call: Awaitable[object], spans: Spans | None) -> None:
+    """Await call, appending its start and end to spans."""
+    t0 = time.perf_counter()
+    await call
+    if spans is not None:
+        spans.append((t0, time.perf_counter()))
+
+
+async def cluster_figures(
+    cluster: Cluster, settings: BenchSettings, recording: Recording | None = None
+) -> dict[str, Any]:
+    """The cluster's figures; with a recording, its sends, kills and role samples too (the
+    recording's origin is now)."""
+    if recording is None:
+        return await _cluster_figures(cluster, settings, None)
+    recording.origin = time.perf_counter()
+    recording.sampler = RoleSampler(lambda: cluster.status(timeout_s=0.3), recording.now)
+    try:
+        with recording.sampler:
+            return await _cluster_figures(cluster, settings, recording)
+    finally:
+        recording.ended_s = recording.now()
+
+
+async def _cluster_figures(
+    cluster: Cluster, settings: BenchSettings, recording: Recording | None
+) -> dict[str, Any]:
+    def spans(phase: str) -> Spans | None:
+        return recording.phase(phase) if recording is not None else None
+
     leader = cluster.wait_leader(LEADER_TIMEOUT_S)
     addresses = Membership(cluster).client_addresses()  # the members, from Members
     tls = cluster.credentials
@@ -302,11 +405,14 @@ async def cluster_figures(cluster: Cluster, settings: BenchSettings) -> dict[str
     def sending(client: Sender) -> Callable[[], Awaitable[None]]:
         return lambda: send(client, token)
 
+    warm_up = spans("warm-up")
     for _ in range(WARMUP_SENDS):
-        await send(one, token)
-    lat = await latency(sending(one), settings.count)
+        await _timed(send(one, token), warm_up)
+    lat = await latency(sending(one), settings.count, spans("latency"))
     senders = [new_sender(addresses, leader, tls) for _ in range(settings.inflight)]
-    tput = await throughput(lambda k: sending(senders[k]), settings.inflight, settings.seconds)
+    tput = await throughput(
+        lambda k: sending(senders[k]), settings.inflight, settings.seconds, spans("throughput")
+    )
     result: dict[str, Any] = {
         "sends_per_s_1_sender": round(lat.calls_per_s),
         "send_p50_ms": lat.p50_ms,
@@ -318,7 +424,12 @@ async def cluster_figures(cluster: Cluster, settings: BenchSettings) -> dict[str
     }
     if settings.stability_s > 0:
         before = _statuses(cluster)
-        await throughput(lambda k: sending(senders[k]), settings.inflight, settings.stability_s)
+        await throughput(
+            lambda k: sending(senders[k]),
+            settings.inflight,
+            settings.stability_s,
+            spans("stability"),
+        )
         after = _statuses(cluster)
         terms_before = max(s.term or 0 for s in before.values())
         terms_after = max(s.term or 0 for s in after.values())
@@ -327,7 +438,7 @@ async def cluster_figures(cluster: Cluster, settings: BenchSettings) -> dict[str
         await client.close()
     rounds = settings.failovers if cluster.size >= 3 else 0  # a kill must leave a majority
     if rounds > 0:
-        result |= await failover(cluster, addresses, tls, token, rounds)
+        result |= await failover(cluster, addresses, tls, token, rounds, recording)
     else:
         result |= {
             "failover_rounds": 0,
@@ -387,10 +498,13 @@ def _wait_echo(port: int, echo: subprocess.Popen[bytes]) -> None:
                 time.sleep(0.05)
 
 
-def run_benchmark(config: ClusterConfig, settings: BenchSettings) -> dict[str, Any]:
+def run_benchmark(
+    config: ClusterConfig, settings: BenchSettings, recording: Recording | None = None
+) -> dict[str, Any]:
     """Run the benchmark on the cluster of config (fresh data in a temporary directory, never
-    its own data_dir) and an echo server beside it; the result document. Call it from the main
-    thread."""
+    its own data_dir) and an echo server beside it; the result document. With a recording, the
+    cluster's sends, kills and role samples are recorded in it (for --report). Call it from the
+    main thread."""
     result: dict[str, Any] = {
         "benchmark": "cluster",
         "python": platform.python_version(),
@@ -414,7 +528,7 @@ def run_benchmark(config: ClusterConfig, settings: BenchSettings) -> dict[str, A
         try:
             _wait_echo(echo_port, echo)
             with Cluster(scratch, fresh=True, links=settings.links) as cluster:  # starts it
-                result |= asyncio.run(cluster_figures(cluster, settings))
+                result |= asyncio.run(cluster_figures(cluster, settings, recording))
             time.sleep(0.3)  # the nodes' exit is not measured against the echo server
             result |= asyncio.run(echo_figures(echo_port, settings))
         finally:
@@ -541,6 +655,13 @@ def add_arguments(parser: argparse.ArgumentParser, *, config: bool = True) -> No
             help="instead: fill the cluster with N messages and measure it at that size "
             "(benchmarks/scale.py; JSON; with --quick, its quick form)",
         )
+        parser.add_argument(
+            "--report",
+            type=Path,
+            metavar="DIR",
+            help="also write DIR/report.html: every send over time, the failovers' kills, "
+            "roles and terms, the figures (one self-contained file)",
+        )
     defaults = BenchSettings()
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
@@ -588,14 +709,25 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
 
 def run_command(args: argparse.Namespace) -> int:
     """`python -m supervisor bench`: 0 done, 1 the benchmark failed, 2 bad usage or config."""
+    report = getattr(args, "report", None)
     if getattr(args, "scale", None) is not None:
+        if report is not None:
+            print("bench: --report does not apply to --scale (JSON only)", file=sys.stderr)
+            return 2
         return run_scale(args)
     try:
         settings = settings_from(args)
         config = load_config(args.config)  # a bad file is a clear error before anything starts
+        if report is not None:
+            prepare_report_dir(report)
     except (ValueError, ConfigError) as error:
         print(f"bench: {error}", file=sys.stderr)
         return 2
+    except ReportError as error:
+        print(f"bench: --report: {error}", file=sys.stderr)
+        return 2
+    recording = Recording() if report is not None else None
+    started = datetime.datetime.now().astimezone()
     if not args.json:
         print(
             f"bench: measuring the cluster of {args.config} (data in a temporary directory)"
@@ -604,7 +736,7 @@ def run_command(args: argparse.Namespace) -> int:
             flush=True,
         )
     try:
-        result = run_benchmark(config, settings)
+        result = run_benchmark(config, settings, recording)
     except (ConfigError, PortInUseError) as error:
         print(f"bench: {error}", file=sys.stderr)
         return 2
@@ -612,7 +744,50 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"bench: failed: {error}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=1) if args.json else render_table(result), flush=True)
+    if report is not None and recording is not None:
+        try:
+            path = write_bench_report(report, config, settings, result, recording, started)
+        except ReportError as error:
+            print(f"bench: --report: {error}", file=sys.stderr)
+            return 1
+        # With --json, stdout is the document alone.
+        print(describe_written(path), file=sys.stderr if args.json else sys.stdout, flush=True)
     return 0
+
+
+def write_bench_report(
+    directory: Path,
+    config: ClusterConfig,
+    settings: BenchSettings,
+    result: dict[str, Any],
+    recording: Recording,
+    started: datetime.datetime,
+) -> Path:
+    """DIR/report.html of a bench run: its sends, kills and role samples, the figures table."""
+    params = {
+        "cluster": f"{config.path} ({len(config.nodes)} nodes: {', '.join(config.node_ids)})",
+        "duration": f"{recording.ended_s:.1f} s of the cluster's figures (the echo server's "
+        "run not shown)",
+        "nemesis": f"failover: {result['failover_rounds']} leader SIGKILLs",
+        "settings": (
+            f"{settings.count} sequential sends, {settings.inflight} in flight for "
+            f"{settings.seconds:g} s, stability window {settings.stability_s:g} s"
+            + (" (--quick)" if settings.quick else "")
+        ),
+        "links": result["links"],
+        "tls": result.get("tls", "on"),
+        "started": started.isoformat(timespec="seconds"),
+    }
+    roles = recording.sampler.samples if recording.sampler is not None else []
+    return write_report(
+        directory,
+        f"chatbooth bench: {len(config.nodes)} nodes" + (" (--quick)" if settings.quick else ""),
+        params,
+        recording.operations(),
+        recording.faults(),
+        roles,
+        figures=render_table(result),
+    )
 
 
 def run_scale(args: argparse.Namespace) -> int:

@@ -14,21 +14,26 @@ drains every inbox, checks the history (supervisor.history) and that every node'
 digest is identical, prints the verdict, the counts and the timeline, and exits non-zero on a
 violation.
 
+With --report DIR it also samples every node's role and term while it runs (a thread of its own)
+and writes DIR/report.html (supervisor.report): the latency of every send and read over time
+with the faults shaded, throughput, roles and terms, the verdict. Every operation's start, end
+and outcome and every fault's interval are recorded either way (a small value each).
+
 The clients speak gRPC through supervisor/sender.py, not the chat client library: a send whose
 outcome is unknown is resent with its one request id until it is answered, and is recorded as
 unknown only if it never is; only a definite refusal records it as failed.
 
 A tool on top of the supervisor library: imports node.config, supervisor.cluster,
-supervisor.history, supervisor.membership and supervisor.sender; never client or node
-internals.
+supervisor.history, supervisor.membership, supervisor.report and supervisor.sender; never client
+or node internals.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
+import datetime
 import random
 import shutil
 import sys
@@ -43,6 +48,15 @@ from supervisor.certs import Credentials
 from supervisor.cluster import Cluster
 from supervisor.history import Delivery, Outcome, ReadRecord, SendRecord, check, render
 from supervisor.membership import Membership, MembershipError
+from supervisor.report import (
+    FaultLog,
+    Operation,
+    ReportError,
+    RoleSampler,
+    describe_written,
+    prepare_report_dir,
+    write_report,
+)
 from supervisor.sender import OutcomeUnknownError, RefusedError, Sender, SenderError
 
 NEMESES = ("kill", "pause", "partition", "membership")
@@ -53,6 +67,7 @@ READ_TIMEOUT_S: Final = 5.0
 # its one request id) before it is recorded as unknown.
 SETTLE_S: Final = 20.0
 RETRY_PAUSE_S: Final = 0.02
+DRAIN_IDLE_S: Final = 2.0  # an inbox is read until its stream stays quiet this long
 
 
 @dataclass
@@ -61,8 +76,13 @@ class Run:
     sends: list[SendRecord] = field(default_factory=list)
     reads: list[ReadRecord] = field(default_factory=list)
     deliveries: list[Delivery] = field(default_factory=list)
+    operations: list[Operation] = field(default_factory=list)  # every send and read, for --report
     timeline: list[str] = field(default_factory=list)
     failed_changes: list[str] = field(default_factory=list)  # membership changes not done
+    faults: FaultLog = field(init=False)  # keyed by node id, or "partition"
+
+    def __post_init__(self) -> None:
+        self.faults = FaultLog(self.now)
 
     def now(self) -> float:
         return time.monotonic() - self.started
@@ -110,25 +130,37 @@ async def sender(
                 outcome = Outcome.FAILED  # definite: it was not applied
             except OutcomeUnknownError:
                 outcome = Outcome.UNKNOWN
-            run.sends.append(SendRecord(user, to, text, start, run.now(), outcome, mid))
+            end = run.now()
+            run.sends.append(SendRecord(user, to, text, start, end, outcome, mid))
+            run.operations.append(Operation("send", start, end, outcome, client.target))
             if outcome is Outcome.UNKNOWN:
                 return
             if n % 10 == 0:
-                start = run.now()
-                with contextlib.suppress(SenderError):
+                start, read = run.now(), Outcome.OK
+                try:
                     seen = await client.history(token, partner, timeout_s=READ_TIMEOUT_S)
+                except SenderError:
+                    read = Outcome.FAILED  # a read changes nothing: unanswered, it failed
+                else:
                     newest = max((m.id for m in seen), default=0)
                     run.reads.append(ReadRecord(user, start, run.now(), newest))
+                run.operations.append(Operation("read", start, run.now(), read, client.target))
 
 
 async def drain(
-    run: Run, nodes: dict[str, str], tls: Credentials | None, user: str, idle_s: float = 2.0
+    run: Run,
+    nodes: dict[str, str],
+    tls: Credentials | None,
+    user: str,
+    idle_s: float = DRAIN_IDLE_S,
 ) -> None:
     """Every message queued for user, read once (nothing acked)."""
     async with Sender(nodes, retry_pause_s=RETRY_PAUSE_S, tls=tls) as client:
         token = await client.login(user, PASSWORD, timeout_s=SETUP_TIMEOUT_S)
+        start = run.now()
         for m in await client.messages(token, idle_s=idle_s, timeout_s=60.0):
             run.deliveries.append(Delivery(m.recipient, m.id, m.sender, m.text))
+        run.operations.append(Operation("drain", start, run.now(), Outcome.OK, client.target))
 
 
 async def nemesis_step(
@@ -148,10 +180,12 @@ async def nemesis_step(
             else:
                 cluster.resume(node)
                 run.event(f"resume {node}")
+            run.faults.end(node)
         faulted.clear()
         if cluster.groups is not None:
             cluster.heal()
             run.event("heal")
+            run.faults.end("partition")
         return
     kind = rng.choice(kinds)
     if kind == "membership":
@@ -160,11 +194,13 @@ async def nemesis_step(
             await _join(cluster, run, node, "replace")
             return
         run.event(f"remove {node}")
+        run.faults.begin(node, f"remove {node}")  # until it is a voter again
         try:
             await asyncio.to_thread(Membership(cluster).remove, node)
         except MembershipError as exc:
             run.event(f"remove {node} failed: {exc}")
             run.failed_changes.append(f"remove {node}: {exc}")
+            run.faults.end(node, " (failed)")
             return
         faulted[node] = "remove"
         return
@@ -174,6 +210,7 @@ async def nemesis_step(
         rest = [n for n in ids if n not in victims]
         cluster.partition(victims, rest)
         run.event(f"partition {','.join(victims)} | {','.join(rest)}")
+        run.faults.begin("partition", f"partition {','.join(victims)} | {','.join(rest)}")
         return
     for node in victims:
         if kind == "kill":
@@ -182,19 +219,24 @@ async def nemesis_step(
             cluster.pause(node)
         faulted[node] = kind
         run.event(f"{kind} {node}")
+        run.faults.begin(node, f"{kind} {node}")
 
 
 async def _join(cluster: Cluster, run: Run, node: str, how: str) -> None:
     """`add` a removed member back, or `replace` one (its disk wiped), as a new incarnation."""
     membership = Membership(cluster)
     run.event(f"{how} {node}" + (" (its disk wiped)" if how == "replace" else ""))
+    if how == "replace":
+        run.faults.begin(node, f"replace {node}")  # an add closes the removal's interval
     try:
         prepare = membership.prepare_replace if how == "replace" else membership.prepare_add
         view = await membership.join_from_loop(node, prepare)
     except MembershipError as exc:
         run.event(f"{how} {node} failed: {exc}")
         run.failed_changes.append(f"{how} {node}: {exc}")
+        run.faults.end(node, f" ({how} failed)")
         return
+    run.faults.end(node)
     member = view.member(node)
     run.event(f"{node} is a voter again, incarnation {member.incarnation if member else '?'}")
 
@@ -206,6 +248,12 @@ async def run_check(args: argparse.Namespace) -> int:
     if unknown or not kinds:
         print(f"check: --nemesis takes {', '.join(NEMESES)}; got {args.nemesis!r}", file=sys.stderr)
         return 2
+    if args.report is not None:
+        try:
+            prepare_report_dir(args.report)  # a bad directory is an error before the run
+        except ReportError as exc:
+            print(f"check: --report: {exc}", file=sys.stderr)
+            return 2
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     print(
         f"check: seed {seed} (repeat with --seed {seed}), {args.clients} clients, "
@@ -215,9 +263,14 @@ async def run_check(args: argparse.Namespace) -> int:
     rng = random.Random(seed)
     tmp = Path(tempfile.mkdtemp(prefix="chatbooth-check-"))
     run = Run()
+    started = datetime.datetime.now().astimezone()
+    sampler: RoleSampler | None = None
     try:
         with Cluster(scratch_config(config, tmp), fresh=True) as cluster:
             run.event(f"cluster up, leader {cluster.wait_leader(30)}")
+            if args.report is not None:
+                sampler = RoleSampler(lambda: cluster.status(timeout_s=0.3), run.now)
+                sampler.start()
             users = [f"user{i}" for i in range(args.clients)]
             tls = cluster.credentials
             nodes = Membership(cluster).client_addresses()  # the members, from Members
@@ -243,7 +296,11 @@ async def run_check(args: argparse.Namespace) -> int:
             for u in users:
                 await drain(run, nodes, tls, u)
             digests_equal = await _digests_agree(cluster, run)
+            if sampler is not None:
+                sampler.stop()  # while the cluster still answers
     finally:
+        if sampler is not None:
+            sampler.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     verdict = check(run.sends, run.deliveries, run.reads)
     if not digests_equal:
@@ -254,6 +311,33 @@ async def run_check(args: argparse.Namespace) -> int:
     print("\n".join(f"  {line}" for line in run.timeline))
     print()
     print(render(verdict))
+    if args.report is not None and sampler is not None:
+        params = {
+            "seed": f"{seed} (repeat with --seed {seed})",
+            "nemesis": f"{','.join(kinds)} every {args.interval:g} s",
+            "duration": f"{args.duration:g} s",
+            "clients": f"{args.clients}, each sending numbered messages one at a time",
+            "operations": "send: one message, resent with its request id until answered; "
+            "read: History with a partner, every tenth send; drain: an inbox read to its end "
+            f"after the faults (quiet for {DRAIN_IDLE_S:g} s at its end)",
+            "cluster": f"{config.path} ({len(config.nodes)} nodes: {', '.join(config.node_ids)})",
+            "started": started.isoformat(timespec="seconds"),
+        }
+        try:
+            path = write_report(
+                args.report,
+                f"chatbooth check: {'PASS' if verdict.ok else 'FAIL'}, seed {seed}",
+                params,
+                run.operations,
+                run.faults.intervals(),
+                sampler.samples,
+                verdict=verdict,
+                timeline=run.timeline,
+            )
+        except ReportError as exc:
+            print(f"check: --report: {exc}", file=sys.stderr)
+            return 1
+        print(describe_written(path), flush=True)
     return 0 if verdict.ok else 1
 
 
@@ -277,3 +361,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--interval", type=float, default=3.0, help="seconds between fault steps")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--report",
+        type=Path,
+        metavar="DIR",
+        help="write DIR/report.html: latency, throughput, roles and faults over time, the "
+        "verdict (one self-contained file)",
+    )
