@@ -328,9 +328,11 @@ def _run_up(args: argparse.Namespace, node_command: Sequence[str] | None, mode: 
         status = EXIT_FAILED if mode is Mode.PLAIN else EXIT_OK
     finally:
         _ignore_stop_signals()
-        if web is not None:
-            web.close()
-        cluster.close()
+        try:
+            if web is not None:
+                web.close()
+        finally:
+            cluster.close()
         _say("every node is stopped")
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -380,6 +382,8 @@ async def _front_end(
         for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
         _ignore_stop_signals()
+        if web is not None:
+            web.close()  # first: the page's last round must not meet a closed cluster
         # Closing here, on the loop, ends the waits of commands still running in worker
         # threads, which asyncio.run would otherwise wait for.
         cluster.close()

@@ -44,9 +44,11 @@ class Event:
     kind: EventKind
     text: str
     node: str | None = None
+    seq: int = 0  # 1, 2, ... in the order published: a watcher drops one it has seen
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "seq": self.seq,
             "at_ms": round(self.at * 1000, 1),
             "kind": self.kind.value,
             "text": self.text,
@@ -64,10 +66,12 @@ class EventFeed:
         self._lock = threading.Lock()
         self._recent: collections.deque[Event] = collections.deque(maxlen=keep)
         self._subscribers: list[Subscriber] = []
+        self._seq = 0
 
     def publish(self, kind: EventKind, text: str, node: str | None = None) -> Event:
-        event = Event(time.time(), kind, text, node)
         with self._lock:
+            self._seq += 1
+            event = Event(time.time(), kind, text, node, self._seq)
             self._recent.append(event)
             subscribers = list(self._subscribers)
         for subscriber in subscribers:

@@ -264,10 +264,12 @@ class Repl:
             self.out.info(f"[web] {prompt(self.cluster.config.cluster)}{line}")
             capture = _Capture(self.out)
             self.out = capture
+            failures = self.failures
             try:
                 outcome = await self._execute(line)
             finally:
                 self.out = capture.inner
+                self.failures = failures  # a bad click does not fail the session's script
         return CommandResult(line, outcome is Outcome.OK, "\n".join(capture.lines))
 
     def web_runner(self, loop: asyncio.AbstractEventLoop) -> CommandRunner:

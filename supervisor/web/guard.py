@@ -24,6 +24,8 @@ from typing import Final
 
 from aiohttp import web
 
+# Browsers scope cookies by host, not port: the name carries the port, so that two
+# supervisors on one machine (or any other local server) never see each other's session.
 SESSION_COOKIE: Final = "chatbooth_session"
 ACTION_HEADER: Final = "X-Chatbooth"
 SECURITY_HEADERS: Final = {
@@ -39,12 +41,21 @@ SECURITY_HEADERS: Final = {
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def cookie_name(port: int) -> str:
+    return f"{SESSION_COOKIE}_{port}"
+
+
+def host_header(host: str, port: int) -> str:
+    """host:port as a browser sends it in Host (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class Guard:
     def __init__(self, host: str, port: int) -> None:
         names = {"127.0.0.1", "localhost"}
-        if host not in ("127.0.0.1", "0.0.0.0", "::"):
-            names.add(host)
-        self.allowed_hosts = frozenset(f"{name}:{port}" for name in names)
+        names.add(host)
+        self.cookie = cookie_name(port)
+        self.allowed_hosts = frozenset(host_header(name, port) for name in names)
         self.allowed_origins = frozenset(f"http://{h}" for h in self.allowed_hosts)
         self._lock = threading.Lock()  # secrets are minted from the REPL's thread too
         self._secrets: set[str] = set()  # one-time secrets not yet spent
@@ -57,17 +68,20 @@ class Guard:
         return secret
 
     def _spend(self, secret: str) -> bool:
+        given = secret.encode("utf-8", "replace")  # compare_digest refuses non-ASCII str
         with self._lock:
             for known in self._secrets:
-                if hmac.compare_digest(known, secret):
+                if hmac.compare_digest(known.encode(), given):
                     self._secrets.discard(known)
                     return True
         return False
 
     def _has_session(self, request: web.Request) -> bool:
-        token = request.cookies.get(SESSION_COOKIE, "")
+        token = request.cookies.get(self.cookie, "").encode("utf-8", "replace")
         with self._lock:
-            return bool(token) and any(hmac.compare_digest(t, token) for t in self._sessions)
+            return bool(token) and any(
+                hmac.compare_digest(t.encode(), token) for t in self._sessions
+            )
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -103,7 +117,7 @@ class Guard:
         with self._lock:
             self._sessions.add(token)
         response = web.Response(status=303, headers={"Location": "/"})
-        response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="Strict", path="/")
+        response.set_cookie(self.cookie, token, httponly=True, samesite="Strict", path="/")
         return response
 
     async def add_headers(self, request: web.Request, response: web.StreamResponse) -> None:

@@ -42,7 +42,7 @@ class Observer:
         self._answers: dict[str, NodeStatus] = {}  # each node's last answer, shown while stale
         self._commits: collections.deque[tuple[float, int]] = collections.deque()
         self._highest_commit = 0
-        self._first_round = True  # what is already so when the page connects is not news
+        self._first_seen: set[str] = set()  # nodes answered once: their state is known
 
     def observe(
         self,
@@ -54,7 +54,6 @@ class Observer:
         """One round: the events it implies are published; returns the page's message."""
         for status in statuses:
             self._note(status)
-        self._first_round = False
         size = len(statuses)
         leader = majority_leader(statuses, size)
         self._count_commits(statuses, now)
@@ -109,10 +108,14 @@ class Observer:
         before = self._seen.get(status.id)
         self._seen[status.id] = now
         node = status.id
+        # What a node already was when first seen (the page connecting) is not news; after a
+        # restart (before None again) its becoming leader is.
+        first_sight = node not in self._first_seen
+        self._first_seen.add(node)
         became_leader = now.role == LEADER_ROLE and (
             before is None or before.role != LEADER_ROLE or before.term != now.term
         )
-        if became_leader and not self._first_round:
+        if became_leader and not first_sight:
             self.events.publish(EventKind.ELECTION, f"{node} is leader at term {now.term}", node)
         if before is None:
             return
@@ -127,7 +130,7 @@ class Observer:
         if now.snapshot_index > before.snapshot_index:
             self.events.publish(
                 EventKind.SNAPSHOT,
-                f"{node} compacted its log to a snapshot at index {now.snapshot_index}",
+                f"{node}'s log now starts from a snapshot at index {now.snapshot_index}",
                 node,
             )
 

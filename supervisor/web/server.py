@@ -47,9 +47,9 @@ from aiohttp import web
 
 from supervisor.cluster import Cluster, ClusterClosedError
 from supervisor.errors import SupervisorError
-from supervisor.events import Event, EventKind
+from supervisor.events import Event
 from supervisor.links import LinkState
-from supervisor.web.guard import SESSION_COOKIE, Guard
+from supervisor.web.guard import Guard, host_header
 from supervisor.web.observer import Observer
 
 logger = logging.getLogger(__name__)
@@ -60,8 +60,12 @@ STATIC_FILES: Final = {
     "style.css": "text/css",
 }
 POLL_INTERVAL_S: Final = 0.1
-STATUS_TIMEOUT_S: Final = 0.25
+# One round of Status must fit the 250 ms from a change to the screen: a node that does not
+# answer within this shows its last fields, with their age.
+STATUS_TIMEOUT_S: Final = 0.1
 KEEPALIVE_S: Final = 15.0
+# Messages waiting for a page that does not read them (a stuck tab): past this it is dropped.
+STREAM_BACKLOG: Final = 600
 # What the page may run: the REPL's faults and their undoing, nothing else.
 WEB_COMMANDS: Final = (
     "kill",
@@ -96,7 +100,8 @@ class _Stream:
     """One connected page's event stream: what is queued for it, written by its handler."""
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(STREAM_BACKLOG)
+        self.task: asyncio.Task[Any] | None = None  # its handler, cancelled if it falls behind
 
 
 class WebView:
@@ -108,6 +113,11 @@ class WebView:
         port: int = 0,
         poll_interval_s: float = POLL_INTERVAL_S,
     ) -> None:
+        if host in ("0.0.0.0", "::", ""):
+            raise WebError(
+                f"web view: --web-host {host or '(empty)'}: name the one address browsers will "
+                "use (the page checks Host against it), not a wildcard"
+            )
         self.cluster = cluster
         self.host = host
         self.poll_interval_s = poll_interval_s
@@ -133,8 +143,8 @@ class WebView:
 
     def new_url(self) -> str:
         """The page's address with a new one-time secret (each use needs a new one)."""
-        shown = "127.0.0.1" if self.host in ("127.0.0.1", "0.0.0.0") else self.host
-        return f"http://{shown}:{self.port}/?secret={self.guard.new_secret()}"
+        where = host_header(self.host, self.port)
+        return f"http://{where}/?secret={self.guard.new_secret()}"
 
     def serve_commands(self, runner: CommandRunner | None) -> None:
         """The page's buttons run their commands through runner (None: they are refused)."""
@@ -203,6 +213,7 @@ class WebView:
         )
         await response.prepare(request)
         stream = _Stream()
+        stream.task = asyncio.current_task()
         hello = {
             "type": "hello",
             "at_ms": round(time.time() * 1000, 1),
@@ -228,7 +239,7 @@ class WebView:
                     break
                 await _write(response, item)
         except (ConnectionResetError, asyncio.CancelledError):
-            pass
+            pass  # the page left, fell too far behind, or the server is closing
         finally:
             self._streams.discard(stream)
         with contextlib.suppress(ConnectionResetError):
@@ -243,6 +254,8 @@ class WebView:
         line = body.get("command") if isinstance(body, dict) else None
         if not isinstance(line, str) or not line.strip():
             return _refuse(400, 'the body must be {"command": "..."} with a command line')
+        if not line.isprintable():
+            return _refuse(400, "a command line holds printable characters only")
         if len(line) > MAX_COMMAND_CHARS:
             return _refuse(400, f"a command line is at most {MAX_COMMAND_CHARS} characters")
         word = line.split()[0]
@@ -256,6 +269,8 @@ class WebView:
             result = await asyncio.wrap_future(runner(line.strip()))
         except SupervisorError as error:
             return _refuse(503, str(error))
+        except RuntimeError:  # the REPL's loop has ended: the supervisor is stopping
+            return _refuse(503, "the supervisor is stopping")
         return web.json_response(
             {"command": result.command, "ok": result.ok, "output": result.output},
             status=200 if result.ok else 422,
@@ -271,27 +286,35 @@ class WebView:
             self._loop.call_soon_threadsafe(self._broadcast, {"type": "event", **event.as_dict()})
 
     def _broadcast(self, message: dict[str, Any]) -> None:
-        for stream in self._streams:
-            stream.queue.put_nowait(message)
+        for stream in list(self._streams):
+            try:
+                stream.queue.put_nowait(message)
+            except asyncio.QueueFull:  # a page that stopped reading: let it go
+                self._streams.discard(stream)
+                if stream.task is not None:
+                    stream.task.cancel()
 
     def _ensure_polling(self) -> None:
         if self._poller is None or self._poller.done():
+            # What changed while no page watched is not news now, nor a burst in the chart.
+            self._observer = Observer(self.cluster.events)
             self._poller = asyncio.get_running_loop().create_task(self._poll())
 
     async def _poll(self) -> None:
         """Every poll_interval_s while a page is connected: the nodes' fields to every page."""
         while self._streams:
             started = time.monotonic()
+            asked_at = time.time()  # the fields are as of (at least) this moment
             try:
                 statuses = await asyncio.to_thread(self.cluster.status, timeout_s=STATUS_TIMEOUT_S)
                 links = await asyncio.to_thread(self._link_states)
+                groups = self.cluster.groups
+                message = self._observer.observe(statuses, links, groups, asked_at)
             except ClusterClosedError:
                 return
-            except SupervisorError as error:
-                logger.debug("web view: status failed: %s", error)
+            except Exception as error:  # the page must go on: a round is lost, not the poller
+                logger.warning("web view: a round of Status failed: %s", error)
             else:
-                groups = self.cluster.groups
-                message = self._observer.observe(statuses, links, groups, time.time())
                 self._broadcast(message)
             elapsed = time.monotonic() - started
             await asyncio.sleep(max(0.0, self.poll_interval_s - elapsed))
@@ -326,14 +349,3 @@ async def _write(response: web.StreamResponse, message: dict[str, Any]) -> None:
 
 def _refuse(status: int, reason: str) -> web.Response:
     return web.json_response({"ok": False, "error": reason}, status=status)
-
-
-__all__ = [
-    "SESSION_COOKIE",
-    "WEB_COMMANDS",
-    "CommandResult",
-    "CommandRunner",
-    "EventKind",
-    "WebError",
-    "WebView",
-]

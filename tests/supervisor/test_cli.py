@@ -112,8 +112,29 @@ def test_an_unreadable_script_is_refused(
     assert not (tmp_path / "data").exists()
 
 
+def test_a_web_port_in_use_is_refused_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["up", str(config), "--no-repl", "--web", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"web view: 127.0.0.1:{port} is in use" in err and "--no-web" in err
+    assert not node_children()
+    assert not (tmp_path / "data").exists()
+
+
 def test_usage_errors_exit_2() -> None:
-    for argv in (["up"], ["up", "x.yaml", "--no-repl", "--script", "s"], ["chaos"]):
+    for argv in (
+        ["up"],
+        ["up", "x.yaml", "--no-repl", "--script", "s"],
+        ["chaos"],
+        ["up", "x.yaml", "--web", "99999"],
+        ["up", "x.yaml", "--web", "8080", "--no-web"],
+    ):
         with pytest.raises(SystemExit) as exit:
             main(argv)
         assert exit.value.code == 2
@@ -186,15 +207,17 @@ def test_a_script_runs_line_by_line_and_fails_if_a_command_failed(
     err = "\n".join(supervisor.err)
     assert "error: unknown command 'fly'" in err
     assert "every node is stopped" in err
+    assert re.search(r"web view: http://127\.0\.0\.1:\d+/\?secret=\S+", err)  # on by default
     assert_gone(list(pids.values()), 1)
 
 
 def test_stdin_from_dev_null_is_plain_mode_and_ends_at_once(
     tmp_path: Path, supervisors: Callable[..., Supervisor]
 ) -> None:
-    supervisor = supervisors(write_config(tmp_path), stdin=subprocess.DEVNULL)
+    supervisor = supervisors(write_config(tmp_path), "--no-web", stdin=subprocess.DEVNULL)
     pids = supervisor.wait_up()
     assert supervisor.wait() == 0
+    assert "web view" not in supervisor.output  # --no-web
     assert "not a terminal" not in supervisor.output.lower()
     assert "\x1b[" not in supervisor.output  # no escape codes: prompt_toolkit never started
     assert_gone(list(pids.values()), 1)

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prompt_toolkit.completion import CompleteEvent
@@ -268,3 +270,36 @@ def test_status_and_the_toolbar_show_the_committed_membership(tmp_path: Path) ->
     repl.view = [status("a", "leader", ProcessState.UP, voters=("a", "b"), learners=())]
     text = "".join(fragment for _, fragment in repl.toolbar_fragments())
     assert " c - down not a member yet " in text and "learner" not in text
+
+
+def test_a_web_command_waits_for_the_repl_s_command_is_echoed_and_does_not_fail_a_script(
+    repl: Repl,
+) -> None:
+    """The page's commands run on the REPL's loop under the one lock its own commands take:
+    after a command in progress, echoed as `[web] ...`, answered with what it printed."""
+
+    async def scenario() -> tuple[list[str], Any]:
+        order: list[str] = []
+        typed = asyncio.create_task(repl.execute("sleep 0.3"))
+        await asyncio.sleep(0.05)  # the typed command holds the lock now
+        started = time.monotonic()
+        clicked = await repl.execute_from_web("kill z")  # refused: no node z
+        order.append(f"web done after {time.monotonic() - started:.1f}")
+        assert await typed is Outcome.OK
+        ok = await repl.execute_from_web("help heal")
+        return order, (clicked, ok)
+
+    order, (clicked, ok) = asyncio.run(scenario())
+    assert order in (["web done after 0.2"], ["web done after 0.3"], ["web done after 0.4"])
+    assert not clicked.ok and "no node 'z'" in clicked.output
+    assert clicked.command == "kill z"
+    assert ok.ok and ok.output.startswith("heal")
+    out = repl.out
+    assert isinstance(out, Recorded)
+    assert "[web] cluster test> kill z" in out.infos
+    assert repl.failures == 0  # a bad click is the page's answer, not the session's failure
+
+
+def test_the_web_command_says_when_the_page_is_off(repl: Repl) -> None:
+    outcome, out = run(repl, "web")
+    assert outcome is Outcome.FAILED and "the web view is off" in out.errors[-1]

@@ -43,9 +43,20 @@ def test_a_new_leader_a_step_down_a_campaign_and_a_snapshot_are_events() -> None
     assert kinds(feed) == [
         (EventKind.STEP_DOWN, "a stepped down at term 4: now follower"),
         (EventKind.ELECTION, "b campaigns at term 4"),
-        (EventKind.SNAPSHOT, "a compacted its log to a snapshot at index 50"),
+        (EventKind.SNAPSHOT, "a's log now starts from a snapshot at index 50"),
         (EventKind.ELECTION, "b is leader at term 4"),
     ]
+
+
+def test_a_node_first_heard_in_a_later_round_is_not_news_either() -> None:
+    feed = EventFeed()
+    observer = Observer(feed)
+    silent = node_status("a", None, error="deadline exceeded")
+    observer.observe([silent, node_status("b")], [], None, 1.0)
+    observer.observe([node_status("a", "leader"), node_status("b")], [], None, 1.1)
+    assert feed.recent() == []
+    observer.observe([node_status("a", "follower", term=4), node_status("b")], [], None, 1.2)
+    assert kinds(feed) == [(EventKind.STEP_DOWN, "a stepped down at term 4: now follower")]
 
 
 def test_a_killed_leader_that_comes_back_as_follower_did_not_step_down() -> None:

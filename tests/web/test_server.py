@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from supervisor.events import EventKind
-from supervisor.web.guard import SESSION_COOKIE
+from supervisor.web.guard import cookie_name
 from supervisor.web.server import WebError, WebView
 from tests.web.fakes import FakeCluster, RecordingRunner
 
@@ -52,7 +52,7 @@ def request(
     connection = http.client.HTTPConnection("127.0.0.1", web.port, timeout=5)
     sent = {"Host": f"127.0.0.1:{web.port}", **(headers or {})}
     if cookie is not None:
-        sent["Cookie"] = f"{SESSION_COOKIE}={cookie}"
+        sent["Cookie"] = f"{cookie_name(web.port)}={cookie}"
     data = None
     if body is not None:
         data = json.dumps(body).encode()
@@ -113,6 +113,31 @@ def test_a_secret_works_once_and_the_cookie_opens_the_page(web: WebView) -> None
     assert page.getheader("Referrer-Policy") == "no-referrer"
 
 
+def test_odd_secrets_and_cookies_are_refused_not_errors(web: WebView) -> None:
+    for secret in ("%C3%A9", "%00", "x" * 5000):
+        response = request(web, "GET", f"/?secret={secret}")
+        assert response.status == 403, secret
+    response = request(web, "GET", "/", cookie="\u00e9t\u00e9".encode().decode("latin-1"))
+    assert response.status == 401
+
+
+def test_the_session_cookie_is_this_port_s_alone(web: WebView) -> None:
+    cookie = login(web)
+    connection = http.client.HTTPConnection("127.0.0.1", web.port, timeout=5)
+    connection.request(
+        "GET",
+        "/",
+        headers={"Host": f"127.0.0.1:{web.port}", "Cookie": f"chatbooth_session={cookie}"},
+    )
+    assert connection.getresponse().status == 401  # another port's name: not a session here
+
+
+def test_a_wildcard_web_host_is_refused(cluster: FakeCluster) -> None:
+    for host in ("0.0.0.0", "::"):
+        with pytest.raises(WebError, match="not a wildcard"):
+            WebView(cluster, host=host)  # type: ignore[arg-type]
+
+
 def test_a_wrong_host_is_refused_even_with_a_session(web: WebView) -> None:
     cookie = login(web)
     for host in (f"evil.example:{web.port}", "127.0.0.1:1", ""):
@@ -155,7 +180,7 @@ def test_the_page_runs_only_the_faults_and_says_what_ran(
     done = action(web, cookie, "kill b")
     assert done.status == 200
     assert json.loads(done.read()) == {"command": "kill b", "ok": True, "output": "did kill b"}
-    for line in ("quit", "chaos start", "add d", ""):
+    for line in ("quit", "chaos start", "add d", "", "kill b\x1b[2J", "kill\x0bquit"):
         refused = action(web, cookie, line)
         assert refused.status == 400, line
     assert runner.lines == ["kill b"]

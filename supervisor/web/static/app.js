@@ -8,6 +8,8 @@ const state = {
   actions: false,    // whether this supervisor takes commands from the page
   lastNodes: null,   // the last `nodes` message
   receivedAt: 0,     // when it arrived (Date.now())
+  lastSeq: 0,        // the last event shown: one already shown (hello and push) is dropped
+  groups: {},        // the partition form's choice per node, kept when the nodes change
 };
 // What tests and curious people can read: how long each update took to reach the screen.
 window.chatbooth = { latencies: [], events: [], commands: [], state };
@@ -82,7 +84,8 @@ function buildNodes(ids) {
     const label = el("label", {}, `${id} `);
     const select = el("select", { "data-group-of": id });
     for (const g of [1, 2, 3]) select.append(el("option", { value: String(g) }, String(g)));
-    select.value = i < Math.ceil(ids.length / 2) ? "1" : "2";
+    select.value = state.groups[id] || (i < Math.ceil(ids.length / 2) ? "1" : "2");
+    select.addEventListener("change", () => { state.groups[id] = select.value; });
     label.append(select);
     pickers.append(label);
   });
@@ -130,6 +133,10 @@ function updateNode(node) {
   card.querySelector(".stale").textContent = note;
   for (const button of card.querySelectorAll("button")) button.disabled = !state.actions;
   return true;
+}
+
+function enableForm() {
+  for (const id of ["partition-button", "heal-button"]) $(id).disabled = !state.actions;
 }
 
 function buildLinks(ids) {
@@ -207,6 +214,8 @@ function onNodes(message) {
 // ---- events ---------------------------------------------------------------------------------
 
 function addEvent(event, live) {
+  if (event.seq <= state.lastSeq) return;
+  state.lastSeq = event.seq;
   const item = el("li", { class: event.kind, "data-kind": event.kind });
   const time = new Date(event.at_ms);
   item.append(
@@ -218,7 +227,9 @@ function addEvent(event, live) {
   const list = $("events");
   list.prepend(item);
   while (list.children.length > 300) list.lastChild.remove();
-  window.chatbooth.events.push(event);
+  const seen = window.chatbooth.events;
+  seen.push(event);
+  if (seen.length > 2000) seen.splice(0, seen.length - 2000);
   if (live) recordLag(`event:${event.kind}`, event.at_ms);
 }
 
@@ -271,7 +282,9 @@ function connect() {
       state.nodes = data.nodes;
       buildNodes(data.nodes);
       buildLinks(data.nodes);
+      enableForm();
       $("events").replaceChildren();
+      state.lastSeq = 0;
       data.events.forEach((e) => addEvent(e, false));
       status.textContent = "live";
       status.className = "live";
