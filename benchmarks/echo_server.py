@@ -1,7 +1,9 @@
 """A bare gRPC server with the Chat service's Send answering at once: the yardstick the
-cluster benchmark measures itself against on the same machine, in the same run.
+cluster benchmark measures itself against on the same machine, in the same run, with the
+nodes' server options and, given a directory with echo.pem and echo.key (a certificate of the
+cluster's CA), the same TLS.
 
-`python -m benchmarks.echo_server PORT`
+`python -m benchmarks.echo_server PORT [TLS_DIR]`
 """
 
 from __future__ import annotations
@@ -9,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from protos import chat_pb2
+from protos.vocabulary import SERVER_OPTIONS
 
 if TYPE_CHECKING:
     Context = grpc.aio.ServicerContext[Any, Any]
@@ -54,10 +58,16 @@ class Echo:
         )
 
 
-async def serve(port: int) -> None:
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+async def serve(port: int, tls_dir: Path | None) -> None:
+    server = grpc.aio.server(options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers((Echo().handler(),))
-    if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
+    address = f"127.0.0.1:{port}"
+    if tls_dir is None:
+        bound = server.add_insecure_port(address)
+    else:
+        pair = ((tls_dir / "echo.key").read_bytes(), (tls_dir / "echo.pem").read_bytes())
+        bound = server.add_secure_port(address, grpc.ssl_server_credentials([pair]))
+    if bound == 0:
         raise SystemExit(f"echo server: port {port} in use")
     await server.start()
     stop = asyncio.Event()
@@ -67,4 +77,4 @@ async def serve(port: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(int(sys.argv[1])))
+    asyncio.run(serve(int(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else None))

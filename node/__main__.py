@@ -54,6 +54,7 @@ from node.config import (
     read_cluster_key,
 )
 from node.driver import FatalNodeError, RaftDriver
+from node.loop_lag import LoopLag
 from node.membership_service import MembershipService
 from node.peers import PeerDirectory
 from node.raft.types import ConfState, NodeId
@@ -453,6 +454,7 @@ async def _serve_with(
         options=SERVER_OPTIONS,
         interceptors=[UndecodableRequestGuard(), ClusterKeyInterceptor(key)],
     )
+    loop_lag = LoopLag()
     chat = ChatService(
         address=me,
         driver=driver,
@@ -461,6 +463,7 @@ async def _serve_with(
         peers=peers,
         peer_credentials=channel_credentials,
         cluster_key=key,
+        loop_lag=loop_lag,
     )
     chat_pb2_grpc.add_ChatServicer_to_server(chat, server)
     chat_pb2_grpc.add_ChatServicer_to_server(chat, peer_server)
@@ -506,6 +509,7 @@ async def _serve_with(
     await peer_server.start()
     driver.start()
     chat.start()
+    loop_lag.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     security = "TLS" if credentials is not None else "PLAINTEXT (tls: plaintext)"
     logger.info(
@@ -529,6 +533,7 @@ async def _serve_with(
 
     logger.info("%s shutting down", node_id)
     await health_servicer.enter_graceful_shutdown()
+    await loop_lag.stop()
     await chat.close()
     await asyncio.gather(server.stop(grace=1.0), peer_server.stop(grace=1.0))
     await driver.stop()

@@ -35,6 +35,7 @@ from node.config import TOOL_NAME, ClusterConfig, NodeAddress, certificate_name
 from node.driver import NoQuorumError, OutcomeUnknownError, RaftDriver
 from node.logclock import LogClock
 from node.login_limiter import LoginLimiter, ceil_s, peer_host
+from node.loop_lag import LoopLag
 from node.peers import PeerDirectory
 from node.raft.errors import NotLeaderError
 from node.raft.types import NodeId, Role
@@ -168,8 +169,10 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         peers: PeerDirectory,
         peer_credentials: grpc.ChannelCredentials | None,
         cluster_key: bytes,
+        loop_lag: LoopLag | None = None,
     ) -> None:
         self._address = address  # where this node serves
+        self._loop_lag = loop_lag or LoopLag()  # not started: reports zeros
         self._driver = driver
         self._peer_credentials = peer_credentials  # None: `tls: plaintext`
         self._cluster_key = cluster_key  # what a member forwarding under plaintext presents
@@ -627,6 +630,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
                 "tool certificate of the cluster",
             )
             raise AssertionError("unreachable")
+        lag_p99_ms, lag_max_ms = self._loop_lag.figures_ms()
         return chat_pb2.StatusReply(
             node_id=s.node_id,
             role=ROLE_TO_PB[s.role],
@@ -641,6 +645,8 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             members=self._members_pb(),
             last_contact_ms=s.last_contact_ms,
             leader_changes=s.leader_changes,
+            loop_lag_p99_ms=lag_p99_ms,
+            loop_lag_max_ms=lag_max_ms,
         )
 
     def _members_pb(self) -> list[chat_pb2.ClusterMember]:

@@ -16,6 +16,7 @@ The library, each module importing only those above it in this list:
     history     the history checker (pure data in, a Verdict out)
     report      one self-contained HTML file of a check or bench run, with its charts
     sender      Sender: leader-following chat calls over raw gRPC, request ids in one place
+    load        bench's load from several client processes; CPU time per process (psutil)
     cluster     Cluster: the API tests, benchmarks and the tools use, from a cluster.yaml path
                 or a ClusterConfig (relocate one with dataclasses.replace)
     membership  Membership: members, add, remove, replace on a running Cluster

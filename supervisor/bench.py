@@ -60,10 +60,12 @@ import grpc.aio
 from node.config import ClusterConfig, ConfigError, load_config
 from protos import chat_pb2 as pb
 from protos import chat_pb2_grpc as pbg
-from supervisor.certs import Credentials
+from protos.vocabulary import CLIENT_CHANNEL_OPTIONS
+from supervisor.certs import Credentials, issue, secure_channel
 from supervisor.cluster import Cluster, NodeStatus, PortInUseError
 from supervisor.errors import SupervisorError
 from supervisor.history import Outcome
+from supervisor.load import CpuMeter, LoadSpec, per_call, run_processes
 from supervisor.membership import Membership
 from supervisor.ports import free_port
 from supervisor.report import (
@@ -135,6 +137,9 @@ class BenchSettings:
     links: bool = False  # node-to-node traffic through the supervisor's link proxies
     plaintext: bool = False  # `tls: plaintext`: measure what TLS costs
     quick: bool = False
+    # >1: the in-flight window is driven from this many client processes as well (one Python
+    # client process saturates near the echo rate); both figures are reported.
+    client_processes: int = 1
 
 
 QUICK: Final = BenchSettings(count=100, seconds=1.0, failovers=3, stability_s=0.0, quick=True)
@@ -410,9 +415,13 @@ async def _cluster_figures(
         await _timed(send(one, token), warm_up)
     lat = await latency(sending(one), settings.count, spans("latency"))
     senders = [new_sender(addresses, leader, tls) for _ in range(settings.inflight)]
+    meter = CpuMeter(cluster.pids() | {"client": os.getpid()})
+    meter.start()
     tput = await throughput(
         lambda k: sending(senders[k]), settings.inflight, settings.seconds, spans("throughput")
     )
+    spent = meter.stop()
+    loaded = _statuses(cluster)  # their event loops' lag over the window just ended
     result: dict[str, Any] = {
         "sends_per_s_1_sender": round(lat.calls_per_s),
         "send_p50_ms": lat.p50_ms,
@@ -421,7 +430,23 @@ async def _cluster_figures(
         "inflight": settings.inflight,
         "stability_seconds": settings.stability_s,
         "leader_changes_under_load": None,
+        "cpu_ms_per_send": per_call(spent, round(tput * settings.seconds)),
+        "loop_lag_ms": {
+            s.id: {"p99": s.loop_lag_p99_ms, "max": s.loop_lag_max_ms}
+            for s in loaded.values()
+            if s.answered
+        },
     }
+    if settings.client_processes > 1:
+        spec = LoadSpec(
+            settings.inflight, settings.seconds, "x" * 100, addresses, leader, token, tls=tls
+        )
+        nodes = CpuMeter(cluster.pids())
+        nodes.start()
+        load = await asyncio.to_thread(run_processes, spec, settings.client_processes)
+        spent = nodes.stop() | load.cpu_ms
+        result["sends_per_s_inflight_processes"] = round(load.calls_per_s)
+        result["cpu_ms_per_send_processes"] = per_call(spent, load.calls)
     if settings.stability_s > 0:
         before = _statuses(cluster)
         await throughput(
@@ -448,8 +473,12 @@ async def _cluster_figures(
     return result
 
 
-async def echo_figures(port: int, settings: BenchSettings) -> dict[str, Any]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+async def echo_figures(
+    port: int, pid: int, settings: BenchSettings, tls: Credentials | None
+) -> dict[str, Any]:
+    """The echo server's figures, over the same TLS and channel options as the cluster's."""
+    address = f"127.0.0.1:{port}"
+    async with client_channel(address, tls) as channel:
         stub = pbg.ChatStub(channel)
         request = pb.SendRequest(token="t", recipient="sink", text="x" * 100)
 
@@ -459,13 +488,27 @@ async def echo_figures(port: int, settings: BenchSettings) -> dict[str, Any]:
         for _ in range(WARMUP_SENDS):
             await call()
         lat = await latency(call, settings.count)
+        meter = CpuMeter({"echo": pid, "client": os.getpid()})
+        meter.start()
         tput = await throughput(lambda k: call, settings.inflight, settings.seconds)
-    return {
+        spent = meter.stop()
+    result = {
         "echo_calls_per_s_1_sender": round(lat.calls_per_s),
         "echo_p50_ms": lat.p50_ms,
         "echo_p99_ms": lat.p99_ms,
         "echo_calls_per_s": round(tput),
+        "echo_cpu_ms_per_call": per_call(spent, round(tput * settings.seconds)),
     }
+    if settings.client_processes > 1:
+        spec = LoadSpec(
+            settings.inflight, settings.seconds, "x" * 100, echo_address=address, tls=tls
+        )
+        server = CpuMeter({"echo": pid})
+        server.start()
+        load = await asyncio.to_thread(run_processes, spec, settings.client_processes)
+        result["echo_calls_per_s_processes"] = round(load.calls_per_s)
+        result["echo_cpu_ms_per_call_processes"] = per_call(server.stop() | load.cpu_ms, load.calls)
+    return result
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -482,9 +525,9 @@ def bench_config(config: ClusterConfig, directory: Path) -> ClusterConfig:
     )
 
 
-def _wait_echo(port: int, echo: subprocess.Popen[bytes]) -> None:
+def _wait_echo(port: int, echo: subprocess.Popen[bytes], tls: Credentials | None) -> None:
     deadline = time.monotonic() + ECHO_START_TIMEOUT_S
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with secure_channel(f"127.0.0.1:{port}", tls, CLIENT_CHANNEL_OPTIONS) as channel:
         stub = pbg.ChatStub(channel)
         while True:
             try:
@@ -519,18 +562,21 @@ def run_benchmark(
         scratch = bench_config(config, Path(tmp))
         if settings.plaintext:
             scratch = replace(scratch, plaintext=True, tls_dir=None)
+        with Cluster(scratch, fresh=True, links=settings.links) as cluster:  # starts it
+            result |= asyncio.run(cluster_figures(cluster, settings, recording))
+            tls = cluster.credentials
+        time.sleep(0.3)  # the nodes' exit is not measured against the echo server
         echo_port = free_port({p for n in config.nodes for p in (n.port, n.peer_port)})
-        echo = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.echo_server", str(echo_port)],
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-        )
+        command = [sys.executable, "-m", "benchmarks.echo_server", str(echo_port)]
+        if tls is not None:  # the same TLS: a certificate of the cluster's CA
+            echo_tls = Path(tmp) / "echo-tls"
+            issue(scratch, "echo", ["127.0.0.1"], echo_tls)
+            command.append(str(echo_tls))
+        echo = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL)
         try:
-            _wait_echo(echo_port, echo)
-            with Cluster(scratch, fresh=True, links=settings.links) as cluster:  # starts it
-                result |= asyncio.run(cluster_figures(cluster, settings, recording))
-            time.sleep(0.3)  # the nodes' exit is not measured against the echo server
-            result |= asyncio.run(echo_figures(echo_port, settings))
+            _wait_echo(echo_port, echo, tls)
+            result |= asyncio.run(echo_figures(echo_port, echo.pid, settings, tls))
+            result["echo_tls"] = tls is not None
         finally:
             echo.terminate()
             try:
@@ -546,6 +592,10 @@ def run_benchmark(
     result["throughput_vs_echo"] = ratio(
         result["sends_per_s_64_inflight"], result["echo_calls_per_s"]
     )
+    if settings.client_processes > 1:
+        result["throughput_vs_echo_processes"] = ratio(
+            result["sends_per_s_inflight_processes"], result["echo_calls_per_s_processes"]
+        )
     return {key: result[key] for key in EXPECTED_KEYS} | result
 
 
@@ -595,7 +645,32 @@ def render_table(result: dict[str, Any]) -> str:
             _cell(result["latency_p99_vs_echo"]),
         ),
     ]
-    lines = [head, "", *_columns(rows)]
+    processes = result.get("sends_per_s_inflight_processes")
+    if processes is not None:
+        rows.append(
+            (
+                f"sends/s, {inflight} in flight from client processes",
+                _cell(processes),
+                _cell(result.get("echo_calls_per_s_processes")),
+                _cell(result.get("throughput_vs_echo_processes")),
+            )
+        )
+    lines = [head, "", *_columns(rows), ""]
+    for label, key in (
+        (f"CPU ms per send, {inflight} in flight", "cpu_ms_per_send"),
+        ("  from client processes", "cpu_ms_per_send_processes"),
+        ("CPU ms per echo call", "echo_cpu_ms_per_call"),
+        ("  from client processes", "echo_cpu_ms_per_call_processes"),
+    ):
+        figures = result.get(key)
+        if figures:
+            lines.append(f"{label}: " + ", ".join(f"{n} {v:g}" for n, v in figures.items()))
+    lags = result.get("loop_lag_ms") or {}
+    if lags:
+        lines.append(
+            "event loop lag under load, p99 / max: "
+            + ", ".join(f"{n} {v['p99']:g} / {v['max']:g} ms" for n, v in lags.items())
+        )
     rounds = result.get("failover_rounds", 0)
     lines.append("")
     if rounds:
@@ -683,6 +758,13 @@ def add_arguments(parser: argparse.ArgumentParser, *, config: bool = True) -> No
         type=float,
         help=f"seconds of load counting leader changes (default {defaults.stability_s:g})",
     )
+    parser.add_argument(
+        "--client-processes",
+        type=int,
+        metavar="N",
+        help="also drive the in-flight window from N client processes (default 1: one, the "
+        "bench itself)",
+    )
     parser.add_argument("--links", action="store_true", help="node traffic through the proxies")
     parser.add_argument(
         "--plaintext",
@@ -695,13 +777,15 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
     """BenchSettings from parsed options; ValueError for a count out of range."""
     base = QUICK if args.quick else BenchSettings()
     chosen: dict[str, Any] = {"links": bool(args.links), "plaintext": bool(args.plaintext)}
-    for name in ("count", "inflight", "seconds", "failovers", "stability_s"):
+    for name in ("count", "inflight", "seconds", "failovers", "stability_s", "client_processes"):
         value = getattr(args, name)
         if value is not None:
             chosen[name] = value
     settings = replace(base, **chosen)
     if settings.count < 1 or settings.inflight < 1 or settings.seconds <= 0:
         raise ValueError("--count and --inflight must be at least 1, --seconds more than 0")
+    if settings.client_processes < 1 or settings.client_processes > settings.inflight:
+        raise ValueError("--client-processes must be from 1 to --inflight")
     if settings.failovers < 0 or settings.stability_s < 0:
         raise ValueError("--failovers and --stability-s must not be negative")
     return settings

@@ -158,6 +158,9 @@ class NodeStatus:
     # Since the node last heard from its leader, in ms (0: it leads; -1: none since it started).
     leader_contact_ms: int | None = None
     leader_changes: int | None = None  # how often the leader it knows changed, since it started
+    # How late its event loop ran what was due, over the last 5 s: p99 and max, in ms.
+    loop_lag_p99_ms: float | None = None
+    loop_lag_max_ms: float | None = None
 
     @property
     def answered(self) -> bool:
@@ -868,6 +871,8 @@ class Cluster:
             learners=_members(reply, voter=False),
             leader_contact_ms=reply.last_contact_ms if reply is not None else None,
             leader_changes=reply.leader_changes if reply is not None else None,
+            loop_lag_p99_ms=reply.loop_lag_p99_ms if reply is not None else None,
+            loop_lag_max_ms=reply.loop_lag_max_ms if reply is not None else None,
         )
 
     def _wipe(self) -> None:

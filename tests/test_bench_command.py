@@ -52,7 +52,7 @@ def test_bad_counts_are_refused(tmp_path: Path) -> None:
 @pytest.mark.slow  # about 20 s; .ci/run runs it (the default run keeps under 10 minutes)
 def test_quick_json_runs_end_to_end_with_every_key(tmp_path: Path) -> None:
     config = _config(tmp_path)
-    result = _bench(str(config), "--quick", "--json", timeout_s=90)
+    result = _bench(str(config), "--quick", "--json", "--client-processes", "2", timeout_s=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     document = json.loads(result.stdout)
     assert [k for k in EXPECTED_KEYS if k not in document] == []
@@ -65,5 +65,19 @@ def test_quick_json_runs_end_to_end_with_every_key(tmp_path: Path) -> None:
     assert len(document["failover_breakdown"]) == 3
     assert document["leader_changes_under_load"] is None  # no stability window in --quick
     assert not (tmp_path / "data").exists()  # the cluster's own data_dir is never touched
+    # CPU per send of every node and of the client, with one client process and with two
+    assert set(document["cpu_ms_per_send"]) == {"a", "b", "c", "client"}
+    assert all(v > 0 for v in document["cpu_ms_per_send"].values())
+    assert set(document["cpu_ms_per_send_processes"]) == {"a", "b", "c", "load-0", "load-1"}
+    assert document["sends_per_s_inflight_processes"] > 0
+    assert document["echo_calls_per_s_processes"] > 0
+    assert document["throughput_vs_echo_processes"] > 0
+    assert set(document["echo_cpu_ms_per_call"]) == {"echo", "client"}
+    assert document["echo_tls"] is True  # the yardstick speaks the same TLS
+    # every node's event loop lag over the loaded window
+    lags = document["loop_lag_ms"]
+    assert set(lags) == {"a", "b", "c"}
+    assert all(0 <= v["p99"] <= v["max"] for v in lags.values())
     table = render_table(document)
     assert "sends/s, 64 in flight" in table and "the next send commits" in table
+    assert "from client processes" in table and "event loop lag under load" in table
