@@ -294,6 +294,8 @@ def _run_up(args: argparse.Namespace, node_command: Sequence[str] | None, mode: 
         if mode is Mode.NO_REPL:
             cluster.add_exit_listener(_log_exit)
         _say(f"starting {len(cluster.node_ids)} nodes of {cluster.config.path} ...")
+        if web is not None:
+            web.start()  # serving now, its address printed once the cluster is up
         cluster.start()
         pids = ", ".join(f"{n} pid {p}" for n, p in cluster.pids().items())
         leader = cluster.leader()
@@ -305,7 +307,6 @@ def _run_up(args: argparse.Namespace, node_command: Sequence[str] | None, mode: 
                 f"clients: python -m client --cluster {cluster.config.path}"
             )
         if web is not None:
-            web.start()
             _say(f"web view: {web.new_url()}  (the secret works once; `web` prints a new one)")
         if mode is Mode.NO_REPL:
             _say("running until Ctrl-C or SIGTERM")

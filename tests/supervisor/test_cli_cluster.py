@@ -43,6 +43,8 @@ class Session:
     def __init__(self, supervisor: Supervisor) -> None:
         self.supervisor = supervisor
         self.pids = supervisor.wait_up(45)
+        # The REPL reads commands (and so announces exits) once it answers one.
+        supervisor.command("help quit", r"^quit$")
 
     def run(self, command: str, expect: str, timeout_s: float = 20.0) -> str:
         """Send a command; the first line of its output that matches expect."""
