@@ -395,15 +395,31 @@ class RaftDriver(Generic[R]):
         then answers "does this session exist?" truly. NoQuorumError if not within timeout_s;
         NotLeaderError if it is not the leader."""
         deadline = self.clock.monotonic() + timeout_s
+        # An entry of this term committed: once per term, so a poll is cheap enough.
         while True:
             self.require_leader()
             log = self.core.log
             committed = log.committed
-            if log.term(committed) == self.core.term and self.applied_index >= committed:
-                return
+            if log.term(committed) == self.core.term:
+                break
             if self.clock.monotonic() >= deadline:
                 raise NoQuorumError()
             await self.clock.sleep(self._tick_s)
+        # Applied through the commit index as the caller found it: what committed later is
+        # concurrent with the call. Woken by the batch's COMMIT, not by a tick: under load
+        # the commit index moves on all the time, and chasing it cost each write a tick.
+        if self.applied_index >= committed:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._apply_waiters.append((committed, waiter))
+        timer = asyncio.ensure_future(self.clock.sleep(deadline - self.clock.monotonic()))
+        try:
+            await asyncio.wait((waiter, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+        if not waiter.done():
+            raise NoQuorumError()
+        self.require_leader()
 
     @property
     def election_timeout_s(self) -> float:

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import pytest
 
 from node.config import ClusterConfig, parse_config
-from node.driver import OutcomeUnknownError, RaftDriver
+from node.driver import NoQuorumError, OutcomeUnknownError, RaftDriver
 from node.raft.errors import InvariantError, NotLeaderError
 from node.raft.types import (
     ConfState,
@@ -527,6 +527,67 @@ def test_a_leader_reports_its_contact_as_zero() -> None:
             await until(lambda: driver.is_leader)
             status = driver.status()
             assert (status.last_contact_ms, status.leader_changes) == (0, 1)
+        finally:
+            await driver.stop()
+
+    vrun(test)
+
+
+# ------------------------------------------------------------------ the leader's catch-up wait
+
+
+def test_wait_caught_up_waits_for_the_commit_index_it_found_not_a_moving_one() -> None:
+    """Fix (issue 16): a write's session check waits until the leader applied what was
+    committed when the write arrived, woken by the apply, not polled each tick chasing a
+    commit index that moves on under load (which cost every write of a busy leader a tick,
+    10 ms, before it was even proposed)."""
+
+    async def test() -> None:
+        cpu = ThreadLikeExecutor()
+        driver, _ = make_driver(A, cfg=config("a"), cpu=cpu)
+        driver.start()
+        try:
+            await until(lambda: driver.is_leader and driver.applied_index >= 1)
+            cpu.held.add("apply_batch")
+            first = asyncio.ensure_future(driver.propose(b"one", 30.0))
+            await until(lambda: driver.core.log.committed >= 2 and cpu.waiting("apply_batch"))
+            loop = asyncio.get_running_loop()
+            asked = loop.time()
+            caught_up = asyncio.ensure_future(driver.wait_caught_up(5.0))
+            await asyncio.sleep(0.05)
+            assert not caught_up.done()  # index 2 committed, not applied: it waits
+            more = [asyncio.ensure_future(driver.propose(b"more", 30.0)) for _ in range(3)]
+            await until(lambda: driver.core.log.committed >= 5)
+            cpu.release("apply_batch")  # index 2 is applied ...
+            cpu.held.add("apply_batch")  # ... and 3..5, committed later, wait at the gate
+            await caught_up
+            assert driver.applied_index == 2 and driver.core.log.committed >= 5
+            waited = loop.time() - asked
+            assert waited < 0.2, waited
+            await until(lambda: cpu.waiting("apply_batch"))
+            cpu.release("apply_batch")
+            await first
+            await asyncio.gather(*more)
+        finally:
+            await driver.stop()
+
+    vrun(test)
+
+
+def test_wait_caught_up_gives_up_at_its_deadline() -> None:
+    async def test() -> None:
+        cpu = ThreadLikeExecutor()
+        driver, _ = make_driver(A, cfg=config("a"), cpu=cpu)
+        driver.start()
+        try:
+            await until(lambda: driver.is_leader and driver.applied_index >= 1)
+            cpu.held.add("apply_batch")
+            pending = asyncio.ensure_future(driver.propose(b"one", 30.0))
+            await until(lambda: driver.core.log.committed >= 2 and cpu.waiting("apply_batch"))
+            with pytest.raises(NoQuorumError):
+                await driver.wait_caught_up(0.2)
+            cpu.release("apply_batch")
+            await pending
         finally:
             await driver.stop()
 
