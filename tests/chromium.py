@@ -13,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +78,16 @@ def chromium(
     finally:
         browser.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def until(condition: Callable[[], Any], timeout_s: float = 5.0, what: str = "condition") -> Any:
+    """Poll condition (a page changes on its own time) until it is truthy; its value.
+    AssertionError, naming `what`, at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout_s} s")
+        time.sleep(0.02)

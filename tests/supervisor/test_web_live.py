@@ -21,24 +21,13 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.chromium import chromium, require_chromium
+from tests.chromium import chromium, require_chromium, until
 from tests.supervisor.conftest import Supervisor, assert_gone, needs_real_node, write_config
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, needs_real_node]
 
 NEW_LEADER_WITHIN_S = 2.0
 SCREEN_LAG_LIMIT_MS = 250.0
-
-
-def until(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s} s")
-        time.sleep(0.02)
 
 
 def card(browser: Any, node: str) -> Any:

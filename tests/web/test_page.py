@@ -6,7 +6,7 @@ the stream ends. (tests/supervisor/test_web_live.py does the same against real n
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +15,10 @@ import pytest
 from supervisor.events import EventKind
 from supervisor.processes import ProcessState
 from supervisor.web.server import WebView
-from tests.chromium import chromium
+from tests.chromium import chromium, until
 from tests.web.fakes import FakeCluster, RecordingRunner
 
 SCREEN_LAG_LIMIT_MS = 250.0
-
-
-def until(condition: Callable[[], Any], timeout_s: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s} s")
-        time.sleep(0.02)
 
 
 @pytest.fixture
